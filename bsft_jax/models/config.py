@@ -1,0 +1,334 @@
+"""DecoderConfig: one frozen dataclass for the Qwen2/Qwen2.5 and Llama 3.x decoder families.
+
+The two families differ only by configuration (biases, tied head, RoPE scaling, explicit
+``head_dim``), so a single config and a single module cover both. ``from_hf`` reads the
+``config.json`` layouts written by transformers 4.x (top-level ``rope_theta`` / ``rope_scaling`` /
+``torch_dtype``) and 5.x (``rope_parameters`` / ``dtype``); ``to_hf`` writes a 4.x/5.x compatible
+file. Anything we do not implement raises :class:`UnsupportedConfigError` instead of silently
+producing wrong numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+_DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+
+class UnsupportedConfigError(ValueError):
+    """A Hugging Face config asks for something this port does not implement."""
+
+
+def canonical_dtype(name: str, *, field: str = "dtype") -> str:
+    """Normalises a dtype name ("bf16", "bfloat16", "torch.bfloat16") or raises naming the field."""
+    key = str(name).removeprefix("torch.").lower()
+    if key not in _DTYPE_NAMES:
+        raise ValueError(f"{field}: unsupported dtype {name!r}; expected one of float32, bfloat16, float16")
+    return _DTYPE_NAMES[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Llama3RopeScaling:
+    """Llama 3.1-style frequency-dependent RoPE scaling (``rope_type == "llama3"``)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    """Architecture of a Qwen2/Llama-style decoder plus the runtime numerics we train it with.
+
+    Axis letters used across the code base: B batch, T query length, S key length, D hidden size,
+    N query heads, K key/value heads, H head dim, F MLP width, V vocabulary rows, L layers.
+    """
+
+    model_type: str
+    vocab_size: int  # V: rows in the embedding table (may exceed the tokenizer: spare/padded rows)
+    hidden_size: int  # D
+    intermediate_size: int  # F
+    num_layers: int  # L
+    num_heads: int  # N
+    num_kv_heads: int  # K
+    head_dim: int  # H
+    rope_theta: float = 10_000.0
+    rope_scaling: Llama3RopeScaling | None = None
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    max_position_embeddings: int = 32_768
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None  # as in the source config.json
+    pad_token_id: int | None = None
+    generation_eos_token_ids: tuple[int, ...] = ()  # from generation_config.json (what servers stop on)
+    # Rows [valid_vocab_size, vocab_size) belong to no token: they are masked out of the logits used
+    # for the loss and for sampling. None means every row is a real token.
+    valid_vocab_size: int | None = None
+    source_dtype: str = "float32"  # dtype of the weights in the source checkpoint
+    # Runtime numerics (not part of the HF architecture).
+    dtype: str = "float32"  # activations / matmul inputs
+    param_dtype: str = "float32"  # stored parameters (fp32 master weights for mixed precision)
+    logits_dtype: str = "float32"  # accumulation/output dtype of the final projection
+    remat: str = "none"  # "none" | "full" | "dots": rematerialisation of each block in training
+
+    def __post_init__(self) -> None:
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise UnsupportedConfigError(
+                f"model_type={self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"DecoderConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"DecoderConfig: num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"DecoderConfig.head_dim must be even for RoPE, got {self.head_dim}")
+        if self.valid_vocab_size is not None and not 0 < self.valid_vocab_size <= self.vocab_size:
+            raise ValueError(
+                f"DecoderConfig.valid_vocab_size={self.valid_vocab_size} must be in (0, vocab_size={self.vocab_size}]"
+            )
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"DecoderConfig.remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        for name in ("dtype", "param_dtype", "logits_dtype", "source_dtype"):
+            object.__setattr__(self, name, canonical_dtype(getattr(self, name), field=f"DecoderConfig.{name}"))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        object.__setattr__(self, "generation_eos_token_ids", tuple(self.generation_eos_token_ids))
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def num_query_groups(self) -> int:
+        """G = N / K: query heads sharing one key/value head."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def num_valid_tokens(self) -> int:
+        """Rows of the embedding that correspond to real tokens."""
+        return self.valid_vocab_size if self.valid_vocab_size is not None else self.vocab_size
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """EOS ids a generation loop should stop on (generation config first, then config.json)."""
+        ids = list(self.generation_eos_token_ids)
+        eos = self.eos_token_id
+        for i in (eos if isinstance(eos, tuple) else (eos,) if eos is not None else ()):
+            if i not in ids:
+                ids.append(i)
+        return tuple(ids)
+
+    def replace(self, **changes: Any) -> DecoderConfig:
+        """Returns a copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ HF I/O
+    @classmethod
+    def from_hf(cls, source: str | os.PathLike | dict, **runtime: Any) -> DecoderConfig:
+        """Builds a config from an HF ``config.json`` (path to the file or its folder, or a dict).
+
+        ``generation_config.json`` beside it, if present, supplies ``generation_eos_token_ids``.
+        ``runtime`` sets the non-HF fields (``dtype``, ``param_dtype``, ``remat``, ...).
+        """
+        where = "config dict"
+        generation: dict[str, Any] = {}
+        if isinstance(source, dict):
+            hf = dict(source)
+        else:
+            path = os.fspath(source)
+            if os.path.isdir(path):
+                path = os.path.join(path, "config.json")
+            where = path
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: no config.json (is this a Hugging Face model folder?)")
+            with open(path) as f:
+                try:
+                    hf = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+            gen_path = os.path.join(os.path.dirname(path), "generation_config.json")
+            if os.path.isfile(gen_path):
+                with open(gen_path) as f:
+                    generation = json.load(f)
+        return cls._from_hf_dict(hf, generation, where, runtime)
+
+    @classmethod
+    def _from_hf_dict(cls, hf: dict, generation: dict, where: str, runtime: dict) -> DecoderConfig:
+        def fail(field: str, msg: str) -> UnsupportedConfigError:
+            return UnsupportedConfigError(f"{where}: field {field!r}: {msg}")
+
+        model_type = hf.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise fail("model_type", f"{model_type!r} is not supported (expected one of {SUPPORTED_MODEL_TYPES})")
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if key not in hf:
+                raise fail(key, "missing")
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise fail("hidden_act", f"{act!r} is not supported (only 'silu' / SwiGLU)")
+        if hf.get("use_sliding_window"):
+            raise fail("use_sliding_window", "sliding-window attention is not supported; set it to false")
+        layer_types = hf.get("layer_types") or []
+        if any(t != "full_attention" for t in layer_types):
+            raise fail("layer_types", f"only 'full_attention' layers are supported, got {sorted(set(layer_types))}")
+        if hf.get("pretraining_tp", 1) not in (1, None):
+            raise fail("pretraining_tp", "only 1 is supported")
+        if hf.get("partial_rotary_factor", 1.0) != 1.0:
+            raise fail("partial_rotary_factor", "partial rotary embeddings are not supported")
+
+        # RoPE: 5.x nests everything under rope_parameters; 4.x has rope_theta + rope_scaling.
+        rope = hf.get("rope_parameters")
+        if rope is not None:
+            rope_field = "rope_parameters"
+            rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
+            scaling = rope
+        else:
+            rope_field = "rope_scaling"
+            rope_theta = hf.get("rope_theta", 10_000.0)
+            scaling = hf.get("rope_scaling") or {}
+        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+        rope_scaling = None
+        if rope_type == "llama3":
+            try:
+                rope_scaling = Llama3RopeScaling(
+                    factor=float(scaling["factor"]),
+                    low_freq_factor=float(scaling["low_freq_factor"]),
+                    high_freq_factor=float(scaling["high_freq_factor"]),
+                    original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
+                )
+            except KeyError as e:
+                raise fail(rope_field, f"llama3 rope scaling is missing {e.args[0]!r}") from None
+        elif rope_type != "default":
+            raise fail(rope_field, f"rope_type {rope_type!r} is not supported (expected 'default' or 'llama3')")
+
+        heads = int(hf["num_attention_heads"])
+        head_dim = hf.get("head_dim") or int(hf["hidden_size"]) // heads
+        if model_type == "qwen2":
+            qkv_bias, o_bias, mlp_bias = True, False, False
+        else:
+            qkv_bias = o_bias = bool(hf.get("attention_bias", False))
+            mlp_bias = bool(hf.get("mlp_bias", False))
+        source_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+        eos = hf.get("eos_token_id")
+        gen_eos = generation.get("eos_token_id")
+        if gen_eos is None:
+            gen_eos = ()
+        elif isinstance(gen_eos, int):
+            gen_eos = (gen_eos,)
+        fields = dict(
+            model_type=model_type,
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=int(hf["hidden_size"]),
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+            head_dim=int(head_dim),
+            rope_theta=float(rope_theta),
+            rope_scaling=rope_scaling,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=qkv_bias,
+            o_bias=o_bias,
+            mlp_bias=mlp_bias,
+            max_position_embeddings=int(hf.get("max_position_embeddings", 32_768)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            pad_token_id=hf.get("pad_token_id"),
+            generation_eos_token_ids=tuple(gen_eos),
+            valid_vocab_size=hf.get("bsft_valid_vocab_size"),
+            source_dtype=canonical_dtype(source_dtype, field=f"{where}: dtype"),
+        )
+        fields.update(runtime)
+        return cls(**fields)
+
+    def to_hf(self, *, dtype: str | None = None) -> dict[str, Any]:
+        """The ``config.json`` dict transformers needs to rebuild this architecture."""
+        dtype = canonical_dtype(dtype or self.source_dtype)
+        rope_parameters: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
+        if self.rope_scaling is not None:
+            rope_parameters.update(rope_type="llama3", **dataclasses.asdict(self.rope_scaling))
+        eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
+        hf: dict[str, Any] = {
+            "architectures": ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": self.pad_token_id,
+            "initializer_range": 0.02,
+            "use_cache": True,
+            "attention_dropout": 0.0,
+            # Both layouts, so transformers 4.x and 5.x read the same file.
+            "rope_theta": self.rope_theta,
+            "rope_parameters": rope_parameters,
+            "dtype": dtype,
+            "torch_dtype": dtype,
+        }
+        if self.rope_scaling is not None:
+            hf["rope_scaling"] = dict(rope_parameters)
+        if self.model_type == "qwen2":
+            hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
+        else:
+            hf.update(attention_bias=self.qkv_bias, mlp_bias=self.mlp_bias, pretraining_tp=1)
+        if self.valid_vocab_size is not None and self.valid_vocab_size != self.vocab_size:
+            hf["bsft_valid_vocab_size"] = self.valid_vocab_size
+        return hf
+
+
+# ---------------------------------------------------------------------------- presets
+_QWEN2_5_COMMON = dict(model_type="qwen2", qkv_bias=True, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                       max_position_embeddings=32_768, bos_token_id=151643, eos_token_id=151645,
+                       generation_eos_token_ids=(151645, 151643), source_dtype="bfloat16")
+_LLAMA3_COMMON = dict(model_type="llama", rope_theta=500_000.0, rms_norm_eps=1e-5, max_position_embeddings=131_072,
+                      bos_token_id=128000, eos_token_id=(128001, 128008, 128009),
+                      generation_eos_token_ids=(128001, 128008, 128009), source_dtype="bfloat16")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Published sizes: Qwen2.5 model cards, Llama 3.x model cards (counted with embeddings).
+    "qwen2_5_0_5b": dict(_QWEN2_5_COMMON, vocab_size=151_936, hidden_size=896, intermediate_size=4864,
+                         num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64, tie_word_embeddings=True),
+    "qwen2_5_1_5b": dict(_QWEN2_5_COMMON, vocab_size=151_936, hidden_size=1536, intermediate_size=8960,
+                         num_layers=28, num_heads=12, num_kv_heads=2, head_dim=128, tie_word_embeddings=True),
+    "qwen2_5_7b": dict(_QWEN2_5_COMMON, vocab_size=152_064, hidden_size=3584, intermediate_size=18_944,
+                       num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128, tie_word_embeddings=False),
+    "llama3_2_1b": dict(_LLAMA3_COMMON, vocab_size=128_256, hidden_size=2048, intermediate_size=8192,
+                        num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64, tie_word_embeddings=True,
+                        rope_scaling=Llama3RopeScaling(32.0, 1.0, 4.0, 8192)),
+    "llama3_1_8b": dict(_LLAMA3_COMMON, vocab_size=128_256, hidden_size=4096, intermediate_size=14_336,
+                        num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, tie_word_embeddings=False,
+                        rope_scaling=Llama3RopeScaling(8.0, 1.0, 4.0, 8192)),
+}
+
+
+def preset(name: str, **overrides: Any) -> DecoderConfig:
+    """A named real-size architecture (see ``PRESETS``), e.g. ``preset("qwen2_5_7b", dtype="bfloat16")``."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    return DecoderConfig(**{**PRESETS[name], **overrides})

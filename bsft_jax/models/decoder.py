@@ -1,0 +1,388 @@
+"""Flax NNX decoder for the Qwen2/Qwen2.5 and Llama 3.x families, numerically matching transformers.
+
+HF-exact choices: half-split ("rotate_half") RoPE with fp32 frequencies, unscaled q/k projections
+(so HF import/export is transpose + reshape only), RMSNorm and softmax in fp32, HF epsilons,
+optional tied head, Llama 3 RoPE scaling.
+
+Layers are stored stacked (leading ``layers`` axis on every block parameter) and run with
+``jax.lax.scan``, so compile time does not grow with depth. Weights are named in einsum form:
+``q_proj: [D, N, H]``, activations ``x_btd`` (axis letters in :mod:`bsft_jax.models.config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bsft_jax.models.config import DecoderConfig
+from bsft_jax.sharding import constrain
+
+Array = jax.Array
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give no NaNs
+
+
+def _param(
+    rngs: nnx.Rngs | None,
+    init: Callable[..., Array],
+    shape: tuple[int, ...],
+    axes: tuple[str | None, ...],
+    dtype: Any,
+    stack: int | None,
+) -> nnx.Param:
+    """A parameter with logical axis names; ``stack`` prepends a ``layers`` axis."""
+    if stack is not None:
+        shape, axes = (stack, *shape), ("layers", *axes)
+    key = rngs.params() if rngs is not None else jax.random.key(0)
+    return nnx.Param(init(key, shape, dtype), logical_axes=axes)
+
+
+def _normal(std: float = 0.02) -> Callable[..., Array]:
+    return jax.nn.initializers.normal(std)
+
+
+# ----------------------------------------------------------------------------- RoPE
+def rope_inverse_frequencies(config: DecoderConfig) -> np.ndarray:
+    """Inverse frequencies [H/2] in float32, computed as transformers does (incl. llama3 scaling)."""
+    dim = config.head_dim
+    exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (np.float32(1.0) / (np.float32(config.rope_theta) ** exponent)).astype(np.float32)
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    low_freq_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
+    high_freq_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
+    wavelen = (np.float32(2 * math.pi) / inv_freq).astype(np.float32)
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / np.float32(scaling.factor), inv_freq)
+    smooth = (scaling.original_max_position_embeddings / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / np.float32(scaling.factor) + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) & ~(wavelen > low_freq_wavelen)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(positions_bt: Array, inv_freq: np.ndarray, dtype: Any) -> tuple[Array, Array]:
+    """cos/sin tables [B, T, H] for integer positions, in fp32 then cast (as transformers)."""
+    freqs_bth = positions_bt.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+    emb_bth = jnp.concatenate([freqs_bth, freqs_bth], axis=-1)
+    return jnp.cos(emb_bth).astype(dtype), jnp.sin(emb_bth).astype(dtype)
+
+
+def apply_rope(x_btnh: Array, cos_bth: Array, sin_bth: Array) -> Array:
+    """Half-split rotary embedding: x * cos + rotate_half(x) * sin."""
+    half = x_btnh.shape[-1] // 2
+    rotated = jnp.concatenate([-x_btnh[..., half:], x_btnh[..., :half]], axis=-1)
+    return x_btnh * cos_bth[:, :, None, :] + rotated * sin_bth[:, :, None, :]
+
+
+# ----------------------------------------------------------------------------- KV cache
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Key/value cache for all layers, stacked on a leading layer axis.
+
+    k, v:         [L, B, S, K, H]  keys (already rotated) and values, per layer.
+    segment_ids:  [B, S] int32     1 where a slot holds a real token, 0 for empty or padding slots.
+    index:        [] int32         next slot to write; all rows write the same slot (left padding).
+    """
+
+    k: Array
+    v: Array
+    segment_ids: Array
+    index: Array
+
+    @classmethod
+    def init(cls, config: DecoderConfig, batch: int, max_length: int, dtype: Any = None) -> KVCache:
+        """An empty cache for ``batch`` rows and ``max_length`` slots."""
+        dtype = dtype or config.dtype
+        shape = (config.num_layers, batch, max_length, config.num_kv_heads, config.head_dim)
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            segment_ids=jnp.zeros((batch, max_length), jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def max_length(self) -> int:
+        return self.k.shape[2]
+
+
+# ----------------------------------------------------------------------------- modules
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in fp32, scaled in the input dtype (transformers' Qwen2/Llama RMSNorm)."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype: Any, stack: int | None = None,
+                 rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.scale = _param(rngs, jax.nn.initializers.ones, (dim,), ("norm",), param_dtype, stack)
+
+    def __call__(self, x: Array) -> Array:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        variance = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+        normed = (x32 * jax.lax.rsqrt(variance + self.eps)).astype(dtype)
+        return self.scale.value.astype(dtype) * normed
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with RoPE; optional q/k/v and output biases (Qwen2 / Llama)."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None, stack: int | None = None):
+        c, pd = config, config.param_dtype
+        d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        self.config = config
+        self.q_proj = _param(rngs, _normal(), (d, n, h), ("embed", "q_heads", "head_dim"), pd, stack)
+        self.k_proj = _param(rngs, _normal(), (d, k, h), ("embed", "kv_heads", "head_dim"), pd, stack)
+        self.v_proj = _param(rngs, _normal(), (d, k, h), ("embed", "kv_heads", "head_dim"), pd, stack)
+        self.o_proj = _param(rngs, _normal(), (n, h, d), ("q_heads", "head_dim", "embed"), pd, stack)
+        zeros = jax.nn.initializers.zeros
+        if c.qkv_bias:
+            self.q_bias = _param(rngs, zeros, (n, h), ("q_heads", "head_dim"), pd, stack)
+            self.k_bias = _param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd, stack)
+            self.v_bias = _param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd, stack)
+        if c.o_bias:
+            self.o_bias = _param(rngs, zeros, (d,), ("embed",), pd, stack)
+
+    def _project(self, x_btd: Array, name: str) -> Array:
+        w = getattr(self, f"{name}_proj").value.astype(x_btd.dtype)
+        y = jnp.einsum("btd,dkh->btkh", x_btd, w)
+        if self.config.qkv_bias:
+            y = y + getattr(self, f"{name}_bias").value.astype(y.dtype)
+        return y
+
+    def __call__(
+        self,
+        x_btd: Array,
+        cos_bth: Array,
+        sin_bth: Array,
+        mask_bts: Array,
+        kv: tuple[Array, Array] | None = None,
+        cache_index: Array | None = None,
+    ) -> tuple[Array, tuple[Array, Array] | None]:
+        """Returns the attention output [B, T, D] and, with a cache, the updated (k, v) [B, S, K, H]."""
+        c = self.config
+        q_btnh = apply_rope(self._project(x_btd, "q"), cos_bth, sin_bth)
+        k_btkh = apply_rope(self._project(x_btd, "k"), cos_bth, sin_bth)
+        v_btkh = self._project(x_btd, "v")
+        q_btnh = constrain(q_btnh, ("batch", "length", "act_heads", None))
+        if kv is None:
+            k_bskh, v_bskh, new_kv = k_btkh, v_btkh, None
+        else:
+            zero = jnp.zeros((), jnp.int32)
+            k_bskh = jax.lax.dynamic_update_slice(kv[0], k_btkh.astype(kv[0].dtype), (zero, cache_index, zero, zero))
+            v_bskh = jax.lax.dynamic_update_slice(kv[1], v_btkh.astype(kv[1].dtype), (zero, cache_index, zero, zero))
+            new_kv = (k_bskh, v_bskh)
+            k_bskh, v_bskh = k_bskh.astype(x_btd.dtype), v_bskh.astype(x_btd.dtype)
+        b, t = x_btd.shape[:2]
+        q_btkgh = q_btnh.reshape(b, t, c.num_kv_heads, c.num_query_groups, c.head_dim)
+        out_btkgh = dot_product_attention(q_btkgh, k_bskh, v_bskh, mask_bts)
+        out_btnh = out_btkgh.reshape(b, t, c.num_heads, c.head_dim)
+        y_btd = jnp.einsum("btnh,nhd->btd", out_btnh, self.o_proj.value.astype(x_btd.dtype))
+        if c.o_bias:
+            y_btd = y_btd + self.o_bias.value.astype(y_btd.dtype)
+        return y_btd, new_kv
+
+
+def dot_product_attention(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
+    """softmax(q k^T / sqrt(H)) v with fp32 scores/softmax; ``mask_bts`` True where attending is allowed."""
+    scale = 1.0 / math.sqrt(q_btkgh.shape[-1])
+    scores = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask_bts[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None, stack: int | None = None):
+        d, f, pd = config.hidden_size, config.intermediate_size, config.param_dtype
+        self.config = config
+        self.gate_proj = _param(rngs, _normal(), (d, f), ("embed", "mlp"), pd, stack)
+        self.up_proj = _param(rngs, _normal(), (d, f), ("embed", "mlp"), pd, stack)
+        self.down_proj = _param(rngs, _normal(), (f, d), ("mlp", "embed"), pd, stack)
+        if config.mlp_bias:
+            zeros = jax.nn.initializers.zeros
+            self.gate_bias = _param(rngs, zeros, (f,), ("mlp",), pd, stack)
+            self.up_bias = _param(rngs, zeros, (f,), ("mlp",), pd, stack)
+            self.down_bias = _param(rngs, zeros, (d,), ("embed",), pd, stack)
+
+    def __call__(self, x_btd: Array) -> Array:
+        dt = x_btd.dtype
+        gate_btf = x_btd @ self.gate_proj.value.astype(dt)
+        up_btf = x_btd @ self.up_proj.value.astype(dt)
+        if self.config.mlp_bias:
+            gate_btf = gate_btf + self.gate_bias.value.astype(dt)
+            up_btf = up_btf + self.up_bias.value.astype(dt)
+        h_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("batch", "length", "act_mlp"))
+        y_btd = h_btf @ self.down_proj.value.astype(dt)
+        if self.config.mlp_bias:
+            y_btd = y_btd + self.down_bias.value.astype(dt)
+        return y_btd
+
+
+class Block(nnx.Module):
+    """Pre-norm decoder block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None, stack: int | None = None):
+        kw = dict(param_dtype=config.param_dtype, stack=stack, rngs=rngs)
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        self.attn = Attention(config, rngs=rngs, stack=stack)
+        self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+        self.mlp = MLP(config, rngs=rngs, stack=stack)
+
+    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts, kv=None, cache_index=None):
+        attn_btd, new_kv = self.attn(self.input_norm(x_btd), cos_bth, sin_bth, mask_bts, kv, cache_index)
+        x_btd = x_btd + attn_btd
+        x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
+        return constrain(x_btd, ("batch", "length", "act_embed")), new_kv
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Decoder(nnx.Module):
+    """Causal LM: embedding, ``num_layers`` stacked blocks (scanned), final norm, LM head.
+
+    Call it as ``model(input_ids, attention_mask=None, positions=None)`` -> logits [B, T, V].
+    ``segment_ids`` packs several sequences into one row (tokens attend within their segment);
+    ``cache`` turns on KV-cache decoding and the call then returns ``(logits, new_cache)``.
+    """
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None = None):
+        self.config = config
+        pd = config.param_dtype
+        self.embed = _param(rngs, _normal(), (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd, None)
+        self.layers = Block(config, rngs=rngs, stack=config.num_layers)
+        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=pd, rngs=rngs)
+        if not config.tie_word_embeddings:
+            self.lm_head = _param(rngs, _normal(), (config.hidden_size, config.vocab_size), ("embed", "vocab"),
+                                  pd, None)
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        positions: Array | None = None,
+        *,
+        segment_ids: Array | None = None,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> Any:
+        """Logits [B, T, V] (``logits_dtype``); with ``cache``, ``(logits, updated cache)``.
+
+        attention_mask: [B, T], 1 for real tokens, 0 for padding (either side).
+        positions:      [B, T] RoPE positions; default: count of real tokens before each one
+                        (correct for left and right padding, and continuing a cache).
+        segment_ids:    [B, T] packed-sequence ids (0 = padding); overrides ``attention_mask``.
+        return_hidden:  return the final normed hidden states [B, T, D] instead of logits.
+        """
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        b, t = input_ids.shape
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+        segment_ids = segment_ids.astype(jnp.int32)
+        valid_bt = (segment_ids != 0).astype(jnp.int32)
+        if cache is None:
+            if positions is None:
+                positions = _positions_from_segments(segment_ids)
+            q_slot, k_slot, k_seg = jnp.arange(t), jnp.arange(t), segment_ids
+            q_seg = segment_ids
+        else:
+            if positions is None:
+                before = jnp.sum(cache.segment_ids != 0, axis=1, keepdims=True)
+                positions = before + jnp.cumsum(valid_bt, axis=1) - valid_bt
+            k_seg = jax.lax.dynamic_update_slice(cache.segment_ids, valid_bt, (0, cache.index))
+            q_slot, k_slot = cache.index + jnp.arange(t), jnp.arange(cache.max_length)
+            q_seg = jnp.ones_like(segment_ids)  # a cache holds one sequence per row
+        mask_bts = (
+            (q_seg[:, :, None] == k_seg[:, None, :])
+            & (k_seg[:, None, :] != 0)
+            & (k_slot[None, None, :] <= q_slot[None, :, None])
+        )
+        cos_bth, sin_bth = rope_cos_sin(positions, rope_inverse_frequencies(c), dtype)
+
+        x_btd = jnp.take(self.embed.value, input_ids, axis=0).astype(dtype)
+        x_btd = constrain(x_btd, ("batch", "length", "act_embed"))
+
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def body(x, layer_in):
+            state_l, kv_l = layer_in
+            block = nnx.merge(graphdef, state_l)
+            return block(x, cos_bth, sin_bth, mask_bts, kv_l, None if cache is None else cache.index)
+
+        if c.remat != "none" and cache is None:
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
+        kv_in = None if cache is None else (cache.k, cache.v)
+        x_btd, kv_out = jax.lax.scan(body, x_btd, (layer_state, kv_in))
+        x_btd = self.final_norm(x_btd)
+        if return_hidden:
+            out = x_btd
+        else:
+            out = self.logits(x_btd)
+        if cache is None:
+            return out
+        new_cache = KVCache(k=kv_out[0], v=kv_out[1], segment_ids=k_seg, index=cache.index + t)
+        return out, new_cache
+
+    def logits(self, x_btd: Array) -> Array:
+        """LM head on final hidden states: [B, T, D] -> [B, T, V] in ``logits_dtype``."""
+        c = self.config
+        out_dtype = jnp.dtype(c.logits_dtype)
+        if c.tie_word_embeddings:
+            w_vd = self.embed.value.astype(x_btd.dtype)
+            logits = jnp.einsum("btd,vd->btv", x_btd, w_vd, preferred_element_type=out_dtype)
+        else:
+            w_dv = self.lm_head.value.astype(x_btd.dtype)
+            logits = jnp.einsum("btd,dv->btv", x_btd, w_dv, preferred_element_type=out_dtype)
+        return constrain(logits.astype(out_dtype), ("batch", "length", "act_vocab"))
+
+
+def _positions_from_segments(segment_ids_bt: Array) -> Array:
+    """Positions restarting at 0 for every segment; padding tokens get 0.
+
+    For a single segment with left or right padding this is "number of real tokens before me".
+    """
+    valid = (segment_ids_bt != 0).astype(jnp.int32)
+    t = segment_ids_bt.shape[1]
+    idx = jnp.arange(t)[None, :]
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids_bt[:, :1], dtype=bool), segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]], axis=1
+    ) & (valid == 1)
+    # index of the most recent segment start at or before each token
+    last_start = jax.lax.cummax(jnp.where(starts, idx, -1), axis=1)
+    # real tokens between the start and here (padding inside a row does not advance positions)
+    csum = jnp.cumsum(valid, axis=1)
+    before_start = jnp.take_along_axis(csum, jnp.maximum(last_start, 0), axis=1) - jnp.take_along_axis(
+        valid, jnp.maximum(last_start, 0), axis=1
+    )
+    pos = csum - valid - before_start
+    return jnp.where((valid == 1) & (last_start >= 0), pos, 0)
+
+
+def init_decoder(config: DecoderConfig, seed: int = 0) -> Decoder:
+    """A randomly initialised decoder on the default device (tests, demos; see sharding for meshes)."""
+    return Decoder(config, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_decoder(config: DecoderConfig) -> Decoder:
+    """The decoder with ShapeDtypeStructs instead of arrays: no memory is allocated."""
+    return nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(params=0)))
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of parameters (works on abstract models)."""
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))

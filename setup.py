@@ -1,0 +1,56 @@
+"""bsft_jax: BehaviorSFT in JAX / Flax NNX.
+
+Runtime requirements are ranges real TPU/GPU hosts (newer Python, newer jax) can satisfy;
+requirements.txt / requirements-test.txt hold the exact pins CI and the Makefile use.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="bsft_jax",
+    version="0.1.0",
+    description="BehaviorSFT: behavior-token fine-tuning of clinical LLM agents, JAX/TPU-native",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["bsft_jax", "bsft_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8,<0.14",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.12.8",
+        "ml-collections>=1.0",
+        "absl-py>=2.1",
+        "numpy>=1.26",
+        "ml-dtypes>=0.5",
+        "grain>=0.2.12",
+        "tensorflow-datasets>=4.9.9",
+        "array-record>=0.8",
+        "safetensors>=0.4",
+        "tokenizers>=0.21",
+        "transformers>=4.51",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+        "psutil>=5.9",
+    ],
+    extras_require={
+        # The PyTorch reference used by the tests. torch is pinned exactly on purpose.
+        "test": [
+            "torch==2.13.0",
+            "tiktoken>=0.9",
+            "gguf>=0.10",
+            "scikit-learn>=1.5",
+            "pytest>=8",
+            "ruff>=0.6",
+        ],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "gpu": ["jax[cuda12]>=0.10.2"],
+    },
+    entry_points={
+        "console_scripts": [
+            "bsft-train=bsft_jax.train:run",
+            "bsft-evaluate=bsft_jax.evaluate:run",
+            "bsft-export=bsft_jax.export:run",
+        ]
+    },
+)

@@ -1,0 +1,23 @@
+"""Test set-up: 8 fake CPU devices (sharding tests), no Hub access, GPU tests opt-in."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax
+
+# Must happen before any backend starts; every test sees 8 CPU devices, default device 0.
+jax.config.update("jax_num_cpu_devices", 8)
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("BSFT_GPU_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="GPU test: set BSFT_GPU_TESTS=1 on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
