@@ -233,20 +233,36 @@ def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
 def _log_startup(s: dict[str, Any]) -> None:
     mem = s.get("memory_per_device", {})
-    gib = 1024 ** 3
     log.info("startup: %s parameters | mesh %s (%d devices, %d processes, %d rows/process) | compile %.1fs",
              f"{s['num_params']:,}", s["mesh"], s["num_devices"], s["num_processes"], s["per_process_batch"],
              s["compile_seconds"])
     if mem:
-        log.info("compiled step memory per device: args %.3f GiB, outputs %.3f GiB, temps %.3f GiB, "
-                 "aliased %.3f GiB, total %.3f GiB", mem["argument_size_in_bytes"] / gib,
-                 mem["output_size_in_bytes"] / gib, mem["temp_size_in_bytes"] / gib,
-                 mem["alias_size_in_bytes"] / gib, mem["total_bytes_per_device"] / gib)
+        log.info("compiled train step, memory per device: arguments %s, outputs %s, temporaries %s, aliased %s "
+                 "-> total %s", *(_human_bytes(mem[k]) for k in (
+                     "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+                     "total_bytes_per_device")))
 
 
 # ----------------------------------------------------------------------------- CLI
+def _flag_error_text(e: BaseException) -> str:
+    """ml_collections wraps a KeyError (unknown field) in an AttributeError: show the inner message."""
+    while e.args and isinstance(e.args[0], BaseException):
+        e = e.args[0]
+    if isinstance(e, KeyError) and e.args:
+        return "unknown config field " + str(e.args[0]).replace("\n", "; ")
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: parses absl flags (``--config``), runs, maps errors to exit codes."""
     from absl import flags
@@ -258,12 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         flags_def(argv)
     except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-        print(f"error: bad command line / config: {e}", file=sys.stderr)
+        text = _flag_error_text(e)
+        print(f"error: bad command line / config: {text}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s",
-                        datefmt="%H:%M:%S")
+                        datefmt="%H:%M:%S", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices on CPU/GPU hosts
     try:
+        distributed.maybe_initialize(flags_def.config.distributed)
+        if not is_primary():  # one progress log per job: the other processes report only problems
+            logging.getLogger().setLevel(logging.WARNING)
         result = run(flags_def.config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
