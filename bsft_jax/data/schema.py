@@ -243,6 +243,8 @@ def record_from_dict(
 
     response = _text(data.get("response") or "", where, "response", allow_empty=True)
     hard = data.get("hard", False)
+    if hasattr(hard, "item") and not isinstance(hard, str | bytes):  # numpy scalars from tfds sources
+        hard = hard.item()
     if isinstance(hard, str | bytes):
         hard_s = hard.decode() if isinstance(hard, bytes) else hard
         if hard_s.strip().lower() not in ("true", "false", "1", "0", ""):
