@@ -18,10 +18,14 @@ model.param_dtype        master-weight dtype (parameters and optimizer state), e
 model.logits_dtype       dtype of the LM-head output; the loss is always computed in fp32
 model.remat              "none" | "full" | "dots" (activation rematerialisation per block)
 model.vocab_pad_multiple embedding rows are padded to a multiple of this when the vocab grows
-tokenizer.path           base tokenizer folder ("" = model.hf_path)
+tokenizer.path           base tokenizer folder ("" = model.hf_path; "demo" = the demo set's small BPE)
 behavior.enabled         BehaviorSFT (True) or GeneralSFT (False: no behavior tokens)
 behavior.names / token_format / category_map / init   see bsft_jax.behavior.BehaviorSpec
-data.*                   see bsft_jax.train_data (source, variant, max_length, packing, ...)
+data.source              "demo" (generated, cached), "jsonl" (data.path/<split>.jsonl), "tfds" (data.path is
+                         the data_dir of bsft_jax.data.tfds_builder) or "synthetic" (a copy task, for tests)
+data.style               "behavior_sft" | "general_sft" | "explicit_instruction" (bsft_jax.data.format)
+data.seq_len             tokens per row (examples are packed when data.packing)
+data.train_split / eval_split / eval_batches / shuffle_seed / field_map / demo.*   see bsft_jax.train_data
 train.steps              optimizer updates in the whole run
 train.global_batch_size  rows per update, summed over all processes
 train.microbatches       gradient-accumulation microbatches per update (divides the batch)
@@ -51,10 +55,11 @@ import ml_collections
 from bsft_jax.models.config import canonical_dtype
 
 # Fields whose value is a free-form mapping (no fixed key set).
-FREE_FORM = frozenset({"behavior.category_map"})
+FREE_FORM = frozenset({"behavior.category_map", "data.field_map"})
 MODEL_SOURCES = ("hf", "scratch")
-DATA_SOURCES = ("synthetic", "demo", "jsonl")
-DATA_VARIANTS = ("behavior_sft", "general_sft", "explicit_instruction", "few_shot")
+DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
+# Training styles of bsft_jax.data.format ("few_shot" is a prompting baseline of the evaluator only).
+TRAIN_STYLES = ("behavior_sft", "general_sft", "explicit_instruction")
 REMAT = ("none", "full", "dots")
 DIST_INIT = ("auto", "always", "never")
 
@@ -95,15 +100,17 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "demo"
-    c.data.path = ""  # jsonl directory (source == "jsonl"); "" for the demo's cache location
-    c.data.variant = "behavior_sft"
-    c.data.max_length = 1024
+    c.data.path = ""  # jsonl: folder with train.jsonl / validation.jsonl / test.jsonl; tfds: the data_dir
+    c.data.field_map = ml_collections.ConfigDict()  # jsonl: foreign field name -> BehaviorBench field name
+    c.data.style = "behavior_sft"
+    c.data.seq_len = 256
     c.data.packing = True
     c.data.shuffle_seed = 0
+    c.data.train_split = "train"
     c.data.eval_split = "test"
     c.data.eval_batches = -1  # -1: the whole split
-    c.data.num_train = -1  # demo set size (-1: the data layer's default)
-    c.data.num_test = -1
+    c.data.demo = ml_collections.ConfigDict(dict(num_train=5200, num_validation=520, num_test=1040, seed=0,
+                                                 tokenizer_vocab=3072))
     c.data.synthetic_vocab = 64  # source == "synthetic": token ids drawn from [0, synthetic_vocab)
 
     c.train = ml_collections.ConfigDict()
@@ -283,8 +290,8 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
     tok_path = cfg.tokenizer.path or (m.hf_path if m.source == "hf" else "")
     if cfg.data.source != "synthetic" or cfg.behavior.enabled or tok_path:
         if not tok_path:
-            raise _fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder")
-        if not os.path.isdir(tok_path):
+            raise _fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder (or 'demo')")
+        if tok_path != "demo" and not os.path.isdir(tok_path):
             raise _fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
 
     b = cfg.behavior
@@ -299,13 +306,18 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
                 raise _fail(f"behavior.category_map.{cat}", f"{name!r} is not one of behavior.names {tuple(b.names)}")
 
     _one_of(cfg, "data.source", DATA_SOURCES)
-    _one_of(cfg, "data.variant", DATA_VARIANTS)
-    if b.enabled != (cfg.data.variant == "behavior_sft"):
-        raise _fail("data.variant", f"{cfg.data.variant!r} does not match behavior.enabled={b.enabled} "
-                                    "(behavior tokens are trained only with the 'behavior_sft' variant)")
-    if cfg.data.source == "jsonl" and not os.path.isdir(cfg.data.path):
-        raise _fail("data.path", f"{cfg.data.path!r} is not a folder of JSONL files")
-    _positive(cfg, "data.max_length")
+    _one_of(cfg, "data.style", TRAIN_STYLES)
+    if b.enabled != (cfg.data.style == "behavior_sft"):
+        raise _fail("data.style", f"{cfg.data.style!r} does not match behavior.enabled={b.enabled} "
+                                  "(behavior tokens are trained only with the 'behavior_sft' style)")
+    if cfg.data.source == "jsonl":
+        for split in (cfg.data.train_split, cfg.data.eval_split):
+            path = os.path.join(cfg.data.path, f"{split}.jsonl")
+            if not os.path.isfile(path):
+                raise _fail("data.path", f"{path!r} does not exist (expected a folder with <split>.jsonl files)")
+    if cfg.data.source == "tfds" and not os.path.isdir(cfg.data.path):
+        raise _fail("data.path", f"{cfg.data.path!r} is not a TFDS data_dir (build it with bsft_jax.data.tfds_builder)")
+    _positive(cfg, "data.seq_len", "data.demo.num_train", "data.demo.num_test", "data.demo.tokenizer_vocab")
 
     t = cfg.train
     _positive(cfg, "train.steps", "train.global_batch_size", "train.microbatches", "train.log_every")

@@ -55,8 +55,13 @@ def runtime_fields(cfg: Any) -> dict[str, Any]:
 
 
 def tokenizer_path(cfg: Any) -> str:
-    """The base tokenizer folder (``tokenizer.path``, else the HF model folder)."""
-    return cfg.tokenizer.path or (cfg.model.hf_path if cfg.model.source == "hf" else "")
+    """The base tokenizer folder (``tokenizer.path``, else the HF model folder; "demo": the demo BPE)."""
+    path = cfg.tokenizer.path or (cfg.model.hf_path if cfg.model.source == "hf" else "")
+    if path == "demo":
+        from bsft_jax.train_data import demo_tokenizer_path
+
+        return demo_tokenizer_path(cfg)
+    return path
 
 
 def load_tokenizer(path: str) -> Any:

@@ -31,7 +31,7 @@ from bsft_jax import distributed
 from bsft_jax.checkpoint import Checkpointer, make_meta
 from bsft_jax.config_schema import ConfigError, config_to_dict, validate_config
 from bsft_jax.distributed import data_shard, global_batch_from_local, is_primary
-from bsft_jax.loss import LossSums
+from bsft_jax.loss import LossSums, first_target_mask
 from bsft_jax.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
 from bsft_jax.models.decoder import count_params
 from bsft_jax.optim import make_optimizer
@@ -90,24 +90,46 @@ class _StopSignal:
 
 
 # ----------------------------------------------------------------------------- pieces
-def evaluate(trainer: Trainer, params: Any, batches: list[dict[str, np.ndarray]], global_batch: int
-             ) -> dict[str, float]:
-    """Loss, token accuracy and first-target (behavior-token) accuracy on held-out batches."""
+def evaluate(trainer: Trainer, params: Any, batches: list[dict[str, np.ndarray]], global_batch: int,
+             behavior_ids: dict[str, int] | None = None) -> dict[str, float]:
+    """Loss, token accuracy and first-target accuracy on held-out batches (teacher forcing).
+
+    In BehaviorSFT the first target of each assistant reply is the behavior token, so
+    ``first_token_accuracy`` is the behavior-selection accuracy of greedy decoding;
+    ``behavior_majority_rate`` is what always answering the most frequent behavior would score.
+    """
     if not batches:
         return {}
     fn = trainer.eval_step_fn()
     total = LossSums.zeros()
+    counts = np.zeros(len(behavior_ids or {}), np.int64)
+    ids = np.asarray(list((behavior_ids or {}).values()), np.int64)
     for local in batches:
         total = total + fn(params, global_batch_from_local(local, trainer.batch_sharding, global_batch))
+        if len(ids):
+            first = np.asarray(first_target_mask(local["loss_mask"], local["segment_ids"]))
+            counts += (local["targets"][first][:, None] == ids[None, :]).sum(0)
     s = jax.device_get(total)
     tokens = max(float(s.tokens), 1.0)
-    return {
+    out = {
         "loss": float(s.ce) / tokens,
         "accuracy": float(s.correct) / tokens,
         "first_token_accuracy": float(s.first_correct) / max(float(s.first_tokens), 1.0),
         "first_tokens": float(s.first_tokens),
         "loss_tokens": float(s.tokens),
     }
+    if len(ids):
+        counts = _sum_over_processes(counts)
+        out["behavior_majority_rate"] = float(counts.max()) / max(float(s.first_tokens), 1.0)
+    return out
+
+
+def _sum_over_processes(x: np.ndarray) -> np.ndarray:
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x)).sum(0)
 
 
 def _check_finite(step: int, metrics: dict[str, Any], last_saved: int | None) -> None:
@@ -172,7 +194,7 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
             state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=data_iter)
         num_params = count_params(bundle.model)
         bundle.model = None  # the state owns the parameters now (donated every step)
-        trainer.compile(global_batch, cfg.data.max_length)
+        trainer.compile(global_batch, cfg.data.seq_len)
         startup = trainer.report(num_params)
         startup["per_process_batch"] = shard.rows
         startup["num_processes"] = jax.process_count()
@@ -207,7 +229,7 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
             if on_step is not None:
                 on_step(step, last_metrics)
             if t.eval_every > 0 and step % t.eval_every == 0 and step != t.steps:
-                eval_metrics = evaluate(trainer, state.params, eval_batches, global_batch)
+                eval_metrics = evaluate(trainer, state.params, eval_batches, global_batch, bundle.behavior_ids)
                 metrics_log.write(step, eval_metrics, split="eval")
                 log.info("eval at step %d: %s", step, _fmt(eval_metrics))
             preempted = stop.should_stop(step)
@@ -219,7 +241,7 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
                 log.warning("SIGTERM: saved step %d, exiting cleanly", step)
                 break
         if not preempted and t.eval_every >= 0 and eval_batches:
-            eval_metrics = evaluate(trainer, state.params, eval_batches, global_batch)
+            eval_metrics = evaluate(trainer, state.params, eval_batches, global_batch, bundle.behavior_ids)
             metrics_log.write(step, eval_metrics, split="eval")
             log.info("final eval at step %d: %s", step, _fmt(eval_metrics))
         metrics_log.flush()

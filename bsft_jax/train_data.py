@@ -10,18 +10,24 @@ Sources:
 * ``synthetic``: packed copy-task rows (``BOS prompt SEP prompt EOS``; the copy is the
   assistant part), a pure function of ``(seed, batch index, global row)``: the same global batch
   whatever the number of processes. Used by tests and for quick smoke runs.
-* ``demo`` / ``jsonl``: the BehaviorBench pipeline of :mod:`bsft_jax.data`.
+* ``demo`` / ``jsonl`` / ``tfds``: BehaviorBench records through the Grain pipeline of
+  :mod:`bsft_jax.data` (chat-template formatting with or without the behavior token, packing,
+  per-process shards, seeded shuffle).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import grain
+import jax
 import numpy as np
 
+from bsft_jax.behavior import BehaviorSpec
 from bsft_jax.distributed import DataShard
 
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
@@ -74,19 +80,83 @@ def synthetic_dataset(seed: int, shard: DataShard, length: int, vocab: int, num_
     return grain.MapDataset.range(num_batches).map(_SyntheticBatch(seed, shard, length, vocab)).to_iter_dataset()
 
 
+def demo_config(cfg: Any) -> Any:
+    """The :class:`bsft_jax.data.DemoConfig` of ``data.demo``."""
+    from bsft_jax.data import DemoConfig
+
+    d = cfg.data.demo
+    return DemoConfig(num_train=d.num_train, num_validation=d.num_validation, num_test=d.num_test, seed=d.seed)
+
+
+def demo_tokenizer_path(cfg: Any) -> str:
+    """Folder of the demo set's BPE tokenizer (built and cached on first use)."""
+    from bsft_jax.data import demo_tokenizer_dir
+
+    return demo_tokenizer_dir(config=demo_config(cfg), vocab_size=cfg.data.demo.tokenizer_vocab,
+                              spec=BehaviorSpec.from_config(cfg.behavior))
+
+
+def load_split(cfg: Any, split: str) -> Any:
+    """Records (or a random-access TFDS source) of one split of the configured BehaviorBench data."""
+    from bsft_jax.data import load_demo, read_jsonl
+
+    d, spec = cfg.data, BehaviorSpec.from_config(cfg.behavior)
+    if d.source == "demo":
+        return load_demo([split], config=demo_config(cfg), spec=spec)[split]
+    if d.source == "jsonl":
+        return read_jsonl(os.path.join(d.path, f"{split}.jsonl"), field_map=dict(d.field_map) or None, spec=spec)
+    if d.source == "tfds":
+        from bsft_jax.data.tfds_builder import data_source
+
+        return data_source(split, data_dir=d.path)
+    raise ValueError(f"config.data.source={d.source!r} has no splits")
+
+
+def _pipeline_kwargs(cfg: Any, shard: DataShard) -> dict[str, Any]:
+    d = cfg.data
+    return dict(seq_len=d.seq_len, batch_size=shard.rows, spec=BehaviorSpec.from_config(cfg.behavior),
+                style=d.style, seed=d.shuffle_seed, packing=d.packing, process_index=shard.index,
+                process_count=shard.count)
+
+
 def make_train_iterator(cfg: Any, tokenizer: Any, shard: DataShard) -> Iterator[dict[str, np.ndarray]]:
-    """The training batch iterator of this process (checkpointable: ``get_state`` / ``set_state``)."""
+    """This process's endless, shuffled training iterator (a Grain DatasetIterator: checkpointable)."""
     d = cfg.data
     if d.source == "synthetic":
-        return iter(synthetic_dataset(d.shuffle_seed, shard, d.max_length, d.synthetic_vocab))
-    raise NotImplementedError(f"config.data.source={d.source!r}: the BehaviorBench pipeline is not wired yet")
+        return iter(synthetic_dataset(d.shuffle_seed, shard, d.seq_len, d.synthetic_vocab))
+    from bsft_jax.data import make_train_iterator as data_iterator
+
+    # Epochs repeat forever and the run stops by step count: with several processes the shards
+    # can differ by one example, and every process must produce a batch at every step.
+    return data_iterator(load_split(cfg, d.train_split), tokenizer, num_epochs=None, shuffle=True,
+                         **_pipeline_kwargs(cfg, shard))
 
 
 def make_eval_batches(cfg: Any, tokenizer: Any, shard: DataShard) -> list[dict[str, np.ndarray]]:
-    """Held-out batches of this process, same shapes as training batches (a fixed list)."""
+    """This process's held-out batches: one pass over ``data.eval_split`` in order (a fixed list).
+
+    Every process returns the same number of batches (empty rows pad the shorter ones), so that
+    the collective evaluation step runs in lock step across processes.
+    """
     d = cfg.data
+    limit = None if d.eval_batches < 0 else d.eval_batches
     if d.source == "synthetic":
-        n = 4 if d.eval_batches < 0 else d.eval_batches
-        ds = synthetic_dataset(d.shuffle_seed + 1_000_003, shard, d.max_length, d.synthetic_vocab, num_batches=n)
+        ds = synthetic_dataset(d.shuffle_seed + 1_000_003, shard, d.seq_len, d.synthetic_vocab,
+                               num_batches=4 if limit is None else limit)
         return list(ds)
-    raise NotImplementedError(f"config.data.source={d.source!r}: the BehaviorBench pipeline is not wired yet")
+    from bsft_jax.data import make_train_iterator as data_iterator
+
+    it = data_iterator(load_split(cfg, d.eval_split), tokenizer, num_epochs=1, shuffle=False,
+                       **_pipeline_kwargs(cfg, shard))
+    batches = list(itertools.islice(it, limit))
+    count = _max_over_processes(len(batches))
+    empty = {k: np.zeros((shard.rows, d.seq_len), np.int32) for k in BATCH_KEYS}
+    return batches + [empty] * (count - len(batches))
+
+
+def _max_over_processes(n: int) -> int:
+    if jax.process_count() == 1:
+        return n
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray(n, np.int32))))

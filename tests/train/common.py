@@ -44,7 +44,7 @@ def tiny_config(run_dir: str, tokenizer_dir: str, **overrides):
     c.model.vocab_pad_multiple = 16
     c.tokenizer.path = tiny_tokenizer(tokenizer_dir)
     c.data.source = "synthetic"
-    c.data.max_length = 32
+    c.data.seq_len = 32
     c.data.synthetic_vocab = 60
     c.data.eval_batches = 2
     c.train.steps = 6

@@ -65,8 +65,8 @@ def test_validation_messages_in_process(tmp_path):
     with pytest.raises(ConfigError, match=r"config.optimizer.b2: must be in \[0, 1\)"):
         validate_config(c, num_devices=1)
     c.optimizer.b2 = 0.95
-    c.data.variant = "general_sft"
-    with pytest.raises(ConfigError, match="config.data.variant"):
+    c.data.style = "general_sft"
+    with pytest.raises(ConfigError, match="config.data.style"):
         validate_config(c, num_devices=1)
     c.behavior.enabled = False
     assert validate_config(c, num_devices=8) == {"data": 1, "fsdp": 8, "tensor": 1}
