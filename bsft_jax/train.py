@@ -188,11 +188,11 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
         trainer = Trainer(bundle.model, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
         shard = data_shard(trainer.batch_sharding, global_batch)
         data_iter = make_train_iterator(cfg, bundle.tokenizer, shard)
+        num_params = count_params(bundle.model)
         if resume_step is None:
-            state = trainer.init_state(bundle.model, cfg.seed)
+            state = trainer.init_state(bundle.model, cfg.seed)  # takes over (donates) the model's buffers
         else:
             state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=data_iter)
-        num_params = count_params(bundle.model)
         bundle.model = None  # the state owns the parameters now (donated every step)
         trainer.compile(global_batch, cfg.data.seq_len)
         startup = trainer.report(num_params)

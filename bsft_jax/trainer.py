@@ -92,20 +92,23 @@ class Trainer:
         self.batch_sharding = batch_sharding(mesh)
         self.replicated = replicated
         self._compiled: Any = None
+        self._eval_step: Any = None
         self.compile_seconds = 0.0
 
     # ------------------------------------------------------------------ state
     def init_state(self, model: Decoder, seed: int) -> TrainState:
         """Fresh state from ``model``'s parameters, the optimizer created inside jit (sharded)."""
         graphdef, tx = self.model_graphdef, self.tx
-        params = nnx.state(model, nnx.Param)
+        # Already in place for models built on the mesh (a no-op then); moves an unsharded model.
+        params = jax.device_put(nnx.state(model, nnx.Param), self.state_shardings.params)
 
         def make(params: nnx.State, key_data: jax.Array) -> TrainState:
             opt = nnx.Optimizer(nnx.merge(graphdef, params), tx, wrt=nnx.Param)
             return TrainState(params=params, opt_state=nnx.state(opt), step=jnp.zeros((), jnp.int32), rng=key_data)
 
         key_data = jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32)
-        return jax.jit(make, out_shardings=self.state_shardings)(params, key_data)
+        # Donating the parameters lets the state reuse their buffers (no second copy of a 7B model).
+        return jax.jit(make, out_shardings=self.state_shardings, donate_argnums=(0,))(params, key_data)
 
     def abstract_with_shardings(self) -> TrainState:
         """ShapeDtypeStructs carrying this mesh's shardings (restore targets)."""
@@ -201,7 +204,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval
     def eval_step_fn(self) -> Any:
-        """A jitted ``(params, batch) -> LossSums`` for held-out batches (no gradient)."""
+        """A jitted ``(params, batch) -> LossSums`` for held-out batches (no gradient); built once."""
+        if self._eval_step is not None:
+            return self._eval_step
         graphdef, valid_vocab = self.model_graphdef, self.config.valid_vocab_size
 
         def eval_step(params: nnx.State, batch: dict[str, jax.Array]) -> LossSums:
@@ -210,8 +215,9 @@ class Trainer:
             return loss_sums(logits, batch["targets"], batch["loss_mask"], batch["segment_ids"],
                              valid_vocab_size=valid_vocab)
 
-        return jax.jit(eval_step, in_shardings=(self.state_shardings.params, self.batch_sharding),
-                       out_shardings=self.replicated)
+        self._eval_step = jax.jit(eval_step, in_shardings=(self.state_shardings.params, self.batch_sharding),
+                                  out_shardings=self.replicated)
+        return self._eval_step
 
     # ------------------------------------------------------------------ report
     def report(self, num_params: int) -> dict[str, Any]:
