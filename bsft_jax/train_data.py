@@ -28,9 +28,9 @@ import jax
 import numpy as np
 
 from bsft_jax.behavior import BehaviorSpec
+from bsft_jax.data.pipeline import BATCH_KEYS
 from bsft_jax.distributed import DataShard
 
-BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 # Synthetic token ids: 0 pad, 1 BOS, 2 SEP, 3 EOS, content from 4.
 _PAD, _BOS, _SEP, _EOS, _FIRST = 0, 1, 2, 3, 4
 

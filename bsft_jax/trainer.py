@@ -31,13 +31,13 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bsft_jax.data.pipeline import BATCH_KEYS
 from bsft_jax.loss import LossSums, loss_sums, objective
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.sharding import batch_sharding, state_shardings
 
 log = logging.getLogger(__name__)
 
-BATCH_KEYS = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
 
 
 @jax.tree_util.register_dataclass

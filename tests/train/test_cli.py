@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from bsft_jax.checkpoint import Checkpointer, read_meta
 from bsft_jax.config_schema import ConfigError, default_config, validate_config
+
+from .common import wait_for_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,12 +79,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bsft_jax.train", "--config", cfg], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    wait_for_steps(proc, metrics, 3)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out[-3000:]

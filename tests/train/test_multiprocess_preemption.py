@@ -7,10 +7,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 from bsft_jax.checkpoint import Checkpointer
 
+from .common import wait_for_steps
 from .test_cli import ROOT, write_config
 
 
@@ -23,12 +23,7 @@ def test_sigterm_on_two_processes_saves_one_agreed_step(tmp_path):
                              "--timeout", "240", "--", "--config", cfg], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stdout.read()[-4000:]
+    wait_for_steps(proc, metrics, 3)
     proc.send_signal(signal.SIGTERM)  # the launcher forwards it to both processes, as a pod preemption would
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-4000:]
