@@ -21,12 +21,12 @@ demo: $(STAMP)
 
 # pytest's exit code 5 (nothing collected) counts as a failure: an empty run tested nothing.
 test: $(STAMP)
-	$(BIN)/ruff check bsft_jax tests bench configs launch
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
-	$(BIN)/ruff check bsft_jax tests bench configs launch
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

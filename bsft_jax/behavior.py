@@ -213,10 +213,13 @@ def extend_model_vocab(
 
         return jax.jit(fn, out_shardings=sharding)(arr)
 
-    state["embed"].set_value(regrow(state["embed"].get_value(), key_embed, False))
+    grown = {("embed",): regrow(state["embed"].get_value(), key_embed, False)}
     if not config.tie_word_embeddings:
-        state["lm_head"].set_value(regrow(state["lm_head"].get_value(), key_head, True))
-    return nnx.merge(graphdef_new, state), new_config
+        grown[("lm_head",)] = regrow(state["lm_head"].get_value(), key_head, True)
+    # New Variables (``replace``): the input model is left untouched.
+    flat = [(path, v.replace(grown[path]) if path in grown else v.replace(v.get_value()))
+            for path, v in nnx.to_flat_state(state)]
+    return nnx.merge(graphdef_new, nnx.from_flat_state(flat)), new_config
 
 
 def mask_padded_logits(logits: jax.Array, num_valid: int | None) -> jax.Array:

@@ -205,9 +205,9 @@ def load_hf(
     """
     path = os.fspath(path)
     dtype = canonical_dtype(dtype)
+    files = checkpoint_files(path)
     config = DecoderConfig.from_hf(path, param_dtype=dtype, dtype=canonical_dtype(compute_dtype or dtype),
                                    **config_overrides)
-    files = checkpoint_files(path)
     abstract = abstract_decoder(config)
     graphdef, abstract_state = nnx.split(abstract)
     if mesh is not None:

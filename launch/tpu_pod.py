@@ -1,0 +1,102 @@
+"""Run bsft_jax training on every worker of a Cloud TPU VM slice (v4 / v5e / v5p / v6e pods).
+
+    python launch/tpu_pod.py --tpu my-v5p-32 --zone us-east5-a --accelerator-type v5p-32 \
+        --config configs/qwen2_5_7b_behaviorsft.py -- --config.optimizer.learning_rate=1e-5
+
+Steps (each printed; ``--dry-run`` prints them and runs nothing):
+  1. create the TPU VM slice unless it exists (``--reuse-only`` refuses to create);
+  2. copy this checkout to every worker (a tarball over ``tpu-vm scp --worker=all``);
+  3. install bsft_jax with the TPU extra on every worker;
+  4. run ``python -m bsft_jax.train --config ...`` on all workers at once (``ssh --worker=all``):
+     JAX's multi-controller runtime makes each worker one process of the job; every worker
+     writes its own log to ``<log_dir>/worker-<hostname>.log`` (on its VM) while the combined
+     output streams here.
+Data and HF checkpoints must be readable by every worker (a GCS bucket via gcsfuse, or a copy on
+each VM); point the config at that path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import Runner, add_common_args, train_command
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Default TPU VM software per accelerator generation (Cloud TPU docs' JAX images).
+RUNTIME_VERSIONS = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite", "v5p": "v2-alpha-tpuv5",
+                    "v6e": "v2-alpha-tpuv6e"}
+
+
+def runtime_version(args: argparse.Namespace) -> str:
+    if args.runtime_version:
+        return args.runtime_version
+    generation = args.accelerator_type.rsplit("-", 1)[0]
+    if generation not in RUNTIME_VERSIONS:
+        raise SystemExit(f"--accelerator-type {args.accelerator_type!r}: no default runtime for {generation!r}; "
+                         "pass --runtime-version")
+    return RUNTIME_VERSIONS[generation]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tpu", required=True, help="TPU VM name")
+    p.add_argument("--zone", required=True)
+    p.add_argument("--project", default=None)
+    p.add_argument("--accelerator-type", default="v5p-32")
+    p.add_argument("--runtime-version", default=None,
+                   help="TPU VM software version (default: by accelerator generation, see RUNTIME_VERSIONS)")
+    p.add_argument("--spot", action="store_true", help="create a Spot slice (preemptible; training resumes)")
+    p.add_argument("--reuse-only", action="store_true", help="fail instead of creating the slice")
+    p.add_argument("--skip-install", action="store_true", help="code and packages are already on the workers")
+    p.add_argument("--remote-dir", default="bsft_jax", help="checkout location on the workers (under $HOME)")
+    p.add_argument("--log-dir", default="bsft_logs", help="per-worker log folder on the workers (under $HOME)")
+    add_common_args(p)
+    return p
+
+
+def gcloud_tpu(args: argparse.Namespace, verb: str, *extra: str) -> list[str]:
+    cmd = ["gcloud", "compute", "tpus", "tpu-vm", verb, *extra, f"--zone={args.zone}"]
+    if args.project:
+        cmd.append(f"--project={args.project}")
+    return cmd
+
+
+def commands(args: argparse.Namespace, run: Runner) -> None:
+    exists = run.probe(gcloud_tpu(args, "describe", args.tpu))
+    if not exists:
+        if args.reuse_only and not run.dry_run:
+            raise SystemExit(f"TPU {args.tpu!r} does not exist in {args.zone} and --reuse-only was given")
+        create = gcloud_tpu(args, "create", args.tpu, f"--accelerator-type={args.accelerator_type}",
+                            f"--version={runtime_version(args)}")
+        if args.spot:
+            create.append("--spot")
+        run(create)
+    if not args.skip_install:
+        tarball = "/tmp/bsft_jax_src.tar.gz"
+        run(["tar", "czf", tarball, "-C", REPO, "--exclude=.venv", "--exclude=.git", "--exclude=runs", "."])
+        run(gcloud_tpu(args, "scp", tarball, f"{args.tpu}:~/bsft_jax_src.tar.gz", "--worker=all"))
+        install = (f"mkdir -p ~/{args.remote_dir} && tar xzf ~/bsft_jax_src.tar.gz -C ~/{args.remote_dir} && "
+                   f"cd ~/{args.remote_dir} && python3 -m pip install -q -e '.[tpu]'")
+        run(gcloud_tpu(args, "ssh", args.tpu, "--worker=all", f"--command={install}"))
+    train = train_command(args.config, args.overrides)
+    remote = (f"mkdir -p ~/{args.log_dir} && cd ~/{args.remote_dir} && "
+              f"{train} 2>&1 | tee ~/{args.log_dir}/worker-$(hostname).log")
+    run(gcloud_tpu(args, "ssh", args.tpu, "--worker=all", f"--command={remote}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands(args, Runner(args.dry_run))
+    if args.dry_run:
+        print(f"# per-worker logs would be in ~/{args.log_dir}/worker-<hostname>.log on each worker; fetch with:")
+        print("# " + shlex.join(gcloud_tpu(args, "scp", "--recurse", f"{args.tpu}:~/{args.log_dir}", ".",
+                                           "--worker=all")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

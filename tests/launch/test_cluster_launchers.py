@@ -1,0 +1,74 @@
+"""TPU pod, SLURM and XPK launchers: --dry-run prints exactly the commands they would run."""
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def dry_run(script, *args):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *args], capture_output=True,
+                         text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def commands(stdout):
+    return [shlex.split(line.removeprefix("[dry-run] ")) for line in stdout.splitlines()
+            if line.startswith("[dry-run] ")]
+
+
+def test_tpu_pod_dry_run_creates_installs_and_runs_on_all_workers():
+    out = dry_run("tpu_pod.py", "--tpu", "bsft-v5p", "--zone", "us-east5-a", "--project", "proj",
+                  "--accelerator-type", "v5p-32", "--spot", "--config", "configs/qwen2_5_7b_behaviorsft.py",
+                  "--dry-run", "--", "--config.optimizer.learning_rate=1e-5", "--config.train.steps=100")
+    cmds = commands(out)
+    describe, create, tar, scp, install, train = cmds
+    assert describe[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"] and "bsft-v5p" in describe
+    assert create[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "bsft-v5p"]
+    assert {"--accelerator-type=v5p-32", "--version=v2-alpha-tpuv5", "--spot", "--zone=us-east5-a",
+            "--project=proj"} <= set(create)
+    assert tar[0] == "tar" and scp[4] == "scp" and "--worker=all" in scp
+    assert install[4] == "ssh" and "--worker=all" in install
+    assert "pip install -q -e '.[tpu]'" in next(a for a in install if a.startswith("--command="))
+    assert train[4] == "ssh" and "--worker=all" in train
+    remote = next(a for a in train if a.startswith("--command=")).removeprefix("--command=")
+    assert ("python3 -m bsft_jax.train --config configs/qwen2_5_7b_behaviorsft.py "
+            "--config.optimizer.learning_rate=1e-5 --config.train.steps=100") in remote
+    assert "tee ~/bsft_logs/worker-$(hostname).log" in remote
+
+
+def test_tpu_pod_needs_a_runtime_for_unknown_generations():
+    out = subprocess.run([sys.executable, os.path.join(REPO, "launch", "tpu_pod.py"), "--tpu", "x", "--zone", "z",
+                          "--accelerator-type", "v9x-8", "--config", "c.py", "--dry-run"], capture_output=True,
+                         text=True)
+    assert out.returncode != 0 and "--runtime-version" in out.stderr
+
+
+@pytest.mark.parametrize("per", ["gpu", "host"])
+def test_slurm_dry_run_prints_the_sbatch_script_and_command(per):
+    out = dry_run("slurm.py", "--nodes", "2", "--gpus-per-node", "8", "--per", per, "--partition", "a100",
+                  "--config", "configs/llama3_1_8b_behaviorsft.py", "--dry-run", "--",
+                  "--config.optimizer.learning_rate=2e-5")
+    assert "#SBATCH --nodes=2" in out and "#SBATCH --gpus-per-node=8" in out and "#SBATCH --partition=a100" in out
+    assert f"#SBATCH --ntasks-per-node={8 if per == 'gpu' else 1}" in out
+    assert ("BSFT_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7" in out) == (per == "host")
+    srun = next(line for line in out.splitlines() if line.startswith("srun "))
+    assert "--output=slurm_logs/%x-%j-task%t.log" in srun
+    assert ("python3 -m bsft_jax.train --config configs/llama3_1_8b_behaviorsft.py "
+            "--config.optimizer.learning_rate=2e-5") in srun
+    assert commands(out) == [["sbatch", "slurm_bsft.sbatch"]]
+
+
+def test_xpk_dry_run():
+    out = dry_run("xpk.py", "--cluster", "c1", "--workload", "bsft-7b", "--tpu-type", "v5p-128", "--num-slices", "2",
+                  "--docker-image", "gcr.io/p/bsft:1", "--config", "configs/qwen2_5_7b_behaviorsft.py", "--dry-run")
+    (cmd,) = commands(out)
+    assert cmd[:3] == ["xpk", "workload", "create"]
+    assert {"--cluster=c1", "--workload=bsft-7b", "--tpu-type=v5p-128", "--num-slices=2",
+            "--docker-image=gcr.io/p/bsft:1"} <= set(cmd)
+    assert "--command=python3 -m bsft_jax.train --config configs/qwen2_5_7b_behaviorsft.py" in cmd
