@@ -36,6 +36,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -278,6 +279,36 @@ def bucket_size(n: int, buckets: Sequence[int] | None = None, *, minimum: int = 
     return -(-size // multiple) * multiple
 
 
+def data_parallel_size(mesh: Mesh | None) -> int:
+    """How many ways the ``batch`` logical axis is split on ``mesh`` (batch sizes must be multiples)."""
+    if mesh is None:
+        return 1
+    spec = logical_to_spec(("batch",), mesh=mesh)[0]
+    axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def split_and_place(model: Decoder, mesh: Mesh | None = None) -> tuple[nnx.GraphDef, nnx.State]:
+    """``nnx.split(model)``, with the weights placed by the rules table on ``mesh`` when given."""
+    graphdef, params = nnx.split(model)
+    if mesh is not None:
+        params = jax.device_put(params, state_shardings(params, mesh))
+    return graphdef, params
+
+
+def batch_arrays(arrays: Sequence[np.ndarray], mesh: Mesh | None) -> tuple[Any, ...]:
+    """Host arrays with a leading batch axis, sharded over the data axes of ``mesh`` (as-is without one)."""
+    if mesh is None:
+        return tuple(arrays)
+    return tuple(jax.device_put(a, NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (a.ndim - 1),
+                                                                        mesh=mesh))) for a in arrays)
+
+
+def mesh_context(mesh: Mesh | None) -> Any:
+    """``jax.set_mesh(mesh)``, or a no-op context without a mesh."""
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
 @dataclasses.dataclass
 class SamplerOutput:
     """Result of one :class:`Sampler` call; lists are in prompt order.
@@ -325,20 +356,13 @@ class Sampler:
         max_batch_size: int = 64,
     ):
         self.config = model.config
-        self.graphdef, params = nnx.split(model)
+        self.graphdef, self.params = split_and_place(model, mesh)
         self.mesh = mesh
-        if mesh is not None:
-            params = jax.device_put(params, state_shardings(params, mesh))
-        self.params = params
         self.pad_id = int(pad_id if pad_id is not None else (self.config.pad_token_id or 0))
         self.prompt_buckets = tuple(prompt_buckets) if prompt_buckets else None
         self.batch_buckets = tuple(batch_buckets) if batch_buckets else None
         self.max_batch_size = int(max_batch_size)
-        self.data_parallel = 1
-        if mesh is not None:
-            spec = logical_to_spec(("batch",), mesh=mesh)[0]
-            axes = () if spec is None else (spec,) if isinstance(spec, str) else spec
-            self.data_parallel = math.prod(mesh.shape[a] for a in axes)
+        self.data_parallel = data_parallel_size(mesh)
 
     def __call__(
         self,
@@ -395,11 +419,8 @@ class Sampler:
         for i, f in enumerate(forced):
             if f is not None:
                 force_b[i] = int(f)
-        arrays = (prompt_bt, mask_bt, active_b, force_b)
-        if self.mesh is not None:
-            arrays = tuple(jax.device_put(a, NamedSharding(self.mesh, logical_to_spec(
-                ("batch",) + (None,) * (a.ndim - 1), mesh=self.mesh))) for a in arrays)
-        with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+        arrays = batch_arrays((prompt_bt, mask_bt, active_b, force_b), self.mesh)
+        with mesh_context(self.mesh):
             state = prefill(self.graphdef, self.params, *arrays, eos_e, rng, max_new_tokens=max_new_tokens,
                             sampling=sampling, pad_id=self.pad_id, keep_logits=keep_logits)
             state = decode_loop(self.graphdef, self.params, state, eos_e, sampling=sampling, pad_id=self.pad_id)
