@@ -247,7 +247,7 @@ def load_hf(
             seen.add(key)
             target = flat_abstract[rule.nnx_path].get_value()
             layer_shape = target.shape[1:] if rule.per_layer else target.shape
-            arr = rule.layout.to_nnx(np.asarray(hf_arr), layer_shape).astype(np_dtype)
+            arr = rule.layout.to_nnx(np.asarray(hf_arr), layer_shape).astype(np_dtype, copy=False)
             sharding = flat_shardings[rule.nnx_path]
             if rule.per_layer:
                 if rule.nnx_path not in values:

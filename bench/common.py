@@ -1,0 +1,119 @@
+"""Shared by the benchmarks: machine/version info, robust timing, a table printer, a JSONL log."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
+
+# About 100M parameters, Qwen2 architecture (q/k/v biases), tied embeddings.
+QWEN2_100M = dict(model_type="qwen2", vocab_size=32_000, hidden_size=768, intermediate_size=2048, num_layers=12,
+                  num_heads=12, num_kv_heads=4, head_dim=64, qkv_bias=True, tie_word_embeddings=True,
+                  rope_theta=1_000_000.0, rms_norm_eps=1e-6)
+# The demo model's size class (a few M parameters).
+QWEN2_DEMO = dict(model_type="qwen2", vocab_size=4_096, hidden_size=256, intermediate_size=768, num_layers=4,
+                  num_heads=4, num_kv_heads=2, head_dim=64, qkv_bias=True, tie_word_embeddings=True,
+                  rope_theta=10_000.0, rms_norm_eps=1e-6)
+# Tiny, for the test that keeps the scripts from rotting.
+QWEN2_TINY = dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=16, qkv_bias=True, tie_word_embeddings=True,
+                  rope_theta=10_000.0, rms_norm_eps=1e-6)
+SIZES = {"100m": QWEN2_100M, "demo": QWEN2_DEMO, "tiny": QWEN2_TINY}
+
+
+def hf_qwen2_config(arch: dict[str, Any]):
+    """The transformers Qwen2Config for one of the SIZES."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=arch["vocab_size"], hidden_size=arch["hidden_size"],
+                       intermediate_size=arch["intermediate_size"], num_hidden_layers=arch["num_layers"],
+                       num_attention_heads=arch["num_heads"], num_key_value_heads=arch["num_kv_heads"],
+                       tie_word_embeddings=arch["tie_word_embeddings"], rope_theta=arch["rope_theta"],
+                       rms_norm_eps=arch["rms_norm_eps"], max_position_embeddings=4096)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and with what a result was measured."""
+    import jax
+
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()][:8],
+    }
+    try:
+        import torch
+        import transformers
+
+        info.update(torch=torch.__version__, transformers=transformers.__version__,
+                    torch_threads=torch.get_num_threads())
+    except ImportError:
+        pass
+    try:
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=os.path.dirname(RESULTS)).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def timed(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls after ``warmup`` calls (fn must block until done)."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def summary(xs: Sequence[float]) -> dict[str, float]:
+    """Median and spread (min, max) of a sample."""
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A Markdown table on stdout (pasteable into BENCHMARKS.md)."""
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(fmt(v) for v in row) + " |")
+    sys.stdout.flush()
+
+
+def append_result(name: str, config: dict[str, Any], results: dict[str, Any], path: str | None = None) -> None:
+    """Appends one JSON line {bench, machine, config, results} to bench/results.jsonl (or ``path``)."""
+    record = {"bench": name, "machine": machine_info(), "config": config, "results": results}
+    with open(path or RESULTS, "a") as f:
+        f.write(json.dumps(record) + "\n")
