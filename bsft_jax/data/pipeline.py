@@ -1,0 +1,205 @@
+"""Grain input pipeline: records -> formatted, packed (or padded), sharded, checkpointable batches.
+
+The trainer calls one function::
+
+    it = make_train_iterator(records, tokenizer, spec=spec, style="behavior_sft", seq_len=512,
+                             batch_size=per_process_batch, seed=0, process_index=jax.process_index(),
+                             process_count=jax.process_count())
+    batch = next(it)      # dict of int32 [batch_size, seq_len]: tokens, targets, loss_mask, segment_ids, positions
+    state = it.get_state()  # JSON-able; it.set_state(state) resumes at the identical next batch
+
+Orbax: ``ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it))`` on save and
+``grain.checkpoint.CheckpointRestore(it)`` on restore (``it`` is a ``grain.DatasetIterator``).
+
+Order of operations (all deterministic given ``seed``):
+  1. shard: process p takes examples p, p + P, p + 2P, ... (static, disjoint, their union is the set);
+  2. shuffle within the shard, reseeded every epoch; repeat ``num_epochs`` times (None: forever);
+  3. format each record (:class:`bsft_jax.data.format.Formatter`) to ids + loss mask, shift by one
+     (tokens = ids[:-1], targets = ids[1:], loss_mask = mask[1:]), cut the context from the left
+     to fit ``seq_len`` (counted in ``it.stats``; examples whose target cannot fit are dropped);
+  4. pack several examples per row with grain's first-fit packing (segment_ids 1..n, positions
+     restarting at 0, 0 = padding), or pad one example per row (``packing=False``);
+  5. batch to exactly ``[batch_size, seq_len]``; a finite run's last partial batch is padded with
+     empty rows (segment_ids 0, loss_mask 0), so no token is lost and shapes never change.
+With several processes, shards can differ by one example, so use ``num_epochs=None`` and stop by
+step count (each process then yields batches forever, in lock step).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from bsft_jax.behavior import BehaviorSpec
+from bsft_jax.data.format import FewShotPool, FormatStats, Formatter
+from bsft_jax.data.schema import Record, read_dir, record_from_dict
+
+BATCH_KEYS: tuple[str, ...] = ("tokens", "targets", "loss_mask", "segment_ids", "positions")
+_SEQ_KEYS: tuple[str, ...] = ("tokens", "targets", "loss_mask")
+
+
+class _ToRecord:
+    """Source element (Record, dict, or tfds example with bytes) -> Record."""
+
+    def __init__(self, spec: BehaviorSpec):
+        self.spec = spec
+
+    def __call__(self, element: Any) -> Record:
+        if isinstance(element, Record):
+            return element
+        return record_from_dict(element, spec=self.spec, where=f"example {element.get('id', '?')!r}")
+
+
+class _ToExample:
+    """Record -> {tokens, targets, loss_mask} int32 arrays of length <= seq_len, or None (dropped)."""
+
+    def __init__(self, formatter: Formatter, seq_len: int, to_record: _ToRecord):
+        self.formatter, self.seq_len, self.to_record = formatter, seq_len, to_record
+
+    def __call__(self, element: Any) -> dict[str, np.ndarray] | None:
+        ex = self.formatter.render_example(self.to_record(element), max_len=self.seq_len + 1)
+        if ex is None:
+            return None
+        ids = np.asarray(ex.input_ids, np.int32)
+        mask = np.asarray(ex.loss_mask, np.int32)
+        return {"tokens": ids[:-1], "targets": ids[1:], "loss_mask": mask[1:]}
+
+
+class _PadOne:
+    """No-packing mode: one example per row, right-padded."""
+
+    def __init__(self, seq_len: int):
+        self.seq_len = seq_len
+
+    def __call__(self, ex: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(ex["tokens"])
+        out = {k: np.zeros(self.seq_len, np.int32) for k in BATCH_KEYS}
+        for k in _SEQ_KEYS:
+            out[k][:n] = ex[k]
+        out["segment_ids"][:n] = 1
+        out["positions"][:n] = np.arange(n, dtype=np.int32)
+        return out
+
+
+def _rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"tokens": row["tokens"], "targets": row["targets"], "loss_mask": row["loss_mask"],
+            "segment_ids": row["tokens_segment_ids"], "positions": row["tokens_positions"]}
+
+
+class _PadBatch:
+    """Pads a short final batch with empty rows so every batch is [batch_size, seq_len]."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        short = self.batch_size - batch["tokens"].shape[0]
+        if short == 0:
+            return batch
+        return {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+
+
+class BatchIterator(grain.DatasetIterator):
+    """The trainer's iterator: ``next()`` gives a batch dict; ``get_state`` / ``set_state`` resume exactly.
+
+    A ``grain.DatasetIterator`` (so grain's Orbax handler saves its JSON state). ``stats`` counts
+    formatted, truncated and dropped examples of this process since it was built.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, stats: FormatStats, num_records: int):
+        super().__init__(parent)
+        self.stats = stats
+        self.num_records = num_records  # records in this process's shard (one epoch)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+
+def as_map_dataset(records_or_source: Any) -> grain.MapDataset:
+    """A ``grain.MapDataset`` over records: a list of Records, a directory of JSONL files, a
+    ``tfds.data_source`` split (see :mod:`bsft_jax.data.tfds_builder`), or any random-access source."""
+    if isinstance(records_or_source, grain.MapDataset):
+        return records_or_source
+    if isinstance(records_or_source, str | os.PathLike):
+        records_or_source = read_dir(records_or_source)
+    return grain.MapDataset.source(records_or_source)
+
+
+def make_dataset(
+    records_or_source: Any,
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    batch_size: int,
+    spec: BehaviorSpec | None = None,
+    style: str = "behavior_sft",
+    seed: int = 0,
+    packing: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+    shuffle: bool = True,
+    packing_bins: int | None = None,
+    few_shot: FewShotPool | None = None,
+    system_prompt: str | None = None,
+) -> tuple[grain.IterDataset, Formatter, int]:
+    """The pipeline as a ``grain.IterDataset`` (see module docstring), its formatter and shard size."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+    if seq_len < 2 or batch_size < 1:
+        raise ValueError(f"seq_len ({seq_len}) must be >= 2 and batch_size ({batch_size}) >= 1")
+    spec = spec or BehaviorSpec()
+    formatter = Formatter(tokenizer, style=style, spec=spec, few_shot=few_shot, system_prompt=system_prompt)
+    ds = as_map_dataset(records_or_source)
+    if len(ds) < process_count:
+        raise ValueError(f"{len(ds)} records cannot be sharded over {process_count} processes")
+    ds = ds[process_index::process_count]
+    shard_size = len(ds)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    ds = ds.map(_ToExample(formatter, seq_len, _ToRecord(spec))).filter(lambda ex: ex is not None)
+    it = ds.to_iter_dataset()
+    if packing:
+        it = grain.experimental.FirstFitPackIterDataset(
+            it, length_struct={k: seq_len for k in _SEQ_KEYS}, num_packing_bins=packing_bins or batch_size,
+            seed=seed, shuffle_bins=False)
+        it = it.map(_rename_packed)
+    else:
+        it = it.map(_PadOne(seq_len))
+    it = it.batch(batch_size, drop_remainder=False).map(_PadBatch(batch_size))
+    return it, formatter, shard_size
+
+
+def make_train_iterator(records_or_source: Any, tokenizer: Any, **kwargs: Any) -> BatchIterator:
+    """The trainer's entry point: a checkpointable iterator of batches for this process.
+
+    Arguments: ``records_or_source`` (list of Records, JSONL directory, or tfds data source),
+    ``tokenizer`` (HF, with chat template; behavior tokens added for ``behavior_sft``), and
+    keyword-only ``seq_len``, ``batch_size`` (per process), ``spec``, ``style``, ``seed``,
+    ``packing=True``, ``process_index=0``, ``process_count=1``, ``num_epochs=None`` (forever),
+    ``shuffle=True``, ``packing_bins`` (default batch_size), ``few_shot``, ``system_prompt``.
+    Each batch: int32 ``[batch_size, seq_len]`` arrays ``tokens, targets, loss_mask, segment_ids,
+    positions`` (PREAMBLE batch contract). ``it.stats`` reports truncations.
+    """
+    it_ds, formatter, shard_size = make_dataset(records_or_source, tokenizer, **kwargs)
+    return BatchIterator(it_ds.__iter__(), formatter.stats, shard_size)
+
+
+def global_batch(iterators: Sequence[BatchIterator]) -> dict[str, np.ndarray]:
+    """Concatenates the next batch of each simulated process (process order) into the global batch.
+
+    What a multi-host run sees as one global batch; single-process tests use it to compare.
+    """
+    batches = [next(it) for it in iterators]
+    return {k: np.concatenate([b[k] for b in batches]) for k in BATCH_KEYS}

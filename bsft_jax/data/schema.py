@@ -1,0 +1,339 @@
+"""BehaviorBench record schema: one JSON object per line, validated with errors that name the place.
+
+A record is one task: a multi-turn clinical scene (``turns``), optionally multiple-choice ``options``,
+and the target: the ``behavior`` token name, the discrete ``label`` the metric scores (an option
+letter, a flag class, or ``none`` when restraint is right) and the agent's ``response`` text.
+
+JSON form (field names can be remapped with ``field_map`` so a foreign export reads unchanged)::
+
+    {"id": "c17-3", "case_id": "c17", "category": "Critical Value Flagging", "group": "balanced",
+     "turns": [{"speaker": "Labs", "text": "Potassium 6.9 mmol/L ..."}, {"speaker": "Dr. Kim", "text": "..."}],
+     "options": {"A": "...", "B": "..."},           # optional; also a list of strings, or [{"key", "text"}]
+     "behavior": "balanced", "label": "critical_value", "response": "Flag: critical_value\\n...",
+     "hard": false}
+
+Defaults for absent fields: ``id`` = "<file>:<line>", ``case_id`` = ``id``, ``group`` = the category's
+group, ``behavior`` = ``spec.behavior_for_category(category)``, ``response`` = "" (the formatter then
+trains on the canonical reply head built from the label), ``hard`` = false.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from bsft_jax import taxonomy
+from bsft_jax.behavior import BehaviorSpec
+
+NO_INTERVENTION = "none"  # the label of scenes where holding back is the right behavior
+_FLAG_LABEL_RE = re.compile(r"^[a-z0-9_]+$")
+_OPTION_KEY_RE = re.compile(r"^[A-Z]$")
+_FIELDS = ("id", "case_id", "category", "group", "turns", "options", "behavior", "label", "response", "hard")
+
+
+class DataError(ValueError):
+    """A data file (or record) does not match the BehaviorBench schema. The message names where and what."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+    """One utterance or context block of a scene (speaker: "Dr. Kim", "Patient", "Labs", "Case", ...)."""
+
+    speaker: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One BehaviorBench task. Immutable; ``options`` is a tuple of (key, text) pairs or None."""
+
+    id: str
+    case_id: str
+    category: str
+    group: str
+    turns: tuple[Turn, ...]
+    behavior: str
+    label: str
+    response: str = ""
+    options: tuple[tuple[str, str], ...] | None = None
+    hard: bool = False
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        """True when the label is an option key (reactive tasks)."""
+        return self.options is not None
+
+    @property
+    def intervenes(self) -> bool:
+        """True when the right reply speaks up (a flag label); False for restraint (``none``) and MC."""
+        return not self.is_multiple_choice and self.label != NO_INTERVENTION
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-lines form (inverse of :func:`record_from_dict`)."""
+        out: dict[str, Any] = {
+            "id": self.id, "case_id": self.case_id, "category": self.category, "group": self.group,
+            "turns": [{"speaker": t.speaker, "text": t.text} for t in self.turns],
+        }
+        if self.options is not None:
+            out["options"] = dict(self.options)
+        out.update(behavior=self.behavior, label=self.label, response=self.response, hard=self.hard)
+        return out
+
+
+# ----------------------------------------------------------------------------- parsing
+def _text(value: Any, where: str, field: str, *, allow_empty: bool = False) -> str:
+    if isinstance(value, bytes):  # tfds text features come back as bytes
+        value = value.decode("utf-8")
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise DataError(f"{where}: field '{field}' must be a string, got {type(value).__name__} {value!r:.60}")
+    value = str(value).strip()
+    if not value and not allow_empty:
+        raise DataError(f"{where}: field '{field}' is empty; expected a non-empty string")
+    return value
+
+
+def _parse_turns(value: Any, where: str) -> tuple[Turn, ...]:
+    if isinstance(value, str | bytes):  # serialized (tfds) form
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: field 'turns' is a string but not JSON ({e.msg})") from None
+    if not isinstance(value, list | tuple):
+        raise DataError(f"{where}: field 'turns' must be a list of {{speaker, text}} objects, got "
+                        f"{type(value).__name__}")
+    if not value:
+        raise DataError(f"{where}: field 'turns' is empty; a scene needs at least one turn")
+    turns = []
+    for i, t in enumerate(value):
+        if isinstance(t, Turn):
+            turns.append(t)
+            continue
+        if isinstance(t, list | tuple) and len(t) == 2:
+            t = {"speaker": t[0], "text": t[1]}
+        if not isinstance(t, Mapping):
+            raise DataError(f"{where}: field 'turns[{i}]' must be an object with 'speaker' and 'text', got {t!r:.60}")
+        # Common foreign spellings of the two keys (chat exports use role/content).
+        speaker = next((t[k] for k in ("speaker", "role", "name") if k in t), None)
+        text = next((t[k] for k in ("text", "content", "utterance") if k in t), None)
+        if speaker is None or text is None:
+            raise DataError(f"{where}: field 'turns[{i}]' needs keys 'speaker' and 'text' (or role/content), "
+                            f"got keys {sorted(t)}")
+        turns.append(Turn(_text(speaker, where, f"turns[{i}].speaker"), _text(text, where, f"turns[{i}].text")))
+    return tuple(turns)
+
+
+def _parse_options(value: Any, where: str) -> tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes):
+        if not value:
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: field 'options' is a string but not JSON ({e.msg})") from None
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple):
+        if not value:
+            return None
+        if all(isinstance(v, str) for v in value):  # bare option texts: letters in order
+            pairs = [(chr(ord("A") + i), v) for i, v in enumerate(value)]
+        else:
+            pairs = []
+            for i, v in enumerate(value):
+                if isinstance(v, Mapping) and ("key" in v or "label" in v) and "text" in v:
+                    pairs.append((v.get("key", v.get("label")), v["text"]))
+                elif isinstance(v, list | tuple) and len(v) == 2:
+                    pairs.append((v[0], v[1]))
+                else:
+                    raise DataError(f"{where}: field 'options[{i}]' must be a string, [key, text] or "
+                                    f"{{key, text}}, got {v!r:.60}")
+    else:
+        raise DataError(f"{where}: field 'options' must be an object {{letter: text}} or a list, "
+                        f"got {type(value).__name__}")
+    out = []
+    for key, text in pairs:
+        key = _text(key, where, "options key").upper()
+        if not _OPTION_KEY_RE.match(key):
+            raise DataError(f"{where}: field 'options' has key {key!r}; expected single letters A, B, C, ...")
+        out.append((key, _text(text, where, f"options[{key}]")))
+    if len({k for k, _ in out}) != len(out):
+        raise DataError(f"{where}: field 'options' has duplicate keys {[k for k, _ in out]}")
+    if len(out) < 2:
+        raise DataError(f"{where}: field 'options' has {len(out)} option(s); a multiple-choice task needs >= 2")
+    return tuple(out)
+
+
+def normalize_flag_label(label: str) -> str:
+    """Canonical spelling of a flag label: lower case, spaces and dashes as underscores."""
+    return re.sub(r"[\s\-]+", "_", label.strip().lower())
+
+
+def record_from_dict(
+    obj: Mapping[str, Any],
+    *,
+    spec: BehaviorSpec | None = None,
+    field_map: Mapping[str, str] | None = None,
+    category_aliases: Mapping[str, str] | None = None,
+    where: str = "record",
+) -> Record:
+    """Validates one JSON object (already decoded) and returns a :class:`Record`.
+
+    field_map:         foreign field name -> our field name, e.g. ``{"task_type": "category"}``.
+    category_aliases:  foreign category name -> one of ``taxonomy.CATEGORY_NAMES``.
+    where:             prefix of error messages (``file:line``).
+    Raises :class:`DataError` naming ``where``, the field and what was expected.
+    """
+    spec = spec or BehaviorSpec()
+    if not isinstance(obj, Mapping):
+        raise DataError(f"{where}: expected a JSON object per line, got {type(obj).__name__}")
+    data: dict[str, Any] = {}
+    for key, value in obj.items():
+        key = key.decode() if isinstance(key, bytes) else key
+        target = (field_map or {}).get(key, key)
+        if target in data:
+            raise DataError(f"{where}: field '{target}' given twice (once through field_map from '{key}')")
+        data[target] = value
+
+    for required in ("category", "turns", "label"):
+        if required not in data:
+            hint = f" (field_map renames {dict(field_map)})" if field_map else " (use field_map for foreign names)"
+            raise DataError(f"{where}: missing field '{required}'; record has fields {sorted(data)}{hint}")
+
+    category = _text(data["category"], where, "category")
+    category = (category_aliases or {}).get(category, category)
+    if category not in taxonomy.CATEGORY_BY_NAME:
+        raise DataError(f"{where}: field 'category' is {category!r}; expected one of {list(taxonomy.CATEGORY_NAMES)} "
+                        "(or map it with category_aliases)")
+    group = taxonomy.group_of(category)
+    if data.get("group") not in (None, "", b""):
+        given = _text(data["group"], where, "group")
+        if given != group:
+            raise DataError(f"{where}: field 'group' is {given!r} but category {category!r} belongs to group "
+                            f"{group!r}")
+
+    record_id = _text(data["id"], where, "id") if data.get("id") not in (None, "") else where
+    case_id = _text(data["case_id"], where, "case_id") if data.get("case_id") not in (None, "") else record_id
+    turns = _parse_turns(data["turns"], where)
+    options = _parse_options(data.get("options"), where)
+
+    if data.get("behavior") in (None, "", b""):
+        behavior = spec.behavior_for_category(category)
+    else:
+        behavior = _text(data["behavior"], where, "behavior")
+        if behavior not in spec.names:
+            raise DataError(f"{where}: field 'behavior' is {behavior!r}; expected one of {list(spec.names)}")
+
+    label = _text(data["label"], where, "label")
+    if options is not None:
+        label = label.upper()
+        if label not in dict(options):
+            raise DataError(f"{where}: field 'label' is {label!r}; expected one of the option keys "
+                            f"{[k for k, _ in options]}")
+    else:
+        label = normalize_flag_label(label)
+        if not _FLAG_LABEL_RE.match(label):
+            raise DataError(f"{where}: field 'label' is {label!r}; expected a flag class of letters, digits and "
+                            f"underscores, or {NO_INTERVENTION!r} when restraint is right")
+
+    response = _text(data.get("response") or "", where, "response", allow_empty=True)
+    hard = data.get("hard", False)
+    if hasattr(hard, "item") and not isinstance(hard, str | bytes):  # numpy scalars from tfds sources
+        hard = hard.item()
+    if isinstance(hard, str | bytes):
+        hard_s = hard.decode() if isinstance(hard, bytes) else hard
+        if hard_s.strip().lower() not in ("true", "false", "1", "0", ""):
+            raise DataError(f"{where}: field 'hard' is {hard_s!r}; expected true or false")
+        hard = hard_s.strip().lower() in ("true", "1")
+    if not isinstance(hard, bool | int) and hard is not None:
+        raise DataError(f"{where}: field 'hard' must be a boolean, got {type(hard).__name__}")
+    return Record(id=record_id, case_id=case_id, category=category, group=group, turns=turns, behavior=behavior,
+                  label=label, response=response, options=options, hard=bool(hard))
+
+
+def read_jsonl(
+    path: str | os.PathLike,
+    *,
+    field_map: Mapping[str, str] | None = None,
+    spec: BehaviorSpec | None = None,
+    category_aliases: Mapping[str, str] | None = None,
+) -> list[Record]:
+    """Reads and validates a BehaviorBench JSON-lines file. Blank lines are skipped.
+
+    Raises :class:`DataError` at the first bad line, naming ``file:line``, the field and what was
+    expected (unknown category, group/category mismatch, empty turns, label not among options,
+    unknown behavior, bad JSON, duplicate id ...).
+    """
+    path = os.fspath(path)
+    records: list[Record] = []
+    seen: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); expected one JSON "
+                                "object per line") from None
+            rec = record_from_dict(obj, spec=spec, field_map=field_map, category_aliases=category_aliases,
+                                   where=where)
+            if rec.id in seen:
+                raise DataError(f"{where}: field 'id' is {rec.id!r}, already used on line {seen[rec.id]}; ids must "
+                                "be unique within a file")
+            seen[rec.id] = lineno
+            records.append(rec)
+    return records
+
+
+def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
+    """Writes records as JSON lines atomically (temp file + rename: a failure leaves no partial file)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_dir(
+    directory: str | os.PathLike,
+    *,
+    field_map: Mapping[str, str] | None = None,
+    spec: BehaviorSpec | None = None,
+    category_aliases: Mapping[str, str] | None = None,
+) -> list[Record]:
+    """All ``*.jsonl`` files of a directory, in name order; ids must be unique across files."""
+    directory = os.fspath(directory)
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".jsonl"))
+    if not files:
+        raise DataError(f"{directory}: no *.jsonl files found")
+    records: list[Record] = []
+    seen: dict[str, str] = {}
+    for name in files:
+        path = os.path.join(directory, name)
+        for rec in read_jsonl(path, field_map=field_map, spec=spec, category_aliases=category_aliases):
+            if rec.id in seen:
+                raise DataError(f"{path}: record id {rec.id!r} also appears in {seen[rec.id]}; ids must be unique")
+            seen[rec.id] = path
+            records.append(rec)
+    return records
+
+
+def label_space(records: Sequence[Record]) -> dict[str, tuple[str, ...]]:
+    """category -> sorted labels seen in ``records`` (what the evaluator scores macro-F1 over)."""
+    out: dict[str, set[str]] = {}
+    for r in records:
+        out.setdefault(r.category, set()).add(r.label)
+    return {c: tuple(sorted(v)) for c, v in out.items()}
