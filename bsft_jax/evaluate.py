@@ -26,9 +26,17 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from bsft_jax.decode import SamplerOutput
+from jax.sharding import Mesh
+
+from bsft_jax.behavior import BehaviorSpec
+from bsft_jax.data.format import FewShotPool, Formatter
+from bsft_jax.data.reply import parse_label, reply_head
+from bsft_jax.data.schema import Record
+from bsft_jax.decode import Sampler, SamplerOutput
 from bsft_jax.metrics import UNPARSED, ScoredItem, compute_metrics
+from bsft_jax.models.decoder import Decoder
 from bsft_jax.report import write_report
+from bsft_jax.scoring import continuation_logprobs
 
 MODES = ("generate", "loglik")
 
@@ -184,6 +192,60 @@ def _rank_options(records, prompts, behaviors, labels, behavior_token_ids, score
     for i, (_, key) in best.items():
         labels[i] = key
     return labels
+
+
+def evaluate_model(
+    model: Decoder,
+    tokenizer: Any,
+    records: Sequence[Record],
+    *,
+    name: str,
+    style: str,
+    spec: BehaviorSpec | None = None,
+    few_shot: FewShotPool | None = None,
+    prompt_label_space: Mapping[str, Sequence[str]] | None = None,
+    mode: str = "generate",
+    mesh: Mesh | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    max_prompt_len: int | None = None,
+    force_behavior: str | None = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> RunResult:
+    """Evaluates one model on ``records`` with prompts of one format ``style`` (see bsft_jax.data.format).
+
+    ``behavior_sft`` runs read the behavior token (the tokenizer must hold them); other styles are
+    scored without behavior. ``few_shot`` needs a :class:`FewShotPool` of training records;
+    ``prompt_label_space`` (category -> labels, from the training split) lists the allowed reply
+    heads in prompting-baseline prompts. Prompts are cut from the left to ``max_prompt_len``
+    (default: the model's ``max_position_embeddings`` minus ``max_new_tokens``).
+    """
+    spec = spec or BehaviorSpec()
+    formatter = Formatter(tokenizer, style=style, spec=spec, few_shot=few_shot, label_space=prompt_label_space)
+    behavior_ids = dict(formatter.behavior_ids) if style == "behavior_sft" else None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sampler = Sampler(model, mesh=mesh, pad_id=pad_id, max_batch_size=batch_size)
+    eos_ids = sorted({*model.config.stop_token_ids, formatter.end_id})
+    if max_prompt_len is None:
+        max_prompt_len = model.config.max_position_embeddings - max_new_tokens
+
+    def generate(prompts: Sequence[Sequence[int]], force_first_token: int | None = None) -> SamplerOutput:
+        return sampler(prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids, force_first_token=force_first_token,
+                       temperature=temperature, seed=seed)
+
+    def score(prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[float]:
+        return continuation_logprobs(model, prefixes, continuations, mesh=mesh, pad_id=pad_id, batch_size=batch_size)
+
+    result = evaluate_records(
+        records, name=name, prompt_ids=lambda r: formatter.render_prompt(r, max_prompt_len), generate=generate,
+        detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), parse_label=parse_label,
+        behavior_token_ids=behavior_ids, eos_ids=eos_ids, mode=mode, score_continuations=score,
+        candidate_ids=lambda r, label: list(tokenizer.encode(reply_head(r, label), add_special_tokens=False)),
+        force_behavior=force_behavior,
+    )
+    result.info.update(style=style, **{"prompts truncated": formatter.stats.truncated})
+    return result
 
 
 def write_comparison(results: Sequence[RunResult], out_dir: str | os.PathLike, *, title: str = "BehaviorBench "

@@ -28,9 +28,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bsft_jax import taxonomy
+from bsft_jax.data.schema import NO_INTERVENTION as NONE_LABEL  # "none": restraint was right
 
 UNPARSED = "<unparsed>"  # the prediction of a reply the parser could not read
-NONE_LABEL = "none"  # restraint; the same string as bsft_jax.data.schema.NO_INTERVENTION
 
 
 @dataclasses.dataclass(frozen=True)

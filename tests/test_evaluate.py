@@ -155,3 +155,53 @@ def test_forced_behavior():
     assert result.metrics["behavior"]["accuracy"] == pytest.approx(6 / 16)  # the 6 reactive items
     with pytest.raises(ValueError, match="cannot force"):
         evaluate_records(RECORDS, name="x", force_behavior="reactive", **KW)
+
+
+# ----------------------------------------------------------------------------- with a real tokenizer and model
+@pytest.fixture(scope="module")
+def demo_setup(tmp_path_factory):
+    """The demo tokenizer (extended with behavior tokens), a small test split and a random tiny model."""
+    from bsft_jax.behavior import BehaviorSpec, add_behavior_tokens
+    from bsft_jax.data import DemoConfig, load_demo, load_demo_tokenizer
+    from bsft_jax.models.config import DecoderConfig
+    from bsft_jax.models.decoder import init_decoder
+
+    cache = str(tmp_path_factory.mktemp("demo"))
+    small = DemoConfig(num_train=130, num_validation=13, num_test=26, seed=5)
+    splits = load_demo(config=small, cache_dir=cache)
+    tokenizer = load_demo_tokenizer(config=small, cache_dir=cache, vocab_size=512)
+    rows = -(-len(tokenizer) // 128) * 128
+    config = DecoderConfig(model_type="qwen2", vocab_size=rows, valid_vocab_size=len(tokenizer), hidden_size=64,
+                           intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                           qkv_bias=True, tie_word_embeddings=True, max_position_embeddings=1024,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = init_decoder(config, seed=0)
+    spec = BehaviorSpec()
+    model, config, ids = add_behavior_tokens(model, config, tokenizer, spec)
+    return splits, tokenizer, model, ids
+
+
+def test_evaluate_model_wiring(demo_setup):
+    from bsft_jax.data import FewShotPool, Formatter
+    from bsft_jax.evaluate import evaluate_model
+
+    splits, tokenizer, model, ids = demo_setup
+    test = splits["test"]
+    forced = evaluate_model(model, tokenizer, test, name="BehaviorSFT", style="behavior_sft", max_new_tokens=6,
+                            force_behavior="proactive")
+    assert {i.pred_behavior for i in forced.items} == {"proactive"}
+    assert forced.metrics["num_items"] == len(test) and forced.info["decode tokens/s"] > 0
+    # every reply the random model wrote is scored exactly as the data layer's parser reads it
+    from bsft_jax.data import parse_label
+
+    assert [i.pred_label for i in forced.items] == [parse_label(i.reply, r) for i, r in zip(forced.items, test)]
+    ll = evaluate_model(model, tokenizer, test, name="ll", style="behavior_sft", max_new_tokens=4, mode="loglik")
+    for item, record in zip(ll.items, test):
+        if record.is_multiple_choice:
+            assert item.pred_label in dict(record.options)  # ranked: never unparsed
+    few = evaluate_model(model, tokenizer, test[:4], name="few-shot", style="few_shot", max_new_tokens=4,
+                         few_shot=FewShotPool(splits["train"], k=3))
+    assert few.metrics["behavior"] is None and few.info["style"] == "few_shot"
+    # prompts are the formatter's, ending at the assistant header (no behavior token)
+    prompt = Formatter(tokenizer, style="behavior_sft").render_prompt(test[0])
+    assert tokenizer.decode(prompt).endswith("<|im_start|>assistant\n") and ids["proactive"] not in prompt
