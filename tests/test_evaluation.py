@@ -10,7 +10,7 @@ import re
 import pytest
 
 from bsft_jax.decode import SamplerOutput
-from bsft_jax.evaluate import evaluate_records, split_reply, write_comparison
+from bsft_jax.evaluation import evaluate_records, split_reply, write_comparison
 from bsft_jax.metrics import UNPARSED, compute_metrics
 from tests.test_metrics import DDX, ROWS, TO, _items
 
@@ -183,7 +183,7 @@ def demo_setup(tmp_path_factory):
 
 def test_evaluate_model_wiring(demo_setup):
     from bsft_jax.data import FewShotPool, Formatter
-    from bsft_jax.evaluate import evaluate_model
+    from bsft_jax.evaluation import evaluate_model
 
     splits, tokenizer, model, ids = demo_setup
     test = splits["test"]

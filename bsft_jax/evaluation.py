@@ -1,4 +1,4 @@
-"""BehaviorBench evaluation: decode test items, read the behavior token and the label, score, report.
+"""BehaviorBench evaluation core: decode test items, read the behavior token and the label, score, report.
 
 The core is model-free and testable with hand-made records: :func:`evaluate_records` takes the
 records plus the few callables that tie it to a model and a tokenizer (render a prompt, generate,
