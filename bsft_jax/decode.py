@@ -25,7 +25,8 @@ from one PRNG key split once per step. Logits of padded vocabulary rows (``confi
 are masked before anything else, so padding rows can never be generated.
 
 :func:`trace_counts` reports how many times each jitted function has been traced (= compiled for a
-new shape or static setting); tests read it to check bucketing.
+new shape or static setting); tests read it to check bucketing. The Sampler compiles ahead of time
+(``lower().compile()``, cached per bucket) so that it can report compile time apart from decode time.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ Array = jax.Array
 
 DEFAULT_MIN_PROMPT_BUCKET = 16
 _TRACES: collections.Counter[str] = collections.Counter()
+# Ahead-of-time executables of the Sampler, keyed by model graph, mesh, bucket and static settings
+# (like jit's own cache, but compiling explicitly lets the Sampler time compilation separately).
+_EXECUTABLES: dict[tuple, Any] = {}
 
 
 def trace_counts() -> dict[str, int]:
@@ -261,11 +265,14 @@ static ``sampling`` and ``pad_id``. Returns the final :class:`DecodeState`.
 
 
 # ----------------------------------------------------------------------------- host side
-def bucket_size(n: int, buckets: Sequence[int] | None = None, *, minimum: int = 1, multiple: int = 1) -> int:
+def bucket_size(n: int, buckets: Sequence[int] | None = None, *, minimum: int = 1, multiple: int = 1,
+                half_steps: bool = False) -> int:
     """The bucket a size ``n`` is padded up to.
 
     With ``buckets`` (ascending), the smallest one >= n; beyond the largest, the next multiple of the
-    largest. Without, the next power of two >= max(n, minimum). The result is rounded up to ``multiple``.
+    largest. Without, the next power of two >= max(n, minimum), or with ``half_steps`` the next of
+    2^k and 1.5 * 2^k (at most a third of padding: 537 -> 768, not 1024). The result is rounded up
+    to ``multiple``.
     """
     if n < 1:
         raise ValueError(f"bucket_size: n must be >= 1, got {n}")
@@ -275,7 +282,10 @@ def bucket_size(n: int, buckets: Sequence[int] | None = None, *, minimum: int = 
         if size is None:
             size = -(-n // ordered[-1]) * ordered[-1]
     else:
-        size = 1 << (max(n, minimum) - 1).bit_length()
+        n = max(n, minimum)
+        size = 1 << (n - 1).bit_length()
+        if half_steps and size >= 4 and size * 3 // 4 >= n:
+            size = size * 3 // 4
     return -(-size // multiple) * multiple
 
 
@@ -317,7 +327,9 @@ class SamplerOutput:
     logprobs:     log p of each of those tokens under the model (masked vocabulary, no temperature).
     logits:       with ``keep_logits=True``, the [n_i, V] logits each token was chosen from.
     num_generated: total tokens in ``tokens``.
-    seconds:      wall time of the calls (compilation included when a new bucket compiled).
+    seconds:      wall time of the calls, compilation excluded (host padding and transfers included).
+    compile_seconds: time spent compiling new buckets during the call.
+    num_prompt_tokens: total prompt tokens prefilled (padding excluded).
     """
 
     tokens: list[list[int]]
@@ -325,6 +337,8 @@ class SamplerOutput:
     logits: list[np.ndarray] | None
     num_generated: int
     seconds: float
+    compile_seconds: float = 0.0
+    num_prompt_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -339,10 +353,12 @@ class Sampler:
     mesh:           optional; the batch is sharded over the mesh axes of the ``batch`` rule (data, fsdp).
     pad_id:         id written after a row is done and used for left padding (default: the config's
                     ``pad_token_id``, else 0). It is never fed as a real token.
-    prompt_buckets: ascending prompt lengths to pad to (default: powers of two >= 16).
+    prompt_buckets: ascending prompt lengths to pad to (default: 16, 24, 32, 48, 64, 96, ...: powers of
+                    two and 1.5x powers of two).
     batch_buckets:  ascending batch sizes to pad to (default: powers of two), rounded up to the
                     data-parallel size of the mesh.
     max_batch_size: prompts per device call; longer lists are processed in chunks.
+    sort_by_length: form the chunks from length-sorted prompts (less padding); outputs keep input order.
     """
 
     def __init__(
@@ -354,6 +370,7 @@ class Sampler:
         prompt_buckets: Sequence[int] | None = None,
         batch_buckets: Sequence[int] | None = None,
         max_batch_size: int = 64,
+        sort_by_length: bool = True,
     ):
         self.config = model.config
         self.graphdef, self.params = split_and_place(model, mesh)
@@ -362,6 +379,7 @@ class Sampler:
         self.prompt_buckets = tuple(prompt_buckets) if prompt_buckets else None
         self.batch_buckets = tuple(batch_buckets) if batch_buckets else None
         self.max_batch_size = int(max_batch_size)
+        self.sort_by_length = bool(sort_by_length)
         self.data_parallel = data_parallel_size(mesh)
 
     def __call__(
@@ -394,20 +412,43 @@ class Sampler:
         eos_e = np.asarray(sorted({int(e) for e in eos_ids}), np.int32)
         rng = jax.random.key(seed)
         out = SamplerOutput(tokens=[], logprobs=[], logits=[] if keep_logits else None, num_generated=0, seconds=0.0)
+        # Chunks of similar length pad less (prompts longer than a chunk's bucket are rare); the
+        # results are put back in input order below.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if self.sort_by_length else None
+        if order is not None:
+            prompts, forced = [prompts[i] for i in order], [forced[i] for i in order]
         start = time.perf_counter()
         for chunk_index, lo in enumerate(range(0, len(prompts), self.max_batch_size)):
             chunk = slice(lo, lo + self.max_batch_size)
             chunk_rng = jax.random.fold_in(rng, chunk_index)
             self._run_chunk(prompts[chunk], forced[chunk], eos_e, chunk_rng, max_new_tokens, sampling,
                             keep_logits, out)
-        out.seconds = time.perf_counter() - start
+        out.seconds = time.perf_counter() - start - out.compile_seconds
+        if order is not None:
+            inverse = np.argsort(order)
+            out.tokens = [out.tokens[i] for i in inverse]
+            out.logprobs = [out.logprobs[i] for i in inverse]
+            if keep_logits:
+                out.logits = [out.logits[i] for i in inverse]
         out.num_generated = sum(len(t) for t in out.tokens)
+        out.num_prompt_tokens = sum(len(p) for p in prompts)
         return out
+
+    @staticmethod
+    def _compiled(name: str, key: tuple, out: SamplerOutput, lower: Any) -> Any:
+        """The executable of ``name`` for ``key``, compiled ahead of time once (timed into ``out``)."""
+        exe = _EXECUTABLES.get((name, key))
+        if exe is None:
+            start = time.perf_counter()
+            exe = _EXECUTABLES[(name, key)] = lower().compile()
+            out.compile_seconds += time.perf_counter() - start
+        return exe
 
     def _run_chunk(self, prompts, forced, eos_e, rng, max_new_tokens, sampling, keep_logits, out) -> None:
         n = len(prompts)
         b = bucket_size(n, self.batch_buckets, multiple=self.data_parallel)
-        t = bucket_size(max(len(p) for p in prompts), self.prompt_buckets, minimum=DEFAULT_MIN_PROMPT_BUCKET)
+        t = bucket_size(max(len(p) for p in prompts), self.prompt_buckets, minimum=DEFAULT_MIN_PROMPT_BUCKET,
+                        half_steps=True)
         prompt_bt = np.full((b, t), self.pad_id, np.int32)
         mask_bt = np.zeros((b, t), np.int32)
         for i, p in enumerate(prompts):
@@ -420,10 +461,16 @@ class Sampler:
             if f is not None:
                 force_b[i] = int(f)
         arrays = batch_arrays((prompt_bt, mask_bt, active_b, force_b), self.mesh)
+        key = (self.graphdef, self.mesh, b, t, len(eos_e), max_new_tokens, sampling, self.pad_id, keep_logits)
         with mesh_context(self.mesh):
-            state = prefill(self.graphdef, self.params, *arrays, eos_e, rng, max_new_tokens=max_new_tokens,
-                            sampling=sampling, pad_id=self.pad_id, keep_logits=keep_logits)
-            state = decode_loop(self.graphdef, self.params, state, eos_e, sampling=sampling, pad_id=self.pad_id)
+            prefill_args = (self.params, *arrays, eos_e, rng)
+            run_prefill = self._compiled("prefill", key, out, lambda: prefill.lower(
+                self.graphdef, *prefill_args, max_new_tokens=max_new_tokens, sampling=sampling, pad_id=self.pad_id,
+                keep_logits=keep_logits))
+            state = run_prefill(*prefill_args)
+            run_decode = self._compiled("decode_loop", key, out, lambda: decode_loop.lower(
+                self.graphdef, self.params, state, eos_e, sampling=sampling, pad_id=self.pad_id))
+            state = run_decode(self.params, state, eos_e)
             tokens_bn, logprobs_bn, steps = jax.device_get((state.tokens_bn, state.logprobs_bn, state.step))
             logits_bnv = jax.device_get(state.logits_bnv) if keep_logits else None
         eos = set(eos_e.tolist())

@@ -159,8 +159,10 @@ def evaluate_records(
     info = {
         "mode": mode,
         "items": len(items),
+        "prompt tokens": out.num_prompt_tokens,
         "generated tokens": out.num_generated,
         "decode seconds": round(out.seconds, 3),
+        "compile seconds": round(out.compile_seconds, 3),
         "decode tokens/s": round(out.tokens_per_second, 1),
     }
     if force_behavior is not None:

@@ -81,7 +81,8 @@ def continuation_logprobs(
     for lo in range(0, len(prefixes), batch_size):
         pairs = list(zip(prefixes[lo:lo + batch_size], continuations[lo:lo + batch_size]))
         b = bucket_size(len(pairs), multiple=data_parallel)
-        t = bucket_size(max(len(p) + len(c) for p, c in pairs), length_buckets, minimum=DEFAULT_MIN_PROMPT_BUCKET)
+        t = bucket_size(max(len(p) + len(c) for p, c in pairs), length_buckets, minimum=DEFAULT_MIN_PROMPT_BUCKET,
+                        half_steps=True)
         tokens_bt = np.full((b, t), pad_id, np.int32)
         mask_bt = np.zeros((b, t), np.int32)
         for i, (p, c) in enumerate(pairs):

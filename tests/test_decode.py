@@ -169,8 +169,19 @@ def test_force_first_token(qwen):
     assert all(r[0] == 30 for r in generate(model, PROMPTS, max_new_tokens=8, force_first_token=30))
 
 
+def test_chunks_and_length_sorting_keep_input_order(qwen):
+    model, _ = qwen
+    force = [10, None, 20, None]
+    whole = Sampler(model, sort_by_length=False)(PROMPTS, max_new_tokens=8, force_first_token=force)
+    chunked = Sampler(model, max_batch_size=2)(PROMPTS, max_new_tokens=8, force_first_token=force)
+    assert chunked.tokens == whole.tokens and chunked.num_prompt_tokens == sum(map(len, PROMPTS))
+    np.testing.assert_allclose(np.concatenate(chunked.logprobs), np.concatenate(whole.logprobs), atol=LOGITS_ATOL)
+
+
 def test_bucketing_keeps_compile_count(qwen):
     assert bucket_size(5) == 8 and bucket_size(5, minimum=16) == 16 and bucket_size(17, minimum=16) == 32
+    assert [bucket_size(n, minimum=16, half_steps=True) for n in (3, 17, 25, 33, 537, 769)] == [16, 24, 32, 48, 768,
+                                                                                               1024]
     assert bucket_size(5, (8, 24)) == 8 and bucket_size(30, (8, 24)) == 48 and bucket_size(3, multiple=4) == 4
     model, _ = qwen
     sampler = Sampler(model)
@@ -179,7 +190,7 @@ def test_bucketing_keeps_compile_count(qwen):
     before = trace_counts()
     sampler([[8] * 12, [9] * 3, [1], [2] * 16], **kw)  # other lengths, same buckets
     assert trace_counts() == before
-    sampler([[8] * 20, [9] * 3], **kw)  # length bucket 32, batch bucket 2: one new compilation each
+    sampler([[8] * 20, [9] * 3], **kw)  # length bucket 24, batch bucket 2: one new compilation each
     after = trace_counts()
     assert after == {k: v + 1 for k, v in before.items()}
 
