@@ -208,8 +208,6 @@ def test_sharded_equals_unsharded(qwen):
         for la, lb in zip(a.logits, b.logits):
             np.testing.assert_allclose(la, lb, atol=LOGITS_ATOL, rtol=0)
     # the cache really is laid out over the mesh: batch over data, KV heads over tensor
-    from flax import nnx
-
     graphdef = sharded.graphdef
     prompt = jax.device_put(np.ones((4, 16), np.int32), jax.sharding.NamedSharding(mesh, jax.P("data")))
     with jax.set_mesh(mesh):
@@ -217,4 +215,3 @@ def test_sharded_equals_unsharded(qwen):
                         np.zeros(0, np.int32), jax.random.key(0), max_new_tokens=4, sampling=SamplingParams(),
                         pad_id=0)
     assert state.cache.k.sharding.spec[1:4] == ("data", None, "tensor")
-    del nnx
