@@ -12,9 +12,11 @@ Records are duck-typed like ``bsft_jax.data.schema.Record``: ``id``, ``category`
 Scoring modes:
   ``generate``  the label is parsed from the generated reply (``parse_label(text, record)``; None =
                 unparseable, which counts as wrong).
-  ``loglik``    multiple-choice items are re-scored by ranking their option labels by the
-                log-likelihood of the reply head that states each one (``candidate_ids``), given the
-                prompt and the behavior token the model chose; other items are parsed as above.
+  ``loglik``    items with candidate labels (by default the options of multiple-choice items; with
+                ``candidates`` e.g. also the flag classes of the category) are re-scored by ranking
+                those labels by the log-likelihood of the reply head that states each one
+                (``candidate_ids``), given the prompt and the behavior token the model chose; items
+                without candidates are parsed as above.
 In both modes the reply is generated once, so the behavior token and decode throughput are measured.
 """
 
@@ -30,7 +32,7 @@ from jax.sharding import Mesh
 
 from bsft_jax.behavior import BehaviorSpec
 from bsft_jax.data.format import FewShotPool, Formatter
-from bsft_jax.data.reply import parse_label, reply_head
+from bsft_jax.data.reply import candidate_labels, parse_label, reply_head
 from bsft_jax.data.schema import Record
 from bsft_jax.decode import Sampler, SamplerOutput
 from bsft_jax.metrics import UNPARSED, ScoredItem, compute_metrics
@@ -103,6 +105,7 @@ def evaluate_records(
     mode: str = "generate",
     score_continuations: ScoreFn | None = None,
     candidate_ids: Callable[[RecordLike, str], list[int]] | None = None,
+    candidates: Callable[[RecordLike], Sequence[str]] | None = None,
     force_behavior: str | None = None,
     label_sets: Mapping[str, Sequence[str]] | None = None,
 ) -> RunResult:
@@ -119,7 +122,9 @@ def evaluate_records(
     eos_ids:             ids that end a reply (dropped before detokenizing).
     mode:                "generate" or "loglik" (see the module doc); "loglik" needs
                          ``score_continuations(prefixes, continuations) -> log-likelihoods`` and
-                         ``candidate_ids(record, label) -> ids of a reply head stating label``.
+                         ``candidate_ids(record, label) -> ids of a reply head stating label``;
+                         ``candidates(record) -> labels to rank`` (default: option keys of
+                         multiple-choice records, none for others).
     force_behavior:      force every reply to start with this behavior's token (steering probe).
     label_sets:          category -> labels for macro-F1 (default: the gold labels seen).
     """
@@ -147,8 +152,8 @@ def evaluate_records(
         labels.append(parse_label(text, record))
 
     if mode == "loglik":
-        labels = _rank_options(records, prompts, behaviors, labels, behavior_token_ids, score_continuations,
-                               candidate_ids)
+        labels = _rank_candidates(records, prompts, behaviors, labels, behavior_token_ids, score_continuations,
+                                  candidate_ids, candidates or _option_keys)
 
     items = [
         ScoredItem(id=str(r.id), category=r.category, gold_label=r.label, pred_label=label,
@@ -170,17 +175,20 @@ def evaluate_records(
     return RunResult(name=name, items=items, metrics=compute_metrics(items, label_sets=label_sets), info=info)
 
 
-def _rank_options(records, prompts, behaviors, labels, behavior_token_ids, score_continuations, candidate_ids):
-    """Replaces the labels of multiple-choice records by their most likely option (see module doc)."""
+def _option_keys(record: RecordLike) -> tuple[str, ...]:
+    return tuple(k for k, _ in record.options) if record.is_multiple_choice else ()
+
+
+def _rank_candidates(records, prompts, behaviors, labels, behavior_token_ids, score_continuations, candidate_ids,
+                     candidates):
+    """Replaces the labels of records with candidates by their most likely candidate (see module doc)."""
     labels = list(labels)
     prefixes, continuations, owners = [], [], []
     for i, record in enumerate(records):
-        if not record.is_multiple_choice:
-            continue
         prefix = list(prompts[i])
         if behavior_token_ids is not None and behaviors[i] in behavior_token_ids:
             prefix.append(behavior_token_ids[behaviors[i]])
-        for key, _ in record.options:
+        for key in candidates(record):
             prefixes.append(prefix)
             continuations.append(candidate_ids(record, key))
             owners.append((i, key))
@@ -205,7 +213,7 @@ def evaluate_model(
     style: str,
     spec: BehaviorSpec | None = None,
     few_shot: FewShotPool | None = None,
-    prompt_label_space: Mapping[str, Sequence[str]] | None = None,
+    label_space: Mapping[str, Sequence[str]] | None = None,
     mode: str = "generate",
     mesh: Mesh | None = None,
     max_new_tokens: int = 64,
@@ -219,12 +227,13 @@ def evaluate_model(
 
     ``behavior_sft`` runs read the behavior token (the tokenizer must hold them); other styles are
     scored without behavior. ``few_shot`` needs a :class:`FewShotPool` of training records;
-    ``prompt_label_space`` (category -> labels, from the training split) lists the allowed reply
-    heads in prompting-baseline prompts. Prompts are cut from the left to ``max_prompt_len``
+    ``label_space`` (category -> labels, from the training split) lists the allowed reply heads in
+    prompting-baseline prompts and, in ``loglik`` mode, gives the flag classes ranked for open items
+    (multiple-choice items rank their options). Prompts are cut from the left to ``max_prompt_len``
     (default: the model's ``max_position_embeddings`` minus ``max_new_tokens``).
     """
     spec = spec or BehaviorSpec()
-    formatter = Formatter(tokenizer, style=style, spec=spec, few_shot=few_shot, label_space=prompt_label_space)
+    formatter = Formatter(tokenizer, style=style, spec=spec, few_shot=few_shot, label_space=label_space)
     behavior_ids = dict(formatter.behavior_ids) if style == "behavior_sft" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sampler = Sampler(model, mesh=mesh, pad_id=pad_id, max_batch_size=batch_size)
@@ -244,10 +253,17 @@ def evaluate_model(
         detokenize=lambda ids: tokenizer.decode(ids, skip_special_tokens=True), parse_label=parse_label,
         behavior_token_ids=behavior_ids, eos_ids=eos_ids, mode=mode, score_continuations=score,
         candidate_ids=lambda r, label: list(tokenizer.encode(reply_head(r, label), add_special_tokens=False)),
-        force_behavior=force_behavior,
+        candidates=lambda r: _candidates(r, label_space), force_behavior=force_behavior,
     )
     result.info.update(style=style, **{"prompts truncated": formatter.stats.truncated})
     return result
+
+
+def _candidates(record: Record, space: Mapping[str, Sequence[str]] | None) -> tuple[str, ...]:
+    """Labels ranked in loglik mode: the options, else the category's label space (none if unknown)."""
+    if not record.is_multiple_choice and record.category not in (space or {}):
+        return ()
+    return candidate_labels(record, space)
 
 
 def write_comparison(results: Sequence[RunResult], out_dir: str | os.PathLike, *, title: str = "BehaviorBench "

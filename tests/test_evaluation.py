@@ -144,6 +144,17 @@ def test_loglik_mode_ranks_options_after_the_behavior_token():
     assert len(seen_prefixes) == 3 * 6  # 6 multiple-choice records x 3 options
     d3 = [*prompt_ids(RECORDS[8]), BEHAVIOR_IDS["proactive"]]  # the behavior the model chose for d3
     assert d3 in seen_prefixes
+    # with candidates for the open (flag) items too, every item is ranked: nothing is unparsed
+    space = {c: sorted({r.label for r in RECORDS if r.category == c}) for c in {r.category for r in RECORDS}}
+    ranked = evaluate_records(RECORDS, name="ll2", behavior_token_ids=BEHAVIOR_IDS, mode="loglik",
+                              score_continuations=lambda p, c: [
+                                  1.0 if detokenize(ci) in (f"Answer: {r.label}", f"Flag: {r.label}") else -1.0
+                                  for pi, ci in zip(p, c)
+                                  for r in [next(r for r in RECORDS if detokenize(pi).startswith(r.id + ":"))]],
+                              candidate_ids=lambda r, k: encode(f"Answer: {k}" if r.options else f"Flag: {k}"),
+                              candidates=lambda r: [k for k, _ in r.options] if r.options else space[r.category],
+                              **KW)
+    assert ranked.metrics["num_unparsed"] == 0 and ranked.metrics["overall_f1"] == 1.0
     with pytest.raises(ValueError, match="loglik"):
         evaluate_records(RECORDS, name="x", mode="loglik", **KW)
 
@@ -195,10 +206,13 @@ def test_evaluate_model_wiring(demo_setup):
     from bsft_jax.data import parse_label
 
     assert [i.pred_label for i in forced.items] == [parse_label(i.reply, r) for i, r in zip(forced.items, test)]
-    ll = evaluate_model(model, tokenizer, test, name="ll", style="behavior_sft", max_new_tokens=4, mode="loglik")
-    for item, record in zip(ll.items, test):
-        if record.is_multiple_choice:
-            assert item.pred_label in dict(record.options)  # ranked: never unparsed
+    from bsft_jax.data import label_space
+
+    space = label_space(splits["train"])
+    ll = evaluate_model(model, tokenizer, test, name="ll", style="behavior_sft", max_new_tokens=4, mode="loglik",
+                        label_space=space)
+    for item, record in zip(ll.items, test):  # ranked: never unparsed
+        assert item.pred_label in (dict(record.options) if record.is_multiple_choice else space[record.category])
     few = evaluate_model(model, tokenizer, test[:4], name="few-shot", style="few_shot", max_new_tokens=4,
                          few_shot=FewShotPool(splits["train"], k=3))
     assert few.metrics["behavior"] is None and few.info["style"] == "few_shot"
