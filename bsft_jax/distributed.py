@@ -1,0 +1,138 @@
+"""Multi-host start-up and per-process data sharding.
+
+:func:`maybe_initialize` calls ``jax.distributed.initialize`` when the environment says there
+are several processes, before anything touches a JAX backend:
+
+* explicit settings in the config (``distributed.coordinator_address``, ``num_processes``,
+  ``process_id``; what ``launch/local.py`` passes);
+* SLURM (``SLURM_NTASKS`` > 1) and Open MPI / other clusters that JAX auto-detects;
+* a multi-host TPU slice (``TPU_WORKER_HOSTNAMES`` with more than one host, or ``MEGASCALE_*``);
+* ``JAX_COORDINATOR_ADDRESS`` set by a launcher.
+
+``BSFT_LOCAL_DEVICE_IDS=0,1,...`` (set by ``launch/slurm.py --per host``) lists the local GPUs a
+process drives.
+
+``distributed.initialize`` = "never" skips it (single process), "always" forces it (JAX's own
+auto-detection then fills in the rest).
+
+Each process feeds only the rows of the global batch that live on its own devices:
+:func:`data_shard` derives them from the batch sharding, so it stays right for any mesh
+(including meshes whose ``tensor`` axis spans processes, where processes share rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _multi_process_environment() -> str | None:
+    """Why the environment looks multi-process (for the log), or None."""
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS is set"
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return f"SLURM_NTASKS={env['SLURM_NTASKS']}"
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+        return f"OMPI_COMM_WORLD_SIZE={env['OMPI_COMM_WORLD_SIZE']}"
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    if len(hosts) > 1:
+        return f"TPU slice with {len(hosts)} hosts"
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "multislice TPU (MEGASCALE_COORDINATOR_ADDRESS)"
+    return None
+
+
+def maybe_initialize(dist_cfg: Any) -> bool:
+    """Initialises ``jax.distributed`` if the config or environment asks for it; returns whether it did.
+
+    Safe to call twice (a second call is a no-op).
+    """
+    if jax.distributed.is_initialized():
+        return True
+    mode = dist_cfg.initialize
+    if mode == "never":
+        return False
+    kwargs: dict[str, Any] = {}
+    if dist_cfg.coordinator_address:
+        kwargs["coordinator_address"] = dist_cfg.coordinator_address
+        if dist_cfg.num_processes > 0:
+            kwargs["num_processes"] = int(dist_cfg.num_processes)
+        if dist_cfg.process_id >= 0:
+            kwargs["process_id"] = int(dist_cfg.process_id)
+        reason = f"coordinator {dist_cfg.coordinator_address} from the config"
+    else:
+        reason = _multi_process_environment()
+        if reason is None and mode != "always":
+            return False
+        reason = reason or "distributed.initialize='always'"
+    local_ids = os.environ.get("BSFT_LOCAL_DEVICE_IDS", "").strip()
+    if local_ids:
+        # One process driving several GPUs of its host (launch/slurm.py --per host): without this
+        # JAX's SLURM detection would give every process only the GPU numbered by SLURM_LOCALID.
+        try:
+            kwargs["local_device_ids"] = [int(i) for i in local_ids.split(",")]
+        except ValueError:
+            raise ValueError(f"BSFT_LOCAL_DEVICE_IDS={local_ids!r}: expected comma-separated integers") from None
+    log.info("jax.distributed.initialize (%s)", reason)
+    jax.distributed.initialize(**kwargs)
+    log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+    return True
+
+
+def is_primary() -> bool:
+    """Process 0 writes logs, metrics and metadata; the others stay quiet."""
+    return jax.process_index() == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataShard:
+    """This process's part of every global batch: rows ``[index * rows, (index + 1) * rows)``."""
+
+    index: int
+    count: int
+    rows: int  # per-process batch size
+
+
+def data_shard(sharding: jax.sharding.Sharding, global_batch: int) -> DataShard:
+    """The contiguous block of global-batch rows that this process's devices hold.
+
+    Processes whose devices hold the same rows (batch replicated across them) get the same
+    shard index and must feed identical data.
+    """
+    index_map = sharding.addressable_devices_indices_map((global_batch,))
+    starts, stops = [], []
+    for idx in index_map.values():
+        sl = idx[0] if idx else slice(None)
+        start, stop, _ = sl.indices(global_batch)
+        starts.append(start)
+        stops.append(stop)
+    lo, hi = min(starts), max(stops)
+    covered = np.zeros(global_batch, bool)
+    for a, b in zip(starts, stops):
+        covered[a:b] = True
+    if not covered[lo:hi].all():
+        raise ValueError(f"process {jax.process_index()} holds non-contiguous batch rows {sorted(zip(starts, stops))}; "
+                         "use a mesh whose batch axes follow the process order")
+    rows = hi - lo
+    if global_batch % rows or lo % rows:
+        raise ValueError(f"process batch block [{lo}, {hi}) does not tile the global batch of {global_batch}")
+    return DataShard(index=lo // rows, count=global_batch // rows, rows=rows)
+
+
+def global_batch_from_local(local: dict[str, np.ndarray], sharding: jax.sharding.Sharding,
+                            global_batch: int) -> dict[str, jax.Array]:
+    """Assembles global [B, T] arrays from each process's [B_local, T] rows (no cross-host copy)."""
+    out = {}
+    for key, arr in local.items():
+        arr = np.asarray(arr)
+        out[key] = jax.make_array_from_process_local_data(sharding, arr, (global_batch, *arr.shape[1:]))
+    return out

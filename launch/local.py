@@ -1,0 +1,139 @@
+"""Start N training processes on this machine, as a multi-host job would, with a loopback coordinator.
+
+    python launch/local.py --num_processes 2 --devices_per_process 2 -- \\
+        --config configs/demo.py --config.run_dir=/tmp/run2p
+
+Each process gets its own process id and ``devices_per_process`` fake CPU devices
+(``JAX_NUM_CPU_DEVICES``), and the coordinator settings as config overrides
+(``--config.distributed.coordinator_address=127.0.0.1:PORT`` ...), so ``jax.distributed`` runs
+exactly as on a pod (gloo collectives on CPU). Output lines are prefixed ``[pK]``; with
+``--log_dir`` each process also writes ``process_K.log``. If one process fails the others are
+stopped; SIGTERM/SIGINT are forwarded to all of them. The exit status is the first non-zero
+status of a process (0 if all succeed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    """A TCP port that is free on the loopback interface right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_commands(num_processes: int, port: int, module: str, args: list[str]) -> list[list[str]]:
+    """The command line of each process (the coordinator settings appended as config overrides)."""
+    cmds = []
+    for i in range(num_processes):
+        cmds.append([sys.executable, "-m", module, *args,
+                     f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                     f"--config.distributed.num_processes={num_processes}",
+                     f"--config.distributed.process_id={i}"])
+    return cmds
+
+
+def _pump(stream, prefix: str, log_file) -> None:
+    for line in iter(stream.readline, ""):
+        sys.stdout.write(f"{prefix} {line}")
+        sys.stdout.flush()
+        if log_file is not None:
+            log_file.write(line)
+            log_file.flush()
+    stream.close()
+
+
+def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1, module: str = "bsft_jax.train",
+           port: int = 0, log_dir: str | None = None, platform: str = "cpu", timeout: float | None = None) -> int:
+    """Runs the processes to completion; returns the job's exit status."""
+    port = port or free_port()
+    env = dict(os.environ)
+    env["JAX_NUM_CPU_DEVICES"] = str(devices_per_process)
+    if platform:
+        env["JAX_PLATFORMS"] = platform
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+    procs, threads, logs = [], [], []
+    for i, cmd in enumerate(process_commands(num_processes, port, module, args)):
+        log_file = open(os.path.join(log_dir, f"process_{i}.log"), "w") if log_dir else None
+        p = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, bufsize=1)
+        t = threading.Thread(target=_pump, args=(p.stdout, f"[p{i}]", log_file), daemon=True)
+        t.start()
+        procs.append(p)
+        threads.append(t)
+        logs.append(log_file)
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    status = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if failed and not status:
+                status = failed[0]
+                time.sleep(5.0)  # let the others report their own error first
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+            if deadline is not None and time.monotonic() > deadline:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                status = status or 124
+            time.sleep(0.1)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for t in threads:
+            t.join(timeout=5)
+        for f in logs:
+            if f is not None:
+                f.close()
+    for p in procs:
+        if p.returncode and not status:
+            status = p.returncode
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``launch/local.py [options] -- <arguments of the module>``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if "--" in argv:
+        k = argv.index("--")
+        argv, rest = argv[:k], argv[k + 1:]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_processes", type=int, default=2)
+    parser.add_argument("--devices_per_process", type=int, default=1, help="fake CPU devices per process")
+    parser.add_argument("--module", default="bsft_jax.train", help="python module each process runs")
+    parser.add_argument("--port", type=int, default=0, help="coordinator port (default: a free one)")
+    parser.add_argument("--log_dir", default=None, help="also write process_K.log files here")
+    parser.add_argument("--platform", default="cpu", help="JAX_PLATFORMS for the processes ('' keeps the default)")
+    parser.add_argument("--timeout", type=float, default=None, help="kill the job after this many seconds")
+    opts = parser.parse_args(argv)
+    if opts.num_processes < 1:
+        parser.error("--num_processes must be >= 1")
+    return launch(opts.num_processes, rest, devices_per_process=opts.devices_per_process, module=opts.module,
+                  port=opts.port, log_dir=opts.log_dir, platform=opts.platform, timeout=opts.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""``python -m bsft_jax.train``: bad configs fail naming the problem; SIGTERM saves and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from bsft_jax.checkpoint import Checkpointer, read_meta
+from bsft_jax.config_schema import ConfigError, default_config, validate_config
+
+from .common import wait_for_steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write_config(tmp_path, body: str = "", **overrides) -> str:
+    """A config file for the CLI built on tests/train/common.tiny_config."""
+    path = tmp_path / "cfg.py"
+    path.write_text(
+        "from tests.train.common import tiny_config\n\n"
+        "def get_config():\n"
+        f"    c = tiny_config({str(tmp_path / 'run')!r}, {str(tmp_path / 'tok')!r}, **{overrides!r})\n"
+        f"{body}"
+        "    return c\n")
+    return str(path)
+
+
+def cli(*args: str, devices: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "bsft_jax.train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("extra, body, expected", [
+    (["--config.optimizer.learnin_rate=1"], "", "learnin_rate"),
+    ([], "    c.train.epochs = 3\n", "config.train.epochs: unknown field"),
+    (["--config.mesh.data=3", "--config.mesh.fsdp=-1"], "", "config.mesh: (data=3, fsdp=-1, tensor=1) does not divide"),
+    (["--config.model.source=hf", "--config.model.hf_path=/no/such/model"], "", "config.model.hf_path"),
+    (["--config.train.global_batch_size=6", "--config.mesh.data=4"], "", "config.train.global_batch_size"),
+])
+def test_bad_config_exits_nonzero_naming_the_field(tmp_path, extra, body, expected):
+    out = cli("--config", write_config(tmp_path, body), *extra, devices=4)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert expected in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_validation_messages_in_process(tmp_path):
+    c = default_config()
+    c.run_dir = str(tmp_path)
+    c.model.hf_path = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"config.model.hf_path: .*missing HF checkpoint"):
+        validate_config(c, num_devices=1)
+    (tmp_path / "missing").mkdir()
+    with pytest.raises(ConfigError, match="has no config.json"):
+        validate_config(c, num_devices=1)
+    c.model.source = "scratch"
+    c.tokenizer.path = str(tmp_path)
+    c.optimizer.b2 = 1.0
+    with pytest.raises(ConfigError, match=r"config.optimizer.b2: must be in \[0, 1\)"):
+        validate_config(c, num_devices=1)
+    c.optimizer.b2 = 0.95
+    c.data.style = "general_sft"
+    with pytest.raises(ConfigError, match="config.data.style"):
+        validate_config(c, num_devices=1)
+    c.behavior.enabled = False
+    assert validate_config(c, num_devices=8) == {"data": 1, "fsdp": 8, "tensor": 1}
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    cfg = write_config(tmp_path, **{"train.steps": 100000, "checkpoint.every_steps": 100000, "train.log_every": 1})
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "bsft_jax.train", "--config", cfg], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    wait_for_steps(proc, metrics, 3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM: saved step" in out
+    steps = Checkpointer(str(tmp_path / "run")).all_steps()
+    last_logged = max(json.loads(line)["step"] for line in metrics.read_text().splitlines())
+    # the preemption checkpoint is the last finished step (no regular save could have happened)
+    assert steps == [last_logged] and last_logged >= 3
+    assert read_meta(str(tmp_path / "run"))["step"] == last_logged
