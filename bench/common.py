@@ -94,9 +94,23 @@ def peak_rss_mb() -> float:
 
 
 def current_rss_mb() -> float:
+    """Resident set size of this process now, in MiB."""
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+def run_child(code: str, *args: str) -> dict[str, Any]:
+    """Runs ``python -c code args...`` from the repo root in a fresh process; returns its last stdout line as JSON.
+
+    Peak-memory measurements need a fresh process each (ru_maxrss never goes down).
+    """
+    repo = os.path.dirname(os.path.dirname(RESULTS))
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=repo)
+    if proc.returncode:
+        raise RuntimeError(f"child {args} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -11,13 +11,10 @@ device copy, which on CPU lives in host RAM) plus one tensor, not 2x. transforme
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
 
-from bench.common import SIZES, append_result, hf_qwen2_config, print_table
+from bench.common import SIZES, append_result, hf_qwen2_config, print_table, run_child
 
 _CHILD = r"""
 import json, os, sys, time
@@ -44,26 +41,18 @@ print(json.dumps({"base_mb": base, "peak_mb": peak_rss_mb(), "seconds": time.per
 
 
 def measure(mode: str, folder: str, out: str) -> dict:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, folder, out], capture_output=True, text=True,
-                          env=env, cwd=repo)
-    if proc.returncode:
-        raise RuntimeError(f"{mode} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Peak RSS of one HF import/export ``mode`` in a fresh process (``base_mb``, ``peak_mb``, ``seconds``)."""
+    return run_child(_CHILD, mode, folder, out)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--size", choices=sorted(SIZES), default="100m")
-    p.add_argument("--results", default=None, help="JSONL file to append to (default bench/results.jsonl)")
-    args = p.parse_args(argv)
+def measure_all(size: str) -> tuple[dict, list[list[str]]]:
+    """All three operations for one of the SIZES: (results, table rows)."""
     import torch
     from transformers import Qwen2ForCausalLM
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        model = Qwen2ForCausalLM(hf_qwen2_config(SIZES[args.size]))
+        model = Qwen2ForCausalLM(hf_qwen2_config(SIZES[size]))
         src = os.path.join(tmp, "src")
         model.save_pretrained(src, max_shard_size="100MB")
         n_params = sum(p.numel() for p in model.parameters())
@@ -75,6 +64,16 @@ def main(argv: list[str] | None = None) -> dict:
             extra = r["peak_mb"] - r["base_mb"]
             results[mode] = dict(r, extra_mb=extra, extra_over_model=extra / model_mb)
             rows.append([mode, f"{model_mb:.0f}", f"{extra:.0f}", f"{extra / model_mb:.2f}x", f"{r['seconds']:.2f}"])
+    return results, rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--size", choices=sorted(SIZES), default="100m")
+    p.add_argument("--results", default=None, help="JSONL file to append to (default bench/results.jsonl)")
+    args = p.parse_args(argv)
+    results, rows = measure_all(args.size)
+    n_params = results["params"]
     print_table(f"HF import/export peak host memory ({args.size}, {n_params / 1e6:.1f}M params, fp32)",
                 ["operation", "model MB", "peak RSS above baseline MB", "x model", "seconds"], rows)
     append_result("hf_io", {"size": args.size}, results, args.results)

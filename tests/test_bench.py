@@ -1,0 +1,116 @@
+"""Every bench script runs end to end at a tiny size (so they do not rot) and records one JSON line.
+
+Results go to a temporary file, never to bench/results.jsonl. Numbers are not checked for speed
+(this is a shared CPU); only that each script measured what it says, on consistent inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import common
+
+
+def _records(path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def results(tmp_path):
+    return str(tmp_path / "results.jsonl")
+
+
+def _check_record(path: str, bench: str) -> dict:
+    records = _records(path)
+    assert [r["bench"] for r in records] == [bench]
+    record = records[0]
+    assert record["machine"]["jax"] and record["machine"]["cpu_count"] >= 1
+    assert record["config"]["results"] == path
+    return record["results"]
+
+
+def test_train_step_tiny(results, capsys):
+    from bench import train_step
+
+    r = train_step.main(["--size", "tiny", "--steps", "1", "--blocks", "2", "--results", results])
+    assert _check_record(results, "train_step") == json.loads(json.dumps(r))
+    assert r["params"] > 0 and r["tokens_per_step"] == 2 * 32
+    assert len(r["bsft_seconds_per_step"]) == len(r["torch_seconds_per_step"]) == 2
+    assert r["ratio_bsft_over_torch"]["median"] > 0
+    # Both loops train the same task from random init: loss near ln(vocab) after a few steps.
+    for loss in r["final_loss"].values():
+        assert abs(loss - math.log(common.QWEN2_TINY["vocab_size"])) < 1.5, r["final_loss"]
+    assert "| ratio bsft/torch" in capsys.readouterr().out
+
+
+def test_decode_tiny(results):
+    from bench import decode
+
+    r = decode.main(["--size", "tiny", "--prompt", "16", "--new", "4", "--repeats", "1", "--results", results])
+    _check_record(results, "decode")
+    assert r["bsft_tokens_per_s"]["median"] > 0 and r["torch_tokens_per_s"]["median"] > 0
+    assert len(r["bsft_seconds"]) == len(r["torch_seconds"]) == 1
+
+
+def test_compile_time_tiny(results):
+    from bench import compile_time
+
+    r = compile_time.main(["--size", "tiny", "--layers", "1,2", "--batch", "2", "--seq", "16", "--decode-batch", "2",
+                           "--prompt", "8", "--new", "2", "--no-demo", "--presets", "", "--results", results])
+    _check_record(results, "compile_time")
+    assert [row["layers"] for row in r["rows"]] == [1, 2]
+    assert all(row["train_compile_s"] > 0 and row["decode_compile_s"] > 0 for row in r["rows"])
+
+
+def test_demo_recipe_matches_config():
+    from bench.compile_time import demo_recipe
+
+    arch, batch, seq = demo_recipe()
+    assert (batch, seq) == (16, 256) and arch["num_layers"] == 4 and arch["hidden_size"] == 128
+
+
+def test_memory_and_hf_io_tiny(results):
+    from bench import memory
+
+    r = memory.main(["--size", "tiny", "--steps", "1", "--results", results])
+    _check_record(results, "memory")
+    for key in ("train_bsft", "train_torch"):
+        assert r[key]["peak_mb"] >= r[key]["base_mb"] > 0 and math.isfinite(r[key]["loss"])
+    assert r["train_bsft"]["params"] == r["train_torch"]["params"]
+    for mode in ("bsft_load", "torch_load", "bsft_save"):
+        assert r["hf_io"][mode]["peak_mb"] >= r["hf_io"][mode]["base_mb"] > 0
+
+
+def test_gpu_mfu_skips_without_gpu_and_runs_on_cpu_when_asked(results, capsys):
+    import jax
+
+    from bench import gpu_mfu
+
+    if jax.default_backend() == "cpu":
+        r = gpu_mfu.main(["--results", results])
+        assert "skipped" in r and "no GPU" in capsys.readouterr().out
+        with pytest.raises(FileNotFoundError):
+            _records(results)  # nothing recorded for a skip
+    r = gpu_mfu.main(["--allow-cpu", "--models", "tiny", "--batch", "2", "--seq", "16", "--steps", "1",
+                      "--matmul-size", "128", "--results", results])
+    _check_record(results, "gpu_mfu")
+    row = r["rows"][0]
+    assert r["matmul_peak_flops"] > 0 and 0 < row["mfu"]["median"]
+    assert math.isfinite(row["loss"])
+
+
+def test_model_flops_per_token_counts_every_projection():
+    from bench.gpu_mfu import model_flops_per_token
+    from bsft_jax.models.config import preset
+
+    c = preset("qwen2_5_1_5b")
+    # 6 x (matmul parameters incl. the LM head) per token, plus causal attention.
+    d, f, layers = c.hidden_size, c.intermediate_size, c.num_layers
+    per_layer = 2 * d * d + 2 * d * c.num_kv_heads * c.head_dim + 3 * d * f  # q, o, k, v, mlp (N*H == D here)
+    matmul_params = layers * per_layer + d * c.vocab_size
+    attention = 6 * 2 * layers * d * 1024 / 2
+    assert model_flops_per_token(c, 1024) == pytest.approx(6 * matmul_params + attention)
