@@ -112,3 +112,33 @@ def test_sharded_load_matches_single_device(tiny):
         out = jax.jit(lambda i, a: sharded(i, attention_mask=a))(jnp.asarray(ids), jnp.asarray(mask))
     expected = np.asarray(single(jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
     np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_in, dtype, out_dtype", [(1, jnp.float32, None), (2, jnp.float32, None),
+                                                     (1, jnp.bfloat16, jnp.float32), (1, jnp.bfloat16, None)])
+def test_project_matches_einsum_value_and_gradients(n_in, dtype, out_dtype):
+    # project() only reorders the weight-gradient dot (a CPU layout fix): values, gradients and
+    # their dtypes must equal plain einsum's. fp32 to 1e-5 (summation order), bf16 to 1e-2 relative.
+    from bsft_jax.models.decoder import project
+
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x_shape, w_shape = ((2, 5, 4, 3), (4, 3, 6)) if n_in == 2 else ((2, 5, 4), (4, 3, 6))
+    x = jax.random.normal(kx, x_shape, dtype)
+    w = jax.random.normal(kw, w_shape, dtype)
+    spec = "btnh,nhd->btd" if n_in == 2 else "btd,dkh->btkh"
+
+    def reference(x, w):
+        return jnp.einsum(spec, x, w, preferred_element_type=out_dtype)
+
+    def ours(x, w):
+        return project(x, w, n_in, out_dtype)
+
+    y_ref, vjp_ref = jax.vjp(reference, x, w)
+    y, vjp = jax.vjp(ours, x, w)
+    g = jax.random.normal(kg, y.shape, y.dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=1e-2, atol=1e-2)
+    assert y.dtype == y_ref.dtype and y.shape == y_ref.shape
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), **tol)
+    for ours_grad, ref_grad in zip(vjp(g), vjp_ref(g)):
+        assert ours_grad.dtype == ref_grad.dtype and ours_grad.shape == ref_grad.shape
+        np.testing.assert_allclose(np.asarray(ours_grad, np.float32), np.asarray(ref_grad, np.float32), **tol)
