@@ -17,6 +17,8 @@ model.dtype              compute dtype (activations, matmul inputs), e.g. "bfloa
 model.param_dtype        master-weight dtype (parameters and optimizer state), e.g. "float32"
 model.logits_dtype       dtype of the LM-head output; the loss is always computed in fp32
 model.remat              "none" | "full" | "dots" (activation rematerialisation per block)
+model.scan_unroll        decoder layers per lax.scan step in training (1: compile time flat in depth;
+                         num_layers: unrolled, ~10% faster CPU steps for small models, compile time grows)
 model.vocab_pad_multiple embedding rows are padded to a multiple of this when the vocab grows
 tokenizer.path           base tokenizer folder ("" = model.hf_path; "demo" = the demo set's small BPE)
 behavior.enabled         BehaviorSFT (True) or GeneralSFT (False: no behavior tokens)
@@ -83,6 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.logits_dtype = "float32"
     c.model.remat = "none"
+    c.model.scan_unroll = 1
     c.model.vocab_pad_multiple = 128
     c.model.arch = ml_collections.ConfigDict(dict(
         model_type="qwen2", hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -274,7 +277,7 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
             canonical_dtype(m[field], field=f"config.model.{field}")
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    _positive(cfg, "model.vocab_pad_multiple")
+    _positive(cfg, "model.vocab_pad_multiple", "model.scan_unroll")
     if m.source == "hf":
         if not m.hf_path:
             raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")

@@ -85,6 +85,11 @@ class DecoderConfig:
     param_dtype: str = "float32"  # stored parameters (fp32 master weights for mixed precision)
     logits_dtype: str = "float32"  # accumulation/output dtype of the final projection
     remat: str = "none"  # "none" | "full" | "dots": rematerialisation of each block in training
+    # Layers per lax.scan iteration of the full-sequence forward (training, scoring; >= num_layers:
+    # fully unrolled). 1 keeps one block in the program whatever the depth (compile time flat);
+    # unrolling drops the per-layer slicing of stacked weights/residuals (~10% faster CPU train
+    # steps for small models) at a compile time that grows with it. KV-cache decoding always scans.
+    scan_unroll: int = 1
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -107,6 +112,8 @@ class DecoderConfig:
             )
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"DecoderConfig.remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        if int(self.scan_unroll) < 1:
+            raise ValueError(f"DecoderConfig.scan_unroll must be >= 1 (layers per scan step), got {self.scan_unroll}")
         for name in ("dtype", "param_dtype", "logits_dtype", "source_dtype"):
             object.__setattr__(self, name, canonical_dtype(getattr(self, name), field=f"DecoderConfig.{name}"))
         if isinstance(self.eos_token_id, list):

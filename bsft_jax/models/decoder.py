@@ -378,8 +378,9 @@ class Decoder(nnx.Module):
 
             if c.remat != "none":
                 body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-            x_btd, _ = jax.lax.scan(body, x_btd, layer_state)
+            x_btd, _ = jax.lax.scan(body, x_btd, layer_state, unroll=min(c.scan_unroll, c.num_layers))
         else:
+            # Never unrolled (scan_unroll is for training): the in-place cache update needs the loop.
             # The stacked cache rides in the carry and each layer writes only its new slots, so a
             # decode step updates the cache in place rather than rebuilding it as scan outputs.
             def cached_body(carry, layer_in):

@@ -116,3 +116,5 @@ def test_config_validation_messages():
         preset("qwen2_5_0_5b", dtype="int8")
     with pytest.raises(KeyError, match="available"):
         preset("gpt2")
+    with pytest.raises(ValueError, match="scan_unroll"):
+        preset("qwen2_5_0_5b", scan_unroll=0)

@@ -142,3 +142,28 @@ def test_project_matches_einsum_value_and_gradients(n_in, dtype, out_dtype):
     for ours_grad, ref_grad in zip(vjp(g), vjp_ref(g)):
         assert ours_grad.dtype == ref_grad.dtype and ours_grad.shape == ref_grad.shape
         np.testing.assert_allclose(np.asarray(ours_grad, np.float32), np.asarray(ref_grad, np.float32), **tol)
+
+
+def test_scan_unroll_gives_the_same_logits_gradients_and_cache(tiny):
+    """scan_unroll only changes how the layer loop is compiled: logits, gradients and cached decode equal
+    the scanned model's (fp32; 1e-5: XLA may fuse the unrolled layers differently)."""
+    folder, _ = tiny
+    model, config = load_hf(folder)
+    ids, mask, _ = padded_batch()
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    unrolled, _ = load_hf(folder, scan_unroll=config.num_layers)
+    assert unrolled.config.scan_unroll == config.num_layers and config.scan_unroll == 1
+
+    def loss(m):
+        return jnp.sum(m(ids, attention_mask=mask) ** 2) * 1e-3
+
+    from flax import nnx
+
+    grads, grads_unrolled = nnx.grad(loss)(model), nnx.grad(loss)(unrolled)
+    np.testing.assert_allclose(unrolled(ids, attention_mask=mask), model(ids, attention_mask=mask), atol=1e-5)
+    for g_unrolled, g in zip(jax.tree.leaves(grads_unrolled), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(g_unrolled, g, rtol=1e-5, atol=1e-6)
+    left = jnp.ones_like(mask)
+    outs = [m(ids[:, :6], attention_mask=left[:, :6], cache=KVCache.init(config, batch=3, max_length=8))[0]
+            for m in (model, unrolled)]
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)

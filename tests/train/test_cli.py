@@ -62,6 +62,10 @@ def test_validation_messages_in_process(tmp_path):
         validate_config(c, num_devices=1)
     c.model.source = "scratch"
     c.tokenizer.path = str(tmp_path)
+    c.model.scan_unroll = 0
+    with pytest.raises(ConfigError, match=r"config.model.scan_unroll: must be > 0"):
+        validate_config(c, num_devices=1)
+    c.model.scan_unroll = 4
     c.optimizer.b2 = 1.0
     with pytest.raises(ConfigError, match=r"config.optimizer.b2: must be in \[0, 1\)"):
         validate_config(c, num_devices=1)
