@@ -5,9 +5,11 @@
 
 Rows: the model of ``configs/demo.py`` at its batch and sequence length (the "demo train-step
 compile" target), then the same width at 2, 4, 8, 16 and 32 layers. Train step: ``Trainer.compile``
-(lower + compile ahead of time, from an abstract model: no weights are allocated). Decode: the
-first ``Sampler`` call's ``compile_seconds`` (prefill + ``while_loop`` executables). The decoder
-scans over stacked layers, so the compiled program holds one block whatever the depth.
+(lower + compile ahead of time, from an abstract model: no weights are allocated), with the
+default ``scan_unroll=1`` (the decoder scans over stacked layers: one block in the program
+whatever the depth) and fully unrolled (``scan_unroll=num_layers``) for contrast. Decode: the
+first ``Sampler`` call's ``compile_seconds`` (prefill + ``while_loop`` executables; decoding always
+scans).
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--prompt", type=int, default=128)
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--no-demo", action="store_true", help="skip the configs/demo.py row")
-    p.add_argument("--presets", default="", help="comma-separated bsft_jax presets: train-step compile only")
+    p.add_argument("--presets", default="qwen2_5_7b", help="comma-separated bsft_jax presets: train step only")
+    p.add_argument("--no-unrolled", action="store_true", help="skip the unrolled (scan_unroll=num_layers) compiles")
     p.add_argument("--preset-seq", type=int, default=2048, help="sequence length (batch 1) for --presets")
     p.add_argument("--results", default=None, help="JSONL file to append to (default bench/results.jsonl)")
     args = p.parse_args(argv)
@@ -94,10 +97,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     def measure(name: str, config, batch: int, seq: int, decode: bool) -> None:
         train_s = train_compile_seconds(config, batch, seq)
+        unrolled_s = None
+        if not args.no_unrolled:
+            unrolled_s = train_compile_seconds(config.replace(scan_unroll=config.num_layers), batch, seq)
         decode_s = decode_compile_seconds(config, args.decode_batch, args.prompt, args.new) if decode else None
         records.append(dict(model=name, layers=config.num_layers, hidden=config.hidden_size, batch=batch, seq=seq,
-                            train_compile_s=train_s, decode_compile_s=decode_s))
+                            train_compile_s=train_s, train_unrolled_compile_s=unrolled_s, decode_compile_s=decode_s))
         rows.append([name, config.num_layers, config.hidden_size, f"{batch}x{seq}", f"{train_s:.2f}",
+                     "-" if unrolled_s is None else f"{unrolled_s:.2f}",
                      "-" if decode_s is None else f"{decode_s:.2f}"])
 
     if not args.no_demo:
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     print_table(f"Compile time (s), decode = batch {args.decode_batch}, prompt {args.prompt}, {args.new} new tokens, "
                 f"load avg {os.getloadavg()[0]:.2f}",
-                ["model", "layers", "hidden", "train batch", "train step s", "decode s"], rows)
+                ["model", "layers", "hidden", "train batch", "train step s (scan)", "train step s (unrolled)",
+                 "decode s"], rows)
     results = {"rows": records, "load_avg": os.getloadavg()}
     append_result("compile_time", vars(args), results, args.results)
     return results

@@ -5,10 +5,12 @@
 
 Same model architecture and initial-weight scale, same batch of tokens and targets, same AdamW
 (lr schedule, betas, eps, weight decay on projection matrices only, global-norm clipping at 1.0)
-and the same masked cross-entropy. JAX and torch run in INTERLEAVED blocks of ``--steps`` updates
-after one warm-up block each, so that load changes on a shared machine hit both alike; the ratio
-is taken per pair of neighbouring blocks and reported as median (min-max). torch runs with as many
-intra-op threads as JAX's CPU client uses (all cores available to this process).
+and the same masked cross-entropy. bsft_jax runs twice: with the default ``scan_unroll=1`` (one
+block in the program) and fully unrolled (``scan_unroll=num_layers``, ``--unroll``). All run in
+INTERLEAVED blocks of ``--steps`` updates after one warm-up block each, so that load changes on a
+shared machine hit them alike; each ratio is taken per round of neighbouring blocks and reported as
+median (min-max). torch runs with as many intra-op threads as JAX's CPU client uses (all cores
+available to this process).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seq", type=int, default=None, help="tokens per row (default per size)")
     p.add_argument("--steps", type=int, default=2, help="updates per timed block")
     p.add_argument("--blocks", type=int, default=5, help="timed blocks per implementation (interleaved)")
+    p.add_argument("--unroll", default="1,full", help="bsft_jax scan_unroll variants (ints or 'full')")
     p.add_argument("--torch-attn", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--torch-adamw", default="fused", choices=["fused", "foreach", "for-loop"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: available cores)")
@@ -51,41 +54,43 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(threads)
     arch = SIZES[args.size]
 
-    ours = JaxTrainLoop(decoder_config(arch), batch, seq)
+    n_layers = arch["num_layers"]
+    unrolls = [n_layers if u == "full" else int(u) for u in args.unroll.split(",") if u]
+    ours = {u: JaxTrainLoop(decoder_config(arch, scan_unroll=u), batch, seq) for u in unrolls}
     theirs = TorchTrainLoop(arch, batch, seq, attn=args.torch_attn, adamw=args.torch_adamw)
-    assert ours.num_params == theirs.num_params, (ours.num_params, theirs.num_params)
-    ours.run(args.steps)  # warm-up: first-touch allocations, thread pools
+    for loop in ours.values():
+        assert loop.num_params == theirs.num_params, (loop.num_params, theirs.num_params)
+        loop.run(args.steps)  # warm-up: first-touch allocations, thread pools
     theirs.run(args.steps)
-    jax_s, torch_s = [], []
+    jax_s: dict[int, list[float]] = {u: [] for u in unrolls}
+    torch_s: list[float] = []
     for _ in range(args.blocks):
-        jax_s.append(ours.run(args.steps) / args.steps)
+        for u, loop in ours.items():
+            jax_s[u].append(loop.run(args.steps) / args.steps)
         torch_s.append(theirs.run(args.steps) / args.steps)
-    tokens = ours.tokens_per_step
-    ratios = [t / j for j, t in zip(jax_s, torch_s)]  # tokens/s ratio = torch seconds / jax seconds
-    jax_tps = summary([tokens / s for s in jax_s])
+    tokens = theirs.tokens_per_step
     torch_tps = summary([tokens / s for s in torch_s])
-    ratio = summary(ratios)
-    results = {
-        "params": ours.num_params, "tokens_per_step": tokens,
-        "bsft_tokens_per_s": jax_tps, "torch_tokens_per_s": torch_tps, "ratio_bsft_over_torch": ratio,
-        "bsft_seconds_per_step": jax_s, "torch_seconds_per_step": torch_s,
-        "bsft_compile_seconds": ours.compile_seconds, "torch": theirs.settings,
-        "final_loss": {"bsft": ours.last_loss, "torch": theirs.last_loss},
-        "load_avg": os.getloadavg(),
-    }
-    rows = [
-        ["bsft_jax Trainer step (jit, donated)", f"{jax_tps['median']:.0f}",
-         f"{jax_tps['min']:.0f}-{jax_tps['max']:.0f}", f"{statistics.median(jax_s):.3f}",
-         f"compile {ours.compile_seconds:.1f} s"],
-        [f"transformers + torch eager ({args.torch_attn}, AdamW {args.torch_adamw})", f"{torch_tps['median']:.0f}",
-         f"{torch_tps['min']:.0f}-{torch_tps['max']:.0f}", f"{statistics.median(torch_s):.3f}",
-         f"{theirs.settings['threads']} threads"],
-        ["ratio bsft/torch (per block pair)", f"{ratio['median']:.2f}", f"{ratio['min']:.2f}-{ratio['max']:.2f}", "-",
-         f"{args.blocks} pairs x {args.steps} steps"],
-    ]
-    print_table(f"Train step, {args.size} ({ours.num_params / 1e6:.1f}M params), batch {batch} x {seq} tokens, fp32, "
-                f"load avg {results['load_avg'][0]:.2f}",
-                ["implementation", "tokens/s (median)", "min-max", "s/step (median)", "notes"], rows)
+    results = {"params": theirs.num_params, "tokens_per_step": tokens, "torch_tokens_per_s": torch_tps,
+               "torch_seconds_per_step": torch_s, "torch": theirs.settings, "torch_final_loss": theirs.last_loss,
+               "bsft": {}, "load_avg": os.getloadavg()}
+    rows = []
+    for u in unrolls:
+        tps = summary([tokens / s for s in jax_s[u]])
+        ratio = summary([t / j for j, t in zip(jax_s[u], torch_s)])  # tokens/s ratio = torch s / jax s
+        results["bsft"][str(u)] = {"tokens_per_s": tps, "seconds_per_step": jax_s[u], "ratio_over_torch": ratio,
+                                   "compile_seconds": ours[u].compile_seconds, "final_loss": ours[u].last_loss}
+        label = "scanned, scan_unroll=1" if u == 1 else ("unrolled" if u >= n_layers else f"scan_unroll={u}")
+        rows.append([f"bsft_jax Trainer step ({label})", f"{tps['median']:.0f}",
+                     f"{tps['min']:.0f}-{tps['max']:.0f}", f"{statistics.median(jax_s[u]):.3f}",
+                     f"{ratio['median']:.2f} ({ratio['min']:.2f}-{ratio['max']:.2f})",
+                     f"compile {ours[u].compile_seconds:.1f} s"])
+    rows.append([f"transformers + torch eager ({args.torch_attn}, AdamW {args.torch_adamw})",
+                 f"{torch_tps['median']:.0f}", f"{torch_tps['min']:.0f}-{torch_tps['max']:.0f}",
+                 f"{statistics.median(torch_s):.3f}", "1", f"{theirs.settings['threads']} threads"])
+    print_table(f"Train step, {args.size} ({theirs.num_params / 1e6:.1f}M params), batch {batch} x {seq} tokens, fp32, "
+                f"{args.blocks} interleaved rounds x {args.steps} steps, load avg {results['load_avg'][0]:.2f}",
+                ["implementation", "tokens/s (median)", "min-max", "s/step (median)", "ratio vs torch (min-max)",
+                 "notes"], rows)
     config = dict(vars(args), batch=batch, seq=seq, threads=threads, optimizer=OPTIMIZER)
     append_result("train_step", config, results, args.results)
     return results
