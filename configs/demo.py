@@ -19,6 +19,7 @@ def get_config():
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
     c.model.vocab_pad_multiple = 128
+    c.model.scan_unroll = 4  # all 4 layers unrolled: ~13% faster CPU steps, same compile time (BENCHMARKS.md)
     c.model.arch.update(model_type="qwen2", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
                         num_kv_heads=2, head_dim=32, rope_theta=10_000.0, tie_word_embeddings=True,
                         max_position_embeddings=1024)
