@@ -22,7 +22,7 @@ from bsft_jax.data.demo import (
 from bsft_jax.data.demo_scenes import FLAG_LABELS
 from bsft_jax.data.format import STYLES, FewShotPool, Formatter, render_example, render_prompt, scene_text
 from bsft_jax.data.pipeline import BATCH_KEYS, BatchIterator, global_batch, make_dataset, make_train_iterator
-from bsft_jax.data.reply import parse_label, reply_head, target_reply
+from bsft_jax.data.reply import candidate_labels, parse_label, reply_head, target_reply
 from bsft_jax.data.schema import (
     NO_INTERVENTION,
     DataError,
@@ -37,9 +37,8 @@ from bsft_jax.data.schema import (
 
 __all__ = [
     "BATCH_KEYS", "FLAG_LABELS", "NO_INTERVENTION", "STYLES", "BatchIterator", "DataError", "DemoConfig",
-    "FewShotPool", "Formatter", "Record", "Turn", "build_demo_tokenizer", "default_cache_dir", "demo_dir",
-    "demo_tokenizer_dir", "generate_demo", "generate_split", "global_batch", "label_space", "load_demo",
+    "FewShotPool", "Formatter", "Record", "Turn", "build_demo_tokenizer", "candidate_labels", "default_cache_dir",
+    "demo_dir", "demo_tokenizer_dir", "generate_demo", "generate_split", "global_batch", "label_space", "load_demo",
     "load_demo_tokenizer", "make_dataset", "make_train_iterator", "parse_label", "read_dir", "read_jsonl",
-    "record_from_dict", "render_example", "render_prompt", "reply_head", "scene_text", "target_reply",
-    "write_jsonl",
+    "record_from_dict", "render_example", "render_prompt", "reply_head", "scene_text", "target_reply", "write_jsonl",
 ]

@@ -107,7 +107,8 @@ class BatchIterator(grain.DatasetIterator):
     """The trainer's iterator: ``next()`` gives a batch dict; ``get_state`` / ``set_state`` resume exactly.
 
     A ``grain.DatasetIterator`` (so grain's Orbax handler saves its JSON state). ``stats`` counts
-    formatted, truncated and dropped examples of this process since it was built.
+    formatted, truncated and dropped examples of this process since it was built (formatting runs
+    a few examples ahead of ``next``, in grain's prefetch threads).
     """
 
     def __init__(self, parent: grain.DatasetIterator, stats: FormatStats, num_records: int):
@@ -152,6 +153,7 @@ def make_dataset(
     packing_bins: int | None = None,
     few_shot: FewShotPool | None = None,
     system_prompt: str | None = None,
+    read_threads: int = 2,
 ) -> tuple[grain.IterDataset, Formatter, int]:
     """The pipeline as a ``grain.IterDataset`` (see module docstring), its formatter and shard size."""
     if not 0 <= process_index < process_count:
@@ -169,7 +171,9 @@ def make_dataset(
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
     ds = ds.map(_ToExample(formatter, seq_len, _ToRecord(spec))).filter(lambda ex: ex is not None)
-    it = ds.to_iter_dataset()
+    # Few formatting threads: tokenizing is cheap next to a train step, and on small hosts the
+    # threads would compete with XLA's compute threads.
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=8 * batch_size))
     if packing:
         it = grain.experimental.FirstFitPackIterDataset(
             it, length_struct={k: seq_len for k in _SEQ_KEYS}, num_packing_bins=packing_bins or batch_size,
@@ -181,18 +185,45 @@ def make_dataset(
     return it, formatter, shard_size
 
 
-def make_train_iterator(records_or_source: Any, tokenizer: Any, **kwargs: Any) -> BatchIterator:
+def make_train_iterator(
+    records_or_source: Any,
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    batch_size: int,
+    spec: BehaviorSpec | None = None,
+    style: str = "behavior_sft",
+    seed: int = 0,
+    packing: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+    shuffle: bool = True,
+    packing_bins: int | None = None,
+    few_shot: FewShotPool | None = None,
+    system_prompt: str | None = None,
+    read_threads: int = 2,
+) -> BatchIterator:
     """The trainer's entry point: a checkpointable iterator of batches for this process.
 
-    Arguments: ``records_or_source`` (list of Records, JSONL directory, or tfds data source),
-    ``tokenizer`` (HF, with chat template; behavior tokens added for ``behavior_sft``), and
-    keyword-only ``seq_len``, ``batch_size`` (per process), ``spec``, ``style``, ``seed``,
-    ``packing=True``, ``process_index=0``, ``process_count=1``, ``num_epochs=None`` (forever),
-    ``shuffle=True``, ``packing_bins`` (default batch_size), ``few_shot``, ``system_prompt``.
-    Each batch: int32 ``[batch_size, seq_len]`` arrays ``tokens, targets, loss_mask, segment_ids,
-    positions`` (PREAMBLE batch contract). ``it.stats`` reports truncations.
+    records_or_source: list of Records, a JSONL directory, or a ``tfds.data_source`` split.
+    tokenizer:         HF tokenizer with a chat template (behavior tokens added for ``behavior_sft``).
+    seq_len, batch_size: every batch is int32 ``[batch_size, seq_len]`` (batch_size per process).
+    style:             a ``bsft_jax.data.format.STYLES`` entry; ``spec`` names the behavior tokens.
+    seed:              shuffle seed (reseeded per epoch); ``shuffle=False`` keeps source order.
+    packing:           first-fit packing of several examples per row (``packing_bins`` rows are
+                       filled at a time, default ``batch_size``); False: one padded example per row.
+    process_index, process_count: this process's static shard (``jax.process_index/count()``).
+    num_epochs:        None repeats forever (use this for multi-process training).
+    read_threads:      grain threads that format examples ahead of the trainer.
+    Returns a :class:`BatchIterator` yielding ``tokens, targets, loss_mask, segment_ids, positions``
+    (PREAMBLE batch contract); ``it.stats`` reports truncated / dropped examples.
     """
-    it_ds, formatter, shard_size = make_dataset(records_or_source, tokenizer, **kwargs)
+    it_ds, formatter, shard_size = make_dataset(
+        records_or_source, tokenizer, seq_len=seq_len, batch_size=batch_size, spec=spec, style=style, seed=seed,
+        packing=packing, process_index=process_index, process_count=process_count, num_epochs=num_epochs,
+        shuffle=shuffle, packing_bins=packing_bins, few_shot=few_shot, system_prompt=system_prompt,
+        read_threads=read_threads)
     return BatchIterator(it_ds.__iter__(), formatter.stats, shard_size)
 
 

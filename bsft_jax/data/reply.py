@@ -15,6 +15,7 @@ task (and vice versa), is unparseable: ``None``, which the evaluator counts as w
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from bsft_jax.data.schema import NO_INTERVENTION, Record, normalize_flag_label
 
@@ -34,6 +35,20 @@ def reply_head(record: Record, label: str | None = None) -> str:
     if label == NO_INTERVENTION:
         return NO_CONCERNS_LINE
     return f"Flag: {label}"
+
+
+def candidate_labels(record: Record, label_space: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
+    """Labels a reply to ``record`` may state: its option keys, else ``label_space[category]``.
+
+    For flag tasks pass ``bsft_jax.data.schema.label_space(train_records)`` (or the demo's
+    ``FLAG_LABELS``); used to rank candidate replies by log-likelihood (score ``reply_head``).
+    """
+    if record.is_multiple_choice:
+        return tuple(k for k, _ in record.options or ())
+    labels = tuple((label_space or {}).get(record.category, ()))
+    if not labels:
+        raise KeyError(f"no label space for category {record.category!r}; pass label_space=label_space(train)")
+    return labels
 
 
 def target_reply(record: Record) -> str:

@@ -7,7 +7,7 @@ import pytest
 
 from bsft_jax import taxonomy
 from bsft_jax.behavior import BehaviorSpec
-from bsft_jax.data.reply import parse_label, reply_head, target_reply
+from bsft_jax.data.reply import candidate_labels, parse_label, reply_head, target_reply
 from bsft_jax.data.schema import DataError, Record, Turn, read_dir, read_jsonl, record_from_dict, write_jsonl
 
 GOOD_FLAG = {"id": "r1", "case_id": "c1", "category": "Critical Value Flagging", "group": "balanced",
@@ -136,3 +136,8 @@ def test_parse_label_reply_format():
     assert reply_head(mc) == "Answer: B"
     for r in (flag, mc, _rec(label="none")):
         assert parse_label(target_reply(r), r) == r.label
+    # Candidate replies for likelihood ranking: option keys, or the category's label space.
+    assert candidate_labels(mc) == ("A", "B", "C")
+    assert candidate_labels(flag, {"Error Correction": ("dose_error", "none")}) == ("dose_error", "none")
+    with pytest.raises(KeyError, match="no label space"):
+        candidate_labels(flag)
