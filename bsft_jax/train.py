@@ -287,6 +287,10 @@ def _flag_error_text(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: parses absl flags (``--config``), runs, maps errors to exit codes."""
+    if "--plan" in (sys.argv if argv is None else argv)[1:]:  # memory planner: compiles the step, trains nothing
+        from bsft_jax import plan
+
+        return plan.main(argv)
     from absl import flags
     from ml_collections import config_flags
 
