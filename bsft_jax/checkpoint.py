@@ -174,6 +174,7 @@ class Checkpointer:
             "train": ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}),
         }
         if data_iterator is not None:
+            self._check_data_processes(step)
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
         return dataclasses.replace(
@@ -183,6 +184,21 @@ class Checkpointer:
             step=restored["train"]["step"],
             rng=restored["train"]["rng"],
         )
+
+    def _check_data_processes(self, step: int) -> None:
+        """The data position is per process: restoring it needs the process count it was saved with."""
+        folder = os.path.join(self.directory, str(step), "data")
+        files = [f for f in os.listdir(folder) if f.endswith(".json")] if os.path.isdir(folder) else []
+        if not files:
+            raise CheckpointError(f"{folder}: no data-iterator state; set --config.checkpoint.restore_data=false "
+                                  "to restart the data order instead")
+        saved = {f.rsplit("-of-", 1)[-1].removesuffix(".json") for f in files}
+        if saved != {str(jax.process_count())}:
+            raise CheckpointError(
+                f"{folder}: the data position was saved by {sorted(saved)} process(es) but this run has "
+                f"{jax.process_count()}; resume with the same number of processes, or set "
+                "--config.checkpoint.restore_data=false to keep the weights and optimizer state and restart "
+                "the data order")
 
     def read_json(self, step: int, item: str) -> dict[str, Any]:
         """The ``config`` or ``meta`` item of a step."""

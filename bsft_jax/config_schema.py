@@ -37,6 +37,8 @@ mesh.data/fsdp/tensor    device mesh sizes; exactly one may be -1 ("the remainin
 checkpoint.every_steps   save interval (a save also happens at the end and on SIGTERM)
 checkpoint.keep          keep the last K checkpoints
 checkpoint.async_save    write checkpoints in a background thread
+checkpoint.restore_data  on resume, restore the data-iterator position (False: restart the data order,
+                         e.g. after changing the number of processes)
 distributed.*            multi-host start-up (see bsft_jax.distributed)
 logging.tensorboard      also write TensorBoard event files under run_dir/tensorboard
 """
@@ -138,6 +140,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 500
     c.checkpoint.keep = 3
     c.checkpoint.async_save = True
+    c.checkpoint.restore_data = True
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.initialize = "auto"

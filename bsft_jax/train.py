@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from bsft_jax import distributed
-from bsft_jax.checkpoint import Checkpointer, make_meta
+from bsft_jax.checkpoint import Checkpointer, CheckpointError, make_meta
 from bsft_jax.config_schema import ConfigError, config_to_dict, validate_config
 from bsft_jax.distributed import data_shard, global_batch_from_local, is_primary
 from bsft_jax.loss import LossSums, first_target_mask
@@ -192,7 +192,8 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
         if resume_step is None:
             state = trainer.init_state(bundle.model, cfg.seed)  # takes over (donates) the model's buffers
         else:
-            state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=data_iter)
+            restore_iter = data_iter if cfg.checkpoint.restore_data else None
+            state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=restore_iter)
         bundle.model = None  # the state owns the parameters now (donated every step)
         trainer.compile(global_batch, cfg.data.seq_len)
         startup = trainer.report(num_params)
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     log.info("finished at step %d%s", result.final_step, " (preempted)" if result.preempted else "")
