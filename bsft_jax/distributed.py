@@ -9,6 +9,9 @@ are several processes, before anything touches a JAX backend:
 * a multi-host TPU slice (``TPU_WORKER_HOSTNAMES`` with more than one host, or ``MEGASCALE_*``);
 * ``JAX_COORDINATOR_ADDRESS`` set by a launcher.
 
+``BSFT_LOCAL_DEVICE_IDS=0,1,...`` (set by ``launch/slurm.py --per host``) lists the local GPUs a
+process drives.
+
 ``distributed.initialize`` = "never" skips it (single process), "always" forces it (JAX's own
 auto-detection then fills in the rest).
 
@@ -70,6 +73,14 @@ def maybe_initialize(dist_cfg: Any) -> bool:
         if reason is None and mode != "always":
             return False
         reason = reason or "distributed.initialize='always'"
+    local_ids = os.environ.get("BSFT_LOCAL_DEVICE_IDS", "").strip()
+    if local_ids:
+        # One process driving several GPUs of its host (launch/slurm.py --per host): without this
+        # JAX's SLURM detection would give every process only the GPU numbered by SLURM_LOCALID.
+        try:
+            kwargs["local_device_ids"] = [int(i) for i in local_ids.split(",")]
+        except ValueError:
+            raise ValueError(f"BSFT_LOCAL_DEVICE_IDS={local_ids!r}: expected comma-separated integers") from None
     log.info("jax.distributed.initialize (%s)", reason)
     jax.distributed.initialize(**kwargs)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),

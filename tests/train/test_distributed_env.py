@@ -1,0 +1,47 @@
+"""When and how jax.distributed is initialised, from the config and the environment."""
+
+import types
+
+import jax
+import pytest
+
+from bsft_jax import distributed
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    seen = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: seen.append(kw))
+    for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
+                "MEGASCALE_COORDINATOR_ADDRESS", "BSFT_LOCAL_DEVICE_IDS"):
+        monkeypatch.delenv(var, raising=False)
+    return seen
+
+
+def cfg(**kw):
+    base = dict(initialize="auto", coordinator_address="", num_processes=-1, process_id=-1)
+    return types.SimpleNamespace(**{**base, **kw})
+
+
+def test_single_process_environment_does_not_initialise(calls):
+    assert distributed.maybe_initialize(cfg()) is False and calls == []
+
+
+def test_slurm_per_host_passes_the_local_gpus(calls, monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("BSFT_LOCAL_DEVICE_IDS", "0,1,2,3")
+    assert distributed.maybe_initialize(cfg()) is True
+    assert calls == [{"local_device_ids": [0, 1, 2, 3]}]
+
+
+def test_explicit_coordinator_from_config(calls):
+    distributed.maybe_initialize(cfg(coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1))
+    assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
+
+
+def test_bad_local_device_ids_are_named(calls, monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("BSFT_LOCAL_DEVICE_IDS", "0,x")
+    with pytest.raises(ValueError, match="BSFT_LOCAL_DEVICE_IDS"):
+        distributed.maybe_initialize(cfg())
