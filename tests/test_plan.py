@@ -121,9 +121,13 @@ def test_architecture_from_presets_and_behavior_vocabulary_growth():
 
 
 def _run_plan_cli(*args: str) -> tuple[subprocess.CompletedProcess, int]:
-    """``python -m bsft_jax.train --plan ...`` in a child that prints its own peak RSS (bytes)."""
-    code = ("import resource, sys\nfrom bsft_jax.train import main\nrc = main(sys.argv)\n"
-            "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)\nsys.exit(rc)\n")
+    """``python -m bsft_jax.train --plan ...`` in a child that prints its own peak RSS (bytes).
+
+    VmHWM, not ru_maxrss: Linux carries the parent's (pytest's) peak RSS into ru_maxrss across exec.
+    """
+    code = ("import sys\nfrom bsft_jax.train import main\nrc = main(sys.argv)\n"
+            "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]\n"
+            "print('MAXRSS', int(hwm) * 1024)\nsys.exit(rc)\n")
     env = dict(os.environ, PYTHONPATH=ROOT, BSFT_QWEN2_5_7B="/nonexistent/Qwen2.5-7B-Instruct")
     env.pop("JAX_NUM_CPU_DEVICES", None)
     out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
