@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_platforms", "cpu")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s",
                         datefmt="%H:%M:%S", force=True)
-    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):  # Orbax warns that the read-only folder is read-only
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         path = export_checkpoint(args.checkpoint, args.out, step=args.step, dtype=args.dtype,
                                  max_shard_size=args.max_shard_size, overwrite=args.overwrite,
