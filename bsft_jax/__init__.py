@@ -1,6 +1,7 @@
 """bsft_jax: BehaviorSFT (behavior-token fine-tuning of clinical LLM agents) in JAX / Flax NNX."""
 
 from bsft_jax.behavior import BehaviorSpec, add_behavior_tokens, extend_model_vocab, extend_tokenizer
+from bsft_jax.decode import Sampler, generate
 from bsft_jax.models import (
     Decoder,
     DecoderConfig,
@@ -18,7 +19,7 @@ from bsft_jax.models import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BehaviorSpec", "Decoder", "DecoderConfig", "KVCache", "UnsupportedConfigError", "WeightLoadError",
+    "BehaviorSpec", "Decoder", "DecoderConfig", "KVCache", "Sampler", "UnsupportedConfigError", "WeightLoadError",
     "abstract_decoder", "add_behavior_tokens", "count_params", "extend_model_vocab", "extend_tokenizer",
-    "init_decoder", "load_hf", "preset", "save_hf",
+    "generate", "init_decoder", "load_hf", "preset", "save_hf",
 ]

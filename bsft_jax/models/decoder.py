@@ -166,8 +166,14 @@ class Attention(nnx.Module):
         mask_bts: Array,
         kv: tuple[Array, Array] | None = None,
         cache_index: Array | None = None,
+        layer: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
-        """Returns the attention output [B, T, D] and, with a cache, the updated (k, v) [B, S, K, H]."""
+        """Returns the attention output [B, T, D] and, with a cache, the updated (k, v).
+
+        ``kv`` is this layer's cache [B, S, K, H], or with ``layer`` the whole stacked cache
+        [L, B, S, K, H]: then only the T new slots of that layer are written (in place inside the
+        decode loop, instead of rewriting every layer's cache each step).
+        """
         c = self.config
         q_btnh = apply_rope(self._project(x_btd, "q"), cos_bth, sin_bth)
         k_btkh = apply_rope(self._project(x_btd, "k"), cos_bth, sin_bth)
@@ -175,6 +181,14 @@ class Attention(nnx.Module):
         q_btnh = constrain(q_btnh, ("batch", "length", "act_heads", None))
         if kv is None:
             k_bskh, v_bskh, new_kv = k_btkh, v_btkh, None
+        elif layer is not None:
+            zero = jnp.zeros((), jnp.int32)
+            start = (layer, zero, cache_index, zero, zero)
+            k_all = jax.lax.dynamic_update_slice(kv[0], k_btkh[None].astype(kv[0].dtype), start)
+            v_all = jax.lax.dynamic_update_slice(kv[1], v_btkh[None].astype(kv[1].dtype), start)
+            new_kv = (k_all, v_all)
+            k_bskh = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(x_btd.dtype)
+            v_bskh = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(x_btd.dtype)
         else:
             zero = jnp.zeros((), jnp.int32)
             k_bskh = jax.lax.dynamic_update_slice(kv[0], k_btkh.astype(kv[0].dtype), (zero, cache_index, zero, zero))
@@ -239,8 +253,8 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         self.mlp = MLP(config, rngs=rngs, stack=stack)
 
-    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts, kv=None, cache_index=None):
-        attn_btd, new_kv = self.attn(self.input_norm(x_btd), cos_bth, sin_bth, mask_bts, kv, cache_index)
+    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts, kv=None, cache_index=None, layer=None):
+        attn_btd, new_kv = self.attn(self.input_norm(x_btd), cos_bth, sin_bth, mask_bts, kv, cache_index, layer)
         x_btd = x_btd + attn_btd
         x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
         return constrain(x_btd, ("batch", "length", "act_embed")), new_kv
@@ -319,15 +333,26 @@ class Decoder(nnx.Module):
 
         graphdef, layer_state = nnx.split(self.layers)
 
-        def body(x, layer_in):
-            state_l, kv_l = layer_in
-            block = nnx.merge(graphdef, state_l)
-            return block(x, cos_bth, sin_bth, mask_bts, kv_l, None if cache is None else cache.index)
+        if cache is None:
+            def body(x, state_l):
+                block = nnx.merge(graphdef, state_l)
+                return block(x, cos_bth, sin_bth, mask_bts)[0], None
 
-        if c.remat != "none" and cache is None:
-            body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-        kv_in = None if cache is None else (cache.k, cache.v)
-        x_btd, kv_out = jax.lax.scan(body, x_btd, (layer_state, kv_in))
+            if c.remat != "none":
+                body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
+            x_btd, _ = jax.lax.scan(body, x_btd, layer_state)
+        else:
+            # The stacked cache rides in the carry and each layer writes only its new slots, so a
+            # decode step updates the cache in place rather than rebuilding it as scan outputs.
+            def cached_body(carry, layer_in):
+                x, kv_all = carry
+                state_l, layer = layer_in
+                block = nnx.merge(graphdef, state_l)
+                x, kv_all = block(x, cos_bth, sin_bth, mask_bts, kv_all, cache.index, layer)
+                return (x, kv_all), None
+
+            layers = jnp.arange(c.num_layers, dtype=jnp.int32)
+            (x_btd, kv_out), _ = jax.lax.scan(cached_body, (x_btd, (cache.k, cache.v)), (layer_state, layers))
         x_btd = self.final_norm(x_btd)
         if return_hidden:
             out = x_btd
