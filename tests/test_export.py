@@ -4,10 +4,11 @@ Tolerances: logits fp32, max abs diff <= 1e-4 against transformers (seen ~1e-6).
 same weights (8-device vs 1-device checkpoint) are compared byte for byte; a bf16 export is
 compared bitwise with the fp32 export rounded by ml_dtypes (round to nearest even).
 
-Greedy generation: a demo model trained a few steps does not yet put a behavior token first on
-its own, so both sides pick the first token among the behavior tokens (the evaluator's
+Greedy generation (``bsft_jax.generate``, KV cache, vs transformers ``generate(do_sample=False)``):
+a demo model trained a few steps does not yet put a behavior token first on its own, so both
+sides take the behavior token with the highest logit as the first token (the evaluator's
 constrained first-token decoding) and then decode freely; the tokens, the behavior token and the
-text must agree.
+text must agree. A nearly random tiny model is also decoded unconstrained (varied tokens).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import pytest
 import torch
 from flax import nnx
 
-from bsft_jax.behavior import mask_padded_logits
 from bsft_jax.checkpoint import Checkpointer, CheckpointError, decoder_config_from_dict, load_params, read_meta
 from bsft_jax.config_schema import config_to_dict, default_config, load_config_file
+from bsft_jax.decode import generate
 from bsft_jax.export import ExportError, export_checkpoint
 from bsft_jax.models.decoder import abstract_decoder
 from bsft_jax.models.safetensors_io import iter_tensors
@@ -133,29 +134,15 @@ def test_exported_demo_model_logits_equal_bsft_jax(demo_export):
         assert np.max(np.abs(ours - theirs)) <= 1e-4
 
 
-def _greedy_bsft(model, config, prompt: list[int], behavior_ids: list[int]) -> list[int]:
-    """Greedy decoding with one jitted forward over a fixed, right-padded length (causal: padding is never seen)."""
-    graphdef, state = nnx.split(model)
-    length = len(prompt) + MAX_NEW
-
-    @jax.jit
-    def next_logits(state, ids_t, last):
-        logits_tv = nnx.merge(graphdef, state)(ids_t[None])[0]
-        return mask_padded_logits(logits_tv[last], config.valid_vocab_size)
-
-    x, out = np.zeros(length, np.int32), []
-    x[:len(prompt)] = prompt
-    for step in range(MAX_NEW):
-        logits = next_logits(state, x, len(prompt) + step - 1)
-        if step == 0:  # constrained first token: one of the behavior tokens
-            tok = behavior_ids[int(jnp.argmax(logits[jnp.asarray(behavior_ids)]))]
-        else:
-            tok = int(jnp.argmax(logits))
-        out.append(tok)
-        x[len(prompt) + step] = tok
-        if tok in config.stop_token_ids:
-            break
-    return out
+def _greedy_bsft(model, config, prompts: list[list[int]], behavior_ids: list[int] | None) -> list[list[int]]:
+    """bsft_jax.generate, greedy; with ``behavior_ids`` the first token is the best behavior token."""
+    force = None
+    if behavior_ids is not None:
+        force = []
+        for prompt in prompts:
+            logits_v = np.asarray(model(jnp.asarray([prompt]))[0, -1])
+            force.append(behavior_ids[int(np.argmax(logits_v[behavior_ids]))])
+    return generate(model, prompts, max_new_tokens=MAX_NEW, eos_ids=config.stop_token_ids, force_first_token=force)
 
 
 def _greedy_hf(hf, prompt: list[int], behavior_ids: list[int]) -> list[int]:
@@ -173,8 +160,8 @@ def test_greedy_generation_matches_transformers(demo_export):
     behavior_ids = [meta["behavior"]["token_ids"][n] for n in meta["behavior"]["names"]]
     hf, tok = _hf_model(hf_dir), _hf_tokenizer(hf_dir)
     run_tok = _hf_tokenizer(os.path.join(run_dir, "tokenizer"))
-    for prompt in _demo_prompts(tok):
-        ours = _greedy_bsft(model, config, prompt, behavior_ids)
+    prompts = _demo_prompts(tok)
+    for prompt, ours in zip(prompts, _greedy_bsft(model, config, prompts, behavior_ids), strict=True):
         theirs = _greedy_hf(hf, prompt, behavior_ids)
         assert ours == theirs
         assert ours[0] in behavior_ids
@@ -191,10 +178,10 @@ def test_unconstrained_greedy_of_a_sharded_run_matches_transformers(sharded_run,
     model, config, _ = load_params(sharded_run.run_dir)
     hf = _hf_model(hf_dir)
     rng = np.random.RandomState(0)
+    # BOS, words, SEP (the synthetic copy task); ragged lengths: generate left-pads them in one batch
+    prompts = [[1, *rng.randint(4, 60, n).tolist(), 2] for n in (6, 3, 9)]
     seen = set()
-    for _ in range(3):
-        prompt = [1, *rng.randint(4, 60, 6).tolist(), 2]  # BOS, words, SEP (the synthetic copy task)
-        ours = _greedy_bsft(model, config, prompt, list(range(config.num_valid_tokens)))
+    for prompt, ours in zip(prompts, _greedy_bsft(model, config, prompts, None), strict=True):
         with torch.no_grad():
             ids = torch.tensor([prompt])
             theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
