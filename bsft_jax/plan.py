@@ -503,8 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
+    from bsft_jax.cli import parse_flags
     from bsft_jax.config_schema import ConfigError
-    from bsft_jax.train import _flag_error_text
 
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", "configs/demo.py", "ml_collections config file", flag_values=fv)
@@ -518,11 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_string("plan_model", "", "architecture preset when the HF folder is absent (e.g. qwen2_5_7b)",
                         flag_values=fv)
     flags.DEFINE_string("plan_json", "", "also write the plan as JSON to this file", flag_values=fv)
-    try:
-        fv(argv)
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-        print(f"error: bad command line / config: {_flag_error_text(e)}", file=sys.stderr)
-        return 2
+    code = parse_flags(fv, argv, main.__doc__ or "")
+    if code is not None:
+        return code
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s] %(message)s", force=True)
     try:
         plan = plan_memory(fv.config, mesh=parse_mesh(fv.mesh) if fv.mesh else None,
