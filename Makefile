@@ -16,8 +16,16 @@ $(STAMP): requirements.txt requirements-test.txt setup.py
 
 install: $(STAMP)
 
+# The main job on the embedded demo data: BehaviorSFT and its GeneralSFT counterpart (same data, no
+# behavior tokens), then the evaluator's comparison table on the demo test split. Rerunning resumes
+# from the runs' checkpoints. (The prompting baselines need a pretrained base model: the demo has none.)
+DEMO_REPORT ?= runs/demo_report
 demo: $(STAMP)
 	$(BIN)/python -m bsft_jax.train --config configs/demo.py
+	$(BIN)/python -m bsft_jax.train --config configs/demo_generalsft.py
+	$(BIN)/python -m bsft_jax.evaluate --config configs/demo.py --checkpoint runs/demo \
+	  --general_checkpoint runs/demo_generalsft --baselines= --out_dir $(DEMO_REPORT)
+	@echo "Report: $(DEMO_REPORT)/report.md (radar.png, report.json, predictions_*.jsonl beside it)"
 
 # pytest's exit code 5 (nothing collected) counts as a failure: an empty run tested nothing.
 test: $(STAMP)

@@ -48,9 +48,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "bsft-train=bsft_jax.train:run",
+            "bsft-train=bsft_jax.train:main",
             "bsft-evaluate=bsft_jax.evaluate:run",
-            "bsft-export=bsft_jax.export:run",
+            "bsft-export=bsft_jax.export:main",
         ]
     },
 )

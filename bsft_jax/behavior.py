@@ -146,7 +146,7 @@ def grow_embedding_table(
                      table grows to ``round_up(num_new_tokens, pad_multiple)`` rows and padding
                      rows (which no token uses; they are masked in logits) are set to the mean.
     init:            "mean_cov" (sample N(mean, cov) of the old rows, Hewitt 2021) or
-                     "mean_std" (diagonal covariance; cheaper for very wide tables).
+                     "mean_std" (diagonal covariance).
     Rows at or beyond ``num_new_tokens`` that already existed are left untouched.
     """
     v, d = table_vd.shape
@@ -158,15 +158,14 @@ def grow_embedding_table(
     old = table_vd[:num_old_tokens].astype(jnp.float32)
     mean = jnp.mean(old, axis=0)
     n_new = num_new_tokens - num_old_tokens
-    z = jax.random.normal(key, (n_new, d), jnp.float32)
     if init == "mean_cov":
-        centered = old - mean
-        cov = centered.T @ centered / max(num_old_tokens - 1, 1)
-        jitter = 1e-6 * jnp.maximum(jnp.trace(cov) / d, 1e-12)
-        chol = jnp.linalg.cholesky(cov + jitter * jnp.eye(d, dtype=jnp.float32))
-        new_rows = mean + z @ chol.T
+        # x = mean + w @ (old - mean) / sqrt(n - 1) with w ~ N(0, I_n) has exactly the old rows'
+        # mean and covariance, needs no [D, D] matrix or Cholesky (cheap for D = 4096), and stays
+        # finite when the covariance is singular (fewer old rows than D).
+        w = jax.random.normal(key, (n_new, num_old_tokens), jnp.float32)
+        new_rows = mean + (w @ (old - mean)) / jnp.sqrt(jnp.float32(max(num_old_tokens - 1, 1)))
     elif init == "mean_std":
-        new_rows = mean + z * jnp.std(old, axis=0)
+        new_rows = mean + jax.random.normal(key, (n_new, d), jnp.float32) * jnp.std(old, axis=0)
     else:
         raise ValueError(f"init must be 'mean_cov' or 'mean_std', got {init!r}")
     out = table_vd

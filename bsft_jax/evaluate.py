@@ -27,6 +27,7 @@ from typing import Any
 import jax
 
 from bsft_jax.checkpoint import CheckpointError, load_params
+from bsft_jax.cli import parse_flags, setup_logging
 from bsft_jax.config_schema import ConfigError, config_from_dict, resolve_mesh_shape
 from bsft_jax.data import DataError, FewShotPool, Record, label_space, record_from_dict
 from bsft_jax.evaluation import MODES, RunResult, evaluate_model, write_comparison
@@ -173,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
-    from bsft_jax.train import _flag_error_text
-
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", "configs/demo.py", "ml_collections config file (data, base model)",
                                     flag_values=fv)
@@ -194,15 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_integer("few_shot_k", 3, "solved examples in few-shot prompts", flag_values=fv)
     flags.DEFINE_string("force_behavior", "", "force BehaviorSFT replies to start with this behavior token",
                         flag_values=fv)
-    argv = list(sys.argv if argv is None else argv)
-    try:
-        fv(argv)
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-        print(f"error: bad command line / config: {_flag_error_text(e)}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s",
-                        datefmt="%H:%M:%S", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    code = parse_flags(fv, sys.argv if argv is None else argv, __doc__)
+    if code is not None:
+        return code
+    setup_logging()
     try:
         run_comparison(fv.config, checkpoint=fv.checkpoint, general_checkpoint=fv.general_checkpoint,
                        step=None if fv.step < 0 else fv.step, baselines=[b for b in fv.baselines if b],

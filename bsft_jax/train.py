@@ -29,6 +29,7 @@ import numpy as np
 
 from bsft_jax import distributed
 from bsft_jax.checkpoint import Checkpointer, CheckpointError, make_meta
+from bsft_jax.cli import parse_flags, setup_logging
 from bsft_jax.config_schema import ConfigError, config_to_dict, validate_config
 from bsft_jax.distributed import data_shard, global_batch_from_local, is_primary
 from bsft_jax.loss import LossSums, first_target_mask
@@ -277,33 +278,28 @@ def _log_startup(s: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
-def _flag_error_text(e: BaseException) -> str:
-    """ml_collections wraps a KeyError (unknown field) in an AttributeError: show the inner message."""
-    while e.args and isinstance(e.args[0], BaseException):
-        e = e.args[0]
-    if isinstance(e, KeyError) and e.args:
-        return "unknown config field " + str(e.args[0]).replace("\n", "; ")
-    return str(e)
+_USAGE = """python -m bsft_jax.train --config configs/X.py [--config.section.field=value ...]
+       python -m bsft_jax.train --config configs/X.py --plan [--mesh=data=1,fsdp=-1,tensor=4] [--plan_target=v5p-64]
+
+Trains (or resumes, if config.run_dir has checkpoints) the recipe in the config file; --plan reports
+per-device memory of the train step on a target mesh instead. Every config field can be overridden."""
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: parses absl flags (``--config``), runs, maps errors to exit codes."""
+    if "--plan" in (sys.argv if argv is None else argv)[1:]:  # memory planner: compiles the step, trains nothing
+        from bsft_jax import plan
+
+        return plan.main(argv)
     from absl import flags
     from ml_collections import config_flags
 
     flags_def = flags.FlagValues()
     config_flags.DEFINE_config_file("config", "configs/demo.py", "ml_collections config file", flag_values=flags_def)
-    argv = list(sys.argv if argv is None else argv)
-    try:
-        flags_def(argv)
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-        text = _flag_error_text(e)
-        print(f"error: bad command line / config: {text}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s",
-                        datefmt="%H:%M:%S", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" notices on CPU/GPU hosts
+    code = parse_flags(flags_def, sys.argv if argv is None else argv, _USAGE)
+    if code is not None:
+        return code
+    setup_logging()
     try:
         distributed.maybe_initialize(flags_def.config.distributed)
         if not is_primary():  # one progress log per job: the other processes report only problems

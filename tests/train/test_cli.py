@@ -93,3 +93,12 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     # the preemption checkpoint is the last finished step (no regular save could have happened)
     assert steps == [last_logged] and last_logged >= 3
     assert read_meta(str(tmp_path / "run"))["step"] == last_logged
+
+
+@pytest.mark.parametrize("module", ["bsft_jax.train", "bsft_jax.evaluate", "bsft_jax.export"])
+def test_help_prints_usage_and_exits_zero(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"python -m {module}" in out.stdout or "usage:" in out.stdout
+    assert "--checkpoint" in out.stdout or "--config" in out.stdout
