@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--preset-seq", type=int, default=2048, help="sequence length (batch 1) for --presets")
     p.add_argument("--results", default=None, help="JSONL file to append to (default bench/results.jsonl)")
     args = p.parse_args(argv)
+    load_start = os.getloadavg()[0]  # before our own threads add to it
 
     from bsft_jax.models.config import preset
 
@@ -117,10 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
         measure(name, preset(name, dtype="bfloat16", remat="full"), 1, args.preset_seq, decode=False)
 
     print_table(f"Compile time (s), decode = batch {args.decode_batch}, prompt {args.prompt}, {args.new} new tokens, "
-                f"load avg {os.getloadavg()[0]:.2f}",
+                f"load avg at start {load_start:.2f}",
                 ["model", "layers", "hidden", "train batch", "train step s (scan)", "train step s (unrolled)",
                  "decode s"], rows)
-    results = {"rows": records, "load_avg": os.getloadavg()}
+    results = {"rows": records, "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0]}
     append_result("compile_time", vars(args), results, args.results)
     return results
 

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{peak / 1e12:.1f} TFLOP/s (n={args.matmul_size})",
                 ["model", "params", "batch", "remat", "s/step", "tokens/s", "model TFLOP/s", "MFU", "min-max"], rows)
     results = {"device": device.device_kind, "backend": backend, "matmul_peak_flops": peak, "rows": records,
-               "load_avg": os.getloadavg()}
+               "load_avg_end": os.getloadavg()[0]}
     append_result("gpu_mfu", vars(args), results, args.results)
     return results
 

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-hf-io", action="store_true", help="skip the HF import/export rows")
     p.add_argument("--results", default=None, help="JSONL file to append to (default bench/results.jsonl)")
     args = p.parse_args(argv)
+    load_start = os.getloadavg()[0]  # before our own threads add to it
     batch, seq = args.batch or DEFAULT_SHAPES[args.size][0], args.seq or DEFAULT_SHAPES[args.size][1]
 
     results: dict = {}
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         hf, hf_rows = measure_all(args.size)
         results["hf_io"] = hf
         rows += [[f"HF {row[0]}", *row[1:], ""] for row in hf_rows]
-    results["load_avg"] = os.getloadavg()
+    results.update(load_avg_start=load_start, load_avg_end=os.getloadavg()[0])
     print_table(f"Peak host RSS above the post-import baseline, {args.size}, fp32, train batch {batch} x {seq}, "
                 f"{args.steps} steps",
                 ["operation", "model MB", "peak extra MB", "x model", "seconds", "notes"], rows)

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: available cores)")
     p.add_argument("--results", default=None, help="JSONL file to append to (default bench/results.jsonl)")
     args = p.parse_args(argv)
+    load_start = os.getloadavg()[0]  # before our own threads add to it
     batch, seq = args.batch or DEFAULT_SHAPES[args.size][0], args.seq or DEFAULT_SHAPES[args.size][1]
 
     import torch
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch_tps = summary([tokens / s for s in torch_s])
     results = {"params": theirs.num_params, "tokens_per_step": tokens, "torch_tokens_per_s": torch_tps,
                "torch_seconds_per_step": torch_s, "torch": theirs.settings, "torch_final_loss": theirs.last_loss,
-               "bsft": {}, "load_avg": os.getloadavg()}
+               "bsft": {}, "load_avg_start": load_start, "load_avg_end": os.getloadavg()[0]}
     rows = []
     for u in unrolls:
         tps = summary([tokens / s for s in jax_s[u]])
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
                  f"{torch_tps['median']:.0f}", f"{torch_tps['min']:.0f}-{torch_tps['max']:.0f}",
                  f"{statistics.median(torch_s):.3f}", "1", f"{theirs.settings['threads']} threads"])
     print_table(f"Train step, {args.size} ({theirs.num_params / 1e6:.1f}M params), batch {batch} x {seq} tokens, fp32, "
-                f"{args.blocks} interleaved rounds x {args.steps} steps, load avg {results['load_avg'][0]:.2f}",
+                f"{args.blocks} interleaved rounds x {args.steps} steps, load avg at start {load_start:.2f}",
                 ["implementation", "tokens/s (median)", "min-max", "s/step (median)", "ratio vs torch (min-max)",
                  "notes"], rows)
     config = dict(vars(args), batch=batch, seq=seq, threads=threads, optimizer=OPTIMIZER)
