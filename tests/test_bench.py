@@ -107,6 +107,16 @@ def test_gpu_mfu_skips_without_gpu_and_runs_on_cpu_when_asked(results, capsys):
     assert math.isfinite(row["loss"])
 
 
+def test_profile_step_tiny(results):
+    from bench import profile_step
+
+    r = profile_step.main(["--size", "tiny", "--steps", "1", "--top", "5", "--results", results])
+    _check_record(results, "profile_step")
+    assert r["model_flops_per_step"] > 0
+    assert 0 < r["bsft"]["matmul_s"] <= r["bsft"]["thunk_s"] and r["bsft"]["kinds"]
+    assert r["torch"]["matmul_s"] > 0 and {"aten::mm", "aten::addmm"} & set(r["torch"]["ops"])
+
+
 def test_model_flops_per_token_counts_every_projection():
     from bench.gpu_mfu import model_flops_per_token
     from bsft_jax.models.config import preset
