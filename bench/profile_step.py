@@ -5,8 +5,8 @@
 Runs the same two loops as :mod:`bench.train_step` under their profilers (``jax.profiler`` trace
 of the compiled step, ``torch.profiler`` of the eager loop) and prints, per step: total time,
 the matmul share (XLA ``ynn_fusion``/``dot`` thunks; torch ``aten::mm``/``addmm``) and its
-FLOP rate, and the largest other items. ``--threads 1`` pins XLA and torch to one intra-op thread
-(set before JAX starts), which makes thunk times add up to the step time.
+FLOP rate, and the largest other items. ``--threads 1`` pins the process to one core (before JAX
+starts), which makes thunk times add up to the step time.
 """
 
 from __future__ import annotations
@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--seq", type=int, default=None)
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="1: single-threaded XLA and torch (set before jax)")
+    p.add_argument("--threads", type=int, default=None, help="pin to this many cores (1: clean per-op times)")
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--results", default=None, help="JSONL file to append to (default bench/results.jsonl)")
     args = p.parse_args(argv)
-    if args.threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+    if args.threads:
+        # Pin the process to that many cores before JAX starts: XLA sizes its thread pool to them.
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
     import torch
 
     from bench.train_step import available_cores
