@@ -42,6 +42,15 @@ def hf_qwen2_config(arch: dict[str, Any]):
                        rms_norm_eps=arch["rms_norm_eps"], max_position_embeddings=4096)
 
 
+def hf_config_from_decoder(config: Any):
+    """The transformers config of the architecture a bsft_jax DecoderConfig describes (presets, SIZES)."""
+    from transformers import AutoConfig
+
+    hf = dict(config.to_hf(dtype="float32"))
+    hf.pop("architectures", None)
+    return AutoConfig.for_model(hf.pop("model_type"), **hf)
+
+
 def machine_info() -> dict[str, Any]:
     """Where and with what a result was measured."""
     import jax
@@ -89,8 +98,16 @@ def summary(xs: Sequence[float]) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process's own address space so far, in MiB.
+
+    VmHWM from /proc (Linux), not ``ru_maxrss``: Linux carries ru_maxrss across exec, so a child
+    would report its parent's RSS at fork time whenever that was larger.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # not Linux: the rusage figure (KiB on Linux, bytes on macOS)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def current_rss_mb() -> float:
@@ -103,7 +120,7 @@ def current_rss_mb() -> float:
 def run_child(code: str, *args: str) -> dict[str, Any]:
     """Runs ``python -c code args...`` from the repo root in a fresh process; returns its last stdout line as JSON.
 
-    Peak-memory measurements need a fresh process each (ru_maxrss never goes down).
+    Peak-memory measurements need a fresh process each (the high-water mark never goes down).
     """
     repo = os.path.dirname(os.path.dirname(RESULTS))
     env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))

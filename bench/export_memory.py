@@ -24,23 +24,14 @@ import json, sys, time
 run_dir, out, dtype = sys.argv[1:4]
 import jax, transformers, orbax.checkpoint  # imports first: they are not the model
 from bsft_jax.export import export_checkpoint
-from bench.common import current_rss_mb
-
-
-def hwm_mb():
-    # VmHWM belongs to this process's own address space; ru_maxrss would include the parent's RSS
-    # at fork time (Linux keeps it across exec), which is the size of the training parent here.
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
-
-
+from bench.common import current_rss_mb, peak_rss_mb
 from bsft_jax.export import _load_tokenizer
 _load_tokenizer(run_dir + "/tokenizer")  # the tokenizer and transformers' modules are not the model
 jax.numpy.zeros(1).block_until_ready()
 base = current_rss_mb()
 t = time.perf_counter()
 export_checkpoint(run_dir, out, dtype=dtype, max_shard_size="200MB")
-print(json.dumps({"base_mb": base, "peak_mb": hwm_mb(), "seconds": time.perf_counter() - t}))
+print(json.dumps({"base_mb": base, "peak_mb": peak_rss_mb(), "seconds": time.perf_counter() - t}))
 """
 
 

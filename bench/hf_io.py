@@ -2,7 +2,7 @@
 
     python -m bench.hf_io --size 100m
 
-Each measurement runs in a fresh subprocess and reports its peak RSS (ru_maxrss) minus the RSS
+Each measurement runs in a fresh subprocess and reports its peak RSS (VmHWM) minus the RSS
 after imports, next to the size of the weights: streaming should stay near 1x the model (the
 device copy, which on CPU lives in host RAM) plus one tensor, not 2x. transformers'
 ``from_pretrained`` is measured the same way as the reference.

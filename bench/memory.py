@@ -2,7 +2,7 @@
 
     python -m bench.memory --size 100m
 
-Every measurement runs in a fresh process (ru_maxrss only grows) and reports its peak RSS minus
+Every measurement runs in a fresh process (the RSS high-water mark only grows) and reports its peak RSS minus
 the RSS after imports, next to the fp32 size of the model. Training holds parameters, gradients
 and two AdamW moments (4x the model) plus activations; the JAX step donates its state, so the
 update is written in place. HF import/export rows come from :mod:`bench.hf_io` (streaming should
