@@ -19,6 +19,8 @@ model.logits_dtype       dtype of the LM-head output; the loss is always compute
 model.remat              "none" | "full" | "dots" (activation rematerialisation per block)
 model.scan_unroll        decoder layers per lax.scan step in training (1: compile time flat in depth;
                          num_layers: unrolled, ~10% faster CPU steps for small models, compile time grows)
+model.attention_impl     "einsum" (XLA einsums, fp32 softmax) | "cudnn" (fused flash attention, GPU, bf16)
+                         | "auto" (default: cudnn where it applies, else einsum)
 model.vocab_pad_multiple embedding rows are padded to a multiple of this when the vocab grows
 tokenizer.path           base tokenizer folder ("" = model.hf_path; "demo" = the demo set's small BPE)
 behavior.enabled         BehaviorSFT (True) or GeneralSFT (False: no behavior tokens)
@@ -56,7 +58,7 @@ from typing import Any
 
 import ml_collections
 
-from bsft_jax.models.config import canonical_dtype
+from bsft_jax.models.config import ATTENTION_IMPLS, canonical_dtype
 
 # Fields whose value is a free-form mapping (no fixed key set).
 FREE_FORM = frozenset({"behavior.category_map", "data.field_map"})
@@ -86,6 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.logits_dtype = "float32"
     c.model.remat = "none"
     c.model.scan_unroll = 1
+    c.model.attention_impl = "auto"
     c.model.vocab_pad_multiple = 128
     c.model.arch = ml_collections.ConfigDict(dict(
         model_type="qwen2", hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -272,12 +275,16 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
     m = cfg.model
     _one_of(cfg, "model.source", MODEL_SOURCES)
     _one_of(cfg, "model.remat", REMAT)
+    _one_of(cfg, "model.attention_impl", ATTENTION_IMPLS)
     for field in ("dtype", "param_dtype", "logits_dtype"):
         try:
             canonical_dtype(m[field], field=f"config.model.{field}")
         except ValueError as e:
             raise ConfigError(str(e)) from None
     _positive(cfg, "model.vocab_pad_multiple", "model.scan_unroll")
+    if m.attention_impl == "cudnn" and canonical_dtype(m.dtype) not in ("bfloat16", "float16"):
+        raise _fail("model.attention_impl", f"is 'cudnn' but model.dtype={m.dtype!r}; cuDNN flash attention "
+                    "needs bfloat16 or float16 (use 'auto' to fall back to 'einsum')")
     if m.source == "hf":
         if not m.hf_path:
             raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")

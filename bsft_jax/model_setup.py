@@ -52,7 +52,7 @@ def runtime_fields(cfg: Any) -> dict[str, Any]:
     """DecoderConfig fields that come from the run config, not from the architecture."""
     m = cfg.model
     return dict(dtype=m.dtype, param_dtype=m.param_dtype, logits_dtype=m.logits_dtype, remat=m.remat,
-                scan_unroll=m.scan_unroll)
+                scan_unroll=m.scan_unroll, attention_impl=m.attention_impl)
 
 
 def tokenizer_path(cfg: Any) -> str:

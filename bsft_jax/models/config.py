@@ -26,6 +26,9 @@ _DTYPE_NAMES = {
 }
 
 
+ATTENTION_IMPLS = ("einsum", "cudnn", "auto")
+
+
 class UnsupportedConfigError(ValueError):
     """A Hugging Face config asks for something this port does not implement."""
 
@@ -90,6 +93,12 @@ class DecoderConfig:
     # unrolling drops the per-layer slicing of stacked weights/residuals (~10% faster CPU train
     # steps for small models) at a compile time that grows with it. KV-cache decoding always scans.
     scan_unroll: int = 1
+    # Attention kernel of the full-sequence forward (training, scoring, prefill without a cache):
+    # "einsum": our XLA einsums with fp32 scores/softmax (any backend and dtype);
+    # "cudnn":  cuDNN's fused flash attention via jax.nn.dot_product_attention (NVIDIA GPU, bf16/fp16);
+    # "auto":   "cudnn" where it applies (GPU backend, bf16/fp16, head_dim <= 128), else "einsum".
+    # KV-cache steps always use the einsums (one query row: bandwidth-bound, no flash benefit).
+    attention_impl: str = "auto"
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -112,10 +121,20 @@ class DecoderConfig:
             )
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"DecoderConfig.remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"DecoderConfig.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"
+            )
         if int(self.scan_unroll) < 1:
             raise ValueError(f"DecoderConfig.scan_unroll must be >= 1 (layers per scan step), got {self.scan_unroll}")
         for name in ("dtype", "param_dtype", "logits_dtype", "source_dtype"):
             object.__setattr__(self, name, canonical_dtype(getattr(self, name), field=f"DecoderConfig.{name}"))
+        if self.attention_impl == "cudnn" and (self.dtype not in ("bfloat16", "float16") or self.head_dim > 128
+                                               or self.head_dim % 8):
+            raise ValueError(
+                "DecoderConfig.attention_impl='cudnn' needs dtype bfloat16/float16 and head_dim <= 128, a multiple "
+                f"of 8 (got dtype={self.dtype!r}, head_dim={self.head_dim}); use 'auto' to fall back to 'einsum'"
+            )
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         object.__setattr__(self, "generation_eos_token_ids", tuple(self.generation_eos_token_ids))
