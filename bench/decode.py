@@ -20,12 +20,13 @@ import time
 
 import numpy as np
 
-from bench.common import SIZES, append_result, hf_qwen2_config, print_table, summary
+from bench.common import SIZES, append_result, hf_config_from_decoder, print_table, summary
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=sorted(SIZES), default="demo")
+    p.add_argument("--size", default="demo", help=f"one of {sorted(SIZES)} or a bsft_jax preset (qwen2_5_0_5b, ...)")
+    p.add_argument("--dtype", default="float32", help="weights and compute dtype on both sides (bfloat16 on GPU)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt", type=int, default=128, help="longest prompt; others are shorter (down to half)")
     p.add_argument("--new", type=int, default=128)
@@ -40,12 +41,18 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.train_step import available_cores
     from bsft_jax import DecoderConfig, init_decoder
     from bsft_jax.decode import Sampler, trace_counts
+    from bsft_jax.models.config import PRESETS, preset
 
-    arch = SIZES[args.size]
+    if args.size in SIZES:
+        config = DecoderConfig(**SIZES[args.size], dtype=args.dtype, param_dtype=args.dtype)
+    elif args.size in PRESETS:
+        config = preset(args.size, dtype=args.dtype, param_dtype=args.dtype)
+    else:
+        raise SystemExit(f"--size: unknown model {args.size!r}; use one of {sorted(SIZES)} or {sorted(PRESETS)}")
     rng = np.random.RandomState(0)
     lengths = np.linspace(max(args.prompt // 2, 1), args.prompt, args.batch).astype(int)
-    prompts = [rng.randint(0, arch["vocab_size"], n).tolist() for n in lengths]
-    sampler = Sampler(init_decoder(DecoderConfig(**arch), seed=0))
+    prompts = [rng.randint(0, config.vocab_size, n).tolist() for n in lengths]
+    sampler = Sampler(init_decoder(config, seed=0))
     generated = args.batch * args.new
 
     def run_ours() -> float:
@@ -62,12 +69,14 @@ def main(argv: list[str] | None = None) -> dict:
     threads = None
     if not args.no_torch:
         import torch
-        from transformers import Qwen2ForCausalLM
+        from transformers import AutoModelForCausalLM
 
         threads = available_cores()
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        hf = Qwen2ForCausalLM(hf_qwen2_config(arch)).eval()
+        device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+        hf = AutoModelForCausalLM.from_config(hf_config_from_decoder(config), dtype=getattr(torch, config.dtype))
+        hf = hf.to(device).eval()
         width = max(lengths)
         ids = torch.zeros((args.batch, width), dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -75,11 +84,15 @@ def main(argv: list[str] | None = None) -> dict:
             ids[i, width - len(prompt):] = torch.tensor(prompt)
             mask[i, width - len(prompt):] = 1
 
+        ids, mask = ids.to(device), mask.to(device)
+
         def run_theirs() -> float:
             t0 = time.perf_counter()
             with torch.no_grad():
                 out = hf.generate(ids, attention_mask=mask, max_new_tokens=args.new, min_new_tokens=args.new,
                                   do_sample=False, pad_token_id=0, eos_token_id=None)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
             assert out.shape == (args.batch, width + args.new), out.shape
             return seconds
@@ -104,11 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
         results.update(torch_tokens_per_s=theirs, torch_seconds=theirs_s, ratio_bsft_over_torch=ratio,
                        torch_threads=threads)
         rows.append(["transformers generate (torch eager, KV cache)", f"{theirs['median']:.0f}",
-                     f"{theirs['min']:.0f}-{theirs['max']:.0f}", f"{threads} threads"])
+                     f"{theirs['min']:.0f}-{theirs['max']:.0f}",
+                     f"{threads} threads" if device.type == "cpu" else str(torch.cuda.get_device_name(device))])
         rows.append(["ratio bsft/torch (per pair)", f"{ratio['median']:.2f}", f"{ratio['min']:.2f}-{ratio['max']:.2f}",
                      f"{args.repeats} pairs"])
-    print_table(f"Greedy decode, {args.size} model, batch {args.batch}, prompts {min(lengths)}-{max(lengths)} tokens, "
-                f"{args.new} new tokens, load avg at start {load_start:.2f}",
+    print_table(f"Greedy decode, {args.size} model ({config.dtype}, {jax.default_backend()}), batch {args.batch}, "
+                f"prompts {min(lengths)}-{max(lengths)} tokens, {args.new} new tokens, "
+                f"load avg at start {load_start:.2f}",
                 ["implementation", "generated tokens/s (median)", "min-max", "notes"], rows)
     append_result("decode", vars(args), results, args.results)
     return results

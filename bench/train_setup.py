@@ -110,17 +110,22 @@ class TorchTrainLoop:
     adamw:  "fused", "foreach" or "for-loop" (torch.optim.AdamW's implementation switch).
     """
 
-    def __init__(self, arch: dict[str, Any], batch: int, seq_len: int, *, attn: str = "sdpa", adamw: str = "fused",
-                 seed: int = 0):
+    def __init__(self, arch: dict[str, Any] | Any, batch: int, seq_len: int, *, attn: str = "sdpa",
+                 adamw: str = "fused", seed: int = 0, device: str = "cpu", autocast: str | None = None):
+        """``arch``: a ``bench.common.SIZES`` entry or a transformers config. ``device="cuda"`` with
+        ``autocast="bfloat16"`` is the usual mixed-precision GPU loop (fp32 weights and AdamW state,
+        bf16 matmuls under ``torch.autocast``), the numerics of bsft_jax's bf16/fp32 configs."""
         import torch
-        from transformers import Qwen2ForCausalLM
+        from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed)
-        hf_config = hf_qwen2_config(arch)
+        hf_config = hf_qwen2_config(arch) if isinstance(arch, dict) else arch
         hf_config._attn_implementation = attn
         hf_config.attention_dropout = 0.0
+        self.device = torch.device(device)
+        self.autocast = getattr(torch, autocast) if autocast else None
         # eval(): no dropout anywhere (there is none in Qwen2 at 0.0, this makes sure); autograd still runs.
-        self.model = Qwen2ForCausalLM(hf_config).eval()
+        self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32).to(self.device).eval()
         self.num_params = sum(p.numel() for p in self.model.parameters())
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
@@ -133,11 +138,12 @@ class TorchTrainLoop:
             lr=o["learning_rate"], betas=(o["b1"], o["b2"]), eps=o["eps"], **impl)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _torch_lr_lambda)
         self.params = [p for p in self.model.parameters()]
-        host = synthetic_batch(arch["vocab_size"], batch, seq_len, seed)
-        self.batch = {k: torch.from_numpy(v).long() for k, v in host.items()}
+        host = synthetic_batch(hf_config.vocab_size, batch, seq_len, seed)
+        self.batch = {k: torch.from_numpy(v).long().to(self.device) for k, v in host.items()}
         self.tokens_per_step = batch * seq_len
         self.last_loss = float("nan")
-        self.settings = {"attn_implementation": attn, "adamw": adamw, "threads": torch.get_num_threads()}
+        self.settings = {"attn_implementation": attn, "adamw": adamw, "threads": torch.get_num_threads(),
+                         "device": str(self.device), "autocast": autocast}
 
     def _step(self):
         import torch
@@ -145,7 +151,8 @@ class TorchTrainLoop:
 
         b = self.batch
         self.optimizer.zero_grad(set_to_none=True)
-        logits_btv = self.model(input_ids=b["tokens"], position_ids=b["positions"], use_cache=False).logits
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            logits_btv = self.model(input_ids=b["tokens"], position_ids=b["positions"], use_cache=False).logits
         ce_bt = F.cross_entropy(logits_btv.float().flatten(0, 1), b["targets"].flatten(), reduction="none")
         mask = b["loss_mask"].flatten().float()
         loss = (ce_bt * mask).sum() / mask.sum().clamp(min=1.0)
@@ -156,11 +163,15 @@ class TorchTrainLoop:
         return loss
 
     def run(self, steps: int) -> float:
-        """Runs ``steps`` updates; returns seconds (CPU torch is synchronous)."""
+        """Runs ``steps`` updates and waits for the device; returns seconds."""
+        import torch
+
         t0 = time.perf_counter()
         loss = None
         for _ in range(steps):
             loss = self._step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
         self.last_loss = float(loss.detach())
         return seconds

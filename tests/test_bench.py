@@ -105,6 +105,15 @@ def test_gpu_mfu_skips_without_gpu_and_runs_on_cpu_when_asked(results, capsys):
     row = r["rows"][0]
     assert r["matmul_peak_flops"] > 0 and 0 < row["mfu"]["median"]
     assert math.isfinite(row["loss"])
+    r = gpu_mfu.main(["--allow-cpu", "--impl", "torch", "--models", "tiny", "--batch", "2", "--seq", "16",
+                      "--steps", "1", "--matmul-size", "128", "--results", results])
+    row = r["rows"][0]
+    assert row["impl"].startswith("torch") and row["params"] == r_params(results) and math.isfinite(row["loss"])
+
+
+def r_params(results: str) -> int:
+    """Parameter count of the first gpu_mfu record (the bsft_jax run of the same model)."""
+    return next(rec for rec in _records(results) if rec["bench"] == "gpu_mfu")["results"]["rows"][0]["params"]
 
 
 def test_profile_step_tiny(results):
