@@ -393,7 +393,11 @@ class Decoder(nnx.Module):
         )
         cos_bth, sin_bth = rope_cos_sin(positions, rope_inverse_frequencies(c), dtype)
 
-        x_btd = jnp.take(self.embed.value, input_ids, axis=0).astype(dtype)
+        # FSDP-gather the table's embed dim before the lookup (as for every other weight): a gather
+        # from rows sharded over fsdp into a batch sharded over (data, fsdp) otherwise makes XLA
+        # fall back to a full rematerialisation. Vocab rows stay tensor-sharded (partial sums).
+        table_vd = constrain(self.embed.value, ("vocab", None))
+        x_btd = jnp.take(table_vd, input_ids, axis=0).astype(dtype)
         x_btd = constrain(x_btd, ("batch", "length", "act_embed"))
 
         graphdef, layer_state = nnx.split(self.layers)
