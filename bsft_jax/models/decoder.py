@@ -208,9 +208,9 @@ class Attention(nnx.Module):
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """Returns the attention output [B, T, D] and, with a cache, the updated (k, v).
 
-        ``kv`` is this layer's cache [B, S, K, H], or with ``layer`` the whole stacked cache
-        [L, B, S, K, H]: then only the T new slots of that layer are written (in place inside the
-        decode loop, instead of rewriting every layer's cache each step).
+        ``kv`` is the whole stacked cache [L, B, S, K, H] and ``layer`` this block's index in it:
+        only the T new slots of that layer are written (in place inside the decode loop, instead
+        of rewriting every layer's cache each step).
         """
         c = self.config
         q_btnh = apply_rope(self._project(x_btd, "q"), cos_bth, sin_bth)
@@ -219,7 +219,9 @@ class Attention(nnx.Module):
         q_btnh = constrain(q_btnh, ("batch", "length", "act_heads", None))
         if kv is None:
             k_bskh, v_bskh, new_kv = k_btkh, v_btkh, None
-        elif layer is not None:
+        else:
+            if layer is None or cache_index is None:
+                raise ValueError("Attention with a KV cache needs the stacked cache, cache_index and layer")
             zero = jnp.zeros((), jnp.int32)
             start = (layer, zero, cache_index, zero, zero)
             k_all = jax.lax.dynamic_update_slice(kv[0], k_btkh[None].astype(kv[0].dtype), start)
@@ -227,12 +229,6 @@ class Attention(nnx.Module):
             new_kv = (k_all, v_all)
             k_bskh = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(x_btd.dtype)
             v_bskh = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(x_btd.dtype)
-        else:
-            zero = jnp.zeros((), jnp.int32)
-            k_bskh = jax.lax.dynamic_update_slice(kv[0], k_btkh.astype(kv[0].dtype), (zero, cache_index, zero, zero))
-            v_bskh = jax.lax.dynamic_update_slice(kv[1], v_btkh.astype(kv[1].dtype), (zero, cache_index, zero, zero))
-            new_kv = (k_bskh, v_bskh)
-            k_bskh, v_bskh = k_bskh.astype(x_btd.dtype), v_bskh.astype(x_btd.dtype)
         b, t = x_btd.shape[:2]
         impl = "einsum" if kv is not None else resolve_attention_impl(c)
         if impl == "einsum":
