@@ -33,13 +33,9 @@ SIZES = {"100m": QWEN2_100M, "demo": QWEN2_DEMO, "tiny": QWEN2_TINY}
 
 def hf_qwen2_config(arch: dict[str, Any]):
     """The transformers Qwen2Config for one of the SIZES."""
-    from transformers import Qwen2Config
+    from bsft_jax.models.config import DecoderConfig
 
-    return Qwen2Config(vocab_size=arch["vocab_size"], hidden_size=arch["hidden_size"],
-                       intermediate_size=arch["intermediate_size"], num_hidden_layers=arch["num_layers"],
-                       num_attention_heads=arch["num_heads"], num_key_value_heads=arch["num_kv_heads"],
-                       tie_word_embeddings=arch["tie_word_embeddings"], rope_theta=arch["rope_theta"],
-                       rms_norm_eps=arch["rms_norm_eps"], max_position_embeddings=4096)
+    return hf_config_from_decoder(DecoderConfig(**arch, max_position_embeddings=4096))
 
 
 def hf_config_from_decoder(config: Any):

@@ -58,7 +58,7 @@ from typing import Any
 
 import ml_collections
 
-from bsft_jax.models.config import ATTENTION_IMPLS, canonical_dtype
+from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, canonical_dtype
 
 # Fields whose value is a free-form mapping (no fixed key set).
 FREE_FORM = frozenset({"behavior.category_map", "data.field_map"})
@@ -282,7 +282,8 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
         except ValueError as e:
             raise ConfigError(str(e)) from None
     _positive(cfg, "model.vocab_pad_multiple", "model.scan_unroll")
-    if m.attention_impl == "cudnn" and canonical_dtype(m.dtype) not in ("bfloat16", "float16"):
+    # head_dim is checked by DecoderConfig once the architecture is known (it may come from an HF folder)
+    if m.attention_impl == "cudnn" and canonical_dtype(m.dtype) not in CUDNN_ATTENTION_DTYPES:
         raise _fail("model.attention_impl", f"is 'cudnn' but model.dtype={m.dtype!r}; cuDNN flash attention "
                     "needs bfloat16 or float16 (use 'auto' to fall back to 'einsum')")
     if m.source == "hf":

@@ -27,6 +27,7 @@ _DTYPE_NAMES = {
 
 
 ATTENTION_IMPLS = ("einsum", "cudnn", "auto")
+CUDNN_ATTENTION_DTYPES = ("bfloat16", "float16")  # what cuDNN flash attention computes in
 
 
 class UnsupportedConfigError(ValueError):
@@ -129,8 +130,7 @@ class DecoderConfig:
             raise ValueError(f"DecoderConfig.scan_unroll must be >= 1 (layers per scan step), got {self.scan_unroll}")
         for name in ("dtype", "param_dtype", "logits_dtype", "source_dtype"):
             object.__setattr__(self, name, canonical_dtype(getattr(self, name), field=f"DecoderConfig.{name}"))
-        if self.attention_impl == "cudnn" and (self.dtype not in ("bfloat16", "float16") or self.head_dim > 128
-                                               or self.head_dim % 8):
+        if self.attention_impl == "cudnn" and not self.cudnn_attention_fits:
             raise ValueError(
                 "DecoderConfig.attention_impl='cudnn' needs dtype bfloat16/float16 and head_dim <= 128, a multiple "
                 f"of 8 (got dtype={self.dtype!r}, head_dim={self.head_dim}); use 'auto' to fall back to 'einsum'"
@@ -140,6 +140,11 @@ class DecoderConfig:
         object.__setattr__(self, "generation_eos_token_ids", tuple(self.generation_eos_token_ids))
 
     # ------------------------------------------------------------------ derived
+    @property
+    def cudnn_attention_fits(self) -> bool:
+        """cuDNN flash attention supports this compute dtype and head size (bf16/fp16, head_dim <= 128, % 8)."""
+        return self.dtype in CUDNN_ATTENTION_DTYPES and self.head_dim <= 128 and self.head_dim % 8 == 0
+
     @property
     def num_query_groups(self) -> int:
         """G = N / K: query heads sharing one key/value head."""

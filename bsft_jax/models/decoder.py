@@ -270,9 +270,7 @@ def resolve_attention_impl(config: DecoderConfig) -> str:
     """The attention kernel this config runs here: "auto" picks cuDNN on GPUs where it applies."""
     if config.attention_impl != "auto":
         return config.attention_impl
-    usable = (jax.default_backend() == "gpu" and config.dtype in ("bfloat16", "float16")
-              and config.head_dim <= 128 and config.head_dim % 8 == 0)
-    return "cudnn" if usable else "einsum"
+    return "cudnn" if jax.default_backend() == "gpu" and config.cudnn_attention_fits else "einsum"
 
 
 class MLP(nnx.Module):
