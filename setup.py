@@ -48,8 +48,8 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "bsft-train=bsft_jax.train:main",
-            "bsft-evaluate=bsft_jax.evaluate:run",
+            "bsft-train=bsft_jax.train.__main__:main",
+            "bsft-evaluate=bsft_jax.evaluate.__main__:main",
             "bsft-export=bsft_jax.export:main",
         ]
     },

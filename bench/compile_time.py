@@ -49,9 +49,9 @@ def train_compile_seconds(config, batch: int, seq_len: int) -> float:
 
     from bench.train_setup import OPTIMIZER, TOTAL_STEPS
     from bsft_jax.models.decoder import abstract_decoder
-    from bsft_jax.optim import make_optimizer
-    from bsft_jax.sharding import make_mesh
-    from bsft_jax.trainer import Trainer
+    from bsft_jax.models.sharding import make_mesh
+    from bsft_jax.train.optim import make_optimizer
+    from bsft_jax.train.step import Trainer
 
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     tx, schedule = make_optimizer(ml_collections.ConfigDict(OPTIMIZER), TOTAL_STEPS)
@@ -64,7 +64,7 @@ def train_compile_seconds(config, batch: int, seq_len: int) -> float:
 
 def decode_compile_seconds(config, batch: int, prompt: int, new: int) -> float:
     """The first Sampler call's compile time (prefill + decode loop) for ``batch`` prompts of ``prompt`` tokens."""
-    from bsft_jax.decode import Sampler
+    from bsft_jax.decode.sampler import Sampler
     from bsft_jax.models.decoder import init_decoder
 
     rng = np.random.RandomState(0)

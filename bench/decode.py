@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.train_step import available_cores
     from bsft_jax import DecoderConfig, init_decoder
-    from bsft_jax.decode import Sampler, trace_counts
+    from bsft_jax.decode.loop import trace_counts
+    from bsft_jax.decode.sampler import Sampler
     from bsft_jax.models.config import PRESETS, preset
 
     if args.size in SIZES:

@@ -39,7 +39,7 @@ def train_checkpoint(run_dir: str, hidden: int, layers: int, mlp: int) -> int:
     """One training step of a model of this size; returns its parameter count."""
     import jax
 
-    from bsft_jax.train import run
+    from bsft_jax.train.loop import run
     from tests.train.common import tiny_config
 
     cfg = tiny_config(run_dir, os.path.join(run_dir + "_tok"), **{

@@ -1,7 +1,7 @@
 """The two training loops the benchmarks compare, built on the same model, batch and optimizer settings.
 
-* :class:`JaxTrainLoop`: bsft_jax's real :class:`~bsft_jax.trainer.Trainer` step (compiled once ahead
-  of time, state donated), AdamW from :func:`bsft_jax.optim.make_optimizer`.
+* :class:`JaxTrainLoop`: bsft_jax's real :class:`~bsft_jax.train.step.Trainer` step (compiled once ahead
+  of time, state donated), AdamW from :func:`bsft_jax.train.optim.make_optimizer`.
 * :class:`TorchTrainLoop`: transformers ``Qwen2ForCausalLM`` with ``torch.optim.AdamW``, the same
   learning-rate schedule, weight-decay groups (``*_proj`` weights only), global-norm clipping and
   the same masked next-token cross-entropy on the same tokens.
@@ -56,9 +56,9 @@ class JaxTrainLoop:
         from flax import nnx
 
         from bsft_jax.models.decoder import Decoder
-        from bsft_jax.optim import make_optimizer
-        from bsft_jax.sharding import make_mesh
-        from bsft_jax.trainer import Trainer
+        from bsft_jax.models.sharding import make_mesh
+        from bsft_jax.train.optim import make_optimizer
+        from bsft_jax.train.step import Trainer
 
         self.config = config
         device = device or jax.devices()[0]
@@ -93,7 +93,7 @@ class JaxTrainLoop:
 
 
 def _torch_lr_lambda(step: int) -> float:
-    """bsft_jax.optim.learning_rate_schedule as a multiplier of the peak (LambdaLR)."""
+    """bsft_jax.train.optim.learning_rate_schedule as a multiplier of the peak (LambdaLR)."""
     o = OPTIMIZER
     warmup = max(int(o["warmup_steps"]), 1)
     if step < o["warmup_steps"]:
@@ -129,7 +129,7 @@ class TorchTrainLoop:
         self.num_params = sum(p.numel() for p in self.model.parameters())
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            # Same rule as bsft_jax.optim.decays: projection matrices only (not norms, biases, embedding).
+            # Same rule as bsft_jax.train.optim.decays: projection matrices only (not norms, biases, embedding).
             (decay if name.endswith("_proj.weight") else no_decay).append(p)
         o = OPTIMIZER
         impl = {"fused": dict(fused=True), "foreach": dict(foreach=True), "for-loop": dict(foreach=False)}[adamw]

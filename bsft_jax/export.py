@@ -1,6 +1,6 @@
 """``python -m bsft_jax.export --checkpoint RUN_DIR [--step N] --out HF_DIR [--dtype bfloat16]``.
 
-Turns a training run's checkpoint (the layout of :mod:`bsft_jax.checkpoint`) into a Hugging Face
+Turns a training run's checkpoint (the layout of :mod:`bsft_jax.run.checkpoint`) into a Hugging Face
 folder that ``transformers`` and vLLM load offline: sharded safetensors + index, ``config.json``
 (grown vocabulary, tie flag), ``generation_config.json`` (the *source* model's EOS ids, so
 servers stop where the base model did), the run's tokenizer with the behavior tokens as special
@@ -34,7 +34,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from bsft_jax.checkpoint import (
+from bsft_jax.models.config import DecoderConfig, canonical_dtype
+from bsft_jax.models.decoder import Decoder, abstract_decoder
+from bsft_jax.models.hf import parse_size, save_hf
+from bsft_jax.run.checkpoint import (
     FORMAT,
     TOKENIZER_SUBDIR,
     CheckpointError,
@@ -42,9 +45,6 @@ from bsft_jax.checkpoint import (
     decoder_config_from_dict,
     read_meta,
 )
-from bsft_jax.models.config import DecoderConfig, canonical_dtype
-from bsft_jax.models.decoder import Decoder, abstract_decoder
-from bsft_jax.models.hf import parse_size, save_hf
 
 log = logging.getLogger("bsft_jax.export")
 
@@ -141,7 +141,7 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
     """The parameters of a step as a Decoder holding host numpy arrays in ``dtype``, one array at a time.
 
     Whatever mesh wrote the checkpoint, Orbax gathers each array; ``dtype`` casts while reading.
-    Not :func:`bsft_jax.checkpoint.load_params`: that restores every array at once into device
+    Not :func:`bsft_jax.run.checkpoint.load_params`: that restores every array at once into device
     buffers, and on CPU the read buffers and the device copies coexist. Measured on a 243M-parameter
     checkpoint (``python -m bench.export_memory``): peak host memory 2.07x the fp32 parameters that
     way, 1.31x here (the parameters plus about one stacked [L, ...] array being read).

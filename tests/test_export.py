@@ -27,16 +27,16 @@ import pytest
 import torch
 from flax import nnx
 
-from bsft_jax.checkpoint import Checkpointer, CheckpointError, decoder_config_from_dict, load_params, read_meta
-from bsft_jax.config_schema import config_to_dict, default_config, load_config_file
-from bsft_jax.decode import generate
+from bsft_jax.decode.sampler import generate
 from bsft_jax.export import ExportError, export_checkpoint
 from bsft_jax.models.decoder import abstract_decoder
 from bsft_jax.models.safetensors_io import iter_tensors
-from bsft_jax.optim import make_optimizer
-from bsft_jax.sharding import make_mesh
-from bsft_jax.train import run
-from bsft_jax.trainer import Trainer
+from bsft_jax.models.sharding import make_mesh
+from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, decoder_config_from_dict, load_params, read_meta
+from bsft_jax.run.config import config_to_dict, default_config, load_config_file
+from bsft_jax.train.loop import run
+from bsft_jax.train.optim import make_optimizer
+from bsft_jax.train.step import Trainer
 
 from .helpers import save_tiny
 from .train.common import tiny_config
@@ -431,9 +431,9 @@ def test_export_peak_host_memory_is_the_parameters_plus_about_one_array(tmp_path
     # the trainer saves them; the optimizer state is a stand-in: export never reads it).
     import types
 
-    from bsft_jax.checkpoint import make_meta
     from bsft_jax.models import DecoderConfig
     from bsft_jax.models.decoder import count_params, init_decoder
+    from bsft_jax.run.checkpoint import make_meta
 
     from .train.common import tiny_tokenizer
 

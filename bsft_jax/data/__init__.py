@@ -8,6 +8,7 @@ Typical use (the demo; a real export goes through ``read_jsonl`` / ``read_dir`` 
     it = make_train_iterator(splits["train"], tokenizer, seq_len=256, batch_size=16, seed=0)
 """
 
+from bsft_jax._lazy import lazy_getattr
 from bsft_jax.data.demo import (
     DemoConfig,
     build_demo_tokenizer,
@@ -21,7 +22,6 @@ from bsft_jax.data.demo import (
 )
 from bsft_jax.data.demo_scenes import FLAG_LABELS
 from bsft_jax.data.format import STYLES, FewShotPool, Formatter, render_example, render_prompt, scene_text
-from bsft_jax.data.pipeline import BATCH_KEYS, BatchIterator, global_batch, make_dataset, make_train_iterator
 from bsft_jax.data.reply import candidate_labels, parse_label, reply_head, target_reply
 from bsft_jax.data.schema import (
     NO_INTERVENTION,
@@ -34,6 +34,10 @@ from bsft_jax.data.schema import (
     record_from_dict,
     write_jsonl,
 )
+
+# The Grain pipeline (which imports JAX) loads on first use, so that the schema stays JAX-free.
+_PIPELINE = ("BATCH_KEYS", "BatchIterator", "global_batch", "make_dataset", "make_train_iterator")
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(_PIPELINE, "bsft_jax.data.pipeline"))
 
 __all__ = [
     "BATCH_KEYS", "FLAG_LABELS", "NO_INTERVENTION", "STYLES", "BatchIterator", "DataError", "DemoConfig",

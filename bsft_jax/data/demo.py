@@ -25,8 +25,8 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from bsft_jax import taxonomy
-from bsft_jax.behavior import BehaviorSpec
+from bsft_jax.behavior import taxonomy
+from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.demo_scenes import GENERATORS, random_patient
 from bsft_jax.data.schema import Record, read_jsonl, write_jsonl
 

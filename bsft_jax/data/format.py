@@ -28,7 +28,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bsft_jax.behavior import BehaviorSpec, behavior_token_ids
+from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.behavior.tokenizer import behavior_token_ids
 from bsft_jax.data.reply import NO_CONCERNS_LINE, target_reply
 from bsft_jax.data.schema import Record
 

@@ -34,7 +34,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from bsft_jax.behavior import BehaviorSpec
+from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.format import FewShotPool, FormatStats, Formatter
 from bsft_jax.data.schema import Record, read_dir, record_from_dict
 

@@ -26,8 +26,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from bsft_jax import taxonomy
-from bsft_jax.behavior import BehaviorSpec
+from bsft_jax.behavior import taxonomy
+from bsft_jax.behavior.spec import BehaviorSpec
 
 NO_INTERVENTION = "none"  # the label of scenes where holding back is the right behavior
 _FLAG_LABEL_RE = re.compile(r"^[a-z0-9_]+$")

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
-from bsft_jax.behavior import BehaviorSpec
+from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.schema import DataError, Record, read_dir, read_jsonl
 
 NAME = "behavior_bench"

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from bsft_jax.models.config import DecoderConfig
-from bsft_jax.sharding import constrain
+from bsft_jax.models.sharding import constrain
 
 Array = jax.Array
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give no NaNs

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 from bsft_jax.models import safetensors_io
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
 from bsft_jax.models.decoder import Decoder, abstract_decoder
-from bsft_jax.sharding import state_shardings
+from bsft_jax.models.sharding import state_shardings
 
 log = logging.getLogger(__name__)
 

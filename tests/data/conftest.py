@@ -2,7 +2,8 @@
 
 import pytest
 
-from bsft_jax.behavior import BehaviorSpec, extend_tokenizer
+from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.behavior.tokenizer import extend_tokenizer
 from bsft_jax.data import demo
 
 

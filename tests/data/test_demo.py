@@ -9,8 +9,9 @@ import re
 
 import pytest
 
-from bsft_jax import taxonomy
-from bsft_jax.behavior import BehaviorSpec, extend_tokenizer
+from bsft_jax.behavior import taxonomy
+from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.behavior.tokenizer import extend_tokenizer
 from bsft_jax.data import clinical_facts as cf
 from bsft_jax.data import demo
 from bsft_jax.data.demo_scenes import FLAG_LABELS, GENERATORS, MC_KEYS, Infeasible, random_patient

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from bsft_jax.behavior import BehaviorSpec, extend_tokenizer
+from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.behavior.tokenizer import extend_tokenizer
 from bsft_jax.data.format import STYLES, FewShotPool, Formatter, render_prompt, scene_text
 from bsft_jax.data.reply import target_reply
 from tests import assets

@@ -6,7 +6,7 @@ import grain
 import numpy as np
 import pytest
 
-from bsft_jax.behavior import BehaviorSpec
+from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.format import Formatter
 from bsft_jax.data.pipeline import BATCH_KEYS, global_batch, make_train_iterator
 

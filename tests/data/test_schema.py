@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from bsft_jax import taxonomy
-from bsft_jax.behavior import BehaviorSpec
+from bsft_jax.behavior import taxonomy
+from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.reply import candidate_labels, parse_label, reply_head, target_reply
 from bsft_jax.data.schema import DataError, Record, Turn, read_dir, read_jsonl, record_from_dict, write_jsonl
 

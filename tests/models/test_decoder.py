@@ -98,7 +98,7 @@ def test_kv_cache_decode_equals_full_forward(tiny):
 
 
 def test_sharded_load_matches_single_device(tiny):
-    from bsft_jax.sharding import make_mesh
+    from bsft_jax.models.sharding import make_mesh
 
     folder, _ = tiny
     ids, mask, _ = padded_batch()

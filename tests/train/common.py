@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from bsft_jax.config_schema import default_config
+from bsft_jax.run.config import default_config
 
 CHATML = (
     "{% for message in messages %}"

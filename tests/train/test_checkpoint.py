@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bsft_jax.checkpoint import Checkpointer, load_params
-from bsft_jax.train import NonFiniteLossError, run
+from bsft_jax.run.checkpoint import Checkpointer, load_params
+from bsft_jax.train.loop import NonFiniteLossError, run
 
 from .common import tiny_config
 

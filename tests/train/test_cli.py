@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from bsft_jax.checkpoint import Checkpointer, read_meta
-from bsft_jax.config_schema import ConfigError, default_config, validate_config
+from bsft_jax.run.checkpoint import Checkpointer, read_meta
+from bsft_jax.run.config import ConfigError, default_config, validate_config
 
 from .common import wait_for_steps
 

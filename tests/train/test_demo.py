@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from bsft_jax.checkpoint import Checkpointer, read_meta
+from bsft_jax.run.checkpoint import Checkpointer, read_meta
 
 from .test_cli import cli
 

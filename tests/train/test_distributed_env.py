@@ -5,7 +5,7 @@ import types
 import jax
 import pytest
 
-from bsft_jax import distributed
+from bsft_jax.train import distributed
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bsft_jax.config_schema import default_config
-from bsft_jax.loss import first_target_mask, loss_sums, objective
 from bsft_jax.models import DecoderConfig
 from bsft_jax.models.decoder import abstract_decoder
-from bsft_jax.optim import decays, learning_rate_schedule, make_optimizer, weight_decay_mask
+from bsft_jax.run.config import default_config
+from bsft_jax.train.loss import first_target_mask, loss_sums, objective
+from bsft_jax.train.optim import decays, learning_rate_schedule, make_optimizer, weight_decay_mask
 
 
 def _naive(logits, targets, mask, valid):

@@ -16,14 +16,14 @@ import sys
 import jax
 import numpy as np
 
-from bsft_jax.checkpoint import Checkpointer
-from bsft_jax.config_schema import load_config_file
-from bsft_jax.distributed import DataShard
-from bsft_jax.model_setup import build_fresh
-from bsft_jax.optim import make_optimizer
-from bsft_jax.sharding import make_mesh
-from bsft_jax.train_data import make_train_iterator
-from bsft_jax.trainer import Trainer
+from bsft_jax.models.sharding import make_mesh
+from bsft_jax.run.checkpoint import Checkpointer
+from bsft_jax.run.config import load_config_file
+from bsft_jax.run.model_setup import build_fresh
+from bsft_jax.train.data import train_iterator
+from bsft_jax.train.distributed import DataShard
+from bsft_jax.train.optim import make_optimizer
+from bsft_jax.train.step import Trainer
 
 from .test_cli import ROOT
 
@@ -46,7 +46,7 @@ def _reference_losses(run_dir: str) -> list[float]:
         trainer = Trainer(bundle.model, tx, schedule, mesh)
         state = trainer.init_state(bundle.model, cfg.seed)
         trainer.compile(BATCH, cfg.data.seq_len)
-        shards = [make_train_iterator(cfg, bundle.tokenizer, DataShard(i, 2, BATCH // 2)) for i in range(2)]
+        shards = [train_iterator(cfg, bundle.tokenizer, DataShard(i, 2, BATCH // 2)) for i in range(2)]
         losses = []
         for _ in range(STEPS):
             parts = [next(it) for it in shards]

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from bsft_jax.checkpoint import Checkpointer
+from bsft_jax.run.checkpoint import Checkpointer
 
 from .common import wait_for_steps
 from .test_cli import ROOT, write_config

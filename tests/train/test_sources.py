@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bsft_jax.checkpoint import load_params, read_meta
-from bsft_jax.config_schema import ConfigError, load_config_file, validate_config
 from bsft_jax.models import load_hf
-from bsft_jax.train import run
+from bsft_jax.run.checkpoint import load_params, read_meta
+from bsft_jax.run.config import ConfigError, load_config_file, validate_config
+from bsft_jax.train.loop import run
 from tests.helpers import save_tiny
 
 from .common import tiny_config

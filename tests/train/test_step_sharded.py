@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bsft_jax.config_schema import default_config
-from bsft_jax.distributed import DataShard
 from bsft_jax.models import DecoderConfig
 from bsft_jax.models.decoder import init_decoder
-from bsft_jax.optim import make_optimizer
-from bsft_jax.sharding import make_mesh
-from bsft_jax.train_data import synthetic_dataset
-from bsft_jax.trainer import Trainer
+from bsft_jax.models.sharding import make_mesh
+from bsft_jax.run.config import default_config
+from bsft_jax.train.data import synthetic_dataset
+from bsft_jax.train.distributed import DataShard
+from bsft_jax.train.optim import make_optimizer
+from bsft_jax.train.step import Trainer
 
 GLOBAL_BATCH, SEQ = 8, 32
 

@@ -1,0 +1,213 @@
+"""``python -m bsft_jax.evaluate --config configs/X.py --checkpoint RUN_DIR``: the paper's comparison.
+
+On the same test items (every split in ``--splits``), one column each:
+
+  few-shot (k=3)        the base model, prompted with 3 solved training scenes of the same category
+  explicit instruction  the base model, with a system prompt describing the behaviors
+  GeneralSFT            ``--general_checkpoint``: a run trained without behavior tokens (if given)
+  BehaviorSFT           ``--checkpoint``: a run trained with behavior tokens
+
+``--config`` names the data (test split, training split for the few-shot examples) and the base
+model (``model.hf_path``, or for a from-scratch recipe such as the demo the untrained
+initialisation with the run's seed). Each checkpoint brings its own tokenizer and its own
+``config.json`` (format style, behavior tokens). Reports go to ``--out_dir`` (default
+``<checkpoint>/eval/step_<N>``), one folder per split: report.json, report.md, radar.png and
+predictions_<run>.jsonl. Decode throughput (tokens/s) is a row of the table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from bsft_jax.data import DataError, FewShotPool, Record, label_space, record_from_dict
+from bsft_jax.evaluate.core import MODES, EvalResult, evaluate_model, write_comparison
+from bsft_jax.evaluate.report import markdown_table
+from bsft_jax.models.hf import load_hf
+from bsft_jax.models.sharding import make_mesh
+from bsft_jax.run.checkpoint import CheckpointError, load_params
+from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.run.config import ConfigError, config_from_dict, resolve_mesh_shape
+from bsft_jax.run.model_setup import behavior_spec, init_sharded, load_tokenizer, scratch_config, tokenizer_path
+from bsft_jax.run.sources import load_split
+
+log = logging.getLogger("bsft_jax.evaluate")
+
+BASELINES = {"few_shot": "few-shot (k=3)", "explicit_instruction": "explicit instruction"}
+STYLE_NAMES = {"behavior_sft": "BehaviorSFT", "general_sft": "GeneralSFT",
+               "explicit_instruction": "SFT (explicit instruction)"}
+
+
+def as_records(source: Any, spec: Any) -> list[Record]:
+    """A split as a list of records (a TFDS data source's elements are validated dicts)."""
+    if isinstance(source, list) and all(isinstance(r, Record) for r in source):
+        return source
+    return [record_from_dict(source[i], spec=spec, where=f"example {i}") for i in range(len(source))]
+
+
+def stratified_subset(records: Sequence[Record], limit: int) -> list[Record]:
+    """The first ``limit`` records taking categories in turn (all of them when limit <= 0)."""
+    if limit <= 0 or limit >= len(records):
+        return list(records)
+    by_category: dict[str, list[Record]] = {}
+    for r in records:
+        by_category.setdefault(r.category, []).append(r)
+    out: list[Record] = []
+    queues = [iter(v) for v in by_category.values()]
+    while len(out) < limit and queues:
+        for q in list(queues):
+            r = next(q, None)
+            if r is None:
+                queues.remove(q)
+            elif len(out) < limit:
+                out.append(r)
+    return out
+
+
+def load_run(run_dir: str, step: int | None, mesh: Any, cfg: Any) -> tuple[Any, Any, Any, str, int]:
+    """(model, tokenizer, run config, style, step) of a training run directory's checkpoint."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{run_dir}: no config.json (is this a bsft_jax run directory?)")
+    with open(path) as f:
+        run_cfg = config_from_dict(json.load(f))
+    model, _, meta = load_params(run_dir, step, mesh=mesh, dtype=cfg.model.dtype)
+    tok_dir = os.path.join(run_dir, meta.get("tokenizer_dir", "tokenizer"))
+    if not os.path.isdir(tok_dir):
+        raise CheckpointError(f"{run_dir}: no tokenizer folder {tok_dir!r} beside the checkpoints")
+    return model, load_tokenizer(tok_dir), run_cfg, run_cfg.data.style, int(meta["step"])
+
+
+def load_base(cfg: Any, mesh: Any) -> tuple[Any, Any]:
+    """(base model, base tokenizer) of ``cfg``: the HF checkpoint, or the untrained from-scratch init."""
+    tokenizer = load_tokenizer(tokenizer_path(cfg))
+    if cfg.model.source == "hf":
+        model, _ = load_hf(cfg.model.hf_path, dtype=cfg.model.param_dtype, compute_dtype=cfg.model.dtype, mesh=mesh)
+    else:
+        model = init_sharded(scratch_config(cfg, tokenizer), cfg.seed, mesh)
+    return model, tokenizer
+
+
+def run_comparison(
+    cfg: Any,
+    *,
+    checkpoint: str = "",
+    general_checkpoint: str = "",
+    step: int | None = None,
+    baselines: Sequence[str] = tuple(BASELINES),
+    splits: Sequence[str] = ("test",),
+    mode: str = "generate",
+    out_dir: str = "",
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    limit: int = 0,
+    few_shot_k: int = 3,
+    force_behavior: str = "",
+) -> dict[str, dict[str, str]]:
+    """Evaluates every run on every split and writes the reports; returns split -> written paths."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"--baselines: unknown {unknown}; expected some of {sorted(BASELINES)}")
+    if not (checkpoint or general_checkpoint or baselines):
+        raise ConfigError("nothing to evaluate: give --checkpoint, --general_checkpoint or --baselines")
+    for flag, run_dir in (("--checkpoint", checkpoint), ("--general_checkpoint", general_checkpoint)):
+        if run_dir and not os.path.isdir(run_dir):
+            raise CheckpointError(f"{flag}={run_dir!r} is not a folder; point it at a training run directory")
+    mesh = make_mesh(resolve_mesh_shape(cfg.mesh, jax.device_count()))
+    spec = behavior_spec(cfg)
+    train_records = as_records(load_split(cfg, cfg.data.train_split), spec)
+    tests = {s: stratified_subset(as_records(load_split(cfg, s), spec), limit) for s in splits}
+    # Label sets come from the training split: listed in baseline prompts, ranked in loglik mode.
+    common = dict(mode=mode, mesh=mesh, max_new_tokens=max_new_tokens, batch_size=batch_size, spec=spec,
+                  label_space=label_space(train_records))
+
+    results: dict[str, list[EvalResult]] = {s: [] for s in splits}
+    if baselines:
+        model, tokenizer = load_base(cfg, mesh)
+        pool = FewShotPool(train_records, k=few_shot_k, seed=cfg.seed)
+        for style in baselines:
+            name = BASELINES[style] if style != "few_shot" else f"few-shot (k={few_shot_k})"
+            for split, records in tests.items():
+                log.info("%s: %s on %d %s items", name, style, len(records), split)
+                results[split].append(evaluate_model(model, tokenizer, records, name=name, style=style,
+                                                     few_shot=pool, **common))
+        del model
+    step_seen = None
+    for run_dir, run_step in ((general_checkpoint, None), (checkpoint, step)):
+        if not run_dir:
+            continue
+        model, tokenizer, run_cfg, style, step_seen = load_run(run_dir, run_step, mesh, cfg)
+        name = STYLE_NAMES.get(style, style)
+        force = force_behavior if style == "behavior_sft" and force_behavior else None
+        for split, records in tests.items():
+            taken = {r.name for r in results[split]}
+            unique = name if name not in taken else f"{name} ({os.path.basename(os.path.normpath(run_dir))})"
+            log.info("%s: step %d of %s on %d %s items", unique, step_seen, run_dir, len(records), split)
+            result = evaluate_model(model, tokenizer, records, name=unique, style=style, force_behavior=force,
+                                    **{**common, "spec": behavior_spec(run_cfg)})
+            result.info.update(checkpoint=f"{run_dir}@{step_seen}")
+            results[split].append(result)
+        del model
+
+    if not out_dir:
+        base = checkpoint or general_checkpoint or cfg.run_dir
+        out_dir = os.path.join(base, "eval", f"step_{step_seen}" if step_seen is not None else "base")
+    written = {}
+    for split, runs in results.items():
+        folder = os.path.join(out_dir, split) if len(splits) > 1 else out_dir
+        written[split] = write_comparison(runs, folder, title=f"BehaviorBench evaluation: {split} split")
+        print(f"\n## {split} ({len(tests[split])} items) -> {folder}\n")
+        print(markdown_table({r.name: r.metrics for r in runs}, {r.name: r.info for r in runs}))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (absl flags; ``--config.field=value`` overrides as in training)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", "configs/demo.py", "ml_collections config file (data, base model)",
+                                    flag_values=fv)
+    flags.DEFINE_string("checkpoint", "", "BehaviorSFT run directory (its latest checkpoint, or --step)",
+                        flag_values=fv)
+    flags.DEFINE_string("general_checkpoint", "", "GeneralSFT run directory", flag_values=fv)
+    flags.DEFINE_integer("step", -1, "checkpoint step of --checkpoint (-1: latest)", flag_values=fv)
+    flags.DEFINE_list("baselines", list(BASELINES), "base-model prompting baselines to run ('' for none)",
+                      flag_values=fv)
+    flags.DEFINE_list("splits", ["test"], "splits to evaluate", flag_values=fv)
+    flags.DEFINE_enum("mode", "generate", list(MODES), "label scoring: parse replies, or rank options by "
+                      "log-likelihood for multiple-choice items", flag_values=fv)
+    flags.DEFINE_string("out_dir", "", "report folder (default <checkpoint>/eval/step_<N>)", flag_values=fv)
+    flags.DEFINE_integer("max_new_tokens", 64, "reply budget", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 32, "prompts per decode call", flag_values=fv)
+    flags.DEFINE_integer("limit", 0, "items per split, categories in turn (0: all)", flag_values=fv)
+    flags.DEFINE_integer("few_shot_k", 3, "solved examples in few-shot prompts", flag_values=fv)
+    flags.DEFINE_string("force_behavior", "", "force BehaviorSFT replies to start with this behavior token",
+                        flag_values=fv)
+    code = parse_flags(fv, sys.argv if argv is None else argv, __doc__)
+    if code is not None:
+        return code
+    setup_logging()
+    try:
+        run_comparison(fv.config, checkpoint=fv.checkpoint, general_checkpoint=fv.general_checkpoint,
+                       step=None if fv.step < 0 else fv.step, baselines=[b for b in fv.baselines if b],
+                       splits=fv.splits, mode=fv.mode, out_dir=fv.out_dir, max_new_tokens=fv.max_new_tokens,
+                       batch_size=fv.batch_size, limit=fv.limit, few_shot_k=fv.few_shot_k,
+                       force_behavior=fv.force_behavior)
+    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Evaluation report files: JSON, a Markdown comparison table (one column per run) and a radar plot of
+per-category F1 with the runs overlaid (the paper's Figure 5).
+
+Input is ``runs``: run name -> the dict of :func:`bsft_jax.evaluate.metrics.compute_metrics`, in column order,
+and optionally ``info``: run name -> extra facts to show (checkpoint, scoring mode, tokens/s, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import textwrap
+from collections.abc import Mapping
+from typing import Any
+
+from bsft_jax.behavior import taxonomy
+
+JSON_NAME = "report.json"
+MARKDOWN_NAME = "report.md"
+RADAR_NAME = "radar.png"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _rate_cell(r: Mapping[str, Any]) -> str:
+    return "n/a" if r["rate"] is None else f"{100 * r['rate']:.1f} ({r['count']}/{r['total']})"
+
+
+def _categories(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    present = {c for m in runs.values() for c in m["per_category"]}
+    known = [c for c in taxonomy.CATEGORY_NAMES if c in present]
+    return known + sorted(present - set(known))
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def markdown_table(runs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The comparison table: categories, group means, overall, behavior and intervention rows; F1 in %."""
+    names = list(runs)
+    lines = [_row(["Category", "Group", "n", *names]), _row(["---"] * (3 + len(names)))]
+    for category in _categories(runs):
+        first = next(m["per_category"][category] for m in runs.values() if category in m["per_category"])
+        cells = [_pct(m["per_category"][category]["f1"]) if category in m["per_category"] else "-"
+                 for m in runs.values()]
+        lines.append(_row([category, first["group"] or "?", str(first["n"]), *cells]))
+    for group in taxonomy.GROUPS:
+        lines.append(_row([f"**{group} (mean F1)**", "", "", *[_pct(m["per_group"][group]) for m in runs.values()]]))
+    lines.append(_row(["**overall (mean F1)**", "", "", *[f"**{_pct(m['overall_f1'])}**" for m in runs.values()]]))
+    lines.append(_row(["behavior-selection accuracy", "", "",
+                       *[_pct(m["behavior"]["accuracy"]) if m["behavior"] else "n/a" for m in runs.values()]]))
+    lines.append(_row(["over-intervention rate", "", "", *[_rate_cell(m["over_intervention"]) for m in runs.values()]]))
+    lines.append(_row(["missed-intervention rate", "", "",
+                       *[_rate_cell(m["missed_intervention"]) for m in runs.values()]]))
+    lines.append(_row(["unparsed replies", "", "", *[f"{m['num_unparsed']}/{m['num_items']}" for m in runs.values()]]))
+    keys = sorted({k for i in (info or {}).values() for k in i})
+    for key in keys:
+        lines.append(_row([key, "", "", *[_fmt(info.get(n, {}).get(key)) for n in names]]))
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def confusion_markdown(behavior: Mapping[str, Any]) -> str:
+    """A behavior confusion matrix (rows gold, columns predicted) as a Markdown table."""
+    lines = [_row(["gold \\ predicted", *behavior["columns"]]), _row(["---"] * (1 + len(behavior["columns"])))]
+    for name, counts in zip(behavior["rows"], behavior["confusion"]):
+        lines.append(_row([name, *map(str, counts)]))
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(runs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Mapping[str, Any]] | None = None,
+                    *, title: str = "BehaviorBench evaluation") -> str:
+    """The whole Markdown report: the comparison table, then per-run behavior matrices and unparsed examples."""
+    parts = [f"# {title}\n\n", "Macro-F1 per category (%), over the category's label set; unparseable replies count "
+             "as wrong. Group and overall rows are unweighted means of the category scores.\n\n",
+             markdown_table(runs, info)]
+    for name, m in runs.items():
+        if m["behavior"]:
+            parts.append(f"\n## {name}: behavior selection (accuracy {_pct(m['behavior']['accuracy'])}%)\n")
+            parts.append(confusion_markdown(m["behavior"]))
+        if m["unparsed_examples"]:
+            parts.append(f"\n## {name}: unparsed replies ({m['num_unparsed']}), first ones\n")
+            for ex in m["unparsed_examples"]:
+                parts.append(f"- `{ex['id']}`: {json.dumps(ex['reply'])}\n")
+    return "".join(parts)
+
+
+def radar_plot(runs: Mapping[str, Mapping[str, Any]], path: str, *, title: str = "Macro-F1 per category") -> None:
+    """Writes a PNG radar chart: one spoke per category, one closed polygon per run (F1 in %)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless; the Figure API below never touches pyplot's global state
+    from matplotlib.figure import Figure
+
+    categories = _categories(runs)
+    angles = [2 * math.pi * i / len(categories) for i in range(len(categories))]
+    fig = Figure(figsize=(9, 9))
+    ax = fig.add_subplot(projection="polar")
+    for name, m in runs.items():
+        values = [100 * m["per_category"][c]["f1"] if c in m["per_category"] else 0.0 for c in categories]
+        ax.plot([*angles, angles[0]], [*values, values[0]], linewidth=1.8, label=name)
+        ax.fill([*angles, angles[0]], [*values, values[0]], alpha=0.08)
+    ax.set_xticks(angles)
+    ax.set_xticklabels([textwrap.fill(c, 18) for c in categories], fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_yticks([20, 40, 60, 80, 100])
+    ax.set_title(title, pad=24)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.25, 1.12), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_report(
+    runs: Mapping[str, Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    info: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    title: str = "BehaviorBench evaluation",
+) -> dict[str, str]:
+    """Writes report.json, report.md and radar.png into ``out_dir``; returns kind -> path."""
+    if not runs:
+        raise ValueError("write_report: no runs to report")
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, JSON_NAME), "markdown": os.path.join(out_dir, MARKDOWN_NAME),
+             "radar": os.path.join(out_dir, RADAR_NAME)}
+    payload = {"runs": list(runs), "metrics": dict(runs), "info": dict(info or {})}
+    with open(paths["json"], "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=False)
+    with open(paths["markdown"], "w") as f:
+        f.write(markdown_report(runs, info, title=title))
+    radar_plot(runs, paths["radar"])
+    return paths

@@ -1,0 +1,271 @@
+"""Orbax checkpoints of a training run: state, data-iterator position, config and export metadata.
+
+Run-directory layout (what ``python -m bsft_jax.export`` and the evaluator read)::
+
+    RUN_DIR/
+      config.json            resolved config of the latest start (process 0)
+      model_config.json      DecoderConfig of the trained model, as in meta/model_config below
+      tokenizer/             the base tokenizer extended with the behavior tokens (save_pretrained),
+                             chat template included; the same for every step of the run
+      startup.json           startup report (params, mesh, compile time, memory per device)
+      metrics.jsonl          one JSON object per logged step / evaluation
+      tensorboard/           TensorBoard event files
+      checkpoints/
+        <step>/              one Orbax step directory per saved step (e.g. checkpoints/200/)
+          params/            StandardSave of nnx.to_pure_dict(parameters): nested dict
+                             {"embed": [V, D], "layers": {"attn": {"q_proj": [L, D, N, H], ...}, ...},
+                              "final_norm": {"scale": [D]}, "lm_head": [D, V] (untied only)}
+                             in ``model.param_dtype``; the names/shapes of bsft_jax.models.Decoder.
+          opt_state/         StandardSave of nnx.to_pure_dict(nnx.Optimizer state) (AdamW moments)
+          train/             StandardSave of {"step": int32[], "rng": uint32[2]}
+          data/              Grain iterator position, one process_{i}-of-{n}.json per process
+          config/            JsonSave: the resolved config (config_schema.config_to_dict)
+          meta/              JsonSave: {"format": "bsft_jax.train/1", "step": int,
+                               "model_config": dataclasses.asdict(DecoderConfig) (vocab_size grown,
+                                 valid_vocab_size, eos ids, dtypes),
+                               "hf_config": DecoderConfig.to_hf(),
+                               "stop_token_ids": [...] (source EOS ids: what generation stops on),
+                               "tokenizer_dir": "tokenizer" (relative to RUN_DIR),
+                               "behavior": {"enabled", "names", "token_format", "token_ids": {name: id}},
+                               "num_params": int, "mesh": {axis: size}}
+
+A step directory only appears once complete (Orbax writes to a temporary name and renames), a
+NaN/inf step is never saved, and a checkpoint restores onto any mesh: restore targets are
+abstract arrays carrying the new mesh's shardings (:func:`load_params`, :meth:`Checkpointer.restore`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh
+
+from bsft_jax.models.config import DecoderConfig, Llama3RopeScaling
+from bsft_jax.models.decoder import Decoder, abstract_decoder
+from bsft_jax.models.sharding import state_shardings
+
+log = logging.getLogger(__name__)
+
+FORMAT = "bsft_jax.train/1"
+CHECKPOINT_SUBDIR = "checkpoints"
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, partial or of another format."""
+
+
+def checkpoint_dir(run_dir: str) -> str:
+    """``RUN_DIR/checkpoints``."""
+    return os.path.join(os.path.abspath(run_dir), CHECKPOINT_SUBDIR)
+
+
+# ----------------------------------------------------------------------------- metadata
+def decoder_config_to_dict(config: DecoderConfig) -> dict[str, Any]:
+    """All DecoderConfig fields, JSON-ready."""
+    d = dataclasses.asdict(config)
+    for k, v in d.items():
+        if isinstance(v, tuple):
+            d[k] = list(v)
+    return d
+
+
+def decoder_config_from_dict(d: dict[str, Any], **runtime: Any) -> DecoderConfig:
+    """Inverse of :func:`decoder_config_to_dict`; ``runtime`` overrides fields (e.g. ``dtype``)."""
+    d = dict(d)
+    if d.get("rope_scaling") is not None:
+        d["rope_scaling"] = Llama3RopeScaling(**d["rope_scaling"])
+    for k in ("eos_token_id", "generation_eos_token_ids"):
+        if isinstance(d.get(k), list):
+            d[k] = tuple(d[k])
+    known = {f.name for f in dataclasses.fields(DecoderConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise CheckpointError(f"model_config has unknown fields {sorted(unknown)} (written by a newer bsft_jax?)")
+    d.update(runtime)
+    return DecoderConfig(**d)
+
+
+def make_meta(step: int, config: DecoderConfig, *, behavior: dict[str, Any], num_params: int,
+              mesh: dict[str, int]) -> dict[str, Any]:
+    """The ``meta`` item of a step (see the module docstring)."""
+    return {
+        "format": FORMAT,
+        "step": int(step),
+        "model_config": decoder_config_to_dict(config),
+        "hf_config": config.to_hf(),
+        "stop_token_ids": list(config.stop_token_ids),
+        "tokenizer_dir": TOKENIZER_SUBDIR,
+        "behavior": behavior,
+        "num_params": int(num_params),
+        "mesh": dict(mesh),
+    }
+
+
+# ----------------------------------------------------------------------------- pure-dict helpers
+def _to_pure(state: Any) -> Any:
+    return nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
+
+
+def _abstract_pure(abstract_state: Any) -> Any:
+    """ShapeDtypeStruct pytree (pure dict) with shardings, from an abstract nnx.State of structs."""
+    return _to_pure(abstract_state)
+
+
+def _fill(template: nnx.State, pure: Any) -> nnx.State:
+    """A new nnx.State shaped like ``template`` holding the arrays of ``pure``."""
+    state = jax.tree.map(lambda x: x, template)
+    nnx.replace_by_pure_dict(state, pure)
+    return state
+
+
+# ----------------------------------------------------------------------------- manager
+class Checkpointer:
+    """Saves and restores a run's checkpoints under ``RUN_DIR/checkpoints`` (see module docstring)."""
+
+    def __init__(self, run_dir: str, *, keep: int = 3, async_save: bool = True):
+        self.directory = checkpoint_dir(run_dir)
+        options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), enable_async_checkpointing=bool(async_save),
+                                               create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None."""
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Every complete step on disk, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, *, data_iterator: Any, config: dict[str, Any],
+             meta: dict[str, Any]) -> None:
+        """Starts saving ``state`` (a TrainState) at ``step``; returns once device arrays are copied.
+
+        ``data_iterator``: a Grain DatasetIterator (or None); its position after the batches of
+        steps ``1..step`` is stored per process.
+        """
+        items: dict[str, Any] = {
+            "params": ocp.args.StandardSave(_to_pure(state.params)),
+            "opt_state": ocp.args.StandardSave(_to_pure(state.opt_state)),
+            "train": ocp.args.StandardSave({"step": state.step, "rng": state.rng}),
+            "config": ocp.args.JsonSave(config),
+            "meta": ocp.args.JsonSave(meta),
+        }
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+    def restore(self, step: int, abstract_state: Any, *, data_iterator: Any = None) -> Any:
+        """Restores a TrainState onto the shardings carried by ``abstract_state`` (any mesh).
+
+        ``abstract_state``: a TrainState of ShapeDtypeStructs with ``sharding`` set
+        (``Trainer.abstract_with_shardings()``). ``data_iterator`` is moved to the saved position.
+        """
+        items: dict[str, Any] = {
+            "params": ocp.args.StandardRestore(_abstract_pure(abstract_state.params)),
+            "opt_state": ocp.args.StandardRestore(_abstract_pure(abstract_state.opt_state)),
+            "train": ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}),
+        }
+        if data_iterator is not None:
+            self._check_data_processes(step)
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
+        return dataclasses.replace(
+            abstract_state,
+            params=_fill(abstract_state.params, restored["params"]),
+            opt_state=_fill(abstract_state.opt_state, restored["opt_state"]),
+            step=restored["train"]["step"],
+            rng=restored["train"]["rng"],
+        )
+
+    def _check_data_processes(self, step: int) -> None:
+        """The data position is per process: restoring it needs the process count it was saved with."""
+        folder = os.path.join(self.directory, str(step), "data")
+        files = [f for f in os.listdir(folder) if f.endswith(".json")] if os.path.isdir(folder) else []
+        if not files:
+            raise CheckpointError(f"{folder}: no data-iterator state; set --config.checkpoint.restore_data=false "
+                                  "to restart the data order instead")
+        saved = {f.rsplit("-of-", 1)[-1].removesuffix(".json") for f in files}
+        if saved != {str(jax.process_count())}:
+            raise CheckpointError(
+                f"{folder}: the data position was saved by {sorted(saved)} process(es) but this run has "
+                f"{jax.process_count()}; resume with the same number of processes, or set "
+                "--config.checkpoint.restore_data=false to keep the weights and optimizer state and restart "
+                "the data order")
+
+    def read_json(self, step: int, item: str) -> dict[str, Any]:
+        """The ``config`` or ``meta`` item of a step."""
+        return self.manager.restore(int(step), args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+# ----------------------------------------------------------------------------- readers (export / eval)
+def read_meta(run_dir: str, step: int | None = None) -> dict[str, Any]:
+    """The ``meta`` item of ``step`` (default: the latest); raises :class:`CheckpointError` if absent."""
+    ckpt = _open_read_only(run_dir)
+    step = _resolve_step(ckpt, run_dir, step)
+    meta = ckpt.read_json(step, "meta")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{run_dir}: step {step} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def _open_read_only(run_dir: str) -> Checkpointer:
+    directory = checkpoint_dir(run_dir)
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{run_dir}: no {CHECKPOINT_SUBDIR}/ folder (is this a bsft_jax run directory?)")
+    ckpt = Checkpointer.__new__(Checkpointer)
+    ckpt.directory = directory
+    ckpt.manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True,
+                                                                                          create=False))
+    return ckpt
+
+
+def _resolve_step(ckpt: Checkpointer, run_dir: str, step: int | None) -> int:
+    steps = ckpt.all_steps()
+    if not steps:
+        raise CheckpointError(f"{run_dir}: no complete checkpoint in {ckpt.directory}")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise CheckpointError(f"{run_dir}: no complete checkpoint for step {step} (available: {steps})")
+    return int(step)
+
+
+def load_params(run_dir: str, step: int | None = None, *, mesh: Mesh | None = None,
+                **runtime: Any) -> tuple[Decoder, DecoderConfig, dict[str, Any]]:
+    """Loads only the parameters of a run's checkpoint into a Decoder: ``(model, config, meta)``.
+
+    mesh:     place parameters by the rules table on this mesh (default: the first device).
+    runtime:  DecoderConfig overrides such as ``dtype="float32"``. Parameters keep the dtype they
+              were trained in (``param_dtype`` of the run).
+    """
+    meta = read_meta(run_dir, step)
+    config = decoder_config_from_dict(meta["model_config"], **runtime)
+    graphdef, abstract = nnx.split(abstract_decoder(config))
+    if mesh is not None:
+        shardings = state_shardings(abstract, mesh)
+    else:
+        single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: single, abstract)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    ckpt = _open_read_only(run_dir)
+    restored = ckpt.manager.restore(meta["step"], args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(_abstract_pure(target))))
+    model = nnx.merge(graphdef, _fill(target, restored["params"]))
+    return model, config, meta

@@ -1,0 +1,55 @@
+"""Shared by the absl-flag CLIs (train, plan, evaluate): parse flags, answer --help, name bad flags."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from absl import flags
+
+
+def flag_error_text(e: BaseException) -> str:
+    """ml_collections wraps a KeyError (unknown field) in an AttributeError: show the inner message."""
+    while e.args and isinstance(e.args[0], BaseException):
+        e = e.args[0]
+    if isinstance(e, KeyError) and e.args:
+        return "unknown config field " + str(e.args[0]).replace("\n", "; ")
+    return str(e)
+
+
+def parse_flags(fv: flags.FlagValues, argv: Sequence[str], usage: str) -> int | None:
+    """Parses ``argv`` into ``fv``. Returns None to go on, or the exit code: 0 after ``--help``
+    (usage + every flag printed), 2 after a bad flag or config override (one line on stderr)."""
+    argv = list(argv)
+    if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+        print(usage.strip() + "\n")
+        print(fv.get_help())
+        return 0
+    try:
+        fv(argv)
+        if "config" in fv:  # ml_collections defers a config file's load error to first use: surface it here
+            _ = fv.config.keys()
+    except Exception as e:
+        text = flag_error_text(e) or type(e).__name__
+        print(f"error: bad command line / config{_config_file_of(argv)}: {text}".replace("\n", "; "), file=sys.stderr)
+        return 2
+    return None
+
+
+def _config_file_of(argv: Sequence[str]) -> str:
+    """`` (FILE)`` for the ``--config`` file named in ``argv``, so the error line names it."""
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return f" ({a.split('=', 1)[1]})"
+        if a == "--config" and i + 1 < len(argv):
+            return f" ({argv[i + 1]})"
+    return ""
+
+
+def setup_logging() -> None:
+    """INFO logs with timestamps; quiets absl and JAX's "no TPU found" notices on CPU/GPU hosts."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)

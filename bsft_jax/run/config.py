@@ -1,0 +1,363 @@
+"""The training config: every field with its default (:func:`default_config`) and validation.
+
+Config files in ``configs/`` start from :func:`default_config` and change what their recipe
+needs; command-line overrides (``--config.optimizer.learning_rate=1e-5``) are applied by
+ml_collections. :func:`validate_config` runs once at start on the *resolved* config and raises
+:class:`ConfigError` naming the field (``config.mesh.fsdp: ...``) and what to do. The resolved
+config is saved as JSON beside every checkpoint (:func:`config_to_dict`).
+
+Field reference (``-1`` / ``""`` mean "derive it"):
+
+run_dir                  where checkpoints, metrics, the tokenizer and the config go
+seed                     parameter init (scratch), behavior-row init and the train RNG
+model.source             "hf" (a local Hugging Face folder) or "scratch" (random init, ``model.arch``)
+model.hf_path            the HF folder (config.json + safetensors) when source == "hf"
+model.arch.*             architecture for source == "scratch" (DecoderConfig field names)
+model.dtype              compute dtype (activations, matmul inputs), e.g. "bfloat16"
+model.param_dtype        master-weight dtype (parameters and optimizer state), e.g. "float32"
+model.logits_dtype       dtype of the LM-head output; the loss is always computed in fp32
+model.remat              "none" | "full" | "dots" (activation rematerialisation per block)
+model.scan_unroll        decoder layers per lax.scan step in training (1: compile time flat in depth;
+                         num_layers: unrolled, ~10% faster CPU steps for small models, compile time grows)
+model.attention_impl     "einsum" (XLA einsums, fp32 softmax) | "cudnn" (fused flash attention, GPU, bf16)
+                         | "auto" (default: cudnn where it applies, else einsum)
+model.vocab_pad_multiple embedding rows are padded to a multiple of this when the vocab grows
+tokenizer.path           base tokenizer folder ("" = model.hf_path; "demo" = the demo set's small BPE)
+behavior.enabled         BehaviorSFT (True) or GeneralSFT (False: no behavior tokens)
+behavior.names / token_format / category_map / init   see bsft_jax.behavior.BehaviorSpec
+data.source              "demo" (generated, cached), "jsonl" (data.path/<split>.jsonl), "tfds" (data.path is
+                         the data_dir of bsft_jax.data.tfds_builder) or "synthetic" (a copy task, for tests)
+data.style               "behavior_sft" | "general_sft" | "explicit_instruction" (bsft_jax.data.format)
+data.seq_len             tokens per row (examples are packed when data.packing)
+data.train_split / eval_split / eval_batches / shuffle_seed / field_map / demo.*   see bsft_jax.train.data
+train.steps              optimizer updates in the whole run
+train.global_batch_size  rows per update, summed over all processes
+train.microbatches       gradient-accumulation microbatches per update (divides the batch)
+train.z_loss             weight of the z-loss term (0 disables it)
+train.log_every          progress line / metrics interval in steps
+train.eval_every         held-out evaluation interval in steps (0: only at the end; -1: never)
+optimizer.*              AdamW, warmup + cosine (see bsft_jax.train.optim)
+mesh.data/fsdp/tensor    device mesh sizes; exactly one may be -1 ("the remaining devices")
+checkpoint.every_steps   save interval (a save also happens at the end and on SIGTERM)
+checkpoint.keep          keep the last K checkpoints
+checkpoint.async_save    write checkpoints in a background thread
+checkpoint.restore_data  on resume, restore the data-iterator position (False: restart the data order,
+                         e.g. after changing the number of processes)
+distributed.*            multi-host start-up (see bsft_jax.train.distributed)
+logging.tensorboard      also write TensorBoard event files under run_dir/tensorboard
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, canonical_dtype
+
+# Fields whose value is a free-form mapping (no fixed key set).
+FREE_FORM = frozenset({"behavior.category_map", "data.field_map"})
+MODEL_SOURCES = ("hf", "scratch")
+DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
+# Training styles of bsft_jax.data.format ("few_shot" is a prompting baseline of the evaluator only).
+TRAIN_STYLES = ("behavior_sft", "general_sft", "explicit_instruction")
+REMAT = ("none", "full", "dots")
+DIST_INIT = ("auto", "always", "never")
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value; the message names the field."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every config field with its default. Recipes in configs/ start from this."""
+    c = ml_collections.ConfigDict()
+    c.run_dir = ""
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.source = "hf"
+    c.model.hf_path = ""
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.logits_dtype = "float32"
+    c.model.remat = "none"
+    c.model.scan_unroll = 1
+    c.model.attention_impl = "auto"
+    c.model.vocab_pad_multiple = 128
+    c.model.arch = ml_collections.ConfigDict(dict(
+        model_type="qwen2", hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, num_kv_heads=2,
+        head_dim=64, rope_theta=10_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    ))
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.path = ""
+
+    c.behavior = ml_collections.ConfigDict()
+    c.behavior.enabled = True
+    c.behavior.names = ("reactive", "balanced", "proactive")
+    c.behavior.token_format = "<|behavior:{name}|>"
+    c.behavior.category_map = ml_collections.ConfigDict()
+    c.behavior.init = "mean_cov"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "demo"
+    c.data.path = ""  # jsonl: folder with train.jsonl / validation.jsonl / test.jsonl; tfds: the data_dir
+    c.data.field_map = ml_collections.ConfigDict()  # jsonl: foreign field name -> BehaviorBench field name
+    c.data.style = "behavior_sft"
+    c.data.seq_len = 256
+    c.data.packing = True
+    c.data.shuffle_seed = 0
+    c.data.train_split = "train"
+    c.data.eval_split = "test"
+    c.data.eval_batches = -1  # -1: the whole split
+    c.data.demo = ml_collections.ConfigDict(dict(num_train=5200, num_validation=520, num_test=1040, seed=0,
+                                                 tokenizer_vocab=3072))
+    c.data.synthetic_vocab = 64  # source == "synthetic": token ids drawn from [0, synthetic_vocab)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000
+    c.train.global_batch_size = 8
+    c.train.microbatches = 1
+    c.train.z_loss = 0.0
+    c.train.log_every = 10
+    c.train.eval_every = 0
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 1e-5
+    c.optimizer.warmup_steps = 100
+    c.optimizer.min_lr_ratio = 0.1
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.1
+    c.optimizer.grad_clip_norm = 1.0
+    c.optimizer.decay_embeddings = False
+
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 500
+    c.checkpoint.keep = 3
+    c.checkpoint.async_save = True
+    c.checkpoint.restore_data = True
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = "auto"
+    c.distributed.coordinator_address = ""
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+
+    c.logging = ml_collections.ConfigDict()
+    c.logging.tensorboard = True
+    return c
+
+
+def load_config_file(here: str, name: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of the config file ``name`` beside the file ``here`` (recipes that extend others)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(here)), name)
+    spec = importlib.util.spec_from_file_location(f"bsft_config_{os.path.splitext(name)[0]}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path}: cannot load config file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def config_to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """JSON-ready dict of a resolved config (tuples become lists)."""
+    return json.loads(json.dumps(cfg.to_dict()))
+
+
+def config_from_dict(d: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Inverse of :func:`config_to_dict` (lists of a default tuple field become tuples again)."""
+    cfg = default_config()
+    _merge(cfg, d, "config")
+    return cfg
+
+
+def _merge(cfg: ml_collections.ConfigDict, d: Mapping[str, Any], where: str) -> None:
+    for key, value in d.items():
+        if key not in cfg:
+            raise ConfigError(f"{where}.{key}: unknown field")
+        current = cfg[key]
+        if isinstance(current, ml_collections.ConfigDict) and f"{where}.{key}"[len("config."):] not in FREE_FORM:
+            _merge(current, value, f"{where}.{key}")
+        elif isinstance(current, tuple):
+            cfg[key] = tuple(value)
+        elif isinstance(current, ml_collections.ConfigDict):
+            cfg[key] = ml_collections.ConfigDict(dict(value))
+        else:
+            cfg[key] = value
+
+
+# ----------------------------------------------------------------------------- validation
+def _fail(field: str, msg: str) -> ConfigError:
+    return ConfigError(f"config.{field}: {msg}")
+
+
+def _check_known(cfg: Any, ref: Any, prefix: str) -> None:
+    for key in cfg.keys():
+        field = f"{prefix}{key}"
+        if key not in ref:
+            known = ", ".join(sorted(ref.keys()))
+            raise _fail(field, f"unknown field (known fields here: {known})")
+        value, default = cfg[key], ref[key]
+        if isinstance(default, ml_collections.ConfigDict) and field not in FREE_FORM:
+            if not isinstance(value, ml_collections.ConfigDict | Mapping):
+                raise _fail(field, f"expected a block of fields, got {value!r}")
+            _check_known(value, default, field + ".")
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise _fail(field, f"expected true/false, got {value!r}")
+        elif isinstance(default, int | float) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _fail(field, f"expected a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(value, int):
+                raise _fail(field, f"expected an integer, got {value!r}")
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise _fail(field, f"expected a string, got {value!r}")
+
+
+def _one_of(cfg: Any, field: str, choices: tuple[str, ...]) -> None:
+    value = _get(cfg, field)
+    if value not in choices:
+        raise _fail(field, f"{value!r} is not one of {list(choices)}")
+
+
+def _get(cfg: Any, field: str) -> Any:
+    for part in field.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def _positive(cfg: Any, *fields: str, allow_zero: bool = False) -> None:
+    for field in fields:
+        v = _get(cfg, field)
+        if v < 0 or (v == 0 and not allow_zero):
+            raise _fail(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+
+def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
+    """Mesh sizes with the one ``-1`` resolved; raises naming ``config.mesh`` if it does not fit."""
+    sizes = {a: int(mesh_cfg[a]) for a in ("data", "fsdp", "tensor")}
+    shown = ", ".join(f"{a}={s}" for a, s in sizes.items())
+    if sum(s == -1 for s in sizes.values()) > 1:
+        raise _fail("mesh", f"({shown}): at most one axis may be -1")
+    for a, s in sizes.items():
+        if s == 0 or s < -1:
+            raise _fail(f"mesh.{a}", f"must be a positive size or -1, got {s}")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if -1 in sizes.values():
+        if num_devices % known:
+            raise _fail("mesh", f"({shown}) does not divide the {num_devices} available devices "
+                                f"({known} does not divide {num_devices}); change the mesh sizes")
+        axis = next(a for a, s in sizes.items() if s == -1)
+        sizes[axis] = num_devices // known
+    if math.prod(sizes.values()) != num_devices:
+        raise _fail("mesh", f"({shown}) needs {math.prod(sizes.values())} devices but {num_devices} are "
+                            "available; set one axis to -1 or change the sizes")
+    return sizes
+
+
+def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> dict[str, int]:
+    """Checks the resolved config; returns the resolved mesh shape. Raises :class:`ConfigError`."""
+    _check_known(cfg, default_config(), "")
+    if not cfg.run_dir:
+        raise _fail("run_dir", "is empty; set --config.run_dir=PATH")
+
+    m = cfg.model
+    _one_of(cfg, "model.source", MODEL_SOURCES)
+    _one_of(cfg, "model.remat", REMAT)
+    _one_of(cfg, "model.attention_impl", ATTENTION_IMPLS)
+    for field in ("dtype", "param_dtype", "logits_dtype"):
+        try:
+            canonical_dtype(m[field], field=f"config.model.{field}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    _positive(cfg, "model.vocab_pad_multiple", "model.scan_unroll")
+    # head_dim is checked by DecoderConfig once the architecture is known (it may come from an HF folder)
+    if m.attention_impl == "cudnn" and canonical_dtype(m.dtype) not in CUDNN_ATTENTION_DTYPES:
+        raise _fail("model.attention_impl", f"is 'cudnn' but model.dtype={m.dtype!r}; cuDNN flash attention "
+                    "needs bfloat16 or float16 (use 'auto' to fall back to 'einsum')")
+    if m.source == "hf":
+        if not m.hf_path:
+            raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")
+        if not os.path.isdir(m.hf_path):
+            raise _fail("model.hf_path", f"{m.hf_path!r} is not a folder (missing HF checkpoint); download the model "
+                                         "there or fix the path")
+        if not os.path.isfile(os.path.join(m.hf_path, "config.json")):
+            raise _fail("model.hf_path", f"{m.hf_path!r} has no config.json; is it a Hugging Face model folder?")
+    else:
+        _one_of(cfg, "model.arch.model_type", ("qwen2", "llama"))
+        _positive(cfg, *(f"model.arch.{f}" for f in ("hidden_size", "intermediate_size", "num_layers",
+                                                     "num_heads", "num_kv_heads", "head_dim")))
+        if m.arch.num_heads % m.arch.num_kv_heads:
+            raise _fail("model.arch.num_kv_heads", f"{m.arch.num_kv_heads} does not divide num_heads="
+                                                   f"{m.arch.num_heads}")
+    tok_path = cfg.tokenizer.path or (m.hf_path if m.source == "hf" else "")
+    if cfg.data.source != "synthetic" or cfg.behavior.enabled or tok_path:
+        if not tok_path:
+            raise _fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder (or 'demo')")
+        if tok_path != "demo" and not os.path.isdir(tok_path):
+            raise _fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
+
+    b = cfg.behavior
+    if b.enabled:
+        if not b.names or len(set(b.names)) != len(b.names):
+            raise _fail("behavior.names", f"must be non-empty and unique, got {tuple(b.names)}")
+        if "{name}" not in b.token_format:
+            raise _fail("behavior.token_format", f"must contain '{{name}}', got {b.token_format!r}")
+        _one_of(cfg, "behavior.init", ("mean_cov", "mean_std"))
+        for cat, name in dict(b.category_map).items():
+            if name not in b.names:
+                raise _fail(f"behavior.category_map.{cat}", f"{name!r} is not one of behavior.names {tuple(b.names)}")
+
+    _one_of(cfg, "data.source", DATA_SOURCES)
+    _one_of(cfg, "data.style", TRAIN_STYLES)
+    if b.enabled != (cfg.data.style == "behavior_sft"):
+        raise _fail("data.style", f"{cfg.data.style!r} does not match behavior.enabled={b.enabled} "
+                                  "(behavior tokens are trained only with the 'behavior_sft' style)")
+    if cfg.data.source == "jsonl":
+        for split in (cfg.data.train_split, cfg.data.eval_split):
+            path = os.path.join(cfg.data.path, f"{split}.jsonl")
+            if not os.path.isfile(path):
+                raise _fail("data.path", f"{path!r} does not exist (expected a folder with <split>.jsonl files)")
+    if cfg.data.source == "tfds" and not os.path.isdir(cfg.data.path):
+        raise _fail("data.path", f"{cfg.data.path!r} is not a TFDS data_dir (build it with bsft_jax.data.tfds_builder)")
+    _positive(cfg, "data.seq_len", "data.demo.num_train", "data.demo.num_test", "data.demo.tokenizer_vocab")
+
+    t = cfg.train
+    _positive(cfg, "train.steps", "train.global_batch_size", "train.microbatches", "train.log_every")
+    _positive(cfg, "train.z_loss", allow_zero=True)
+    if t.eval_every < -1:
+        raise _fail("train.eval_every", f"must be -1 (never), 0 (at the end) or a step interval, got {t.eval_every}")
+
+    o = cfg.optimizer
+    _positive(cfg, "optimizer.learning_rate", "optimizer.eps")
+    _positive(cfg, "optimizer.warmup_steps", "optimizer.weight_decay", allow_zero=True)
+    for field in ("min_lr_ratio", "b1", "b2"):
+        v = o[field]
+        if not 0.0 <= v <= 1.0 or (field != "min_lr_ratio" and v == 1.0):
+            raise _fail(f"optimizer.{field}", f"must be in [0, 1{']' if field == 'min_lr_ratio' else ')'}, got {v}")
+    if o.warmup_steps > t.steps:
+        raise _fail("optimizer.warmup_steps", f"{o.warmup_steps} exceeds train.steps={t.steps}")
+
+    mesh = resolve_mesh_shape(cfg.mesh, num_devices)
+    batch_shards = mesh["data"] * mesh["fsdp"]
+    if t.global_batch_size % (t.microbatches * batch_shards):
+        raise _fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by train.microbatches x "
+                                               f"(mesh.data x mesh.fsdp) = {t.microbatches} x {batch_shards}")
+    if t.global_batch_size % num_processes:
+        raise _fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by the {num_processes} "
+                                               "processes")
+
+    _positive(cfg, "checkpoint.every_steps", "checkpoint.keep")
+    _one_of(cfg, "distributed.initialize", DIST_INIT)
+    return mesh

@@ -1,0 +1,184 @@
+"""The model and tokenizer a run trains: from a local HF folder or from scratch, plus behavior tokens.
+
+Fresh run: load the base tokenizer (``transformers.AutoTokenizer``), build the model (HF weights
+streamed straight into their shardings, or a random init compiled with sharded outputs), then
+extend both with the behavior tokens through :func:`bsft_jax.behavior.add_behavior_tokens` (the
+same code path for the demo's small tokenizer and for Qwen2.5 / Llama 3). Resumed run: the
+extended tokenizer and model config come back from the run directory, and the model is only
+abstract (the checkpoint supplies the weights), so a 7B model is not loaded twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.behavior.surgery import add_behavior_tokens, round_up
+from bsft_jax.behavior.tokenizer import behavior_token_ids
+from bsft_jax.models.config import DecoderConfig
+from bsft_jax.models.decoder import Decoder, abstract_decoder
+from bsft_jax.models.hf import load_hf
+from bsft_jax.models.sharding import state_shardings
+from bsft_jax.run.checkpoint import TOKENIZER_SUBDIR, decoder_config_from_dict
+
+log = logging.getLogger(__name__)
+
+# End-of-turn tokens of common chat templates: generation must stop on them too.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>")
+
+
+@dataclasses.dataclass
+class ModelBundle:
+    """What a run trains: the model (concrete or abstract), its config, tokenizer and behavior ids."""
+
+    model: Decoder
+    config: DecoderConfig
+    tokenizer: Any
+    behavior_ids: dict[str, int]
+
+
+def behavior_spec(cfg: Any) -> BehaviorSpec:
+    """The BehaviorSpec of the ``behavior`` config block."""
+    return BehaviorSpec.from_config(cfg.behavior)
+
+
+def runtime_fields(cfg: Any) -> dict[str, Any]:
+    """DecoderConfig fields that come from the run config, not from the architecture."""
+    m = cfg.model
+    return dict(dtype=m.dtype, param_dtype=m.param_dtype, logits_dtype=m.logits_dtype, remat=m.remat,
+                scan_unroll=m.scan_unroll, attention_impl=m.attention_impl)
+
+
+def tokenizer_path(cfg: Any) -> str:
+    """The base tokenizer folder (``tokenizer.path``, else the HF model folder; "demo": the demo BPE)."""
+    path = cfg.tokenizer.path or (cfg.model.hf_path if cfg.model.source == "hf" else "")
+    if path == "demo":
+        from bsft_jax.run.sources import demo_tokenizer_path
+
+        return demo_tokenizer_path(cfg)
+    return path
+
+
+def load_tokenizer(path: str) -> Any:
+    """An HF tokenizer from a local folder (never the Hub)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
+    """EOS id plus the end-of-turn tokens the tokenizer has (for a from-scratch model's config)."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    vocab = tokenizer.get_vocab()
+    for tok in END_OF_TURN_TOKENS:
+        if tok in vocab and vocab[tok] not in ids:
+            ids.append(int(vocab[tok]))
+    return tuple(ids)
+
+
+def init_sharded(config: DecoderConfig, seed: int, mesh: Mesh) -> Decoder:
+    """A randomly initialised Decoder whose parameters are created directly in their shardings."""
+    graphdef, abstract = nnx.split(abstract_decoder(config))
+    shardings = state_shardings(abstract, mesh)
+
+    def make() -> nnx.State:
+        return nnx.state(Decoder(config, rngs=nnx.Rngs(params=seed)))
+
+    state = jax.jit(make, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def scratch_config(cfg: Any, tokenizer: Any) -> DecoderConfig:
+    """DecoderConfig of a from-scratch model: ``model.arch`` sized to the base tokenizer."""
+    a = cfg.model.arch
+    n_tokens = len(tokenizer)
+    rows = round_up(n_tokens, cfg.model.vocab_pad_multiple)
+    stops = stop_token_ids(tokenizer)
+    return DecoderConfig(
+        model_type=a.model_type,
+        vocab_size=rows,
+        valid_vocab_size=n_tokens if rows != n_tokens else None,
+        hidden_size=a.hidden_size,
+        intermediate_size=a.intermediate_size,
+        num_layers=a.num_layers,
+        num_heads=a.num_heads,
+        num_kv_heads=a.num_kv_heads,
+        head_dim=a.head_dim,
+        rope_theta=a.rope_theta,
+        rms_norm_eps=a.rms_norm_eps,
+        tie_word_embeddings=a.tie_word_embeddings,
+        qkv_bias=a.model_type == "qwen2",
+        max_position_embeddings=a.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=stops[0] if stops else None,
+        pad_token_id=tokenizer.pad_token_id,
+        generation_eos_token_ids=stops,
+        source_dtype=cfg.model.param_dtype,
+        **runtime_fields(cfg),
+    )
+
+
+def build_fresh(cfg: Any, mesh: Mesh) -> ModelBundle:
+    """Base tokenizer + model (HF or scratch) on ``mesh``, extended with the behavior tokens if enabled."""
+    tok_path = tokenizer_path(cfg)
+    tokenizer = load_tokenizer(tok_path) if tok_path else None
+    if cfg.model.source == "hf":
+        log.info("loading %s onto mesh %s", cfg.model.hf_path, dict(mesh.shape))
+        rt = runtime_fields(cfg)
+        model, config = load_hf(cfg.model.hf_path, dtype=rt.pop("param_dtype"), compute_dtype=rt.pop("dtype"),
+                                mesh=mesh, **rt)
+    else:
+        if tokenizer is None:
+            raise ValueError("config.tokenizer.path: a from-scratch model needs a base tokenizer")
+        config = scratch_config(cfg, tokenizer)
+        model = init_sharded(config, cfg.seed, mesh)
+    ids: dict[str, int] = {}
+    if cfg.behavior.enabled:
+        spec = behavior_spec(cfg)
+        before = config.vocab_size
+        model, config, ids = add_behavior_tokens(model, config, tokenizer, spec, seed=cfg.seed,
+                                                 pad_multiple=cfg.model.vocab_pad_multiple, init=cfg.behavior.init)
+        log.info("behavior tokens %s; embedding rows %d -> %d (valid %d)", ids, before, config.vocab_size,
+                 config.num_valid_tokens)
+    return ModelBundle(model=model, config=config, tokenizer=tokenizer, behavior_ids=ids)
+
+
+def build_for_resume(cfg: Any, run_dir: str, meta: dict[str, Any]) -> ModelBundle:
+    """Abstract model + the run's saved tokenizer and model config (the checkpoint has the weights)."""
+    config = decoder_config_from_dict(meta["model_config"], **runtime_fields(cfg))
+    tok_dir = os.path.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR))
+    tokenizer = load_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
+    ids = dict(meta.get("behavior", {}).get("token_ids", {}))
+    if tokenizer is not None and cfg.behavior.enabled:
+        ids = behavior_token_ids(tokenizer, behavior_spec(cfg))  # checks the saved tokenizer still has them
+    return ModelBundle(model=abstract_decoder(config), config=config, tokenizer=tokenizer, behavior_ids=ids)
+
+
+def write_run_files(run_dir: str, bundle: ModelBundle, config_dict: dict[str, Any], *, fresh: bool) -> None:
+    """Process 0: config.json, model_config.json and (fresh runs) the extended tokenizer."""
+    from bsft_jax.models.hf import save_tokenizer
+    from bsft_jax.run.checkpoint import decoder_config_to_dict
+
+    os.makedirs(run_dir, exist_ok=True)
+    _write_json(os.path.join(run_dir, "config.json"), config_dict)
+    _write_json(os.path.join(run_dir, "model_config.json"), decoder_config_to_dict(bundle.config))
+    if fresh and bundle.tokenizer is not None:
+        save_tokenizer(bundle.tokenizer, os.path.join(run_dir, TOKENIZER_SUBDIR))
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)

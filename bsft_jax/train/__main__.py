@@ -1,0 +1,55 @@
+"""``python -m bsft_jax.train --config configs/X.py [--config.field=value ...]``: BehaviorSFT training."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from bsft_jax.run.checkpoint import CheckpointError
+from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.run.config import ConfigError
+from bsft_jax.train import distributed
+from bsft_jax.train.distributed import is_primary
+from bsft_jax.train.loop import NonFiniteLossError, run
+
+log = logging.getLogger("bsft_jax.train")
+
+_USAGE = """python -m bsft_jax.train --config configs/X.py [--config.section.field=value ...]
+       python -m bsft_jax.train --config configs/X.py --plan [--mesh=data=1,fsdp=-1,tensor=4] [--plan_target=v5p-64]
+
+Trains (or resumes, if config.run_dir has checkpoints) the recipe in the config file; --plan reports
+per-device memory of the train step on a target mesh instead. Every config field can be overridden."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: parses absl flags (``--config``), runs, maps errors to exit codes."""
+    if "--plan" in (sys.argv if argv is None else argv)[1:]:  # memory planner: compiles the step, trains nothing
+        from bsft_jax.train import plan
+
+        return plan.main(argv)
+    from absl import flags
+    from ml_collections import config_flags
+
+    flags_def = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", "configs/demo.py", "ml_collections config file", flag_values=flags_def)
+    code = parse_flags(flags_def, sys.argv if argv is None else argv, _USAGE)
+    if code is not None:
+        return code
+    setup_logging()
+    try:
+        distributed.maybe_initialize(flags_def.config.distributed)
+        if not is_primary():  # one progress log per job: the other processes report only problems
+            logging.getLogger().setLevel(logging.WARNING)
+        result = run(flags_def.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    log.info("finished at step %d%s", result.final_step, " (preempted)" if result.preempted else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

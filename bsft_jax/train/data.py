@@ -1,0 +1,130 @@
+"""From the ``data`` config block to per-process batch iterators for the trainer.
+
+Every iterator yields dicts of int32 numpy arrays ``[B_local, T]`` with the batch contract
+(``tokens, targets, loss_mask, segment_ids, positions``) and is a Grain ``DatasetIterator``,
+so its position is saved in checkpoints with ``grain.checkpoint.CheckpointSave`` and restored to
+the exact next batch.
+
+Sources:
+
+* ``synthetic``: packed copy-task rows (``BOS prompt SEP prompt EOS``; the copy is the
+  assistant part), a pure function of ``(seed, batch index, global row)``: the same global batch
+  whatever the number of processes. Used by tests and for quick smoke runs.
+* ``demo`` / ``jsonl`` / ``tfds``: BehaviorBench records through the Grain pipeline of
+  :mod:`bsft_jax.data` (chat-template formatting with or without the behavior token, packing,
+  per-process shards, seeded shuffle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.data.pipeline import BATCH_KEYS
+from bsft_jax.run.sources import load_split
+from bsft_jax.train.distributed import DataShard
+
+# Synthetic token ids: 0 pad, 1 BOS, 2 SEP, 3 EOS, content from 4.
+_PAD, _BOS, _SEP, _EOS, _FIRST = 0, 1, 2, 3, 4
+
+
+def synthetic_row(seed: int, batch_index: int, row: int, length: int, vocab: int) -> dict[str, np.ndarray]:
+    """One packed row of copy-task examples: deterministic in (seed, batch_index, global row)."""
+    rng = np.random.default_rng([seed, batch_index, row])
+    out = {k: np.zeros(length, np.int32) for k in BATCH_KEYS}
+    pos, segment = 0, 0
+    while True:
+        n = int(rng.integers(2, 9))
+        prompt = rng.integers(_FIRST, vocab, n)
+        seq = np.concatenate([[_BOS], prompt, [_SEP], prompt, [_EOS]]).astype(np.int32)
+        if pos + len(seq) > length:
+            break
+        segment += 1
+        sl = slice(pos, pos + len(seq))
+        out["tokens"][sl] = seq
+        out["targets"][pos:pos + len(seq) - 1] = seq[1:]
+        answer_from = n + 1  # position of SEP: from here on the next token is part of the answer
+        out["loss_mask"][pos + answer_from:pos + len(seq) - 1] = 1
+        out["segment_ids"][sl] = segment
+        out["positions"][sl] = np.arange(len(seq))
+        pos += len(seq)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _SyntheticBatch:
+    seed: int
+    shard: DataShard
+    length: int
+    vocab: int
+
+    def __call__(self, batch_index: int) -> dict[str, np.ndarray]:
+        first = self.shard.index * self.shard.rows
+        rows = [synthetic_row(self.seed, int(batch_index), first + r, self.length, self.vocab)
+                for r in range(self.shard.rows)]
+        return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
+
+
+def synthetic_dataset(seed: int, shard: DataShard, length: int, vocab: int, num_batches: int = 10**9
+                      ) -> grain.IterDataset:
+    """An endless (``num_batches``) dataset of this process's synthetic batches."""
+    if vocab <= _FIRST:
+        raise ValueError(f"config.data.synthetic_vocab must be > {_FIRST}, got {vocab}")
+    return grain.MapDataset.range(num_batches).map(_SyntheticBatch(seed, shard, length, vocab)).to_iter_dataset()
+
+
+def _pipeline_kwargs(cfg: Any, shard: DataShard) -> dict[str, Any]:
+    d = cfg.data
+    return dict(seq_len=d.seq_len, batch_size=shard.rows, spec=BehaviorSpec.from_config(cfg.behavior),
+                style=d.style, seed=d.shuffle_seed, packing=d.packing, process_index=shard.index,
+                process_count=shard.count)
+
+
+def train_iterator(cfg: Any, tokenizer: Any, shard: DataShard) -> Iterator[dict[str, np.ndarray]]:
+    """This process's endless, shuffled training iterator (a Grain DatasetIterator: checkpointable)."""
+    d = cfg.data
+    if d.source == "synthetic":
+        return iter(synthetic_dataset(d.shuffle_seed, shard, d.seq_len, d.synthetic_vocab))
+    from bsft_jax.data.pipeline import make_train_iterator as data_iterator
+
+    # Epochs repeat forever and the run stops by step count: with several processes the shards
+    # can differ by one example, and every process must produce a batch at every step.
+    return data_iterator(load_split(cfg, d.train_split), tokenizer, num_epochs=None, shuffle=True,
+                         **_pipeline_kwargs(cfg, shard))
+
+
+def make_eval_batches(cfg: Any, tokenizer: Any, shard: DataShard) -> list[dict[str, np.ndarray]]:
+    """This process's held-out batches: one pass over ``data.eval_split`` in order (a fixed list).
+
+    Every process returns the same number of batches (empty rows pad the shorter ones), so that
+    the collective evaluation step runs in lock step across processes.
+    """
+    d = cfg.data
+    limit = None if d.eval_batches < 0 else d.eval_batches
+    if d.source == "synthetic":
+        ds = synthetic_dataset(d.shuffle_seed + 1_000_003, shard, d.seq_len, d.synthetic_vocab,
+                               num_batches=4 if limit is None else limit)
+        return list(ds)
+    from bsft_jax.data.pipeline import make_train_iterator as data_iterator
+
+    it = data_iterator(load_split(cfg, d.eval_split), tokenizer, num_epochs=1, shuffle=False,
+                       **_pipeline_kwargs(cfg, shard))
+    batches = list(itertools.islice(it, limit))
+    count = _max_over_processes(len(batches))
+    empty = {k: np.zeros((shard.rows, d.seq_len), np.int32) for k in BATCH_KEYS}
+    return batches + [empty] * (count - len(batches))
+
+
+def _max_over_processes(n: int) -> int:
+    if jax.process_count() == 1:
+        return n
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray(n, np.int32))))

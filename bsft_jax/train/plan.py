@@ -1,0 +1,545 @@
+"""Memory planner: per-device bytes of a training recipe on a target mesh, without loading weights.
+
+    python -m bsft_jax.train --config configs/qwen2_5_7b_behaviorsft.py --plan --plan_target=v5p-64
+    python -m bsft_jax.train --config configs/qwen2_5_7b_behaviorsft.py --plan \\
+        --mesh=data=1,fsdp=-1,tensor=4 --plan_devices=32 [--config.train.microbatches=4 ...]
+
+Nothing is allocated: the model and the AdamW state are ``jax.eval_shape``-d (abstract arrays),
+sharded by the rules table over a mesh of *compile-only* devices, and the real train step
+(:class:`bsft_jax.train.step.Trainer`, the same function ``python -m bsft_jax.train`` runs) is lowered
+with abstract inputs and compiled. Two kinds of figures come out, and the report says which is which:
+
+* **analytic** (exact): parameters, optimizer state, gradients and the batch per device, from the
+  shapes, dtypes and shardings (``bytes = prod(shard shape) x itemsize``).
+* **XLA** (``compiled.memory_analysis()`` of the compiled step): arguments, outputs, donated
+  (aliased) bytes and temporaries; the temporaries hold the activations kept for the backward
+  pass, the gradients, gathered FSDP weights and the logits. Peak = arguments + outputs -
+  aliased + temporaries.
+
+Which compiler: for a TPU target with ``libtpu`` importable (always on a TPU VM; elsewhere ``pip
+install libtpu==0.0.42.1``, the version jax 0.10.2 pins) the step is compiled by the TPU compiler
+for the slice's topology (deviceless AOT, as MaxText's train_compile does): the figure is what
+that TPU would allocate, up to runtime overheads. Otherwise it is compiled by XLA's CPU backend
+over ``N`` fake CPU devices: its sharding and buffer sizes are right, but CPU fusion, layout and
+scheduling differ from TPU/GPU (measured here: the CPU temporaries are 1.3-1.8x the TPU
+compiler's for the 7B/8B recipes), so take CPU figures as a conservative estimate. GPU targets
+always get the CPU estimate (the CUDA compiler is not used here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+log = logging.getLogger("bsft_jax.train.plan")
+
+GiB = 1024**3
+
+
+# ----------------------------------------------------------------------------- targets
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A machine a recipe is planned for: devices (chips / GPUs), memory per device, TPU topology."""
+
+    name: str
+    num_devices: int
+    hbm_bytes: int
+    platform: str  # "tpu" | "gpu"
+    topology: str | None = None  # get_topology_desc name, e.g. "v5p:2x4x4"
+    chip_config: str | None = None  # "megacore" (v4/v5p: one device = one chip of 2 cores) or "default"
+    note: str = ""
+
+
+def _tpu_family(prefix: str, chips: dict[int, str], hbm_gib: float, chip_config: str) -> dict[str, Target]:
+    cores_per_chip = 2 if chip_config == "megacore" else 1
+    out = {}
+    for n, topo in chips.items():
+        name = f"{prefix}-{n * cores_per_chip}"
+        out[name] = Target(name, n, int(hbm_gib * GiB), "tpu", f"{prefix}:{topo}", chip_config)
+    return out
+
+
+# Slice names count TensorCores for v4/v5p (2 per chip) and chips for v5e/v6e; a device is a chip.
+TARGETS: dict[str, Target] = {
+    **_tpu_family("v4", {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4"}, 32, "megacore"),
+    **_tpu_family("v5p", {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4"}, 95, "megacore"),
+    **_tpu_family("v5e", {8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}, 16, "default"),
+    **_tpu_family("v6e", {8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}, 32, "default"),
+    "8xh100": Target("8xh100", 8, 80 * GiB, "gpu", note="JAX preallocates 75% of GPU memory unless "
+                                                             "XLA_PYTHON_CLIENT_MEM_FRACTION is raised"),
+    "8xh200": Target("8xh200", 8, 141 * 10**9, "gpu", note="see 8xh100"),
+    "8xa100-80gb": Target("8xa100-80gb", 8, 80 * GiB, "gpu", note="see 8xh100"),
+}
+ALIASES = {"v5litepod": "v5e", "v6e-lite": "v6e", "h100x8": "8xh100", "h200x8": "8xh200"}
+
+# Tokenizer sizes of the presets' families (len(tokenizer)): the behavior tokens grow the
+# embedding table from here when the HF folder is not on this machine.
+PRESET_TOKENIZER_SIZES = {"qwen2_5": 151_665, "llama3": 128_256}
+
+
+class PlanError(ValueError):
+    """The plan cannot be made (unknown target, mesh that does not fit, missing architecture)."""
+
+
+def target_by_name(name: str) -> Target:
+    """A known target (``v5p-64``, ``v5e-64``, ``v4-32``, ``8xh100`` ...), or PlanError listing them."""
+    key = name.strip().lower()
+    for old, new in ALIASES.items():
+        key = key.replace(old, new)
+    if key not in TARGETS:
+        raise PlanError(f"--plan_target={name!r}: unknown; known targets: {', '.join(TARGETS)} "
+                        "(or give --plan_devices and --plan_hbm)")
+    return TARGETS[key]
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """``"data=1,fsdp=-1,tensor=4"`` -> ``{"data": 1, "fsdp": -1, "tensor": 4}`` (missing axes = 1)."""
+    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = re.fullmatch(r"(data|fsdp|tensor)\s*=\s*(-?\d+)", part)
+        if not m:
+            raise PlanError(f"--mesh={text!r}: expected e.g. 'data=1,fsdp=-1,tensor=4' (axes data, fsdp, tensor)")
+        sizes[m.group(1)] = int(m.group(2))
+    return sizes
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """``"16GiB"``, ``"95GB"``, ``"80G"`` or a number of bytes."""
+    if isinstance(text, int | float):
+        return int(text)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise PlanError(f"cannot read the size {text!r}; use e.g. 16GiB or 95GB")
+    power = "BKMGT".index(m.group(2).upper() or "B")
+    return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** power)
+
+
+# ----------------------------------------------------------------------------- model config
+def _normalise(name: str) -> str:
+    name = os.path.basename(os.path.normpath(name)).lower()
+    name = re.sub(r"[-_]?(instruct|chat|base|hf)$", "", name)
+    return re.sub(r"[^a-z0-9]", "", name)
+
+
+def guess_preset(hf_path: str) -> str | None:
+    """The preset whose name matches an HF folder name (``Qwen2.5-7B-Instruct`` -> ``qwen2_5_7b``)."""
+    from bsft_jax.models.config import PRESETS
+
+    key = _normalise(hf_path)
+    for name in PRESETS:
+        if _normalise(name) == key:
+            return name
+    return None
+
+
+def _preset_tokenizer_size(preset_name: str) -> int:
+    for family, size in PRESET_TOKENIZER_SIZES.items():
+        if preset_name.startswith(family):
+            return size
+    raise PlanError(f"preset {preset_name!r}: tokenizer size unknown; put the HF folder (config.json and tokenizer) "
+                    "at config.model.hf_path")
+
+
+def model_config_for_plan(cfg: Any, model_preset: str | None = None) -> tuple[Any, str]:
+    """The DecoderConfig a run of ``cfg`` would train (vocabulary grown by the behavior tokens).
+
+    Reads only ``config.json`` and the tokenizer when the HF folder exists; otherwise uses the
+    preset named by ``model_preset`` or guessed from ``model.hf_path``'s folder name. Returns
+    ``(config, how)`` where ``how`` says where the architecture came from.
+    """
+    from bsft_jax.behavior.spec import BehaviorSpec
+    from bsft_jax.behavior.surgery import grown_vocab_size
+    from bsft_jax.models.config import DecoderConfig, preset
+    from bsft_jax.run.model_setup import load_tokenizer, runtime_fields, scratch_config, tokenizer_path
+
+    rt = runtime_fields(cfg)
+    tokenizer, preset_name = None, None
+    tok_path = tokenizer_path(cfg) if (cfg.model.source == "scratch" or not model_preset) else ""
+    if tok_path and os.path.isdir(tok_path):
+        tokenizer = load_tokenizer(tok_path)
+    hf_json = os.path.join(cfg.model.hf_path or "", "config.json")
+    if cfg.model.source == "scratch":
+        if tokenizer is None:
+            raise PlanError(f"config.tokenizer.path={cfg.tokenizer.path!r}: a from-scratch model needs its tokenizer")
+        config, how = scratch_config(cfg, tokenizer), "config.model.arch (from scratch)"
+    elif not model_preset and os.path.isfile(hf_json):
+        config, how = DecoderConfig.from_hf(cfg.model.hf_path, param_dtype=rt["param_dtype"], dtype=rt["dtype"],
+                                            logits_dtype=rt["logits_dtype"], remat=rt["remat"]), hf_json
+    else:
+        preset_name = model_preset or guess_preset(cfg.model.hf_path)
+        if preset_name is None:
+            raise PlanError(f"config.model.hf_path={cfg.model.hf_path!r} has no config.json here and names no known "
+                            "preset; pass --plan_model=PRESET (bsft_jax.models.config.PRESETS)")
+        config = preset(preset_name, **rt)
+        how = f"preset {preset_name}" + ("" if model_preset else f" ({hf_json} not found)")
+    if cfg.behavior.enabled:
+        spec = BehaviorSpec.from_config(cfg.behavior)
+        if tokenizer is not None:
+            vocab = tokenizer.get_vocab()
+            num_tokens = len(tokenizer) + sum(t not in vocab for t in spec.tokens)
+        elif preset_name is not None:
+            num_tokens = _preset_tokenizer_size(preset_name) + len(spec.tokens)
+        else:
+            raise PlanError(f"{tok_path or cfg.model.hf_path}: no tokenizer here; the behavior tokens' vocabulary "
+                            "growth needs it (or pass --plan_model=PRESET)")
+        rows = grown_vocab_size(config.vocab_size, num_tokens, cfg.model.vocab_pad_multiple)
+        config = config.replace(vocab_size=rows, valid_vocab_size=min(num_tokens, rows))
+    return config, how
+
+
+# ----------------------------------------------------------------------------- checks
+def resolve_plan_mesh(cfg: Any, mesh: dict[str, int], num_devices: int) -> dict[str, int]:
+    """The mesh sizes with ``-1`` resolved, and the batch divisibility the trainer requires."""
+    from bsft_jax.run.config import ConfigError, resolve_mesh_shape
+
+    try:
+        sizes = resolve_mesh_shape(mesh, num_devices)
+    except ConfigError as e:
+        raise PlanError(str(e).replace("config.mesh", "--mesh")) from None
+    t = cfg.train
+    shards = sizes["data"] * sizes["fsdp"]
+    if t.global_batch_size % (t.microbatches * shards):
+        raise PlanError(f"config.train.global_batch_size={t.global_batch_size} is not divisible by train.microbatches "
+                        f"x (data x fsdp) = {t.microbatches} x {shards}: every device needs whole rows; lower "
+                        "microbatches, raise the batch, or move devices to --mesh tensor=")
+    return sizes
+
+
+# ----------------------------------------------------------------------------- devices
+def _backends_initialized() -> bool:
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
+
+
+def tpu_compiler_available() -> bool:
+    """Whether libtpu can be loaded (deviceless TPU compilation)."""
+    return importlib.util.find_spec("libtpu") is not None or bool(os.environ.get("TPU_LIBRARY_PATH"))
+
+
+def tpu_devices(target: Target) -> list[Any]:
+    """Compile-only devices of a TPU slice (needs libtpu; no TPU hardware)."""
+    from jax.experimental import topologies
+
+    for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                       ("TPU_ACCELERATOR_TYPE", target.name)):
+        os.environ.setdefault(key, value)  # no metadata server off-TPU: do not wait for one
+    kw: dict[str, Any] = {"chips_per_host_bounds": (2, 2, 1)}
+    if target.chip_config:
+        kw["chip_config_name"] = target.chip_config
+    topo = topologies.get_topology_desc(platform="tpu", topology_name=target.topology, **kw)
+    devices = list(topo.devices)
+    if len(devices) != target.num_devices:
+        raise PlanError(f"{target.name}: topology {target.topology} has {len(devices)} devices, expected "
+                        f"{target.num_devices}")
+    return devices
+
+
+def cpu_devices(n: int) -> list[Any] | None:
+    """``n`` CPU devices of this process, configuring them if JAX has not started; None if impossible."""
+    import jax
+
+    if not _backends_initialized():
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", max(n, 1))
+    devices = jax.devices("cpu")
+    return devices[:n] if len(devices) >= n else None
+
+
+# ----------------------------------------------------------------------------- figures
+def _shard_bytes(abstract: Any, shardings: Any) -> int:
+    import jax
+    import numpy as np
+
+    total = 0
+    for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings), strict=True):
+        total += math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
+    return int(total)
+
+
+def analytic_bytes(trainer: Any, global_batch: int, seq_len: int) -> dict[str, int]:
+    """Exact per-device bytes of the state and the batch, from shapes, dtypes and shardings."""
+    st, sh = trainer.abstract_state, trainer.state_shardings
+    params = _shard_bytes(st.params, sh.params)
+    shards = trainer.batch_sharding.mesh.shape["data"] * trainer.batch_sharding.mesh.shape["fsdp"]
+    out = {
+        "params": params,
+        "opt_state": _shard_bytes(st.opt_state, sh.opt_state),
+        # Gradients have the parameters' shapes, dtype and shardings; with microbatches > 1 the
+        # step holds the accumulator and one microbatch's gradients at once.
+        "gradients": params * (2 if trainer.microbatches > 1 else 1),
+        "batch": 5 * 4 * global_batch * seq_len // shards,  # 5 int32 [B, T] arrays (BATCH_KEYS)
+    }
+    c = trainer.config
+    rows = global_batch // trainer.microbatches // shards
+    act_bytes = 2 if c.dtype in ("bfloat16", "float16") else 4
+    tensor = trainer.batch_sharding.mesh.shape["tensor"]
+    vocab_local = c.vocab_size // tensor if c.vocab_size % tensor == 0 else c.vocab_size
+    # Lower bounds for one microbatch: with remat="full" the backward pass keeps each layer's input
+    # [rows, T, D]; the fp32 logits [rows, T, V/tensor] exist at least once (plus their gradient).
+    out["layer_inputs_kept"] = c.num_layers * rows * seq_len * c.hidden_size * act_bytes
+    out["logits_fp32"] = rows * seq_len * vocab_local * 4
+    return out
+
+
+def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str, int]) -> tuple[Any, Any, float]:
+    """The trainer's step compiled for abstract inputs on ``devices``: ``(trainer, compiled, seconds)``."""
+    import jax
+
+    from bsft_jax.models.decoder import abstract_decoder
+    from bsft_jax.models.sharding import make_mesh
+    from bsft_jax.train.optim import make_optimizer
+    from bsft_jax.train.step import Trainer
+
+    mesh = make_mesh(mesh_sizes, devices)
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
+    with jax.set_mesh(mesh):
+        trainer = Trainer(abstract_decoder(config), tx, schedule, mesh, microbatches=cfg.train.microbatches,
+                          z_loss=cfg.train.z_loss)
+        t0 = time.perf_counter()
+        compiled = trainer.compile(cfg.train.global_batch_size, cfg.data.seq_len)
+    return trainer, compiled, time.perf_counter() - t0
+
+
+def xla_bytes(compiled: Any) -> dict[str, int]:
+    """``memory_analysis()`` of a compiled step, with the peak estimate the trainer also logs."""
+    stats = compiled.memory_analysis()
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes")
+    out = {f.removesuffix("_size_in_bytes"): int(getattr(stats, f, 0) or 0) for f in fields}
+    out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    return out
+
+
+# ----------------------------------------------------------------------------- plan
+def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: int | None = None,
+                target: str | Target | None = None, compiler: str = "auto", hbm_bytes: int | None = None,
+                model_preset: str | None = None) -> dict[str, Any]:
+    """Per-device memory of ``cfg``'s train step on a target; returns a JSON-ready dict.
+
+    mesh:         sizes (one may be -1); default: ``cfg.mesh``.
+    num_devices:  devices of the target (default: the target's, else this process's device count).
+    target:       a :data:`TARGETS` name or Target (memory per device, TPU topology).
+    compiler:     "tpu" (deviceless TPU AOT, needs libtpu and a TPU target), "cpu" (N fake CPU
+                  devices; a subprocess is started when this process has fewer), or "auto".
+    hbm_bytes:    memory per device to check the peak against (default: the target's).
+    model_preset: architecture preset when the HF folder is not here (default: guessed from its name).
+    """
+    import jax
+
+    tgt = target_by_name(target) if isinstance(target, str) else target
+    if num_devices is None:
+        num_devices = tgt.num_devices if tgt is not None else len(jax.devices())
+    if tgt is not None and tgt.num_devices != num_devices:
+        raise PlanError(f"--plan_devices={num_devices} disagrees with --plan_target={tgt.name} "
+                        f"({tgt.num_devices} devices)")
+    mesh_in = dict(mesh or {a: int(cfg.mesh[a]) for a in ("data", "fsdp", "tensor")})
+    sizes = resolve_plan_mesh(cfg, mesh_in, num_devices)
+    if compiler == "auto":
+        compiler = "tpu" if tgt is not None and tgt.platform == "tpu" and tpu_compiler_available() else "cpu"
+    if compiler == "tpu":
+        if tgt is None or tgt.platform != "tpu":
+            raise PlanError("--plan_compiler=tpu needs a TPU --plan_target (e.g. v5p-64)")
+        if not tpu_compiler_available():
+            raise PlanError("--plan_compiler=tpu needs libtpu (pip install libtpu==0.0.42.1, the version jax 0.10.2 "
+                            "pins); or use --plan_compiler=cpu")
+        if _backends_initialized() and not _tpu_backend_known():
+            return _plan_in_subprocess(cfg, mesh_in, num_devices, tgt, compiler, hbm_bytes, model_preset)
+        devices = tpu_devices(tgt)
+    elif compiler == "cpu":
+        devices = cpu_devices(num_devices)
+        if devices is None:
+            return _plan_in_subprocess(cfg, mesh_in, num_devices, tgt, compiler, hbm_bytes, model_preset)
+    else:
+        raise PlanError(f"--plan_compiler={compiler!r}: expected auto, cpu or tpu")
+
+    config, how = model_config_for_plan(cfg, model_preset)
+    trainer, compiled, seconds = compile_step(cfg, config, devices, sizes)
+    from bsft_jax.models.decoder import abstract_decoder, count_params
+
+    hbm = hbm_bytes if hbm_bytes is not None else (tgt.hbm_bytes if tgt is not None else None)
+    xla = xla_bytes(compiled)
+    t = cfg.train
+    return {
+        "target": tgt.name if tgt is not None else None,
+        "num_devices": num_devices,
+        "device_kind": str(getattr(devices[0], "device_kind", devices[0].platform)),
+        "compiler": compiler,
+        "mesh": sizes,
+        "hbm_bytes_per_device": hbm,
+        "model": {"architecture": how, "model_type": config.model_type,
+                  "num_params": count_params(abstract_decoder(config)), "vocab_rows": config.vocab_size,
+                  "dtype": config.dtype, "param_dtype": config.param_dtype, "remat": config.remat},
+        "batch": {"global_batch_size": t.global_batch_size, "seq_len": cfg.data.seq_len,
+                  "microbatches": t.microbatches,
+                  "rows_per_device_per_microbatch": t.global_batch_size // t.microbatches
+                  // (sizes["data"] * sizes["fsdp"])},
+        "analytic": analytic_bytes(trainer, t.global_batch_size, cfg.data.seq_len),
+        "xla": xla,
+        "compile_seconds": round(seconds, 1),
+        "fits": None if hbm is None else bool(xla["peak"] <= hbm),
+        "note": tgt.note if tgt is not None else "",
+    }
+
+
+def _tpu_backend_known() -> bool:
+    import jax
+
+    with contextlib.suppress(Exception):
+        jax.devices("tpu")
+        return True
+    return False
+
+
+def _plan_in_subprocess(cfg: Any, mesh: dict[str, int], num_devices: int, tgt: Target | None, compiler: str,
+                        hbm_bytes: int | None, model_preset: str | None) -> dict[str, Any]:
+    """Runs :func:`plan_memory` in a fresh process that can create ``num_devices`` devices."""
+    from bsft_jax.run.config import config_to_dict
+
+    request = {"config": config_to_dict(cfg), "mesh": mesh, "num_devices": num_devices,
+               "target": tgt.name if tgt is not None else None, "compiler": compiler, "hbm_bytes": hbm_bytes,
+               "model_preset": model_preset}
+    with tempfile.TemporaryDirectory(prefix="bsft_plan_") as tmp:
+        req, res = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.json")
+        with open(req, "w") as f:
+            json.dump(request, f)
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        env.pop("JAX_NUM_CPU_DEVICES", None)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        out = subprocess.run([sys.executable, "-m", "bsft_jax.train.plan", "--worker", req, res], env=env,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise PlanError(f"planner subprocess failed (exit {out.returncode}): {out.stderr[-3000:]}")
+        with open(res) as f:
+            return json.load(f)
+
+
+def _worker(request_path: str, result_path: str) -> int:
+    from bsft_jax.run.config import config_from_dict
+
+    with open(request_path) as f:
+        req = json.load(f)
+    plan = plan_memory(config_from_dict(req["config"]), mesh=req["mesh"], num_devices=req["num_devices"],
+                       target=req["target"], compiler=req["compiler"], hbm_bytes=req["hbm_bytes"],
+                       model_preset=req["model_preset"])
+    with open(result_path, "w") as f:
+        json.dump(plan, f)
+    return 0
+
+
+# ----------------------------------------------------------------------------- report
+def _gib(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def format_plan(plan: dict[str, Any], config_name: str = "") -> str:
+    """A human-readable report of :func:`plan_memory`'s result."""
+    a, x, m, b = plan["analytic"], plan["xla"], plan["model"], plan["batch"]
+    mesh = " ".join(f"{k}={v}" for k, v in plan["mesh"].items())
+    where = f"{plan['target']} ({plan['num_devices']} devices)" if plan["target"] else f"{plan['num_devices']} devices"
+    compiler = {"tpu": f"XLA TPU compiler (deviceless AOT for {plan['device_kind']})",
+                "cpu": "XLA CPU compiler over fake CPU devices (an estimate)"}[plan["compiler"]]
+    lines = [
+        f"memory plan{' of ' + config_name if config_name else ''} on {where}, mesh {mesh}",
+        f"  model: {m['model_type']} {m['num_params'] / 1e9:.3g}B parameters, {m['vocab_rows']:,} vocab rows; "
+        f"architecture from {m['architecture']}",
+        f"  numerics: compute {m['dtype']}, parameters/optimizer {m['param_dtype']}, remat={m['remat']}",
+        f"  batch: {b['global_batch_size']} rows x {b['seq_len']} tokens, {b['microbatches']} microbatch(es), "
+        f"{b['rows_per_device_per_microbatch']} row(s) per device per microbatch",
+        "  per device, analytic (exact from shapes x dtype / shards):",
+        f"    parameters                      {_gib(a['params'])}",
+        f"    optimizer state (AdamW m, v)    {_gib(a['opt_state'])}",
+        f"    gradients{' (accumulator + micro)' if b['microbatches'] > 1 else '                      '}"
+        f" {_gib(a['gradients'])}",
+        f"    batch                           {_gib(a['batch'])}",
+        f"    activations, lower bound: layer inputs kept {_gib(a['layer_inputs_kept'])}, "
+        f"fp32 logits {_gib(a['logits_fp32'])}",
+        f"  per device, {compiler}, compiled in {plan['compile_seconds']}s:",
+        f"    arguments (state + batch)       {_gib(x['argument'])}",
+        f"    outputs (new state, donated)    {_gib(x['output'])}  (aliased to arguments: {_gib(x['alias'])})",
+        f"    temporaries                     {_gib(x['temp'])}  (activations, gradients, gathered weights, logits)",
+        f"    peak = args + outputs - aliased + temporaries  {_gib(x['peak'])}",
+        f"    of which activations and other temporaries (temporaries - analytic gradients) "
+        f"{_gib(max(x['temp'] - a['gradients'], 0))}",
+    ]
+    hbm = plan["hbm_bytes_per_device"]
+    if hbm:
+        verdict = "fits" if plan["fits"] else "does NOT fit"
+        lines.append(f"  {verdict}: peak {_gib(x['peak'])} of {_gib(hbm)} per device "
+                     f"({100 * x['peak'] / hbm:.0f}%)")
+    if plan["compiler"] == "cpu":
+        lines.append("  note: CPU figures: shardings and buffer sizes are right, but TPU/GPU compilers fuse, lay out "
+                     "and schedule differently (temporaries here were 1.3-1.8x the TPU compiler's for the 7B/8B "
+                     "recipes)")
+        if plan["target"] and TARGETS[plan["target"]].platform == "tpu":
+            lines.append("  note: for the TPU compiler's own figure: pip install libtpu==0.0.42.1 (jax 0.10.2's pin)")
+    if plan.get("note"):
+        lines.append(f"  note: {plan['note']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bsft_jax.train --config FILE --plan [--mesh=...] [--plan_target=...|--plan_devices=N]``."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) >= 2 and argv[1] == "--worker":
+        return _worker(argv[2], argv[3])
+    from absl import flags
+    from ml_collections import config_flags
+
+    from bsft_jax.run.cli import parse_flags
+    from bsft_jax.run.config import ConfigError
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", "configs/demo.py", "ml_collections config file", flag_values=fv)
+    flags.DEFINE_bool("plan", True, "report per-device memory of the train step; train nothing", flag_values=fv)
+    flags.DEFINE_string("mesh", "", "mesh sizes, e.g. data=1,fsdp=-1,tensor=4 (default: config.mesh)", flag_values=fv)
+    flags.DEFINE_integer("plan_devices", 0, "number of devices (chips / GPUs) of the target", flag_values=fv)
+    flags.DEFINE_string("plan_target", "", f"a known slice: {', '.join(TARGETS)}", flag_values=fv)
+    flags.DEFINE_enum("plan_compiler", "auto", ["auto", "cpu", "tpu"], "which XLA compiler measures the step",
+                      flag_values=fv)
+    flags.DEFINE_string("plan_hbm", "", "memory per device to check against, e.g. 16GiB", flag_values=fv)
+    flags.DEFINE_string("plan_model", "", "architecture preset when the HF folder is absent (e.g. qwen2_5_7b)",
+                        flag_values=fv)
+    flags.DEFINE_string("plan_json", "", "also write the plan as JSON to this file", flag_values=fv)
+    code = parse_flags(fv, argv, main.__doc__ or "")
+    if code is not None:
+        return code
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s] %(message)s", force=True)
+    try:
+        plan = plan_memory(fv.config, mesh=parse_mesh(fv.mesh) if fv.mesh else None,
+                           num_devices=fv.plan_devices or None, target=fv.plan_target or None,
+                           compiler=fv.plan_compiler, hbm_bytes=parse_bytes(fv.plan_hbm) if fv.plan_hbm else None,
+                           model_preset=fv.plan_model or None)
+    except (PlanError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_path is None and "--config" in argv:
+        config_path = argv[argv.index("--config") + 1]
+    print(format_plan(plan, config_path or ""))
+    if fv.plan_json:
+        with open(fv.plan_json, "w") as f:
+            json.dump(plan, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The memory planner: exact analytic figures, the same compiled step as training, no weights for a 7B plan.
+
+The analytic per-device bytes are compared with the shard sizes of a real, allocated train state on
+the same mesh (exact), and the XLA figures with the startup report of a real run (the same
+executable, so exact as well). The 7B plan runs in a subprocess whose peak RSS must stay far below
+what the weights alone would take (7.6B parameters: 30 GB in fp32, 15 GB in bf16).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bsft_jax.models.sharding import make_mesh
+from bsft_jax.run.model_setup import build_fresh
+from bsft_jax.train.loop import run
+from bsft_jax.train.optim import make_optimizer
+from bsft_jax.train.plan import (
+    PlanError,
+    format_plan,
+    guess_preset,
+    model_config_for_plan,
+    parse_bytes,
+    parse_mesh,
+    plan_memory,
+    target_by_name,
+    tpu_compiler_available,
+)
+from bsft_jax.train.step import Trainer
+
+from .train.common import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESH = {"data": 1, "fsdp": 4, "tensor": 2}
+
+
+def _shard_bytes(tree) -> int:
+    """Bytes one device holds of every array in ``tree`` (from the real allocated shards)."""
+    return int(sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree)))
+
+
+def test_small_plan_equals_real_state_shards_and_the_real_compiled_step(tmp_path):
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"), **{
+        "mesh.data": 1, "mesh.fsdp": 4, "mesh.tensor": 2, "train.microbatches": 2, "train.steps": 2,
+        "checkpoint.every_steps": 2})
+    plan = plan_memory(cfg, num_devices=8, compiler="cpu")
+    assert plan["mesh"] == MESH and plan["compiler"] == "cpu"
+    a, x = plan["analytic"], plan["xla"]
+
+    # analytic == what one device really holds of a freshly built, sharded train state
+    mesh = make_mesh(MESH)
+    with jax.set_mesh(mesh):
+        bundle = build_fresh(cfg, mesh)
+        tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
+        trainer = Trainer(bundle.model, tx, schedule, mesh, microbatches=2)
+        state = trainer.init_state(bundle.model, cfg.seed)
+    assert a["params"] == _shard_bytes(state.params)
+    assert a["opt_state"] == _shard_bytes(state.opt_state)
+    assert a["gradients"] == 2 * a["params"]  # accumulator + one microbatch's gradients
+    # every matrix is split 8 ways (fsdp x tensor); only norm scales and biases are partly replicated
+    total = sum(np.prod(p.shape) * 4 for p in jax.tree.leaves(state.params))
+    assert total / 8 <= a["params"] < total / 4
+    # the compiled step's arguments are exactly the state and the batch (+ step int32 and rng uint32[2])
+    assert x["argument"] == a["params"] + a["opt_state"] + a["batch"] + 4 + 8
+    assert x["peak"] == x["argument"] + x["output"] - x["alias"] + x["temp"]
+
+    # the trainer's own startup report of a real run on the same mesh: the same executable
+    result = run(cfg)
+    mem = result.startup["memory_per_device"]
+    assert (x["argument"], x["output"], x["alias"], x["temp"]) == (
+        mem["argument_size_in_bytes"], mem["output_size_in_bytes"], mem["alias_size_in_bytes"],
+        mem["temp_size_in_bytes"])
+    assert plan["model"]["num_params"] == result.startup["num_params"]
+    text = format_plan(plan, "tiny")
+    assert "analytic" in text and "XLA CPU compiler" in text and "peak" in text
+
+
+def test_plan_on_more_devices_than_this_process_has_runs_in_a_subprocess(tmp_path):
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"), **{"train.global_batch_size": 16})
+    plan = plan_memory(cfg, mesh=parse_mesh("fsdp=-1,tensor=2"), num_devices=16, hbm_bytes=parse_bytes("1MiB"))
+    assert plan["num_devices"] == 16 and plan["mesh"] == {"data": 1, "fsdp": 8, "tensor": 2}
+    assert plan["fits"] is True and plan["hbm_bytes_per_device"] == 2**20
+    assert plan["batch"]["rows_per_device_per_microbatch"] == 2
+
+
+def test_plan_errors_name_the_problem(tmp_path):
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"))
+    with pytest.raises(PlanError, match=r"--mesh: \(data=3, fsdp=-1, tensor=1\) does not divide"):
+        plan_memory(cfg, mesh={"data": 3, "fsdp": -1, "tensor": 1}, num_devices=8)
+    with pytest.raises(PlanError, match="global_batch_size=8 is not divisible by train.microbatches x"):
+        plan_memory(cfg, mesh={"data": 1, "fsdp": -1, "tensor": 1}, num_devices=16)
+    with pytest.raises(PlanError, match="unknown; known targets: v4-8"):
+        target_by_name("v9-1")
+    with pytest.raises(PlanError, match="expected e.g."):
+        parse_mesh("fsdp:4")
+
+
+def test_architecture_from_presets_and_behavior_vocabulary_growth():
+    from bsft_jax.run.config import load_config_file
+
+    assert guess_preset("/models/Qwen2.5-7B-Instruct") == "qwen2_5_7b"
+    assert guess_preset("Llama-3.1-8B-Instruct/") == "llama3_1_8b"
+    assert target_by_name("v5litepod-64").num_devices == 64 and target_by_name("v5p-64").num_devices == 32
+    assert target_by_name("v4-32").num_devices == 16 and target_by_name("h100x8").platform == "gpu"
+    qwen = load_config_file(os.path.join(ROOT, "configs", "qwen2_5_7b_behaviorsft.py"), "qwen2_5_7b_behaviorsft.py")
+    qwen.model.hf_path = "/nonexistent/Qwen2.5-7B-Instruct"
+    config, how = model_config_for_plan(qwen)
+    assert "preset qwen2_5_7b" in how and config.vocab_size == 152_064  # 151,665 + 3 fit the spare rows
+    assert config.remat == "full" and config.dtype == "bfloat16" and config.param_dtype == "float32"
+    llama = load_config_file(os.path.join(ROOT, "configs", "llama3_1_8b_behaviorsft.py"), "llama3_1_8b_behaviorsft.py")
+    llama.model.hf_path = "/nonexistent/Llama-3.1-8B-Instruct"
+    config, _ = model_config_for_plan(llama)
+    assert config.vocab_size == 128_384 and config.valid_vocab_size == 128_259  # padded to a multiple of 128
+
+
+def _run_plan_cli(*args: str) -> tuple[subprocess.CompletedProcess, int]:
+    """``python -m bsft_jax.train --plan ...`` in a child that prints its own peak RSS (bytes).
+
+    VmHWM, not ru_maxrss: Linux carries the parent's (pytest's) peak RSS into ru_maxrss across exec.
+    """
+    code = ("import sys\nfrom bsft_jax.train.loop import main\nrc = main(sys.argv)\n"
+            "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]\n"
+            "print('MAXRSS', int(hwm) * 1024)\nsys.exit(rc)\n")
+    env = dict(os.environ, PYTHONPATH=ROOT, BSFT_QWEN2_5_7B="/nonexistent/Qwen2.5-7B-Instruct")
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    rss = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("MAXRSS")]
+    return out, (rss[0] if rss else -1)
+
+
+def test_plan_cli_on_the_7b_recipe_runs_without_allocating_weights(tmp_path):
+    out_json = tmp_path / "plan.json"
+    out, rss = _run_plan_cli("--config", "configs/qwen2_5_7b_behaviorsft.py", "--plan",
+                             "--mesh=data=1,fsdp=-1,tensor=4", "--plan_devices", "32", "--plan_compiler=cpu",
+                             f"--plan_json={out_json}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "memory plan of configs/qwen2_5_7b_behaviorsft.py on 32 devices, mesh data=1 fsdp=8 tensor=4" in out.stdout
+    plan = json.loads(out_json.read_text())
+    n = plan["model"]["num_params"]
+    assert 7.6e9 < n < 7.7e9
+    # nearly every parameter is split 32 ways (fsdp=8 x tensor=4); exact bytes are per shard shape
+    assert math.isclose(plan["analytic"]["params"], n * 4 / 32, rel_tol=0.01)
+    assert plan["analytic"]["opt_state"] == pytest.approx(2 * plan["analytic"]["params"], abs=64)
+    assert plan["xla"]["argument"] >= plan["analytic"]["params"] + plan["analytic"]["opt_state"]
+    # no weights: the weights alone would be 30 GB (fp32) / 15 GB (bf16); the planner stays under 3 GB
+    assert 0 < rss < 3 * 2**30, rss
+
+
+def test_plan_cli_user_errors_exit_2_without_traceback():
+    out, _ = _run_plan_cli("--config", "configs/qwen2_5_7b_behaviorsft.py", "--plan", "--plan_target=v5e-64",
+                           "--plan_compiler=cpu")
+    assert out.returncode == 2
+    assert "not divisible by train.microbatches x (data x fsdp) = 2 x 64" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(not tpu_compiler_available(), reason="libtpu not installed (pip install libtpu==0.0.42.1)")
+def test_tpu_compiler_plan_for_a_small_slice(tmp_path):
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"))
+    plan = plan_memory(cfg, mesh=parse_mesh("fsdp=-1"), target="v5e-8", compiler="tpu")
+    assert plan["compiler"] == "tpu" and "TPU" in plan["device_kind"] and plan["num_devices"] == 8
+    assert plan["xla"]["argument"] >= plan["analytic"]["params"] + plan["analytic"]["opt_state"]
