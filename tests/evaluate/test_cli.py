@@ -12,7 +12,7 @@ import pytest
 
 from bsft_jax.evaluate.metrics import ScoredItem, compute_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = ["--config.data.demo.num_train=390", "--config.data.demo.num_validation=26", "--config.data.demo.num_test=52",
         "--config.data.demo.tokenizer_vocab=512"]
 TRAIN = [*DEMO, "--config.train.global_batch_size=8", "--config.data.seq_len=256", "--config.optimizer.warmup_steps=2",

@@ -12,7 +12,7 @@ import pytest
 from bsft_jax.decode.sampler import SamplerOutput
 from bsft_jax.evaluate.core import evaluate_records, split_reply, write_comparison
 from bsft_jax.evaluate.metrics import UNPARSED, compute_metrics
-from tests.test_metrics import DDX, ROWS, TO, _items
+from tests.evaluate.test_metrics import DDX, ROWS, TO, _items
 
 BEHAVIOR_IDS = {"reactive": 1000, "balanced": 1001, "proactive": 1002}
 EOS = 999

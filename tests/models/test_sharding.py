@@ -89,7 +89,7 @@ def test_train_step_partitions_without_full_rematerialisation(mesh_shape):
     import subprocess
     import sys
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([sys.executable, "-c", _COMPILE_ON_MESH, *map(str, mesh_shape)], capture_output=True,
                           text=True, cwd=repo, env=dict(os.environ, PYTHONPATH=repo), timeout=300)
     assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]

@@ -35,9 +35,9 @@ from bsft_jax.train.plan import (
 )
 from bsft_jax.train.step import Trainer
 
-from .train.common import tiny_config
+from .common import tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESH = {"data": 1, "fsdp": 4, "tensor": 2}
 
 
