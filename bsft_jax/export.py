@@ -36,7 +36,7 @@ from flax import nnx
 
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
 from bsft_jax.models.decoder import Decoder, abstract_decoder
-from bsft_jax.models.hf import parse_size, save_hf
+from bsft_jax.models.hf import save_hf
 from bsft_jax.run.checkpoint import (
     FORMAT,
     TOKENIZER_SUBDIR,
@@ -44,12 +44,13 @@ from bsft_jax.run.checkpoint import (
     checkpoint_dir,
     decoder_config_from_dict,
     read_meta,
+    resolve_step,
 )
+from bsft_jax.units import parse_size
 
 log = logging.getLogger("bsft_jax.export")
 
 # Orbax items a step must hold for an export (the trainer writes more: opt_state, train, data, config).
-REQUIRED_ITEMS = ("params", "meta")
 
 
 class ExportError(RuntimeError):
@@ -57,37 +58,6 @@ class ExportError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- checks
-def resolve_step(run_dir: str, step: int | None = None) -> int:
-    """The step to export (default: the latest complete one) after checking the folder holds it.
-
-    Raises :class:`CheckpointError` naming the folder and what is missing: no run directory, no
-    ``checkpoints/``, no complete step, the step absent, or a step without ``params/`` / ``meta/``.
-    """
-    run_dir = os.path.abspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise CheckpointError(f"{run_dir}: no such run directory")
-    ckpt_dir = checkpoint_dir(run_dir)
-    if not os.path.isdir(ckpt_dir):
-        raise CheckpointError(f"{run_dir}: no checkpoints/ folder (is this a bsft_jax run directory? "
-                              "python -m bsft_jax.train writes RUN_DIR/checkpoints/<step>/)")
-    steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n)))
-    if not steps:
-        partial = sorted(n for n in os.listdir(ckpt_dir) if "tmp" in n)
-        hint = f" (only unfinished saves: {partial})" if partial else ""
-        raise CheckpointError(f"{ckpt_dir}: no complete checkpoint step{hint}")
-    if step is None:
-        step = steps[-1]
-    elif int(step) not in steps:
-        raise CheckpointError(f"{ckpt_dir}: no complete checkpoint for step {step} (available: {steps})")
-    step_dir = os.path.join(ckpt_dir, str(int(step)))
-    missing = [item + "/" for item in REQUIRED_ITEMS if not os.path.isdir(os.path.join(step_dir, item))]
-    if missing:
-        raise CheckpointError(f"{step_dir}: partial checkpoint, missing {', '.join(missing)} "
-                              f"(export needs {', '.join(i + '/' for i in REQUIRED_ITEMS)}); "
-                              f"choose another step with --step (available: {steps})")
-    return int(step)
-
-
 def _load_meta(run_dir: str, step: int) -> dict[str, Any]:
     try:
         meta = read_meta(run_dir, step)
@@ -102,12 +72,12 @@ def _load_meta(run_dir: str, step: int) -> dict[str, Any]:
 
 
 def _load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
+    from bsft_jax.run.model_setup import load_tokenizer
 
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: tokenizer folder missing (the trainer writes RUN_DIR/{TOKENIZER_SUBDIR}/ at "
                               "the start of a run); pass --tokenizer DIR to use another one")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return load_tokenizer(path)
 
 
 def check_tokenizer(tokenizer: Any, config: DecoderConfig, meta: dict[str, Any], where: str) -> None:

@@ -16,6 +16,7 @@ Groups:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 GROUPS: tuple[str, ...] = ("reactive", "balanced", "proactive")
 
@@ -80,3 +81,10 @@ def categories_in(group: str) -> tuple[str, ...]:
     if group not in GROUPS:
         raise KeyError(f"unknown group {group!r}; expected one of {GROUPS}")
     return tuple(c.name for c in CATEGORIES if c.group == group)
+
+
+def in_order(categories: Iterable[str]) -> list[str]:
+    """The distinct ``categories`` in taxonomy order, then unknown ones alphabetically (tables, plots)."""
+    present = set(categories)
+    known = [c for c in CATEGORY_NAMES if c in present]
+    return known + sorted(present - set(known))

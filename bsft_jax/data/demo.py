@@ -29,6 +29,7 @@ from bsft_jax.behavior import taxonomy
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.demo_scenes import GENERATORS, random_patient
 from bsft_jax.data.schema import Record, read_jsonl, write_jsonl
+from bsft_jax.files import replace_dir
 
 DEMO_VERSION = "1.0.0"  # bump when generated content changes (it is part of the cache key)
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -189,20 +190,12 @@ def build_demo_tokenizer(texts: Iterable[str], out_dir: str, *, vocab_size: int 
     try:
         tok.save_pretrained(tmp)
         if os.path.exists(out_dir):
-            _replace_dir(tmp, out_dir)
+            replace_dir(tmp, out_dir)
         else:
             _publish(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return tok
-
-
-def _replace_dir(tmp: str, final: str) -> None:
-    old = final + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def demo_tokenizer_dir(

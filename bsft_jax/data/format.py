@@ -92,9 +92,6 @@ class FormatStats:
     dropped: int = 0
     tokens_cut: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
 
 @dataclasses.dataclass(frozen=True)
 class Example:

@@ -28,6 +28,7 @@ from typing import Any
 
 from bsft_jax.behavior import taxonomy
 from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.files import atomic_write
 
 NO_INTERVENTION = "none"  # the label of scenes where holding back is the right behavior
 _FLAG_LABEL_RE = re.compile(r"^[a-z0-9_]+$")
@@ -294,17 +295,9 @@ def read_jsonl(
 
 def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
     """Writes records as JSON lines atomically (temp file + rename: a failure leaves no partial file)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        for rec in records:
+            f.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
 
 
 def read_dir(

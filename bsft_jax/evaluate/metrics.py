@@ -89,13 +89,6 @@ def _rate(hits: int, total: int) -> dict[str, Any]:
     return {"rate": hits / total if total else None, "count": hits, "total": total}
 
 
-def _category_order(categories: Iterable[str]) -> list[str]:
-    """Taxonomy order first, then unknown categories alphabetically."""
-    present = set(categories)
-    known = [c for c in taxonomy.CATEGORY_NAMES if c in present]
-    return known + sorted(present - set(known))
-
-
 def compute_metrics(
     items: Sequence[ScoredItem],
     *,
@@ -120,7 +113,7 @@ def compute_metrics(
         by_category[item.category].append(item)
 
     per_category: dict[str, dict[str, Any]] = {}
-    for category in _category_order(by_category):
+    for category in taxonomy.in_order(by_category):
         group_items = by_category[category]
         gold = [i.gold_label for i in group_items]
         pred = [i.prediction for i in group_items]

@@ -30,9 +30,7 @@ def _rate_cell(r: Mapping[str, Any]) -> str:
 
 
 def _categories(runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    present = {c for m in runs.values() for c in m["per_category"]}
-    known = [c for c in taxonomy.CATEGORY_NAMES if c in present]
-    return known + sorted(present - set(known))
+    return taxonomy.in_order(c for m in runs.values() for c in m["per_category"])
 
 
 def _row(cells: list[str]) -> str:

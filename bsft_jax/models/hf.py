@@ -29,10 +29,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from bsft_jax.files import replace_dir, write_json
 from bsft_jax.models import safetensors_io
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.sharding import state_shardings
+from bsft_jax.units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -310,19 +312,6 @@ def _shard_plan(tensors: list[safetensors_io.PendingTensor], max_shard_bytes: in
     return shards
 
 
-def parse_size(size: int | str) -> int:
-    """'5GB' / '500MB' / '2GiB' / 1234 -> bytes."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", str(size), re.IGNORECASE)
-    if not m:
-        raise ValueError(f"cannot parse size {size!r}; use e.g. '5GB' or '500MB'")
-    unit = (m.group(2) or "B").upper()
-    base = 1024 if "I" in unit else 1000
-    power = {"B": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit[0]]
-    return int(float(m.group(1)) * base**power)
-
-
 def generation_config_dict(config: DecoderConfig) -> dict[str, Any]:
     """``generation_config.json``: the source model's EOS ids, so servers stop where it did."""
     gen: dict[str, Any] = {"_from_model_config": False}
@@ -399,32 +388,16 @@ def save_hf(
                 weight_map[t.name] = fname
                 total += t.nbytes
         if writer:
-            _write_json(os.path.join(tmp, SAFETENSORS_INDEX),
+            write_json(os.path.join(tmp, SAFETENSORS_INDEX),
                         {"metadata": {"total_size": total}, "weight_map": weight_map})
-            _write_json(os.path.join(tmp, "config.json"), config.to_hf(dtype=dtype))
-            _write_json(os.path.join(tmp, "generation_config.json"), generation_config_dict(config))
+            write_json(os.path.join(tmp, "config.json"), config.to_hf(dtype=dtype))
+            write_json(os.path.join(tmp, "generation_config.json"), generation_config_dict(config))
             if tokenizer is not None:
                 save_tokenizer(tokenizer, tmp)
-            _replace_dir(tmp, path)
+            replace_dir(tmp, path)
             tmp = None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return path
 
-
-def _write_json(path: str, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-
-
-def _replace_dir(src: str, dst: str) -> None:
-    """Moves the finished folder ``src`` to ``dst``; an old ``dst`` is removed only after."""
-    old = None
-    if os.path.exists(dst):
-        old = dst + f".old-{os.getpid()}"
-        os.rename(dst, old)
-    os.rename(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

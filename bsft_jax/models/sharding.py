@@ -12,15 +12,12 @@ small models; :func:`logical_to_spec` reports it when asked.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -54,29 +51,44 @@ DEFAULT_RULES: Rules = (
     ("cache_length", None),
 )
 
-_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar("bsft_sharding_rules", default=DEFAULT_RULES)
-
-
-@contextlib.contextmanager
-def use_rules(rules: Sequence[tuple[str, MeshAxes]]) -> Iterator[None]:
-    """Temporarily replaces the active rules table (e.g. from a config's ``sharding.rules``)."""
-    token = _RULES.set(tuple((k, _normalise(v)) for k, v in rules))
-    try:
-        yield
-    finally:
-        _RULES.reset(token)
-
 
 def current_rules() -> Rules:
-    """The rules table in effect."""
-    return _RULES.get()
+    """The rules table in effect (the one table: there is no per-run override)."""
+    return DEFAULT_RULES
 
 
-def _normalise(v: Any) -> MeshAxes:
-    if v is None or isinstance(v, str):
-        return v
-    v = tuple(v)
-    return v if v else None
+def resolve_mesh_shape(shape: Mapping[str, int] | Sequence[int], num_devices: int) -> dict[str, int]:
+    """(data, fsdp, tensor) sizes with the one ``-1`` ("all remaining devices") resolved.
+
+    The one home of this rule: the config validation, the planner and :func:`make_mesh` all call it.
+    Raises ValueError with a message that starts with the shape, e.g. ``(data=3, fsdp=-1, tensor=1) does
+    not divide ...``; callers prefix the field it came from.
+    """
+    if isinstance(shape, Mapping):
+        unknown = set(shape) - set(MESH_AXES)
+        if unknown:
+            raise ValueError(f"unknown axis name(s) {sorted(unknown)}; expected {MESH_AXES}")
+        sizes = {a: int(shape.get(a, 1)) for a in MESH_AXES}
+    else:
+        if len(shape) != len(MESH_AXES):
+            raise ValueError(f"expected {len(MESH_AXES)} sizes for {MESH_AXES}, got {list(shape)}")
+        sizes = dict(zip(MESH_AXES, (int(s) for s in shape)))
+    shown = "(" + ", ".join(f"{a}={s}" for a, s in sizes.items()) + ")"
+    if sum(s == -1 for s in sizes.values()) > 1:
+        raise ValueError(f"{shown}: at most one axis may be -1")
+    for a, s in sizes.items():
+        if s == 0 or s < -1:
+            raise ValueError(f"{shown}: {a} must be a positive size or -1, got {s}")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if -1 in sizes.values():
+        if num_devices % known:
+            raise ValueError(f"{shown} does not divide the {num_devices} available devices "
+                             f"({known} does not divide {num_devices}); change the mesh sizes")
+        sizes[next(a for a, s in sizes.items() if s == -1)] = num_devices // known
+    if math.prod(sizes.values()) != num_devices:
+        raise ValueError(f"{shown} needs {math.prod(sizes.values())} devices but {num_devices} are available; "
+                         "set one axis to -1 or change the sizes")
+    return sizes
 
 
 def make_mesh(shape: Mapping[str, int] | Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -85,36 +97,12 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int], devices: Sequence[jax.De
     Axes are ``Auto`` (GSPMD-style) so ``with_sharding_constraint`` works inside jit.
     """
     devices = list(devices if devices is not None else jax.devices())
-    if isinstance(shape, Mapping):
-        unknown = set(shape) - set(MESH_AXES)
-        if unknown:
-            raise ValueError(f"mesh: unknown axis name(s) {sorted(unknown)}; expected {MESH_AXES}")
-        sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
-    else:
-        sizes = [int(s) for s in shape]
-        if len(sizes) != len(MESH_AXES):
-            raise ValueError(f"mesh: expected {len(MESH_AXES)} sizes for {MESH_AXES}, got {sizes}")
-    if sizes.count(-1) > 1:
-        raise ValueError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
-    if any(s == 0 or s < -1 for s in sizes):
-        raise ValueError(f"mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}")
-    known = math.prod(s for s in sizes if s != -1)
-    if -1 in sizes:
-        if len(devices) % known:
-            raise ValueError(
-                f"mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are not divisible by {known}"
-            )
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices):
-        raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but {len(devices)} are available"
-        )
-    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     try:
-        device_grid = jax.experimental.mesh_utils.create_device_mesh(sizes, devices=devices)
-    except Exception:
-        device_grid = np.asarray(devices).reshape(sizes)
-    return Mesh(device_grid, MESH_AXES, axis_types=auto)
+        sizes = resolve_mesh_shape(shape, len(devices))
+    except ValueError as e:
+        raise ValueError(f"mesh {e}") from None
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=auto, devices=devices)
 
 
 def logical_to_spec(
@@ -167,15 +155,6 @@ def logical_to_spec(
 
 def _is_variable(x: Any) -> bool:
     return isinstance(x, nnx.Variable)
-
-
-def logical_axes_of(state: Any) -> Any:
-    """Pytree (same structure as ``state``) of each Variable's ``logical_axes`` (None if absent)."""
-    return jax.tree.map(
-        lambda v: v.get_metadata().get("logical_axes") if _is_variable(v) else None,
-        state,
-        is_leaf=_is_variable,
-    )
 
 
 def state_shardings(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "bsft_jax.train/1"
 CHECKPOINT_SUBDIR = "checkpoints"
+REQUIRED_ITEMS = ("params", "meta")  # what a reader needs of a step
 TOKENIZER_SUBDIR = "tokenizer"
 
 
@@ -114,11 +115,6 @@ def _to_pure(state: Any) -> Any:
     return nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
 
 
-def _abstract_pure(abstract_state: Any) -> Any:
-    """ShapeDtypeStruct pytree (pure dict) with shardings, from an abstract nnx.State of structs."""
-    return _to_pure(abstract_state)
-
-
 def _fill(template: nnx.State, pure: Any) -> nnx.State:
     """A new nnx.State shaped like ``template`` holding the arrays of ``pure``."""
     state = jax.tree.map(lambda x: x, template)
@@ -169,8 +165,8 @@ class Checkpointer:
         (``Trainer.abstract_with_shardings()``). ``data_iterator`` is moved to the saved position.
         """
         items: dict[str, Any] = {
-            "params": ocp.args.StandardRestore(_abstract_pure(abstract_state.params)),
-            "opt_state": ocp.args.StandardRestore(_abstract_pure(abstract_state.opt_state)),
+            "params": ocp.args.StandardRestore(_to_pure(abstract_state.params)),
+            "opt_state": ocp.args.StandardRestore(_to_pure(abstract_state.opt_state)),
             "train": ocp.args.StandardRestore({"step": abstract_state.step, "rng": abstract_state.rng}),
         }
         if data_iterator is not None:
@@ -204,10 +200,6 @@ class Checkpointer:
         """The ``config`` or ``meta`` item of a step."""
         return self.manager.restore(int(step), args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
 
-    def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
         self.manager.wait_until_finished()
@@ -218,7 +210,7 @@ class Checkpointer:
 def read_meta(run_dir: str, step: int | None = None) -> dict[str, Any]:
     """The ``meta`` item of ``step`` (default: the latest); raises :class:`CheckpointError` if absent."""
     ckpt = _open_read_only(run_dir)
-    step = _resolve_step(ckpt, run_dir, step)
+    step = resolve_step(run_dir, step)
     meta = ckpt.read_json(step, "meta")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{run_dir}: step {step} has format {meta.get('format')!r}, expected {FORMAT!r}")
@@ -236,14 +228,36 @@ def _open_read_only(run_dir: str) -> Checkpointer:
     return ckpt
 
 
-def _resolve_step(ckpt: Checkpointer, run_dir: str, step: int | None) -> int:
-    steps = ckpt.all_steps()
+def resolve_step(run_dir: str, step: int | None = None) -> int:
+    """The step to read (default: the latest complete one) after checking the folder holds it.
+
+    The one listing of a run's steps for readers (export, evaluation, :func:`load_params`).
+
+    Raises :class:`CheckpointError` naming the folder and what is missing: no run directory, no
+    ``checkpoints/``, no complete step, the step absent, or a step without ``params/`` / ``meta/``.
+    """
+    run_dir = os.path.abspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise CheckpointError(f"{run_dir}: no such run directory")
+    ckpt_dir = checkpoint_dir(run_dir)
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"{run_dir}: no checkpoints/ folder (is this a bsft_jax run directory? "
+                              "python -m bsft_jax.train writes RUN_DIR/checkpoints/<step>/)")
+    steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n)))
     if not steps:
-        raise CheckpointError(f"{run_dir}: no complete checkpoint in {ckpt.directory}")
+        partial = sorted(n for n in os.listdir(ckpt_dir) if "tmp" in n)
+        hint = f" (only unfinished saves: {partial})" if partial else ""
+        raise CheckpointError(f"{ckpt_dir}: no complete checkpoint step{hint}")
     if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise CheckpointError(f"{run_dir}: no complete checkpoint for step {step} (available: {steps})")
+        step = steps[-1]
+    elif int(step) not in steps:
+        raise CheckpointError(f"{ckpt_dir}: no complete checkpoint for step {step} (available: {steps})")
+    step_dir = os.path.join(ckpt_dir, str(int(step)))
+    missing = [item + "/" for item in REQUIRED_ITEMS if not os.path.isdir(os.path.join(step_dir, item))]
+    if missing:
+        raise CheckpointError(f"{step_dir}: partial checkpoint, missing {', '.join(missing)} "
+                              f"(readers need {', '.join(i + '/' for i in REQUIRED_ITEMS)}); "
+                              f"choose another step with --step (available: {steps})")
     return int(step)
 
 
@@ -266,6 +280,6 @@ def load_params(run_dir: str, step: int | None = None, *, mesh: Mesh | None = No
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     ckpt = _open_read_only(run_dir)
     restored = ckpt.manager.restore(meta["step"], args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract_pure(target))))
+        params=ocp.args.StandardRestore(_to_pure(target))))
     model = nnx.merge(graphdef, _fill(target, restored["params"]))
     return model, config, meta

@@ -51,13 +51,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
 
+from bsft_jax.models import sharding
 from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, canonical_dtype
 
 # Fields whose value is a free-form mapping (no fixed key set).
@@ -245,25 +245,12 @@ def _positive(cfg: Any, *fields: str, allow_zero: bool = False) -> None:
 
 
 def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
-    """Mesh sizes with the one ``-1`` resolved; raises naming ``config.mesh`` if it does not fit."""
-    sizes = {a: int(mesh_cfg[a]) for a in ("data", "fsdp", "tensor")}
-    shown = ", ".join(f"{a}={s}" for a, s in sizes.items())
-    if sum(s == -1 for s in sizes.values()) > 1:
-        raise _fail("mesh", f"({shown}): at most one axis may be -1")
-    for a, s in sizes.items():
-        if s == 0 or s < -1:
-            raise _fail(f"mesh.{a}", f"must be a positive size or -1, got {s}")
-    known = math.prod(s for s in sizes.values() if s != -1)
-    if -1 in sizes.values():
-        if num_devices % known:
-            raise _fail("mesh", f"({shown}) does not divide the {num_devices} available devices "
-                                f"({known} does not divide {num_devices}); change the mesh sizes")
-        axis = next(a for a, s in sizes.items() if s == -1)
-        sizes[axis] = num_devices // known
-    if math.prod(sizes.values()) != num_devices:
-        raise _fail("mesh", f"({shown}) needs {math.prod(sizes.values())} devices but {num_devices} are "
-                            "available; set one axis to -1 or change the sizes")
-    return sizes
+    """Mesh sizes with the one ``-1`` resolved (:func:`bsft_jax.models.sharding.resolve_mesh_shape`);
+    raises :class:`ConfigError` naming ``config.mesh`` if it does not fit."""
+    try:
+        return sharding.resolve_mesh_shape({a: int(mesh_cfg[a]) for a in sharding.MESH_AXES}, num_devices)
+    except ValueError as e:
+        raise _fail("mesh", str(e)) from None
 
 
 def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> dict[str, int]:

@@ -11,7 +11,6 @@ abstract (the checkpoint supplies the weights), so a 7B model is not loaded twic
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -23,6 +22,7 @@ from jax.sharding import Mesh
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.behavior.surgery import add_behavior_tokens, round_up
 from bsft_jax.behavior.tokenizer import behavior_token_ids
+from bsft_jax.files import write_json
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.hf import load_hf
@@ -170,15 +170,7 @@ def write_run_files(run_dir: str, bundle: ModelBundle, config_dict: dict[str, An
     from bsft_jax.run.checkpoint import decoder_config_to_dict
 
     os.makedirs(run_dir, exist_ok=True)
-    _write_json(os.path.join(run_dir, "config.json"), config_dict)
-    _write_json(os.path.join(run_dir, "model_config.json"), decoder_config_to_dict(bundle.config))
+    write_json(os.path.join(run_dir, "config.json"), config_dict)
+    write_json(os.path.join(run_dir, "model_config.json"), decoder_config_to_dict(bundle.config))
     if fresh and bundle.tokenizer is not None:
         save_tokenizer(bundle.tokenizer, os.path.join(run_dir, TOKENIZER_SUBDIR))
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)

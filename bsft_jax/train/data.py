@@ -23,13 +23,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import grain
-import jax
 import numpy as np
 
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.pipeline import BATCH_KEYS
 from bsft_jax.run.sources import load_split
-from bsft_jax.train.distributed import DataShard
+from bsft_jax.train.distributed import DataShard, reduce_over_processes
 
 # Synthetic token ids: 0 pad, 1 BOS, 2 SEP, 3 EOS, content from 4.
 _PAD, _BOS, _SEP, _EOS, _FIRST = 0, 1, 2, 3, 4
@@ -117,14 +116,6 @@ def make_eval_batches(cfg: Any, tokenizer: Any, shard: DataShard) -> list[dict[s
     it = data_iterator(load_split(cfg, d.eval_split), tokenizer, num_epochs=1, shuffle=False,
                        **_pipeline_kwargs(cfg, shard))
     batches = list(itertools.islice(it, limit))
-    count = _max_over_processes(len(batches))
+    count = int(reduce_over_processes(np.asarray(len(batches), np.int32), np.max))
     empty = {k: np.zeros((shard.rows, d.seq_len), np.int32) for k in BATCH_KEYS}
     return batches + [empty] * (count - len(batches))
-
-
-def _max_over_processes(n: int) -> int:
-    if jax.process_count() == 1:
-        return n
-    from jax.experimental import multihost_utils
-
-    return int(np.max(multihost_utils.process_allgather(np.asarray(n, np.int32))))

@@ -136,3 +136,15 @@ def global_batch_from_local(local: dict[str, np.ndarray], sharding: jax.sharding
         arr = np.asarray(arr)
         out[key] = jax.make_array_from_process_local_data(sharding, arr, (global_batch, *arr.shape[1:]))
     return out
+
+
+def reduce_over_processes(x: np.ndarray, reduce: Any) -> np.ndarray:
+    """``reduce(values of every process, axis=0)``, e.g. ``np.sum`` or ``np.max`` (``x`` itself on one process).
+
+    The one home of host-side cross-process reductions (eval counts, batch counts).
+    """
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.asarray(reduce(np.asarray(multihost_utils.process_allgather(x)), axis=0))

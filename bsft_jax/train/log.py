@@ -92,13 +92,11 @@ class Progress:
         self.t0 = time.perf_counter()
         self.window_t = self.t0
         self.window_tokens = 0.0
-        self.window_steps = 0
         self.tokens_per_second = 0.0
 
     def update(self, input_tokens: float) -> None:
         """Counts one finished step and its input tokens."""
         self.window_tokens += input_tokens
-        self.window_steps += 1
 
     def line(self, step: int, metrics: dict[str, Any]) -> str:
         """``step 120/1000 | loss 2.3412 | lr 1.00e-04 | 12,345 tok/s | ETA 3m12s``; resets the window."""
@@ -108,7 +106,7 @@ class Progress:
         done = step - self.start_step
         per_step = (now - self.t0) / max(done, 1)
         eta = per_step * (self.total - step)
-        self.window_t, self.window_tokens, self.window_steps = now, 0.0, 0
+        self.window_t, self.window_tokens = now, 0.0
         return (f"step {step}/{self.total} | loss {float(metrics['loss']):.4f} | "
                 f"acc {float(metrics['accuracy']):.3f} | lr {float(metrics['learning_rate']):.2e} | "
                 f"gnorm {float(metrics['grad_norm']):.3f} | {self.tokens_per_second:,.0f} tok/s | "

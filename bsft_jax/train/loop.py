@@ -38,6 +38,7 @@ from bsft_jax.train.log import MetricsLogger, Progress, format_duration
 from bsft_jax.train.loss import LossSums, first_target_mask
 from bsft_jax.train.optim import make_optimizer
 from bsft_jax.train.step import Trainer
+from bsft_jax.units import human_bytes
 
 log = logging.getLogger("bsft_jax.train")
 
@@ -118,17 +119,9 @@ def held_out_metrics(trainer: Trainer, params: Any, batches: list[dict[str, np.n
         "loss_tokens": float(s.tokens),
     }
     if len(ids):
-        counts = _sum_over_processes(counts)
+        counts = distributed.reduce_over_processes(counts, np.sum)
         out["behavior_majority_rate"] = float(counts.max()) / max(float(s.first_tokens), 1.0)
     return out
-
-
-def _sum_over_processes(x: np.ndarray) -> np.ndarray:
-    if jax.process_count() == 1:
-        return x
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x)).sum(0)
 
 
 def _check_finite(step: int, metrics: dict[str, Any], last_saved: int | None) -> None:
@@ -255,14 +248,6 @@ def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TiB"
-
-
 def _log_startup(s: dict[str, Any]) -> None:
     mem = s.get("memory_per_device", {})
     log.info("startup: %s parameters | mesh %s (%d devices, %d processes, %d rows/process) | compile %.1fs",
@@ -270,6 +255,6 @@ def _log_startup(s: dict[str, Any]) -> None:
              s["compile_seconds"])
     if mem:
         log.info("compiled train step, memory per device: arguments %s, outputs %s, temporaries %s, aliased %s "
-                 "-> total %s", *(_human_bytes(mem[k]) for k in (
+                 "-> total %s", *(human_bytes(mem[k]) for k in (
                      "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
                      "total_bytes_per_device")))

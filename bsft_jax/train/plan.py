@@ -42,6 +42,9 @@ import tempfile
 import time
 from typing import Any
 
+from bsft_jax.units import human_bytes as _gib
+from bsft_jax.units import parse_size
+
 log = logging.getLogger("bsft_jax.train.plan")
 
 GiB = 1024**3
@@ -115,14 +118,11 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def parse_bytes(text: str | int | float) -> int:
-    """``"16GiB"``, ``"95GB"``, ``"80G"`` or a number of bytes."""
-    if isinstance(text, int | float):
-        return int(text)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise PlanError(f"cannot read the size {text!r}; use e.g. 16GiB or 95GB")
-    power = "BKMGT".index(m.group(2).upper() or "B")
-    return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** power)
+    """``"16GiB"``, ``"95GB"``, ``"80G"`` or a number of bytes (:func:`bsft_jax.units.parse_size`)."""
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise PlanError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- model config
@@ -201,12 +201,12 @@ def model_config_for_plan(cfg: Any, model_preset: str | None = None) -> tuple[An
 # ----------------------------------------------------------------------------- checks
 def resolve_plan_mesh(cfg: Any, mesh: dict[str, int], num_devices: int) -> dict[str, int]:
     """The mesh sizes with ``-1`` resolved, and the batch divisibility the trainer requires."""
-    from bsft_jax.run.config import ConfigError, resolve_mesh_shape
+    from bsft_jax.models.sharding import resolve_mesh_shape
 
     try:
         sizes = resolve_mesh_shape(mesh, num_devices)
-    except ConfigError as e:
-        raise PlanError(str(e).replace("config.mesh", "--mesh")) from None
+    except ValueError as e:
+        raise PlanError(f"--mesh: {e}") from None
     t = cfg.train
     shards = sizes["data"] * sizes["fsdp"]
     if t.global_batch_size % (t.microbatches * shards):
@@ -314,11 +314,11 @@ def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str
 
 def xla_bytes(compiled: Any) -> dict[str, int]:
     """``memory_analysis()`` of a compiled step, with the peak estimate the trainer also logs."""
-    stats = compiled.memory_analysis()
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-              "generated_code_size_in_bytes")
-    out = {f.removesuffix("_size_in_bytes"): int(getattr(stats, f, 0) or 0) for f in fields}
-    out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    from bsft_jax.train.step import memory_per_device
+
+    mem = memory_per_device(compiled.memory_analysis())
+    out = {f.removesuffix("_size_in_bytes"): v for f, v in mem.items() if f.endswith("_size_in_bytes")}
+    out["peak"] = mem["total_bytes_per_device"]
     return out
 
 
@@ -440,15 +440,6 @@ def _worker(request_path: str, result_path: str) -> int:
 
 
 # ----------------------------------------------------------------------------- report
-def _gib(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
-
-
 def format_plan(plan: dict[str, Any], config_name: str = "") -> str:
     """A human-readable report of :func:`plan_memory`'s result."""
     a, x, m, b = plan["analytic"], plan["xla"], plan["model"], plan["batch"]

@@ -26,7 +26,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -49,10 +48,6 @@ class TrainState:
     opt_state: nnx.State  # nnx.Optimizer state (AdamW moments, counts)
     step: jax.Array  # [] int32: completed updates
     rng: jax.Array  # [2] uint32 raw key data, split once per step
-
-
-def _pure(tree: Any) -> Any:
-    return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
 
 
 class Trainer:
@@ -114,10 +109,6 @@ class Trainer:
         """ShapeDtypeStructs carrying this mesh's shardings (restore targets)."""
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             self.abstract_state, self.state_shardings)
-
-    def model_from_state(self, state: TrainState) -> Decoder:
-        """The Decoder with the state's parameters (shares the arrays)."""
-        return nnx.merge(self.model_graphdef, state.params)
 
     # ------------------------------------------------------------------ step
     def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -234,16 +225,22 @@ class Trainer:
         except Exception as e:  # some backends do not implement it
             log.warning("memory_analysis() unavailable: %s", e)
         if stats is not None:
-            fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-                      "alias_size_in_bytes", "generated_code_size_in_bytes")
-            mem = {f: int(getattr(stats, f, 0) or 0) for f in fields}
-            # Donated outputs alias their inputs: arguments + outputs - aliased + temporaries.
-            mem["total_bytes_per_device"] = (mem["argument_size_in_bytes"] + mem["output_size_in_bytes"]
-                                             - mem["alias_size_in_bytes"] + mem["temp_size_in_bytes"])
-            out["memory_per_device"] = mem
+            out["memory_per_device"] = memory_per_device(stats)
         return out
 
 
-def count_state_bytes(tree: Any) -> int:
-    """Bytes of all arrays in a pytree (global, not per device)."""
-    return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+                 "generated_code_size_in_bytes")
+
+
+def memory_per_device(stats: Any) -> dict[str, int]:
+    """``compiled.memory_analysis()`` as a dict, plus the peak estimate ``total_bytes_per_device``.
+
+    The one home of the peak formula (the trainer's startup log and the planner both use it): donated
+    outputs alias their inputs, so peak = arguments + outputs - aliased + temporaries.
+    """
+    mem = {f: int(getattr(stats, f, 0) or 0) for f in MEMORY_FIELDS}
+    mem["total_bytes_per_device"] = (mem["argument_size_in_bytes"] + mem["output_size_in_bytes"]
+                                     - mem["alias_size_in_bytes"] + mem["temp_size_in_bytes"])
+    return mem
+

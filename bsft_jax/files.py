@@ -1,0 +1,48 @@
+"""Atomic file and folder writes: the one home (no JAX, so the data schema can use it).
+
+A reader never sees a half-written file or folder: content goes to a temporary sibling first, then
+``os.replace`` moves it into place (atomic on POSIX within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
+    """``with atomic_write(path) as f: ...``: ``path`` appears only if the block finishes without error."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON (plus a newline), written atomically."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Moves the finished folder ``src`` to ``dst``; an existing ``dst`` is removed only after the move."""
+    old = None
+    if os.path.exists(dst):
+        old = f"{dst}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
