@@ -17,5 +17,4 @@ def get_config():
     c = load_config_file(__file__, "qwen2_5_7b_behaviorsft.py")
     c.run_dir = "runs/llama3_1_8b_behaviorsft"
     c.model.hf_path = os.environ.get("BSFT_LLAMA3_1_8B", "models/Llama-3.1-8B-Instruct")
-    c.optimizer.learning_rate = 1e-5
     return c

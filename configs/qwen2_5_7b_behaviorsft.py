@@ -19,45 +19,23 @@ from bsft_jax.run.config import default_config
 
 
 def get_config():
-    c = default_config()
+    c = default_config()  # only what differs from the defaults is set here
     c.run_dir = "runs/qwen2_5_7b_behaviorsft"
-    c.seed = 0
-
-    c.model.source = "hf"
     c.model.hf_path = os.environ.get("BSFT_QWEN2_5_7B", "models/Qwen2.5-7B-Instruct")
-    c.model.dtype = "bfloat16"
-    c.model.param_dtype = "float32"
-    c.model.logits_dtype = "float32"
     c.model.remat = "full"
-    c.tokenizer.path = ""  # the model folder's tokenizer
 
-    c.behavior.enabled = True
-    c.data.style = "behavior_sft"
     c.data.source = "jsonl"
     c.data.path = os.environ.get("BSFT_BEHAVIORBENCH", "data/behaviorbench")
     c.data.seq_len = 2048
-    c.data.packing = True
-    c.data.eval_split = "test"
 
     # ~3 epochs of a BehaviorBench-sized train split (tune steps to your data: steps = epochs *
     # train tokens / (global_batch_size * seq_len * packing fill)).
     c.train.steps = 1500
     c.train.global_batch_size = 64
     c.train.microbatches = 2
-    c.train.log_every = 10
     c.train.eval_every = 500
-    c.train.z_loss = 0.0
 
-    c.optimizer.learning_rate = 1e-5
     c.optimizer.warmup_steps = 50
-    c.optimizer.min_lr_ratio = 0.1
-    c.optimizer.b1 = 0.9
-    c.optimizer.b2 = 0.95
     c.optimizer.weight_decay = 0.01
-    c.optimizer.grad_clip_norm = 1.0
-
-    c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.checkpoint.every_steps = 250
-    c.checkpoint.keep = 3
-    c.checkpoint.async_save = True
     return c
