@@ -25,13 +25,12 @@ setup(
         "ml-dtypes>=0.5",
         "grain>=0.2.12",
         "tensorflow-datasets>=4.9.9",
-        "array-record>=0.8",
-        "safetensors>=0.4",
+        "array-record>=0.8",  # the TFDS builder's file format (imported by tensorflow-datasets)
         "tokenizers>=0.21",
         "transformers>=4.51",
+        "huggingface-hub>=0.23",  # state-dict shard splitting in save_hf
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
-        "psutil>=5.9",
     ],
     extras_require={
         # The PyTorch reference used by the tests. torch is pinned exactly on purpose.
@@ -40,6 +39,7 @@ setup(
             "tiktoken>=0.9",
             "gguf>=0.10",
             "scikit-learn>=1.5",
+            "psutil>=5.9",  # bench/ memory readings
             "pytest>=8",
             "ruff>=0.6",
         ],

@@ -301,15 +301,15 @@ def iter_hf_tensors(model: Decoder, config: DecoderConfig, dtype: str | None = N
 
 def _shard_plan(tensors: list[safetensors_io.PendingTensor], max_shard_bytes: int
                 ) -> list[list[safetensors_io.PendingTensor]]:
-    shards: list[list[safetensors_io.PendingTensor]] = [[]]
-    size = 0
-    for t in tensors:
-        if shards[-1] and size + t.nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(t)
-        size += t.nbytes
-    return shards
+    """Groups tensors into shards of at most ``max_shard_bytes`` (a bigger tensor gets its own), by
+    ``huggingface_hub``'s splitter: the same grouping ``save_pretrained`` makes."""
+    from huggingface_hub import split_state_dict_into_shards_factory
+
+    by_name = {t.name: t for t in tensors}
+    split = split_state_dict_into_shards_factory(by_name, get_storage_size=lambda t: t.nbytes,
+                                                 filename_pattern="model{suffix}.safetensors",
+                                                 max_shard_size=max_shard_bytes)
+    return [[by_name[n] for n in names] for names in split.filename_to_tensors.values()]
 
 
 def generation_config_dict(config: DecoderConfig) -> dict[str, Any]:

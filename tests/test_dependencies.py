@@ -1,0 +1,48 @@
+"""setup.py declares exactly the third-party packages the library imports (no more, no fewer)."""
+
+from __future__ import annotations
+
+import ast
+import glob
+import importlib.metadata
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Declared but never imported by name, on purpose (say why).
+RUNTIME_ONLY = {"array-record": "the TFDS builder's file format; tensorflow-datasets imports it"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared() -> set[str]:
+    """Distribution names in setup.py's install_requires."""
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "install_requires":
+            return {_norm(re.split(r"[<>=!~\[; ]", ast.literal_eval(e))[0]) for e in node.value.elts}
+    raise AssertionError("setup.py has no install_requires")
+
+
+def imported_distributions() -> set[str]:
+    """Distributions providing the top-level modules that bsft_jax/ imports (stdlib and itself excluded)."""
+    modules = set()
+    for path in glob.glob(os.path.join(ROOT, "bsft_jax", "**", "*.py"), recursive=True):
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    modules -= set(sys.stdlib_module_names) | {"bsft_jax"}
+    owners = importlib.metadata.packages_distributions()
+    return {_norm(owners[m][0]) for m in modules}
+
+
+def test_declared_dependencies_are_the_imported_ones():
+    imported, want = imported_distributions(), declared()
+    assert imported - want == set(), f"imported but not declared in setup.py: {sorted(imported - want)}"
+    unused = want - imported - set(RUNTIME_ONLY)
+    assert unused == set(), f"declared in setup.py but never imported: {sorted(unused)}"
