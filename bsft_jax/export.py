@@ -21,7 +21,6 @@ Run it as one process (on any one host of a pod, or a workstation that sees the 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -32,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 from flax import nnx
 
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
@@ -46,6 +46,7 @@ from bsft_jax.run.checkpoint import (
     read_meta,
     resolve_step,
 )
+from bsft_jax.run.cli import parse_flags, setup_logging
 from bsft_jax.units import parse_size
 
 log = logging.getLogger("bsft_jax.export")
@@ -195,32 +196,40 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
 
 
 # ----------------------------------------------------------------------------- CLI
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bsft_jax.export", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="training run directory (config.run_dir)")
-    p.add_argument("--out", required=True, metavar="HF_DIR", help="output Hugging Face folder")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest complete one)")
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: the source model's dtype)")
-    p.add_argument("--max_shard_size", default="5GB", help="safetensors shard size limit (default 5GB)")
-    p.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer folder (default: RUN_DIR/tokenizer)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    return p
+_USAGE = """python -m bsft_jax.export --checkpoint RUN_DIR --out HF_DIR [--step N] [--dtype bfloat16]
+       [--max_shard_size 5GB] [--tokenizer DIR] [--overwrite]
+
+Writes a Hugging Face folder (safetensors, config, generation config, tokenizer, chat template) from
+a training run's checkpoint."""
+
+
+def _define_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("checkpoint", None, "training run directory (config.run_dir)", flag_values=fv)
+    flags.DEFINE_string("out", None, "output Hugging Face folder", flag_values=fv)
+    flags.DEFINE_integer("step", None, "checkpoint step (default: the latest complete one)", flag_values=fv)
+    flags.DEFINE_string("dtype", None, "float32 | bfloat16 | float16 (default: the source model's dtype)",
+                        flag_values=fv)
+    flags.DEFINE_string("max_shard_size", "5GB", "safetensors shard size limit", flag_values=fv)
+    flags.DEFINE_string("tokenizer", None, "tokenizer folder (default: RUN_DIR/tokenizer)", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "replace a non-empty output folder", flag_values=fv)
+    flags.mark_flags_as_required(["checkpoint", "out"], flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; user errors print one line to stderr and exit 2 (no traceback)."""
-    args = _parser().parse_args(argv)
+    """CLI entry point (``argv``: the arguments after the program name); user errors print one line, exit 2."""
+    fv = flags.FlagValues()
+    _define_flags(fv)
+    code = parse_flags(fv, ["bsft-export", *(sys.argv[1:] if argv is None else argv)], _USAGE)
+    if code is not None:
+        return code
     # Export is host work: never claim the accelerators (a training job may hold them on this host).
     jax.config.update("jax_platforms", "cpu")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s",
-                        datefmt="%H:%M:%S", force=True)
-    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):  # Orbax warns that the read-only folder is read-only
+    setup_logging()
+    for noisy in ("orbax",):  # Orbax warns that the read-only folder is read-only
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        path = export_checkpoint(args.checkpoint, args.out, step=args.step, dtype=args.dtype,
-                                 max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-                                 tokenizer_dir=args.tokenizer)
+        path = export_checkpoint(fv.checkpoint, fv.out, step=fv.step, dtype=fv.dtype, max_shard_size=fv.max_shard_size,
+                                 overwrite=fv.overwrite, tokenizer_dir=fv.tokenizer)
     except (CheckpointError, ExportError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
