@@ -48,7 +48,6 @@ def train_compile_seconds(config, batch: int, seq_len: int) -> float:
     import ml_collections
 
     from bench.train_setup import OPTIMIZER, TOTAL_STEPS
-    from bsft_jax.models.decoder import abstract_decoder
     from bsft_jax.models.sharding import make_mesh
     from bsft_jax.train.optim import make_optimizer
     from bsft_jax.train.step import Trainer
@@ -56,7 +55,7 @@ def train_compile_seconds(config, batch: int, seq_len: int) -> float:
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     tx, schedule = make_optimizer(ml_collections.ConfigDict(OPTIMIZER), TOTAL_STEPS)
     with jax.set_mesh(mesh):
-        trainer = Trainer(abstract_decoder(config), tx, schedule, mesh)
+        trainer = Trainer(config, tx, schedule, mesh)
         t0 = time.perf_counter()
         trainer.compile(batch, seq_len)
         return time.perf_counter() - t0

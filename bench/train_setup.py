@@ -67,7 +67,7 @@ class JaxTrainLoop:
         with jax.set_mesh(self.mesh):
             model = Decoder(config, rngs=nnx.Rngs(params=seed))
             self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-            self.trainer = Trainer(model, tx, schedule, self.mesh)
+            self.trainer = Trainer(model.config, tx, schedule, self.mesh)
             self.state = self.trainer.init_state(model, seed)
             del model
             t0 = time.perf_counter()

@@ -29,7 +29,6 @@ from flax import nnx
 
 from bsft_jax.decode.sampler import generate
 from bsft_jax.export import ExportError, export_checkpoint
-from bsft_jax.models.decoder import abstract_decoder
 from bsft_jax.models.safetensors_io import iter_tensors
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, decoder_config_from_dict, load_params, read_meta
@@ -267,7 +266,7 @@ def test_export_from_8_device_checkpoint_equals_1_device_checkpoint(sharded_run,
     tx, schedule = make_optimizer(default_config().optimizer, 10)
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, _one())
     with jax.set_mesh(mesh):
-        trainer = Trainer(abstract_decoder(config), tx, schedule, mesh)
+        trainer = Trainer(config, tx, schedule, mesh)
         src = Checkpointer(sharded_run.run_dir)
         state = src.restore(meta["step"], trainer.abstract_with_shardings())
         src.close()

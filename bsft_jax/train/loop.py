@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from bsft_jax.files import write_json
 from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, make_meta
@@ -37,7 +37,7 @@ from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_p
 from bsft_jax.train.log import MetricsLogger, Progress, format_duration
 from bsft_jax.train.loss import LossSums, first_target_mask
 from bsft_jax.train.optim import make_optimizer
-from bsft_jax.train.step import Trainer
+from bsft_jax.train.step import Trainer, TrainState
 from bsft_jax.units import human_bytes
 
 log = logging.getLogger("bsft_jax.train")
@@ -146,6 +146,33 @@ def _behavior_meta(cfg: Any, bundle: ModelBundle) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- run
+@dataclasses.dataclass
+class _Session:
+    """What the loop works with, built once by :func:`_start` (set-up, resume, compile)."""
+
+    cfg: Any
+    ckpt: Checkpointer
+    bundle: ModelBundle
+    trainer: Trainer
+    state: TrainState
+    data_iter: Any
+    eval_batches: list[dict[str, np.ndarray]]
+    metrics_log: MetricsLogger
+    config_dict: dict[str, Any]
+    meta_base: dict[str, Any]
+    startup: dict[str, Any]
+    resume_step: int | None
+
+
+@dataclasses.dataclass
+class _Outcome:
+    start_step: int
+    final_step: int
+    preempted: bool
+    last_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+
+
 def run(cfg: Any, *, devices: list[jax.Device] | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Trains with a resolved config; resumes from ``run_dir`` if it holds checkpoints.
@@ -159,89 +186,106 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
     devices = list(devices if devices is not None else jax.devices())
     mesh_shape = validate_config(cfg, num_devices=len(devices), num_processes=jax.process_count())
     mesh = make_mesh(mesh_shape, devices)
-    run_dir = os.path.abspath(cfg.run_dir)
-    primary = is_primary()
-    config_dict = config_to_dict(cfg)
-    t, global_batch = cfg.train, cfg.train.global_batch_size
-
     with jax.set_mesh(mesh), contextlib.ExitStack() as stack:
-        ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-        stack.callback(ckpt.close)  # waits for pending saves even when a step fails
-        resume_step = ckpt.latest_step()
-        if resume_step is None:
-            bundle = build_fresh(cfg, mesh)
-        else:
-            log.info("resuming %s from step %d", run_dir, resume_step)
-            bundle = build_for_resume(cfg, run_dir, ckpt.read_json(resume_step, "meta"))
-        if primary:
-            write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
-
-        tx, schedule = make_optimizer(cfg.optimizer, t.steps)
-        trainer = Trainer(bundle.model, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
-        shard = data_shard(trainer.batch_sharding, global_batch)
-        data_iter = train_iterator(cfg, bundle.tokenizer, shard)
-        num_params = count_params(bundle.model)
-        if resume_step is None:
-            state = trainer.init_state(bundle.model, cfg.seed)  # takes over (donates) the model's buffers
-        else:
-            restore_iter = data_iter if cfg.checkpoint.restore_data else None
-            state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=restore_iter)
-        bundle.model = None  # the state owns the parameters now (donated every step)
-        trainer.compile(global_batch, cfg.data.seq_len)
-        startup = trainer.report(num_params)
-        startup["per_process_batch"] = shard.rows
-        startup["num_processes"] = jax.process_count()
-        _log_startup(startup)
-        if primary:
-            with open(os.path.join(run_dir, "startup.json"), "w") as f:
-                json.dump(startup, f, indent=2)
-        meta_base = dict(behavior=_behavior_meta(cfg, bundle), num_params=num_params, mesh=startup["mesh"])
-        metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
-        stack.callback(metrics_log.close)
-        eval_batches = make_eval_batches(cfg, bundle.tokenizer, shard) if t.eval_every >= 0 else []
-
-        start_step = int(jax.device_get(state.step))
-        step, last_saved, preempted = start_step, resume_step, False
-        last_metrics: dict[str, float] = {}
-        eval_metrics: dict[str, float] = {}
-        progress = Progress(t.steps, start_step)
-        stop = stack.enter_context(_StopSignal())
-        for step in range(start_step + 1, t.steps + 1):
-            local = next(data_iter)
-            batch = global_batch_from_local(local, trainer.batch_sharding, global_batch)
-            state, metrics = trainer.step(state, batch)
-            # Reading the metrics waits for the step: a NaN step is never saved or followed.
-            last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            _check_finite(step, last_metrics, last_saved)
-            last_metrics["batch_crc"] = _batch_crc(local)
-            progress.update(last_metrics["input_tokens"])
-            if step % t.log_every == 0 or step == t.steps:
-                log.info(progress.line(step, last_metrics))
-                last_metrics["tokens_per_second"] = progress.tokens_per_second
-            metrics_log.write(step, last_metrics)
-            if on_step is not None:
-                on_step(step, last_metrics)
-            if t.eval_every > 0 and step % t.eval_every == 0 and step != t.steps:
-                eval_metrics = held_out_metrics(trainer, state.params, eval_batches, global_batch, bundle.behavior_ids)
-                metrics_log.write(step, eval_metrics, split="eval")
-                log.info("eval at step %d: %s", step, _fmt(eval_metrics))
-            preempted = stop.should_stop(step)
-            if step % cfg.checkpoint.every_steps == 0 or step == t.steps or preempted:
-                ckpt.save(step, state, data_iterator=data_iter, config=config_dict,
-                          meta=make_meta(step, bundle.config, **meta_base))
-                last_saved = step
-            if preempted:
-                log.warning("SIGTERM: saved step %d, exiting cleanly", step)
-                break
-        if not preempted and t.eval_every >= 0 and eval_batches:
-            eval_metrics = held_out_metrics(trainer, state.params, eval_batches, global_batch, bundle.behavior_ids)
-            metrics_log.write(step, eval_metrics, split="eval")
-            log.info("final eval at step %d: %s", step, _fmt(eval_metrics))
-        metrics_log.flush()
+        session = _start(cfg, mesh, stack)
+        out = _loop(session, stack.enter_context(_StopSignal()), on_step)
+        session.metrics_log.flush()
     seconds = time.perf_counter() - t_start
-    log.info("done: step %d in %s%s", step, format_duration(seconds), " (preempted)" if preempted else "")
-    return TrainResult(run_dir=run_dir, start_step=start_step, final_step=step, preempted=preempted,
-                     last_metrics=last_metrics, eval_metrics=eval_metrics, startup=startup, seconds=seconds)
+    log.info("done: step %d in %s%s", out.final_step, format_duration(seconds), " (preempted)" if out.preempted else "")
+    return TrainResult(run_dir=os.path.abspath(cfg.run_dir), start_step=out.start_step, final_step=out.final_step,
+                       preempted=out.preempted, last_metrics=out.last_metrics, eval_metrics=out.eval_metrics,
+                       startup=session.startup, seconds=seconds)
+
+
+def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
+    """Set-up: the checkpointer, the model (fresh or for resume), the trainer, data, state, compile."""
+    run_dir, primary, t = os.path.abspath(cfg.run_dir), is_primary(), cfg.train
+    ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    stack.callback(ckpt.close)  # waits for pending saves even when a step fails
+    resume_step = ckpt.latest_step()
+    if resume_step is None:
+        bundle = build_fresh(cfg, mesh)
+    else:
+        log.info("resuming %s from step %d", run_dir, resume_step)
+        bundle = build_for_resume(cfg, run_dir, ckpt.read_json(resume_step, "meta"))
+    config_dict = config_to_dict(cfg)
+    if primary:
+        write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
+    tx, schedule = make_optimizer(cfg.optimizer, t.steps)
+    trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
+    shard = data_shard(trainer.batch_sharding, t.global_batch_size)
+    data_iter = train_iterator(cfg, bundle.tokenizer, shard)
+    num_params = count_params(bundle.model)
+    if resume_step is None:
+        state = trainer.init_state(bundle.model, cfg.seed)  # takes over (donates) the model's buffers
+    else:
+        restore_iter = data_iter if cfg.checkpoint.restore_data else None
+        state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=restore_iter)
+    bundle.model = None  # the state owns the parameters now (donated every step)
+    trainer.compile(t.global_batch_size, cfg.data.seq_len)
+    startup = trainer.report(num_params) | {"per_process_batch": shard.rows, "num_processes": jax.process_count()}
+    _log_startup(startup)
+    if primary:
+        write_json(os.path.join(run_dir, "startup.json"), startup)
+    metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
+    stack.callback(metrics_log.close)
+    eval_batches = make_eval_batches(cfg, bundle.tokenizer, shard) if t.eval_every >= 0 else []
+    meta_base = dict(behavior=_behavior_meta(cfg, bundle), num_params=num_params, mesh=startup["mesh"])
+    return _Session(cfg, ckpt, bundle, trainer, state, data_iter, eval_batches, metrics_log, config_dict, meta_base,
+                    startup, resume_step)
+
+
+def _loop(s: _Session, stop: _StopSignal, on_step: Callable[[int, dict[str, float]], None] | None) -> _Outcome:
+    """Steps until ``train.steps`` or SIGTERM: periodic eval, saves, and the final eval."""
+    t = s.cfg.train
+    start_step = int(jax.device_get(s.state.step))
+    step, last_saved, preempted = start_step, s.resume_step, False
+    last_metrics: dict[str, float] = {}
+    eval_metrics: dict[str, float] = {}
+    progress = Progress(t.steps, start_step)
+    for step in range(start_step + 1, t.steps + 1):
+        last_metrics = _one_step(s, step, last_saved, progress)
+        if on_step is not None:
+            on_step(step, last_metrics)
+        if t.eval_every > 0 and step % t.eval_every == 0 and step != t.steps:
+            eval_metrics = _held_out(s, step, "eval")
+        preempted = stop.should_stop(step)
+        if step % s.cfg.checkpoint.every_steps == 0 or step == t.steps or preempted:
+            s.ckpt.save(step, s.state, data_iterator=s.data_iter, config=s.config_dict,
+                        meta=make_meta(step, s.bundle.config, **s.meta_base))
+            last_saved = step
+        if preempted:
+            log.warning("SIGTERM: saved step %d, exiting cleanly", step)
+            break
+    if not preempted and t.eval_every >= 0 and s.eval_batches:
+        eval_metrics = _held_out(s, step, "final eval")
+    return _Outcome(start_step, step, preempted, last_metrics, eval_metrics)
+
+
+def _one_step(s: _Session, step: int, last_saved: int | None, progress: Progress) -> dict[str, float]:
+    """One update on the next batch; logs, checks the loss is finite, writes the metrics line."""
+    t = s.cfg.train
+    local = next(s.data_iter)
+    batch = global_batch_from_local(local, s.trainer.batch_sharding, t.global_batch_size)
+    s.state, metrics = s.trainer.step(s.state, batch)
+    # Reading the metrics waits for the step: a NaN step is never saved or followed.
+    out = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    _check_finite(step, out, last_saved)
+    out["batch_crc"] = _batch_crc(local)
+    progress.update(out["input_tokens"])
+    if step % t.log_every == 0 or step == t.steps:
+        log.info(progress.line(step, out))
+        out["tokens_per_second"] = progress.tokens_per_second
+    s.metrics_log.write(step, out)
+    return out
+
+
+def _held_out(s: _Session, step: int, what: str) -> dict[str, float]:
+    metrics = held_out_metrics(s.trainer, s.state.params, s.eval_batches, s.cfg.train.global_batch_size,
+                               s.bundle.behavior_ids)
+    s.metrics_log.write(step, metrics, split="eval")
+    log.info("%s at step %d: %s", what, step, _fmt(metrics))
+    return metrics
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -297,7 +297,6 @@ def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str
     """The trainer's step compiled for abstract inputs on ``devices``: ``(trainer, compiled, seconds)``."""
     import jax
 
-    from bsft_jax.models.decoder import abstract_decoder
     from bsft_jax.models.sharding import make_mesh
     from bsft_jax.train.optim import make_optimizer
     from bsft_jax.train.step import Trainer
@@ -305,7 +304,7 @@ def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str
     mesh = make_mesh(mesh_sizes, devices)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
     with jax.set_mesh(mesh):
-        trainer = Trainer(abstract_decoder(config), tx, schedule, mesh, microbatches=cfg.train.microbatches,
+        trainer = Trainer(config, tx, schedule, mesh, microbatches=cfg.train.microbatches,
                           z_loss=cfg.train.z_loss)
         t0 = time.perf_counter()
         compiled = trainer.compile(cfg.train.global_batch_size, cfg.data.seq_len)

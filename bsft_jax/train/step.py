@@ -31,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bsft_jax.data.pipeline import BATCH_KEYS
+from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.sharding import batch_sharding, state_shardings
 from bsft_jax.train.loss import LossSums, loss_sums, objective
@@ -53,21 +54,21 @@ class TrainState:
 class Trainer:
     """Builds the train state and the compiled step for a model, optimizer and mesh.
 
-    ``Trainer(model, tx, schedule, mesh, microbatches=M, z_loss=w)``; then
+    ``Trainer(model.config, tx, schedule, mesh, microbatches=M, z_loss=w)``; then
     ``state = trainer.init_state(model, seed)``, ``compiled = trainer.compile(global_batch, seq_len)``,
     ``state, metrics = trainer.step(state, batch)``.
     """
 
-    def __init__(self, model: Decoder, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
+    def __init__(self, config: DecoderConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
                  *, microbatches: int = 1, z_loss: float = 0.0):
         self.mesh = mesh
         self.tx = tx
         self.schedule = schedule
         self.microbatches = int(microbatches)
         self.z_loss = float(z_loss)
-        self.config = model.config
-        # ``model`` may be concrete or abstract (``abstract_decoder``): only shapes are used here.
-        abstract_model = abstract_decoder(model.config)
+        self.config = config
+        # Only shapes are needed here: the parameters arrive in init_state / restore.
+        abstract_model = abstract_decoder(config)
         self.model_graphdef, abstract_params = nnx.split(abstract_model)
         abstract_opt = nnx.eval_shape(lambda m: nnx.Optimizer(m, tx, wrt=nnx.Param), abstract_model)
         self.opt_graphdef, abstract_opt_state = nnx.split(abstract_opt)

@@ -76,7 +76,7 @@ mesh = make_mesh({"data": data, "fsdp": fsdp, "tensor": tensor}, jax.devices())
 tx, schedule = make_optimizer(default_config().optimizer, 10)
 with jax.set_mesh(mesh):
     model = Decoder(config, rngs=nnx.Rngs(0))
-    Trainer(model, tx, schedule, mesh).compile(8, 32)
+    Trainer(model.config, tx, schedule, mesh).compile(8, 32)
 print("compiled")
 """
 

@@ -28,7 +28,6 @@ def test_checkpoint_from_8_devices_restores_on_1(tmp_path):
 
     ckpt = Checkpointer(cfg.run_dir)
     # restore onto a 1-device mesh and onto the original 8-device mesh: identical values
-    from bsft_jax.models.decoder import abstract_decoder
     from bsft_jax.models.sharding import make_mesh
     from bsft_jax.run.checkpoint import decoder_config_from_dict
     from bsft_jax.run.config import default_config
@@ -41,7 +40,7 @@ def test_checkpoint_from_8_devices_restores_on_1(tmp_path):
                                  ("eight", {"data": 2, "fsdp": 2, "tensor": 2}, jax.devices())]:
         mesh = make_mesh(shape, devices)
         with jax.set_mesh(mesh):
-            trainer = Trainer(abstract_decoder(config), tx, schedule, mesh)
+            trainer = Trainer(config, tx, schedule, mesh)
             state = ckpt.restore(2, trainer.abstract_with_shardings())
         leaf = state.params["layers"]["mlp"]["gate_proj"].get_value()
         assert len(leaf.sharding.device_set) == len(devices)

@@ -43,7 +43,7 @@ def _reference_losses(run_dir: str) -> list[float]:
     with jax.set_mesh(mesh):
         bundle = build_fresh(cfg, mesh)
         tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
-        trainer = Trainer(bundle.model, tx, schedule, mesh)
+        trainer = Trainer(bundle.config, tx, schedule, mesh)
         state = trainer.init_state(bundle.model, cfg.seed)
         trainer.compile(BATCH, cfg.data.seq_len)
         shards = [train_iterator(cfg, bundle.tokenizer, DataShard(i, 2, BATCH // 2)) for i in range(2)]

@@ -59,7 +59,7 @@ def test_small_plan_equals_real_state_shards_and_the_real_compiled_step(tmp_path
     with jax.set_mesh(mesh):
         bundle = build_fresh(cfg, mesh)
         tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
-        trainer = Trainer(bundle.model, tx, schedule, mesh, microbatches=2)
+        trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=2)
         state = trainer.init_state(bundle.model, cfg.seed)
     assert a["params"] == _shard_bytes(state.params)
     assert a["opt_state"] == _shard_bytes(state.opt_state)

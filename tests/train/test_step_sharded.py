@@ -47,7 +47,7 @@ def _train(mesh_shape, config, batches, *, microbatches=1, devices=None):
     mesh = make_mesh(mesh_shape, devices)
     with jax.set_mesh(mesh):
         model = init_decoder(config, seed=3)
-        trainer = Trainer(model, tx, schedule, mesh, microbatches=microbatches, z_loss=1e-4)
+        trainer = Trainer(model.config, tx, schedule, mesh, microbatches=microbatches, z_loss=1e-4)
         state = trainer.init_state(model, seed=0)
         trainer.compile(GLOBAL_BATCH, SEQ)
         metrics, params = [], None
