@@ -28,6 +28,7 @@ _DTYPE_NAMES = {
 
 ATTENTION_IMPLS = ("einsum", "cudnn", "auto")
 CUDNN_ATTENTION_DTYPES = ("bfloat16", "float16")  # what cuDNN flash attention computes in
+REMAT_MODES = ("none", "full", "dots")  # per-block rematerialisation (the decoder keys its policies by these)
 
 
 class UnsupportedConfigError(ValueError):
@@ -120,8 +121,8 @@ class DecoderConfig:
             raise ValueError(
                 f"DecoderConfig.valid_vocab_size={self.valid_vocab_size} must be in (0, vocab_size={self.vocab_size}]"
             )
-        if self.remat not in ("none", "full", "dots"):
-            raise ValueError(f"DecoderConfig.remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"DecoderConfig.remat must be one of {REMAT_MODES}, got {self.remat!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"DecoderConfig.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}"

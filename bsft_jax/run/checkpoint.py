@@ -19,7 +19,7 @@ Run-directory layout (what ``python -m bsft_jax.export`` and the evaluator read)
           opt_state/         StandardSave of nnx.to_pure_dict(nnx.Optimizer state) (AdamW moments)
           train/             StandardSave of {"step": int32[], "rng": uint32[2]}
           data/              Grain iterator position, one process_{i}-of-{n}.json per process
-          config/            JsonSave: the resolved config (config_schema.config_to_dict)
+          config/            JsonSave: the resolved config (bsft_jax.run.config.config_to_dict)
           meta/              JsonSave: {"format": "bsft_jax.train/1", "step": int,
                                "model_config": dataclasses.asdict(DecoderConfig) (vocab_size grown,
                                  valid_vocab_size, eos ids, dtypes),

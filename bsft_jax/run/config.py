@@ -58,20 +58,15 @@ from typing import Any
 import ml_collections
 
 from bsft_jax.models import sharding
-from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, canonical_dtype
+from bsft_jax.models.config import SUPPORTED_MODEL_TYPES
+from bsft_jax.run.settings import ConfigError, Settings, fail
 
 # Fields whose value is a free-form mapping (no fixed key set).
 FREE_FORM = frozenset({"behavior.category_map", "data.field_map"})
 MODEL_SOURCES = ("hf", "scratch")
-DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
-# Training styles of bsft_jax.data.format ("few_shot" is a prompting baseline of the evaluator only).
-TRAIN_STYLES = ("behavior_sft", "general_sft", "explicit_instruction")
-REMAT = ("none", "full", "dots")
 DIST_INIT = ("auto", "always", "never")
-
-
-class ConfigError(ValueError):
-    """A config field has a bad value; the message names the field."""
+__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "default_config", "load_config_file",
+           "resolve_mesh_shape", "validate_config"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -198,8 +193,7 @@ def _merge(cfg: ml_collections.ConfigDict, d: Mapping[str, Any], where: str) -> 
 
 
 # ----------------------------------------------------------------------------- validation
-def _fail(field: str, msg: str) -> ConfigError:
-    return ConfigError(f"config.{field}: {msg}")
+_fail = fail
 
 
 def _check_known(cfg: Any, ref: Any, prefix: str) -> None:
@@ -254,88 +248,24 @@ def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
 
 
 def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> dict[str, int]:
-    """Checks the resolved config; returns the resolved mesh shape. Raises :class:`ConfigError`."""
+    """Checks the resolved config; returns the resolved mesh shape. Raises :class:`ConfigError`.
+
+    Unknown fields and wrong types first; then every typed piece validates itself
+    (:class:`~bsft_jax.run.settings.Settings`); then the rules that span blocks (here).
+    """
     _check_known(cfg, default_config(), "")
     if not cfg.run_dir:
         raise _fail("run_dir", "is empty; set --config.run_dir=PATH")
-
-    m = cfg.model
-    _one_of(cfg, "model.source", MODEL_SOURCES)
-    _one_of(cfg, "model.remat", REMAT)
-    _one_of(cfg, "model.attention_impl", ATTENTION_IMPLS)
-    for field in ("dtype", "param_dtype", "logits_dtype"):
-        try:
-            canonical_dtype(m[field], field=f"config.model.{field}")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    _positive(cfg, "model.vocab_pad_multiple", "model.scan_unroll")
-    # head_dim is checked by DecoderConfig once the architecture is known (it may come from an HF folder)
-    if m.attention_impl == "cudnn" and canonical_dtype(m.dtype) not in CUDNN_ATTENTION_DTYPES:
-        raise _fail("model.attention_impl", f"is 'cudnn' but model.dtype={m.dtype!r}; cuDNN flash attention "
-                    "needs bfloat16 or float16 (use 'auto' to fall back to 'einsum')")
-    if m.source == "hf":
-        if not m.hf_path:
-            raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")
-        if not os.path.isdir(m.hf_path):
-            raise _fail("model.hf_path", f"{m.hf_path!r} is not a folder (missing HF checkpoint); download the model "
-                                         "there or fix the path")
-        if not os.path.isfile(os.path.join(m.hf_path, "config.json")):
-            raise _fail("model.hf_path", f"{m.hf_path!r} has no config.json; is it a Hugging Face model folder?")
-    else:
-        _one_of(cfg, "model.arch.model_type", ("qwen2", "llama"))
-        _positive(cfg, *(f"model.arch.{f}" for f in ("hidden_size", "intermediate_size", "num_layers",
-                                                     "num_heads", "num_kv_heads", "head_dim")))
-        if m.arch.num_heads % m.arch.num_kv_heads:
-            raise _fail("model.arch.num_kv_heads", f"{m.arch.num_kv_heads} does not divide num_heads="
-                                                   f"{m.arch.num_heads}")
-    tok_path = cfg.tokenizer.path or (m.hf_path if m.source == "hf" else "")
-    if cfg.data.source != "synthetic" or cfg.behavior.enabled or tok_path:
-        if not tok_path:
-            raise _fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder (or 'demo')")
-        if tok_path != "demo" and not os.path.isdir(tok_path):
-            raise _fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
-
-    b = cfg.behavior
-    if b.enabled:
-        if not b.names or len(set(b.names)) != len(b.names):
-            raise _fail("behavior.names", f"must be non-empty and unique, got {tuple(b.names)}")
-        if "{name}" not in b.token_format:
-            raise _fail("behavior.token_format", f"must contain '{{name}}', got {b.token_format!r}")
-        _one_of(cfg, "behavior.init", ("mean_cov", "mean_std"))
-        for cat, name in dict(b.category_map).items():
-            if name not in b.names:
-                raise _fail(f"behavior.category_map.{cat}", f"{name!r} is not one of behavior.names {tuple(b.names)}")
-
-    _one_of(cfg, "data.source", DATA_SOURCES)
-    _one_of(cfg, "data.style", TRAIN_STYLES)
-    if b.enabled != (cfg.data.style == "behavior_sft"):
-        raise _fail("data.style", f"{cfg.data.style!r} does not match behavior.enabled={b.enabled} "
+    settings = Settings.from_config(cfg)
+    _check_model_source(cfg)
+    _check_tokenizer(cfg)
+    _check_data_files(cfg)
+    if settings.behavior.enabled != (settings.data.style == "behavior_sft"):
+        raise _fail("data.style", f"{cfg.data.style!r} does not match behavior.enabled={cfg.behavior.enabled} "
                                   "(behavior tokens are trained only with the 'behavior_sft' style)")
-    if cfg.data.source == "jsonl":
-        for split in (cfg.data.train_split, cfg.data.eval_split):
-            path = os.path.join(cfg.data.path, f"{split}.jsonl")
-            if not os.path.isfile(path):
-                raise _fail("data.path", f"{path!r} does not exist (expected a folder with <split>.jsonl files)")
-    if cfg.data.source == "tfds" and not os.path.isdir(cfg.data.path):
-        raise _fail("data.path", f"{cfg.data.path!r} is not a TFDS data_dir (build it with bsft_jax.data.tfds_builder)")
-    _positive(cfg, "data.seq_len", "data.demo.num_train", "data.demo.num_test", "data.demo.tokenizer_vocab")
-
-    t = cfg.train
-    _positive(cfg, "train.steps", "train.global_batch_size", "train.microbatches", "train.log_every")
-    _positive(cfg, "train.z_loss", allow_zero=True)
-    if t.eval_every < -1:
-        raise _fail("train.eval_every", f"must be -1 (never), 0 (at the end) or a step interval, got {t.eval_every}")
-
-    o = cfg.optimizer
-    _positive(cfg, "optimizer.learning_rate", "optimizer.eps")
-    _positive(cfg, "optimizer.warmup_steps", "optimizer.weight_decay", allow_zero=True)
-    for field in ("min_lr_ratio", "b1", "b2"):
-        v = o[field]
-        if not 0.0 <= v <= 1.0 or (field != "min_lr_ratio" and v == 1.0):
-            raise _fail(f"optimizer.{field}", f"must be in [0, 1{']' if field == 'min_lr_ratio' else ')'}, got {v}")
-    if o.warmup_steps > t.steps:
-        raise _fail("optimizer.warmup_steps", f"{o.warmup_steps} exceeds train.steps={t.steps}")
-
+    t = settings.train
+    if settings.optimizer.warmup_steps > t.steps:
+        raise _fail("optimizer.warmup_steps", f"{settings.optimizer.warmup_steps} exceeds train.steps={t.steps}")
     mesh = resolve_mesh_shape(cfg.mesh, num_devices)
     batch_shards = mesh["data"] * mesh["fsdp"]
     if t.global_batch_size % (t.microbatches * batch_shards):
@@ -344,7 +274,49 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
     if t.global_batch_size % num_processes:
         raise _fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by the {num_processes} "
                                                "processes")
-
     _positive(cfg, "checkpoint.every_steps", "checkpoint.keep")
     _one_of(cfg, "distributed.initialize", DIST_INIT)
     return mesh
+
+
+def _check_model_source(cfg: Any) -> None:
+    """An HF folder that exists, or a from-scratch architecture that is consistent."""
+    m = cfg.model
+    _one_of(cfg, "model.source", MODEL_SOURCES)
+    _positive(cfg, "model.vocab_pad_multiple")
+    if m.source == "hf":
+        if not m.hf_path:
+            raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")
+        if not os.path.isdir(m.hf_path):
+            raise _fail("model.hf_path", f"{m.hf_path!r} is not a folder (missing HF checkpoint); download the model "
+                                         "there or fix the path")
+        if not os.path.isfile(os.path.join(m.hf_path, "config.json")):
+            raise _fail("model.hf_path", f"{m.hf_path!r} has no config.json; is it a Hugging Face model folder?")
+        return
+    _one_of(cfg, "model.arch.model_type", SUPPORTED_MODEL_TYPES)
+    _positive(cfg, *(f"model.arch.{f}" for f in ("hidden_size", "intermediate_size", "num_layers", "num_heads",
+                                                 "num_kv_heads", "head_dim")))
+    if m.arch.num_heads % m.arch.num_kv_heads:
+        raise _fail("model.arch.num_kv_heads", f"{m.arch.num_kv_heads} does not divide num_heads={m.arch.num_heads}")
+
+
+def _check_tokenizer(cfg: Any) -> None:
+    """A base tokenizer folder whenever the run needs one (text data or behavior tokens)."""
+    tok_path = cfg.tokenizer.path or (cfg.model.hf_path if cfg.model.source == "hf" else "")
+    if cfg.data.source != "synthetic" or cfg.behavior.enabled or tok_path:
+        if not tok_path:
+            raise _fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder (or 'demo')")
+        if tok_path != "demo" and not os.path.isdir(tok_path):
+            raise _fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
+
+
+def _check_data_files(cfg: Any) -> None:
+    """The files of a jsonl or tfds source exist."""
+    d = cfg.data
+    if d.source == "jsonl":
+        for split in (d.train_split, d.eval_split):
+            path = os.path.join(d.path, f"{split}.jsonl")
+            if not os.path.isfile(path):
+                raise _fail("data.path", f"{path!r} does not exist (expected a folder with <split>.jsonl files)")
+    if d.source == "tfds" and not os.path.isdir(d.path):
+        raise _fail("data.path", f"{d.path!r} is not a TFDS data_dir (build it with bsft_jax.data.tfds_builder)")

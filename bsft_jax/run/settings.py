@@ -1,0 +1,193 @@
+"""The ml_collections config resolved once, at the entry points, into typed pieces that validate themselves.
+
+Each piece is a frozen dataclass for one block of the config; its ``__post_init__`` checks its own
+fields and raises :class:`ConfigError` naming the field (``config.optimizer.b1: ...``). Functions take
+the piece they use (the optimizer its :class:`OptimizerSettings`, the data pipeline a
+:class:`DataSettings` and the :class:`~bsft_jax.behavior.spec.BehaviorSpec`), never the whole config.
+:func:`bsft_jax.run.config.validate_config` keeps only the rules that span blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, REMAT_MODES, canonical_dtype
+
+DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
+# Training styles of bsft_jax.data.format ("few_shot" is a prompting baseline of the evaluator only).
+TRAIN_STYLES = ("behavior_sft", "general_sft", "explicit_instruction")
+BEHAVIOR_INITS = ("mean_cov", "mean_std")
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value; the message names the field."""
+
+
+def fail(field: str, msg: str) -> ConfigError:
+    """The error for ``config.<field>``."""
+    return ConfigError(f"config.{field}: {msg}")
+
+
+def _one_of(block: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise fail(f"{block}.{name}", f"{value!r} is not one of {list(choices)}")
+
+
+def _positive(block: str, obj: Any, *names: str, allow_zero: bool = False) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if v < 0 or (v == 0 and not allow_zero):
+            raise fail(f"{block}.{name}", f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRuntime:
+    """The decoder's runtime fields (``config.model``): numerics and how the step is compiled."""
+
+    dtype: str
+    param_dtype: str
+    logits_dtype: str
+    remat: str
+    scan_unroll: int
+    attention_impl: str
+
+    def __post_init__(self) -> None:
+        for name in ("dtype", "param_dtype", "logits_dtype"):
+            try:
+                object.__setattr__(self, name, canonical_dtype(getattr(self, name), field=f"config.model.{name}"))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        _one_of("model", "remat", self.remat, REMAT_MODES)
+        _one_of("model", "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _positive("model", self, "scan_unroll")
+        # head_dim is checked by DecoderConfig once the architecture is known (it may come from an HF folder)
+        if self.attention_impl == "cudnn" and self.dtype not in CUDNN_ATTENTION_DTYPES:
+            raise fail("model.attention_impl", f"is 'cudnn' but model.dtype={self.dtype!r}; cuDNN flash attention "
+                       "needs bfloat16 or float16 (use 'auto' to fall back to 'einsum')")
+
+    def fields(self) -> dict[str, Any]:
+        """As DecoderConfig keyword arguments."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class BehaviorSettings:
+    """``config.behavior``: whether behavior tokens are trained, which ones, and how their rows start."""
+
+    enabled: bool
+    spec: BehaviorSpec
+    init: str
+
+    @classmethod
+    def from_block(cls, b: Any) -> BehaviorSettings:
+        """From the ``behavior`` block; a bad token set is reported against its field."""
+        try:
+            spec = BehaviorSpec(names=tuple(b.names), token_format=b.token_format, category_map=dict(b.category_map))
+        except ValueError as e:
+            field = ("token_format" if "token_format" in str(e) else
+                     "category_map" if "category_map" in str(e) else "names")
+            raise fail(f"behavior.{field}", str(e)) from None
+        settings = cls(enabled=bool(b.enabled), spec=spec, init=b.init)
+        if settings.enabled:
+            _one_of("behavior", "init", settings.init, BEHAVIOR_INITS)
+        return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """``config.data``: where records come from and how they become rows."""
+
+    source: str
+    path: str
+    field_map: Mapping[str, str]
+    style: str
+    seq_len: int
+    packing: bool
+    shuffle_seed: int
+    train_split: str
+    eval_split: str
+    eval_batches: int
+    demo: Mapping[str, int]
+    synthetic_vocab: int
+
+    def __post_init__(self) -> None:
+        _one_of("data", "source", self.source, DATA_SOURCES)
+        _one_of("data", "style", self.style, TRAIN_STYLES)
+        _positive("data", self, "seq_len")
+        for name in ("num_train", "num_test", "tokenizer_vocab"):
+            if self.demo[name] <= 0:
+                raise fail(f"data.demo.{name}", f"must be > 0, got {self.demo[name]!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """``config.train``: how long, how big, how often."""
+
+    steps: int
+    global_batch_size: int
+    microbatches: int
+    z_loss: float
+    log_every: int
+    eval_every: int
+
+    def __post_init__(self) -> None:
+        _positive("train", self, "steps", "global_batch_size", "microbatches", "log_every")
+        _positive("train", self, "z_loss", allow_zero=True)
+        if self.eval_every < -1:
+            raise fail("train.eval_every", f"must be -1 (never), 0 (at the end) or a step interval, "
+                                           f"got {self.eval_every}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """``config.optimizer``: AdamW with warmup + cosine decay (see :mod:`bsft_jax.train.optim`)."""
+
+    learning_rate: float
+    warmup_steps: int
+    min_lr_ratio: float
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    grad_clip_norm: float
+    decay_embeddings: bool
+
+    def __post_init__(self) -> None:
+        _positive("optimizer", self, "learning_rate", "eps")
+        _positive("optimizer", self, "warmup_steps", "weight_decay", allow_zero=True)
+        for name in ("min_lr_ratio", "b1", "b2"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0 or (name != "min_lr_ratio" and v == 1.0):
+                raise fail(f"optimizer.{name}", f"must be in [0, 1{']' if name == 'min_lr_ratio' else ')'}, got {v}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The resolved config: one typed piece per block that functions take."""
+
+    model: ModelRuntime
+    behavior: BehaviorSettings
+    data: DataSettings
+    train: TrainSettings
+    optimizer: OptimizerSettings
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Settings:
+        """Resolves (and so validates) every piece of an ml_collections config."""
+        m = cfg.model
+        return cls(
+            model=ModelRuntime(dtype=m.dtype, param_dtype=m.param_dtype, logits_dtype=m.logits_dtype, remat=m.remat,
+                               scan_unroll=m.scan_unroll, attention_impl=m.attention_impl),
+            behavior=BehaviorSettings.from_block(cfg.behavior),
+            data=DataSettings(**_plain(cfg.data)),
+            train=TrainSettings(**_plain(cfg.train)),
+            optimizer=OptimizerSettings(**_plain(cfg.optimizer)),
+        )
+
+
+def _plain(block: Any) -> dict[str, Any]:
+    """An ml_collections block (or a mapping) as a plain dict, nested blocks included."""
+    return block.to_dict() if hasattr(block, "to_dict") else dict(block)
