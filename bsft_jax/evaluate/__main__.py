@@ -34,7 +34,8 @@ from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import CheckpointError, load_params
 from bsft_jax.run.cli import parse_flags, setup_logging
 from bsft_jax.run.config import ConfigError, config_from_dict, resolve_mesh_shape
-from bsft_jax.run.model_setup import behavior_spec, init_sharded, load_tokenizer, scratch_config, tokenizer_path
+from bsft_jax.run.model_setup import init_sharded, load_tokenizer, scratch_config, tokenizer_path
+from bsft_jax.run.settings import Settings
 from bsft_jax.run.sources import load_split
 
 log = logging.getLogger("bsft_jax.evaluate")
@@ -70,14 +71,14 @@ def stratified_subset(records: Sequence[Record], limit: int) -> list[Record]:
     return out
 
 
-def load_run(run_dir: str, step: int | None, mesh: Any, cfg: Any) -> tuple[Any, Any, Any, str, int]:
+def load_run(run_dir: str, step: int | None, dtype: str, mesh: Any) -> tuple[Any, Any, Any, str, int]:
     """(model, tokenizer, run config, style, step) of a training run directory's checkpoint."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         raise CheckpointError(f"{run_dir}: no config.json (is this a bsft_jax run directory?)")
     with open(path) as f:
         run_cfg = config_from_dict(json.load(f))
-    model, _, meta = load_params(run_dir, step, mesh=mesh, dtype=cfg.model.dtype)
+    model, _, meta = load_params(run_dir, step, mesh=mesh, dtype=dtype)
     tok_dir = os.path.join(run_dir, meta.get("tokenizer_dir", "tokenizer"))
     if not os.path.isdir(tok_dir):
         raise CheckpointError(f"{run_dir}: no tokenizer folder {tok_dir!r} beside the checkpoints")
@@ -122,41 +123,20 @@ def run_comparison(
         if run_dir and not os.path.isdir(run_dir):
             raise CheckpointError(f"{flag}={run_dir!r} is not a folder; point it at a training run directory")
     mesh = make_mesh(resolve_mesh_shape(cfg.mesh, jax.device_count()))
-    spec = behavior_spec(cfg)
-    train_records = as_records(load_split(cfg, cfg.data.train_split), spec)
-    tests = {s: stratified_subset(as_records(load_split(cfg, s), spec), limit) for s in splits}
+    settings = Settings.from_config(cfg)
+    spec = settings.behavior.spec
+    train_records = as_records(load_split(settings.data, spec, settings.data.train_split), spec)
+    tests = {s: stratified_subset(as_records(load_split(settings.data, spec, s), spec), limit) for s in splits}
     # Label sets come from the training split: listed in baseline prompts, ranked in loglik mode.
     common = dict(mode=mode, mesh=mesh, max_new_tokens=max_new_tokens, batch_size=batch_size, spec=spec,
                   label_space=label_space(train_records))
-
     results: dict[str, list[EvalResult]] = {s: [] for s in splits}
     if baselines:
-        model, tokenizer = load_base(cfg, mesh)
-        pool = FewShotPool(train_records, k=few_shot_k, seed=cfg.seed)
-        for style in baselines:
-            name = BASELINES[style] if style != "few_shot" else f"few-shot (k={few_shot_k})"
-            for split, records in tests.items():
-                log.info("%s: %s on %d %s items", name, style, len(records), split)
-                results[split].append(evaluate_model(model, tokenizer, records, name=name, style=style,
-                                                     few_shot=pool, **common))
-        del model
+        _evaluate_baselines(cfg, mesh, baselines, train_records, tests, few_shot_k, common, results)
     step_seen = None
     for run_dir, run_step in ((general_checkpoint, None), (checkpoint, step)):
-        if not run_dir:
-            continue
-        model, tokenizer, run_cfg, style, step_seen = load_run(run_dir, run_step, mesh, cfg)
-        name = STYLE_NAMES.get(style, style)
-        force = force_behavior if style == "behavior_sft" and force_behavior else None
-        for split, records in tests.items():
-            taken = {r.name for r in results[split]}
-            unique = name if name not in taken else f"{name} ({os.path.basename(os.path.normpath(run_dir))})"
-            log.info("%s: step %d of %s on %d %s items", unique, step_seen, run_dir, len(records), split)
-            result = evaluate_model(model, tokenizer, records, name=unique, style=style, force_behavior=force,
-                                    **{**common, "spec": behavior_spec(run_cfg)})
-            result.info.update(checkpoint=f"{run_dir}@{step_seen}")
-            results[split].append(result)
-        del model
-
+        if run_dir:
+            step_seen = _evaluate_run(run_dir, run_step, cfg, tests, force_behavior, common, results)
     if not out_dir:
         base = checkpoint or general_checkpoint or cfg.run_dir
         out_dir = os.path.join(base, "eval", f"step_{step_seen}" if step_seen is not None else "base")
@@ -167,6 +147,38 @@ def run_comparison(
         print(f"\n## {split} ({len(tests[split])} items) -> {folder}\n")
         print(markdown_table({r.name: r.metrics for r in runs}, {r.name: r.info for r in runs}))
     return written
+
+
+def _evaluate_baselines(cfg: Any, mesh: Any, baselines: Sequence[str], train_records: list[Record],
+                        tests: dict[str, list[Record]], few_shot_k: int, common: dict[str, Any],
+                        results: dict[str, list[EvalResult]]) -> None:
+    """The prompting baselines of the base model (few-shot, explicit instruction), appended to ``results``."""
+    model, tokenizer = load_base(cfg, mesh)
+    pool = FewShotPool(train_records, k=few_shot_k, seed=cfg.seed)
+    for style in baselines:
+        name = BASELINES[style] if style != "few_shot" else f"few-shot (k={few_shot_k})"
+        for split, records in tests.items():
+            log.info("%s: %s on %d %s items", name, style, len(records), split)
+            results[split].append(evaluate_model(model, tokenizer, records, name=name, style=style,
+                                                 few_shot=pool, **common))
+
+
+def _evaluate_run(run_dir: str, step: int | None, cfg: Any, tests: dict[str, list[Record]], force_behavior: str,
+                  common: dict[str, Any], results: dict[str, list[EvalResult]]) -> int:
+    """One training run's checkpoint on every split, appended to ``results``; returns the step it read."""
+    model, tokenizer, run_cfg, style, step_seen = load_run(run_dir, step, cfg.model.dtype, common["mesh"])
+    name = STYLE_NAMES.get(style, style)
+    force = force_behavior if style == "behavior_sft" and force_behavior else None
+    spec = Settings.from_config(run_cfg).behavior.spec  # the run's own behavior tokens
+    for split, records in tests.items():
+        taken = {r.name for r in results[split]}
+        unique = name if name not in taken else f"{name} ({os.path.basename(os.path.normpath(run_dir))})"
+        log.info("%s: step %d of %s on %d %s items", unique, step_seen, run_dir, len(records), split)
+        result = evaluate_model(model, tokenizer, records, name=unique, style=style, force_behavior=force,
+                                **{**common, "spec": spec})
+        result.info.update(checkpoint=f"{run_dir}@{step_seen}")
+        results[split].append(result)
+    return step_seen
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,9 @@ class ModelBundle:
 
 def behavior_spec(cfg: Any) -> BehaviorSpec:
     """The BehaviorSpec of the ``behavior`` config block."""
-    return BehaviorSpec.from_config(cfg.behavior)
+    from bsft_jax.run.settings import BehaviorSettings
+
+    return BehaviorSettings.from_block(cfg.behavior).spec
 
 
 def runtime_fields(cfg: Any) -> dict[str, Any]:
@@ -61,9 +63,10 @@ def tokenizer_path(cfg: Any) -> str:
     """The base tokenizer folder (``tokenizer.path``, else the HF model folder; "demo": the demo BPE)."""
     path = cfg.tokenizer.path or (cfg.model.hf_path if cfg.model.source == "hf" else "")
     if path == "demo":
+        from bsft_jax.run.settings import DataSettings
         from bsft_jax.run.sources import demo_tokenizer_path
 
-        return demo_tokenizer_path(cfg)
+        return demo_tokenizer_path(DataSettings(**cfg.data.to_dict()), behavior_spec(cfg))
     return path
 
 

@@ -6,35 +6,35 @@ import os
 from typing import Any
 
 from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.run.settings import DataSettings
 
 
-def demo_config(cfg: Any) -> Any:
+def demo_config(data: DataSettings) -> Any:
     """The :class:`bsft_jax.data.DemoConfig` of ``data.demo``."""
     from bsft_jax.data import DemoConfig
 
-    d = cfg.data.demo
-    return DemoConfig(num_train=d.num_train, num_validation=d.num_validation, num_test=d.num_test, seed=d.seed)
+    d = data.demo
+    return DemoConfig(num_train=d["num_train"], num_validation=d["num_validation"], num_test=d["num_test"],
+                      seed=d["seed"])
 
 
-def demo_tokenizer_path(cfg: Any) -> str:
+def demo_tokenizer_path(data: DataSettings, spec: BehaviorSpec) -> str:
     """Folder of the demo set's BPE tokenizer (built and cached on first use)."""
     from bsft_jax.data import demo_tokenizer_dir
 
-    return demo_tokenizer_dir(config=demo_config(cfg), vocab_size=cfg.data.demo.tokenizer_vocab,
-                              spec=BehaviorSpec.from_config(cfg.behavior))
+    return demo_tokenizer_dir(config=demo_config(data), vocab_size=data.demo["tokenizer_vocab"], spec=spec)
 
 
-def load_split(cfg: Any, split: str) -> Any:
+def load_split(data: DataSettings, spec: BehaviorSpec, split: str) -> Any:
     """Records (or a random-access TFDS source) of one split of the configured BehaviorBench data."""
     from bsft_jax.data import load_demo, read_jsonl
 
-    d, spec = cfg.data, BehaviorSpec.from_config(cfg.behavior)
-    if d.source == "demo":
-        return load_demo([split], config=demo_config(cfg), spec=spec)[split]
-    if d.source == "jsonl":
-        return read_jsonl(os.path.join(d.path, f"{split}.jsonl"), field_map=dict(d.field_map) or None, spec=spec)
-    if d.source == "tfds":
+    if data.source == "demo":
+        return load_demo([split], config=demo_config(data), spec=spec)[split]
+    if data.source == "jsonl":
+        return read_jsonl(os.path.join(data.path, f"{split}.jsonl"), field_map=dict(data.field_map) or None, spec=spec)
+    if data.source == "tfds":
         from bsft_jax.data.tfds_builder import data_source
 
-        return data_source(split, data_dir=d.path)
-    raise ValueError(f"config.data.source={d.source!r} has no splits")
+        return data_source(split, data_dir=data.path)
+    raise ValueError(f"config.data.source={data.source!r} has no splits")

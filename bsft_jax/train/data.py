@@ -27,6 +27,7 @@ import numpy as np
 
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.pipeline import BATCH_KEYS
+from bsft_jax.run.settings import DataSettings
 from bsft_jax.run.sources import load_split
 from bsft_jax.train.distributed import DataShard, reduce_over_processes
 
@@ -79,33 +80,32 @@ def synthetic_dataset(seed: int, shard: DataShard, length: int, vocab: int, num_
     return grain.MapDataset.range(num_batches).map(_SyntheticBatch(seed, shard, length, vocab)).to_iter_dataset()
 
 
-def _pipeline_kwargs(cfg: Any, shard: DataShard) -> dict[str, Any]:
-    d = cfg.data
-    return dict(seq_len=d.seq_len, batch_size=shard.rows, spec=BehaviorSpec.from_config(cfg.behavior),
-                style=d.style, seed=d.shuffle_seed, packing=d.packing, process_index=shard.index,
-                process_count=shard.count)
+def _pipeline_kwargs(data: DataSettings, spec: BehaviorSpec, shard: DataShard) -> dict[str, Any]:
+    return dict(seq_len=data.seq_len, batch_size=shard.rows, spec=spec, style=data.style, seed=data.shuffle_seed,
+                packing=data.packing, process_index=shard.index, process_count=shard.count)
 
 
-def train_iterator(cfg: Any, tokenizer: Any, shard: DataShard) -> Iterator[dict[str, np.ndarray]]:
+def train_iterator(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard: DataShard
+                   ) -> Iterator[dict[str, np.ndarray]]:
     """This process's endless, shuffled training iterator (a Grain DatasetIterator: checkpointable)."""
-    d = cfg.data
-    if d.source == "synthetic":
-        return iter(synthetic_dataset(d.shuffle_seed, shard, d.seq_len, d.synthetic_vocab))
+    if data.source == "synthetic":
+        return iter(synthetic_dataset(data.shuffle_seed, shard, data.seq_len, data.synthetic_vocab))
     from bsft_jax.data.pipeline import make_train_iterator as data_iterator
 
     # Epochs repeat forever and the run stops by step count: with several processes the shards
     # can differ by one example, and every process must produce a batch at every step.
-    return data_iterator(load_split(cfg, d.train_split), tokenizer, num_epochs=None, shuffle=True,
-                         **_pipeline_kwargs(cfg, shard))
+    return data_iterator(load_split(data, spec, data.train_split), tokenizer, num_epochs=None, shuffle=True,
+                         **_pipeline_kwargs(data, spec, shard))
 
 
-def make_eval_batches(cfg: Any, tokenizer: Any, shard: DataShard) -> list[dict[str, np.ndarray]]:
+def make_eval_batches(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard: DataShard
+                      ) -> list[dict[str, np.ndarray]]:
     """This process's held-out batches: one pass over ``data.eval_split`` in order (a fixed list).
 
     Every process returns the same number of batches (empty rows pad the shorter ones), so that
     the collective evaluation step runs in lock step across processes.
     """
-    d = cfg.data
+    d = data
     limit = None if d.eval_batches < 0 else d.eval_batches
     if d.source == "synthetic":
         ds = synthetic_dataset(d.shuffle_seed + 1_000_003, shard, d.seq_len, d.synthetic_vocab,
@@ -113,8 +113,8 @@ def make_eval_batches(cfg: Any, tokenizer: Any, shard: DataShard) -> list[dict[s
         return list(ds)
     from bsft_jax.data.pipeline import make_train_iterator as data_iterator
 
-    it = data_iterator(load_split(cfg, d.eval_split), tokenizer, num_epochs=1, shuffle=False,
-                       **_pipeline_kwargs(cfg, shard))
+    it = data_iterator(load_split(d, spec, d.eval_split), tokenizer, num_epochs=1, shuffle=False,
+                       **_pipeline_kwargs(d, spec, shard))
     batches = list(itertools.islice(it, limit))
     count = int(reduce_over_processes(np.asarray(len(batches), np.int32), np.max))
     empty = {k: np.zeros((shard.rows, d.seq_len), np.int32) for k in BATCH_KEYS}

@@ -31,6 +31,7 @@ from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, make_meta
 from bsft_jax.run.config import config_to_dict, validate_config
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
+from bsft_jax.run.settings import Settings
 from bsft_jax.train import distributed
 from bsft_jax.train.data import make_eval_batches, train_iterator
 from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_primary
@@ -199,7 +200,9 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
 
 def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     """Set-up: the checkpointer, the model (fresh or for resume), the trainer, data, state, compile."""
-    run_dir, primary, t = os.path.abspath(cfg.run_dir), is_primary(), cfg.train
+    run_dir, primary = os.path.abspath(cfg.run_dir), is_primary()
+    settings = Settings.from_config(cfg)  # the typed pieces (validate_config has checked them)
+    t = settings.train
     ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     stack.callback(ckpt.close)  # waits for pending saves even when a step fails
     resume_step = ckpt.latest_step()
@@ -211,10 +214,10 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     config_dict = config_to_dict(cfg)
     if primary:
         write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
-    tx, schedule = make_optimizer(cfg.optimizer, t.steps)
+    tx, schedule = make_optimizer(settings.optimizer, t.steps)
     trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
     shard = data_shard(trainer.batch_sharding, t.global_batch_size)
-    data_iter = train_iterator(cfg, bundle.tokenizer, shard)
+    data_iter = train_iterator(settings.data, settings.behavior.spec, bundle.tokenizer, shard)
     num_params = count_params(bundle.model)
     if resume_step is None:
         state = trainer.init_state(bundle.model, cfg.seed)  # takes over (donates) the model's buffers
@@ -229,7 +232,8 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
         write_json(os.path.join(run_dir, "startup.json"), startup)
     metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
     stack.callback(metrics_log.close)
-    eval_batches = make_eval_batches(cfg, bundle.tokenizer, shard) if t.eval_every >= 0 else []
+    eval_batches = (make_eval_batches(settings.data, settings.behavior.spec, bundle.tokenizer, shard)
+                    if t.eval_every >= 0 else [])
     meta_base = dict(behavior=_behavior_meta(cfg, bundle), num_params=num_params, mesh=startup["mesh"])
     return _Session(cfg, ckpt, bundle, trainer, state, data_iter, eval_batches, metrics_log, config_dict, meta_base,
                     startup, resume_step)

@@ -158,10 +158,9 @@ def model_config_for_plan(cfg: Any, model_preset: str | None = None) -> tuple[An
     preset named by ``model_preset`` or guessed from ``model.hf_path``'s folder name. Returns
     ``(config, how)`` where ``how`` says where the architecture came from.
     """
-    from bsft_jax.behavior.spec import BehaviorSpec
     from bsft_jax.behavior.surgery import grown_vocab_size
     from bsft_jax.models.config import DecoderConfig, preset
-    from bsft_jax.run.model_setup import load_tokenizer, runtime_fields, scratch_config, tokenizer_path
+    from bsft_jax.run.model_setup import behavior_spec, load_tokenizer, runtime_fields, scratch_config, tokenizer_path
 
     rt = runtime_fields(cfg)
     tokenizer, preset_name = None, None
@@ -184,7 +183,7 @@ def model_config_for_plan(cfg: Any, model_preset: str | None = None) -> tuple[An
         config = preset(preset_name, **rt)
         how = f"preset {preset_name}" + ("" if model_preset else f" ({hf_json} not found)")
     if cfg.behavior.enabled:
-        spec = BehaviorSpec.from_config(cfg.behavior)
+        spec = behavior_spec(cfg)
         if tokenizer is not None:
             vocab = tokenizer.get_vocab()
             num_tokens = len(tokenizer) + sum(t not in vocab for t in spec.tokens)
@@ -298,11 +297,12 @@ def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str
     import jax
 
     from bsft_jax.models.sharding import make_mesh
+    from bsft_jax.run.settings import Settings
     from bsft_jax.train.optim import make_optimizer
     from bsft_jax.train.step import Trainer
 
     mesh = make_mesh(mesh_sizes, devices)
-    tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
+    tx, schedule = make_optimizer(Settings.from_config(cfg).optimizer, cfg.train.steps)
     with jax.set_mesh(mesh):
         trainer = Trainer(config, tx, schedule, mesh, microbatches=cfg.train.microbatches,
                           z_loss=cfg.train.z_loss)

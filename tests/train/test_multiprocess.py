@@ -20,6 +20,7 @@ from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer
 from bsft_jax.run.config import load_config_file
 from bsft_jax.run.model_setup import build_fresh
+from bsft_jax.run.settings import Settings
 from bsft_jax.train.data import train_iterator
 from bsft_jax.train.distributed import DataShard
 from bsft_jax.train.optim import make_optimizer
@@ -46,7 +47,9 @@ def _reference_losses(run_dir: str) -> list[float]:
         trainer = Trainer(bundle.config, tx, schedule, mesh)
         state = trainer.init_state(bundle.model, cfg.seed)
         trainer.compile(BATCH, cfg.data.seq_len)
-        shards = [train_iterator(cfg, bundle.tokenizer, DataShard(i, 2, BATCH // 2)) for i in range(2)]
+        s = Settings.from_config(cfg)
+        shards = [train_iterator(s.data, s.behavior.spec, bundle.tokenizer, DataShard(i, 2, BATCH // 2))
+                  for i in range(2)]
         losses = []
         for _ in range(STEPS):
             parts = [next(it) for it in shards]
