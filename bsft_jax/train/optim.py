@@ -74,8 +74,8 @@ def weight_decay_mask(params: Any, *, decay_embeddings: bool = False) -> Any:
 def make_optimizer(opt_cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The training optimizer from :class:`bsft_jax.run.settings.OptimizerSettings`; returns ``(tx, schedule)``.
 
-    ``opt_cfg`` (the settings, or any object with their fields): learning_rate, warmup_steps, min_lr_ratio, b1, b2, eps, weight_decay,
-    grad_clip_norm (<= 0 disables clipping), decay_embeddings.
+    ``opt_cfg`` (the settings, or any object with their fields): learning_rate, warmup_steps,
+    min_lr_ratio, b1, b2, eps, weight_decay, grad_clip_norm (<= 0 disables clipping), decay_embeddings.
     Optimizer state is kept in the parameters' dtype (fp32 master weights).
     """
     schedule = learning_rate_schedule(
