@@ -82,23 +82,8 @@ def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1,
                 p.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    deadline = None if timeout is None else time.monotonic() + timeout
-    status = 0
     try:
-        while any(p.poll() is None for p in procs):
-            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
-            if failed and not status:
-                status = failed[0]
-                time.sleep(5.0)  # let the others report their own error first
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
-            if deadline is not None and time.monotonic() > deadline:
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
-                status = status or 124
-            time.sleep(0.1)
+        status = _wait(procs, None if timeout is None else time.monotonic() + timeout)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -107,10 +92,27 @@ def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1,
         for f in logs:
             if f is not None:
                 f.close()
-    for p in procs:
-        if p.returncode and not status:
-            status = p.returncode
     return status
+
+
+def _wait(procs: list[subprocess.Popen], deadline: float | None) -> int:
+    """Waits for every process; the first failure stops the others (after 5 s), the deadline kills them."""
+    status = 0
+    while any(p.poll() is None for p in procs):
+        failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+        if failed and not status:
+            status = failed[0]
+            time.sleep(5.0)  # let the others report their own error first
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+        if deadline is not None and time.monotonic() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            status = status or 124
+        time.sleep(0.1)
+    return status or next((p.returncode for p in procs if p.returncode), 0)
 
 
 def main(argv: list[str] | None = None) -> int:
