@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
-from flax import nnx
+from flax import nnx, traverse_util
 
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
 from bsft_jax.models.decoder import Decoder, abstract_decoder
@@ -102,12 +102,6 @@ def _restore_dtype(config: DecoderConfig, export_dtype: str) -> str:
     return config.param_dtype
 
 
-def _nest(keys: tuple[str, ...], leaf: Any) -> dict[str, Any]:
-    for k in reversed(keys):
-        leaf = {k: leaf}
-    return leaf
-
-
 def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype: str) -> Decoder:
     """The parameters of a step as a Decoder holding host numpy arrays in ``dtype``, one array at a time.
 
@@ -121,10 +115,11 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
     item_dir = os.path.join(checkpoint_dir(run_dir), str(step), "params")
     checkpointer = ocp.PyTreeCheckpointer()
     values: dict[tuple[str, ...], np.ndarray] = {}
-    for path, target in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(abstract))[0]:
-        keys = tuple(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-        args = ocp.args.PyTreeRestore(item=_nest(keys, target), partial_restore=True, restore_args=_nest(
-            keys, ocp.RestoreArgs(restore_type=np.ndarray, dtype=target.dtype)))
+    for path, target in traverse_util.flatten_dict(nnx.to_pure_dict(abstract)).items():
+        keys = tuple(map(str, path))
+        restore_as = ocp.RestoreArgs(restore_type=np.ndarray, dtype=target.dtype)
+        args = ocp.args.PyTreeRestore(item=traverse_util.unflatten_dict({keys: target}), partial_restore=True,
+                                      restore_args=traverse_util.unflatten_dict({keys: restore_as}))
         restored = checkpointer.restore(item_dir, args=args)
         for k in keys:
             restored = restored[k]
@@ -133,18 +128,8 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
                                   f"meta/model_config implies {tuple(target.shape)}")
         values[keys] = restored
     state = jax.tree.map(lambda x: x, abstract)
-    nnx.replace_by_pure_dict(state, _unflatten(values))
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
     return nnx.merge(graphdef, state)
-
-
-def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for keys, value in flat.items():
-        node = out
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    return out
 
 
 # ----------------------------------------------------------------------------- export

@@ -27,6 +27,7 @@ step count (each process then yields batches forever, in lock step).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -88,19 +89,6 @@ class _PadOne:
 def _rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"tokens": row["tokens"], "targets": row["targets"], "loss_mask": row["loss_mask"],
             "segment_ids": row["tokens_segment_ids"], "positions": row["tokens_positions"]}
-
-
-class _PadBatch:
-    """Pads a short final batch with empty rows so every batch is [batch_size, seq_len]."""
-
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        short = self.batch_size - batch["tokens"].shape[0]
-        if short == 0:
-            return batch
-        return {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
 
 
 class BatchIterator(grain.DatasetIterator):
@@ -181,7 +169,9 @@ def make_dataset(
         it = it.map(_rename_packed)
     else:
         it = it.map(_PadOne(seq_len))
-    it = it.batch(batch_size, drop_remainder=False).map(_PadBatch(batch_size))
+    # A short final batch is padded with empty rows, so every batch is [batch_size, seq_len].
+    pad = functools.partial(grain.experimental.batch_and_pad, batch_size=batch_size)
+    it = it.batch(batch_size, drop_remainder=False, batch_fn=pad)
     return it, formatter, shard_size
 
 
