@@ -29,8 +29,6 @@ always get the CPU estimate (the CUDA compiler is not used here).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -42,87 +40,27 @@ import tempfile
 import time
 from typing import Any
 
-from bsft_jax.units import human_bytes as _gib
-from bsft_jax.units import parse_size
+from bsft_jax.train.plan_report import format_plan
+from bsft_jax.train.plan_targets import (
+    TARGETS,
+    PlanError,
+    Target,
+    backends_initialized,
+    cpu_devices,
+    parse_bytes,
+    parse_mesh,
+    target_by_name,
+    tpu_compiler_available,
+    tpu_devices,
+)
 
 log = logging.getLogger("bsft_jax.train.plan")
 
-GiB = 1024**3
 
-
-# ----------------------------------------------------------------------------- targets
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """A machine a recipe is planned for: devices (chips / GPUs), memory per device, TPU topology."""
-
-    name: str
-    num_devices: int
-    hbm_bytes: int
-    platform: str  # "tpu" | "gpu"
-    topology: str | None = None  # get_topology_desc name, e.g. "v5p:2x4x4"
-    chip_config: str | None = None  # "megacore" (v4/v5p: one device = one chip of 2 cores) or "default"
-    note: str = ""
-
-
-def _tpu_family(prefix: str, chips: dict[int, str], hbm_gib: float, chip_config: str) -> dict[str, Target]:
-    cores_per_chip = 2 if chip_config == "megacore" else 1
-    out = {}
-    for n, topo in chips.items():
-        name = f"{prefix}-{n * cores_per_chip}"
-        out[name] = Target(name, n, int(hbm_gib * GiB), "tpu", f"{prefix}:{topo}", chip_config)
-    return out
-
-
-# Slice names count TensorCores for v4/v5p (2 per chip) and chips for v5e/v6e; a device is a chip.
-TARGETS: dict[str, Target] = {
-    **_tpu_family("v4", {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4"}, 32, "megacore"),
-    **_tpu_family("v5p", {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4"}, 95, "megacore"),
-    **_tpu_family("v5e", {8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}, 16, "default"),
-    **_tpu_family("v6e", {8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}, 32, "default"),
-    "8xh100": Target("8xh100", 8, 80 * GiB, "gpu", note="JAX preallocates 75% of GPU memory unless "
-                                                             "XLA_PYTHON_CLIENT_MEM_FRACTION is raised"),
-    "8xh200": Target("8xh200", 8, 141 * 10**9, "gpu", note="see 8xh100"),
-    "8xa100-80gb": Target("8xa100-80gb", 8, 80 * GiB, "gpu", note="see 8xh100"),
-}
-ALIASES = {"v5litepod": "v5e", "v6e-lite": "v6e", "h100x8": "8xh100", "h200x8": "8xh200"}
 
 # Tokenizer sizes of the presets' families (len(tokenizer)): the behavior tokens grow the
 # embedding table from here when the HF folder is not on this machine.
 PRESET_TOKENIZER_SIZES = {"qwen2_5": 151_665, "llama3": 128_256}
-
-
-class PlanError(ValueError):
-    """The plan cannot be made (unknown target, mesh that does not fit, missing architecture)."""
-
-
-def target_by_name(name: str) -> Target:
-    """A known target (``v5p-64``, ``v5e-64``, ``v4-32``, ``8xh100`` ...), or PlanError listing them."""
-    key = name.strip().lower()
-    for old, new in ALIASES.items():
-        key = key.replace(old, new)
-    if key not in TARGETS:
-        raise PlanError(f"--plan_target={name!r}: unknown; known targets: {', '.join(TARGETS)} "
-                        "(or give --plan_devices and --plan_hbm)")
-    return TARGETS[key]
-
-
-def parse_mesh(text: str) -> dict[str, int]:
-    """``"data=1,fsdp=-1,tensor=4"`` -> ``{"data": 1, "fsdp": -1, "tensor": 4}`` (missing axes = 1)."""
-    sizes = {"data": 1, "fsdp": 1, "tensor": 1}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        m = re.fullmatch(r"(data|fsdp|tensor)\s*=\s*(-?\d+)", part)
-        if not m:
-            raise PlanError(f"--mesh={text!r}: expected e.g. 'data=1,fsdp=-1,tensor=4' (axes data, fsdp, tensor)")
-        sizes[m.group(1)] = int(m.group(2))
-    return sizes
-
-
-def parse_bytes(text: str | int | float) -> int:
-    """``"16GiB"``, ``"95GB"``, ``"80G"`` or a number of bytes (:func:`bsft_jax.units.parse_size`)."""
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise PlanError(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- model config
@@ -213,47 +151,6 @@ def resolve_plan_mesh(cfg: Any, mesh: dict[str, int], num_devices: int) -> dict[
                         f"x (data x fsdp) = {t.microbatches} x {shards}: every device needs whole rows; lower "
                         "microbatches, raise the batch, or move devices to --mesh tensor=")
     return sizes
-
-
-# ----------------------------------------------------------------------------- devices
-def _backends_initialized() -> bool:
-    from jax._src import xla_bridge
-
-    return xla_bridge.backends_are_initialized()
-
-
-def tpu_compiler_available() -> bool:
-    """Whether libtpu can be loaded (deviceless TPU compilation)."""
-    return importlib.util.find_spec("libtpu") is not None or bool(os.environ.get("TPU_LIBRARY_PATH"))
-
-
-def tpu_devices(target: Target) -> list[Any]:
-    """Compile-only devices of a TPU slice (needs libtpu; no TPU hardware)."""
-    from jax.experimental import topologies
-
-    for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-                       ("TPU_ACCELERATOR_TYPE", target.name)):
-        os.environ.setdefault(key, value)  # no metadata server off-TPU: do not wait for one
-    kw: dict[str, Any] = {"chips_per_host_bounds": (2, 2, 1)}
-    if target.chip_config:
-        kw["chip_config_name"] = target.chip_config
-    topo = topologies.get_topology_desc(platform="tpu", topology_name=target.topology, **kw)
-    devices = list(topo.devices)
-    if len(devices) != target.num_devices:
-        raise PlanError(f"{target.name}: topology {target.topology} has {len(devices)} devices, expected "
-                        f"{target.num_devices}")
-    return devices
-
-
-def cpu_devices(n: int) -> list[Any] | None:
-    """``n`` CPU devices of this process, configuring them if JAX has not started; None if impossible."""
-    import jax
-
-    if not _backends_initialized():
-        jax.config.update("jax_platforms", "cpu")
-        jax.config.update("jax_num_cpu_devices", max(n, 1))
-    devices = jax.devices("cpu")
-    return devices[:n] if len(devices) >= n else None
 
 
 # ----------------------------------------------------------------------------- figures
@@ -353,7 +250,7 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
         if not tpu_compiler_available():
             raise PlanError("--plan_compiler=tpu needs libtpu (pip install libtpu==0.0.42.1, the version jax 0.10.2 "
                             "pins); or use --plan_compiler=cpu")
-        if _backends_initialized() and not _tpu_backend_known():
+        if backends_initialized() and not _tpu_backend_known():
             return _plan_in_subprocess(cfg, mesh_in, num_devices, tgt, compiler, hbm_bytes, model_preset)
         devices = tpu_devices(tgt)
     elif compiler == "cpu":
@@ -436,53 +333,6 @@ def _worker(request_path: str, result_path: str) -> int:
     with open(result_path, "w") as f:
         json.dump(plan, f)
     return 0
-
-
-# ----------------------------------------------------------------------------- report
-def format_plan(plan: dict[str, Any], config_name: str = "") -> str:
-    """A human-readable report of :func:`plan_memory`'s result."""
-    a, x, m, b = plan["analytic"], plan["xla"], plan["model"], plan["batch"]
-    mesh = " ".join(f"{k}={v}" for k, v in plan["mesh"].items())
-    where = f"{plan['target']} ({plan['num_devices']} devices)" if plan["target"] else f"{plan['num_devices']} devices"
-    compiler = {"tpu": f"XLA TPU compiler (deviceless AOT for {plan['device_kind']})",
-                "cpu": "XLA CPU compiler over fake CPU devices (an estimate)"}[plan["compiler"]]
-    lines = [
-        f"memory plan{' of ' + config_name if config_name else ''} on {where}, mesh {mesh}",
-        f"  model: {m['model_type']} {m['num_params'] / 1e9:.3g}B parameters, {m['vocab_rows']:,} vocab rows; "
-        f"architecture from {m['architecture']}",
-        f"  numerics: compute {m['dtype']}, parameters/optimizer {m['param_dtype']}, remat={m['remat']}",
-        f"  batch: {b['global_batch_size']} rows x {b['seq_len']} tokens, {b['microbatches']} microbatch(es), "
-        f"{b['rows_per_device_per_microbatch']} row(s) per device per microbatch",
-        "  per device, analytic (exact from shapes x dtype / shards):",
-        f"    parameters                      {_gib(a['params'])}",
-        f"    optimizer state (AdamW m, v)    {_gib(a['opt_state'])}",
-        f"    gradients{' (accumulator + micro)' if b['microbatches'] > 1 else '                      '}"
-        f" {_gib(a['gradients'])}",
-        f"    batch                           {_gib(a['batch'])}",
-        f"    activations, lower bound: layer inputs kept {_gib(a['layer_inputs_kept'])}, "
-        f"fp32 logits {_gib(a['logits_fp32'])}",
-        f"  per device, {compiler}, compiled in {plan['compile_seconds']}s:",
-        f"    arguments (state + batch)       {_gib(x['argument'])}",
-        f"    outputs (new state, donated)    {_gib(x['output'])}  (aliased to arguments: {_gib(x['alias'])})",
-        f"    temporaries                     {_gib(x['temp'])}  (activations, gradients, gathered weights, logits)",
-        f"    peak = args + outputs - aliased + temporaries  {_gib(x['peak'])}",
-        f"    of which activations and other temporaries (temporaries - analytic gradients) "
-        f"{_gib(max(x['temp'] - a['gradients'], 0))}",
-    ]
-    hbm = plan["hbm_bytes_per_device"]
-    if hbm:
-        verdict = "fits" if plan["fits"] else "does NOT fit"
-        lines.append(f"  {verdict}: peak {_gib(x['peak'])} of {_gib(hbm)} per device "
-                     f"({100 * x['peak'] / hbm:.0f}%)")
-    if plan["compiler"] == "cpu":
-        lines.append("  note: CPU figures: shardings and buffer sizes are right, but TPU/GPU compilers fuse, lay out "
-                     "and schedule differently (temporaries here were 1.3-1.8x the TPU compiler's for the 7B/8B "
-                     "recipes)")
-        if plan["target"] and TARGETS[plan["target"]].platform == "tpu":
-            lines.append("  note: for the TPU compiler's own figure: pip install libtpu==0.0.42.1 (jax 0.10.2's pin)")
-    if plan.get("note"):
-        lines.append(f"  note: {plan['note']}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- CLI
