@@ -128,16 +128,7 @@ def evaluate_records(
     force_behavior:      force every reply to start with this behavior's token (steering probe).
     label_sets:          category -> labels for macro-F1 (default: the gold labels seen).
     """
-    if mode not in MODES:
-        raise ValueError(f"evaluate: mode must be one of {MODES}, got {mode!r}")
-    if mode == "loglik" and (score_continuations is None or candidate_ids is None):
-        raise ValueError("evaluate: mode='loglik' needs score_continuations and candidate_ids")
-    force = None
-    if force_behavior is not None:
-        if behavior_token_ids is None or force_behavior not in behavior_token_ids:
-            raise ValueError(f"evaluate: cannot force behavior {force_behavior!r}: the run's behavior tokens are "
-                             f"{sorted(behavior_token_ids or {})}")
-        force = behavior_token_ids[force_behavior]
+    force = _check_request(mode, score_continuations, candidate_ids, force_behavior, behavior_token_ids)
     prompts = [prompt_ids(r) for r in records]
     out = generate(prompts, force_first_token=force)
     if len(out.tokens) != len(records):
@@ -161,18 +152,36 @@ def evaluate_records(
                    reply=text)
         for r, label, behavior, text in zip(records, labels, behaviors, replies)
     ]
-    info = {
+    info = _run_info(mode, len(items), out) | ({"forced behavior": force_behavior} if force_behavior else {})
+    return EvalResult(name=name, items=items, metrics=compute_metrics(items, label_sets=label_sets), info=info)
+
+
+def _check_request(mode: str, score_continuations: ScoreFn | None, candidate_ids: Any, force_behavior: str | None,
+                   behavior_token_ids: Mapping[str, int] | None) -> int | None:
+    """Rejects an inconsistent request; returns the token id to force first (None: the model chooses)."""
+    if mode not in MODES:
+        raise ValueError(f"evaluate: mode must be one of {MODES}, got {mode!r}")
+    if mode == "loglik" and (score_continuations is None or candidate_ids is None):
+        raise ValueError("evaluate: mode='loglik' needs score_continuations and candidate_ids")
+    if force_behavior is None:
+        return None
+    if behavior_token_ids is None or force_behavior not in behavior_token_ids:
+        raise ValueError(f"evaluate: cannot force behavior {force_behavior!r}: the run's behavior tokens are "
+                         f"{sorted(behavior_token_ids or {})}")
+    return behavior_token_ids[force_behavior]
+
+
+def _run_info(mode: str, num_items: int, out: SamplerOutput) -> dict[str, Any]:
+    """The report's facts about one run: sizes, decode speed, compile time."""
+    return {
         "mode": mode,
-        "items": len(items),
+        "items": num_items,
         "prompt tokens": out.num_prompt_tokens,
         "generated tokens": out.num_generated,
         "decode seconds": round(out.seconds, 3),
         "compile seconds": round(out.compile_seconds, 3),
         "decode tokens/s": round(out.tokens_per_second, 1),
     }
-    if force_behavior is not None:
-        info["forced behavior"] = force_behavior
-    return EvalResult(name=name, items=items, metrics=compute_metrics(items, label_sets=label_sets), info=info)
 
 
 def _option_keys(record: RecordLike) -> tuple[str, ...]:

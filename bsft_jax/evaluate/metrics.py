@@ -112,26 +112,7 @@ def compute_metrics(
     for item in items:
         by_category[item.category].append(item)
 
-    per_category: dict[str, dict[str, Any]] = {}
-    for category in taxonomy.in_order(by_category):
-        group_items = by_category[category]
-        gold = [i.gold_label for i in group_items]
-        pred = [i.prediction for i in group_items]
-        labels = sorted(set(gold)) if not label_sets or category not in label_sets else list(label_sets[category])
-        missing = sorted(set(gold) - set(labels))
-        if missing:
-            raise ValueError(f"compute_metrics: category {category!r} has gold labels {missing} outside its label "
-                             f"set {labels}")
-        per_label = f1_per_label(gold, pred, labels)
-        per_category[category] = {
-            "group": taxonomy.group_of(category) if category in taxonomy.CATEGORY_BY_NAME else None,
-            "n": len(group_items),
-            "f1": sum(per_label.values()) / len(per_label),
-            "accuracy": sum(g == p for g, p in zip(gold, pred)) / len(gold),
-            "unparsed": pred.count(UNPARSED),
-            "labels": labels,
-            "f1_per_label": per_label,
-        }
+    per_category = {c: _category_metrics(c, by_category[c], label_sets) for c in taxonomy.in_order(by_category)}
 
     per_group = {
         group: _mean([m["f1"] for m in per_category.values() if m["group"] == group]) for group in taxonomy.GROUPS
@@ -155,6 +136,28 @@ def compute_metrics(
         "over_intervention": _rate(over, len(restraint)),
         "missed_intervention": _rate(missed, len(flagged)),
         "unparsed_examples": [{"id": i.id, "reply": i.reply[:200]} for i in unparsed_items[:5]],
+    }
+
+
+def _category_metrics(category: str, items: Sequence[ScoredItem], label_sets: Mapping[str, Sequence[str]] | None
+                      ) -> dict[str, Any]:
+    """Macro-F1 (over the category's label set), accuracy and unparsed count of one category's items."""
+    gold = [i.gold_label for i in items]
+    pred = [i.prediction for i in items]
+    labels = sorted(set(gold)) if not label_sets or category not in label_sets else list(label_sets[category])
+    missing = sorted(set(gold) - set(labels))
+    if missing:
+        raise ValueError(f"compute_metrics: category {category!r} has gold labels {missing} outside its label "
+                         f"set {labels}")
+    per_label = f1_per_label(gold, pred, labels)
+    return {
+        "group": taxonomy.group_of(category) if category in taxonomy.CATEGORY_BY_NAME else None,
+        "n": len(items),
+        "f1": sum(per_label.values()) / len(per_label),
+        "accuracy": sum(g == p for g, p in zip(gold, pred)) / len(gold),
+        "unparsed": pred.count(UNPARSED),
+        "labels": labels,
+        "f1_per_label": per_label,
     }
 
 

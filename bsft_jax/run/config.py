@@ -75,6 +75,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.run_dir = ""
     c.seed = 0
 
+    _add_model_and_data(c)
+    _add_training(c)
+    return c
+
+
+def _add_model_and_data(c: ml_collections.ConfigDict) -> None:
+    """The model, tokenizer, behavior and data blocks with their defaults."""
     c.model = ml_collections.ConfigDict()
     c.model.source = "hf"
     c.model.hf_path = ""
@@ -116,6 +123,9 @@ def default_config() -> ml_collections.ConfigDict:
                                                  tokenizer_vocab=3072))
     c.data.synthetic_vocab = 64  # source == "synthetic": token ids drawn from [0, synthetic_vocab)
 
+
+def _add_training(c: ml_collections.ConfigDict) -> None:
+    """The train, optimizer, mesh, checkpoint, distributed and logging blocks with their defaults."""
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000
     c.train.global_batch_size = 8
@@ -151,7 +161,6 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.logging = ml_collections.ConfigDict()
     c.logging.tensorboard = True
-    return c
 
 
 def load_config_file(here: str, name: str) -> ml_collections.ConfigDict:
