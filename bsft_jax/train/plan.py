@@ -242,23 +242,13 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
                         f"({tgt.num_devices} devices)")
     mesh_in = dict(mesh or {a: int(cfg.mesh[a]) for a in ("data", "fsdp", "tensor")})
     sizes = resolve_plan_mesh(cfg, mesh_in, num_devices)
-    if compiler == "auto":
-        compiler = "tpu" if tgt is not None and tgt.platform == "tpu" and tpu_compiler_available() else "cpu"
+    compiler = _choose_compiler(compiler, tgt)
     if compiler == "tpu":
-        if tgt is None or tgt.platform != "tpu":
-            raise PlanError("--plan_compiler=tpu needs a TPU --plan_target (e.g. v5p-64)")
-        if not tpu_compiler_available():
-            raise PlanError("--plan_compiler=tpu needs libtpu (pip install libtpu==0.0.42.1, the version jax 0.10.2 "
-                            "pins); or use --plan_compiler=cpu")
-        if backends_initialized() and not _tpu_backend_known():
-            return _plan_in_subprocess(cfg, mesh_in, num_devices, tgt, compiler, hbm_bytes, model_preset)
-        devices = tpu_devices(tgt)
-    elif compiler == "cpu":
-        devices = cpu_devices(num_devices)
-        if devices is None:
-            return _plan_in_subprocess(cfg, mesh_in, num_devices, tgt, compiler, hbm_bytes, model_preset)
+        devices = tpu_devices(tgt) if not backends_initialized() or _tpu_backend_known() else None
     else:
-        raise PlanError(f"--plan_compiler={compiler!r}: expected auto, cpu or tpu")
+        devices = cpu_devices(num_devices)
+    if devices is None:  # this process's backends cannot give those devices: plan in a fresh one
+        return _plan_in_subprocess(cfg, mesh_in, num_devices, tgt, compiler, hbm_bytes, model_preset)
 
     config, how = model_config_for_plan(cfg, model_preset)
     trainer, compiled, seconds = compile_step(cfg, config, devices, sizes)
@@ -287,6 +277,21 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
         "fits": None if hbm is None else bool(xla["peak"] <= hbm),
         "note": tgt.note if tgt is not None else "",
     }
+
+
+def _choose_compiler(compiler: str, tgt: Target | None) -> str:
+    """"auto" resolved ("tpu" for a TPU target when libtpu is here, else "cpu"), and the choice checked."""
+    if compiler == "auto":
+        compiler = "tpu" if tgt is not None and tgt.platform == "tpu" and tpu_compiler_available() else "cpu"
+    if compiler == "tpu":
+        if tgt is None or tgt.platform != "tpu":
+            raise PlanError("--plan_compiler=tpu needs a TPU --plan_target (e.g. v5p-64)")
+        if not tpu_compiler_available():
+            raise PlanError("--plan_compiler=tpu needs libtpu (pip install libtpu==0.0.42.1, the version jax 0.10.2 "
+                            "pins); or use --plan_compiler=cpu")
+    elif compiler != "cpu":
+        raise PlanError(f"--plan_compiler={compiler!r}: expected auto, cpu or tpu")
+    return compiler
 
 
 def _tpu_backend_known() -> bool:
