@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
 
 from bsft_jax.behavior import taxonomy
 
@@ -68,13 +67,3 @@ class BehaviorSpec:
             if t == token:
                 return n
         return None
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> BehaviorSpec:
-        """From an ml_collections/dict block with optional ``names``, ``token_format``, ``category_map``."""
-        get = cfg.get if hasattr(cfg, "get") else (lambda k, d=None: getattr(cfg, k, d))
-        return cls(
-            names=tuple(get("names", DEFAULT_BEHAVIORS)),
-            token_format=get("token_format", DEFAULT_TOKEN_FORMAT),
-            category_map=dict(get("category_map", {}) or {}),
-        )
