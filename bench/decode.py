@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.train_step import available_cores
     from bsft_jax import DecoderConfig, init_decoder
-    from bsft_jax.decode.loop import trace_counts
     from bsft_jax.decode.sampler import Sampler
     from bsft_jax.models.config import PRESETS, preset
 
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     t = time.perf_counter()
     first = sampler(prompts, max_new_tokens=args.new)
     first_s, compile_s = time.perf_counter() - t, first.compile_seconds
-    traces = trace_counts()
+    traces = sampler.compile_counts()
 
     run_theirs = None
     threads = None
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         ours_s.append(run_ours())
         if run_theirs is not None:
             theirs_s.append(run_theirs())
-    assert trace_counts() == traces, "a repeated call recompiled"
+    assert sampler.compile_counts() == traces, "a repeated call recompiled"
 
     ours = summary([generated / s for s in ours_s])
     results = {"bsft_tokens_per_s": ours, "bsft_seconds": ours_s, "bsft_first_call_seconds": first_s,

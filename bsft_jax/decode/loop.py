@@ -8,13 +8,12 @@ write the same cache slot each step (the decoder's cache contract). Rows that em
 done; from then on they emit ``pad_id``, and since attention never crosses rows they cannot change
 any other row's tokens.
 
-:func:`trace_counts` reports how many times each jitted function has been traced (= compiled for a
-new shape or static setting); tests read it to check bucketing.
+How often the :class:`~bsft_jax.decode.sampler.Sampler` compiled these phases is its own state
+(:meth:`~bsft_jax.decode.sampler.Sampler.compile_counts`); this module keeps none.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 
 import jax
@@ -27,14 +26,6 @@ from bsft_jax.models.logits import mask_padded_logits
 from bsft_jax.models.sharding import constrain
 
 Array = jax.Array
-_TRACES: collections.Counter[str] = collections.Counter()
-
-
-def trace_counts() -> dict[str, int]:
-    """How many times :func:`prefill` and :func:`decode_loop` have been traced in this process."""
-    return {"prefill": _TRACES["prefill"], "decode_loop": _TRACES["decode_loop"]}
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecodeState:
@@ -94,7 +85,6 @@ def _prefill(
     pad_id: int,
     keep_logits: bool = False,
 ) -> DecodeState:
-    _TRACES["prefill"] += 1  # runs at trace time only
     model = nnx.merge(graphdef, params)
     b, t = prompt_bt.shape
     # Slots: t prompt tokens, then one per fed token (the last generated token is never fed).
@@ -135,7 +125,6 @@ def _decode_loop(
     sampling: SamplingParams,
     pad_id: int,
 ) -> DecodeState:
-    _TRACES["decode_loop"] += 1
     model = nnx.merge(graphdef, params)
     max_new_tokens = state.tokens_bn.shape[1]
 

@@ -26,11 +26,11 @@ from bsft_jax.decode.batching import (
     mesh_context,
     split_and_place,
 )
-from bsft_jax.decode.loop import DecodeState, decode_loop, prefill, trace_counts
+from bsft_jax.decode.loop import DecodeState, decode_loop, prefill
 from bsft_jax.decode.sampling import SamplingParams
 from bsft_jax.models.decoder import Decoder
 
-__all__ = ["DecodeState", "Sampler", "SamplerOutput", "SamplingParams", "generate", "trace_counts"]
+__all__ = ["DecodeState", "Sampler", "SamplerOutput", "SamplingParams", "generate"]
 
 
 @dataclasses.dataclass
@@ -150,6 +150,10 @@ class Sampler:
         out.num_generated = sum(len(t) for t in out.tokens)
         out.num_prompt_tokens = sum(len(p) for p in prompts)
         return out
+
+    def compile_counts(self) -> dict[str, int]:
+        """How many programs this Sampler has compiled per phase (one per bucket and static setting)."""
+        return {name: sum(key[0] == name for key in self._executables) for name in ("prefill", "decode_loop")}
 
     def _compiled(self, name: str, key: tuple, out: SamplerOutput, lower: Any) -> Any:
         """The executable of ``name`` for ``key``, compiled ahead of time once per Sampler (timed into ``out``)."""

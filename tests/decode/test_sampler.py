@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bsft_jax.decode.batching import bucket_size
-from bsft_jax.decode.loop import decode_loop, prefill, trace_counts
+from bsft_jax.decode.loop import decode_loop, prefill
 from bsft_jax.decode.sampler import Sampler, generate
 from bsft_jax.decode.sampling import SamplingParams, sample_logits
 from bsft_jax.models.hf import load_hf
@@ -181,11 +181,11 @@ def test_bucketing_keeps_compile_count(qwen):
     sampler = Sampler(model)
     kw = dict(max_new_tokens=7)  # a budget no other test uses: fresh compilations
     sampler([[1, 2, 3, 4, 5], [6] * 9, [7] * 2], **kw)  # length bucket 16, batch bucket 4
-    before = trace_counts()
+    before = sampler.compile_counts()
     sampler([[8] * 12, [9] * 3, [1], [2] * 16], **kw)  # other lengths, same buckets
-    assert trace_counts() == before
+    assert sampler.compile_counts() == before
     sampler([[8] * 20, [9] * 3], **kw)  # length bucket 24, batch bucket 2: one new compilation each
-    after = trace_counts()
+    after = sampler.compile_counts()
     assert after == {k: v + 1 for k, v in before.items()}
 
 
