@@ -85,13 +85,14 @@ def load_run(run_dir: str, step: int | None, dtype: str, mesh: Any) -> tuple[Any
     return model, load_tokenizer(tok_dir), run_cfg, run_cfg.data.style, int(meta["step"])
 
 
-def load_base(cfg: Any, mesh: Any) -> tuple[Any, Any]:
-    """(base model, base tokenizer) of ``cfg``: the HF checkpoint, or the untrained from-scratch init."""
-    tokenizer = load_tokenizer(tokenizer_path(cfg))
-    if cfg.model.source == "hf":
-        model, _ = load_hf(cfg.model.hf_path, dtype=cfg.model.param_dtype, compute_dtype=cfg.model.dtype, mesh=mesh)
+def load_base(s: Settings, mesh: Any) -> tuple[Any, Any]:
+    """(base model, base tokenizer) of the config: the HF checkpoint, or the untrained from-scratch init."""
+    tokenizer = load_tokenizer(tokenizer_path(s.model, s.data, s.behavior.spec))
+    rt = s.model.runtime
+    if s.model.source == "hf":
+        model, _ = load_hf(s.model.hf_path, dtype=rt.param_dtype, compute_dtype=rt.dtype, mesh=mesh)
     else:
-        model = init_sharded(scratch_config(cfg, tokenizer), cfg.seed, mesh)
+        model = init_sharded(scratch_config(s.model, tokenizer), s.seed, mesh)
     return model, tokenizer
 
 
@@ -132,11 +133,12 @@ def run_comparison(
                   label_space=label_space(train_records))
     results: dict[str, list[EvalResult]] = {s: [] for s in splits}
     if baselines:
-        _evaluate_baselines(cfg, mesh, baselines, train_records, tests, few_shot_k, common, results)
+        _evaluate_baselines(settings, mesh, baselines, train_records, tests, few_shot_k, common, results)
     step_seen = None
     for run_dir, run_step in ((general_checkpoint, None), (checkpoint, step)):
         if run_dir:
-            step_seen = _evaluate_run(run_dir, run_step, cfg, tests, force_behavior, common, results)
+            step_seen = _evaluate_run(run_dir, run_step, settings.model.runtime.dtype, tests, force_behavior, common,
+                                      results)
     if not out_dir:
         base = checkpoint or general_checkpoint or cfg.run_dir
         out_dir = os.path.join(base, "eval", f"step_{step_seen}" if step_seen is not None else "base")
@@ -149,12 +151,12 @@ def run_comparison(
     return written
 
 
-def _evaluate_baselines(cfg: Any, mesh: Any, baselines: Sequence[str], train_records: list[Record],
+def _evaluate_baselines(s: Settings, mesh: Any, baselines: Sequence[str], train_records: list[Record],
                         tests: dict[str, list[Record]], few_shot_k: int, common: dict[str, Any],
                         results: dict[str, list[EvalResult]]) -> None:
     """The prompting baselines of the base model (few-shot, explicit instruction), appended to ``results``."""
-    model, tokenizer = load_base(cfg, mesh)
-    pool = FewShotPool(train_records, k=few_shot_k, seed=cfg.seed)
+    model, tokenizer = load_base(s, mesh)
+    pool = FewShotPool(train_records, k=few_shot_k, seed=s.seed)
     for style in baselines:
         name = BASELINES[style] if style != "few_shot" else f"few-shot (k={few_shot_k})"
         for split, records in tests.items():
@@ -163,10 +165,10 @@ def _evaluate_baselines(cfg: Any, mesh: Any, baselines: Sequence[str], train_rec
                                                  few_shot=pool, **common))
 
 
-def _evaluate_run(run_dir: str, step: int | None, cfg: Any, tests: dict[str, list[Record]], force_behavior: str,
+def _evaluate_run(run_dir: str, step: int | None, dtype: str, tests: dict[str, list[Record]], force_behavior: str,
                   common: dict[str, Any], results: dict[str, list[EvalResult]]) -> int:
     """One training run's checkpoint on every split, appended to ``results``; returns the step it read."""
-    model, tokenizer, run_cfg, style, step_seen = load_run(run_dir, step, cfg.model.dtype, common["mesh"])
+    model, tokenizer, run_cfg, style, step_seen = load_run(run_dir, step, dtype, common["mesh"])
     name = STYLE_NAMES.get(style, style)
     force = force_behavior if style == "behavior_sft" and force_behavior else None
     spec = Settings.from_config(run_cfg).behavior.spec  # the run's own behavior tokens

@@ -63,7 +63,6 @@ from bsft_jax.run.settings import ConfigError, Settings, fail
 
 # Fields whose value is a free-form mapping (no fixed key set).
 FREE_FORM = frozenset({"behavior.category_map", "data.field_map"})
-MODEL_SOURCES = ("hf", "scratch")
 DIST_INIT = ("auto", "always", "never")
 __all__ = ["ConfigError", "config_from_dict", "config_to_dict", "default_config", "load_config_file",
            "resolve_mesh_shape", "validate_config"]
@@ -291,8 +290,6 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
 def _check_model_source(cfg: Any) -> None:
     """An HF folder that exists, or a from-scratch architecture that is consistent."""
     m = cfg.model
-    _one_of(cfg, "model.source", MODEL_SOURCES)
-    _positive(cfg, "model.vocab_pad_multiple")
     if m.source == "hf":
         if not m.hf_path:
             raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -28,6 +29,7 @@ from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.hf import load_hf
 from bsft_jax.models.sharding import state_shardings
 from bsft_jax.run.checkpoint import TOKENIZER_SUBDIR, decoder_config_from_dict
+from bsft_jax.run.settings import BehaviorSettings, DataSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +47,13 @@ class ModelBundle:
     behavior_ids: dict[str, int]
 
 
-def behavior_spec(cfg: Any) -> BehaviorSpec:
-    """The BehaviorSpec of the ``behavior`` config block."""
-    from bsft_jax.run.settings import BehaviorSettings
-
-    return BehaviorSettings.from_block(cfg.behavior).spec
-
-
-def runtime_fields(cfg: Any) -> dict[str, Any]:
-    """DecoderConfig fields that come from the run config, not from the architecture."""
-    m = cfg.model
-    return dict(dtype=m.dtype, param_dtype=m.param_dtype, logits_dtype=m.logits_dtype, remat=m.remat,
-                scan_unroll=m.scan_unroll, attention_impl=m.attention_impl)
-
-
-def tokenizer_path(cfg: Any) -> str:
+def tokenizer_path(model: ModelSettings, data: DataSettings, spec: BehaviorSpec) -> str:
     """The base tokenizer folder (``tokenizer.path``, else the HF model folder; "demo": the demo BPE)."""
-    path = cfg.tokenizer.path or (cfg.model.hf_path if cfg.model.source == "hf" else "")
+    path = model.base_tokenizer
     if path == "demo":
-        from bsft_jax.run.settings import DataSettings
         from bsft_jax.run.sources import demo_tokenizer_path
 
-        return demo_tokenizer_path(DataSettings(**cfg.data.to_dict()), behavior_spec(cfg))
+        return demo_tokenizer_path(data, spec)
     return path
 
 
@@ -101,11 +88,11 @@ def init_sharded(config: DecoderConfig, seed: int, mesh: Mesh) -> Decoder:
     return nnx.merge(graphdef, state)
 
 
-def scratch_config(cfg: Any, tokenizer: Any) -> DecoderConfig:
+def scratch_config(model: ModelSettings, tokenizer: Any) -> DecoderConfig:
     """DecoderConfig of a from-scratch model: ``model.arch`` sized to the base tokenizer."""
-    a = cfg.model.arch
+    a = SimpleNamespace(**model.arch)
     n_tokens = len(tokenizer)
-    rows = round_up(n_tokens, cfg.model.vocab_pad_multiple)
+    rows = round_up(n_tokens, model.vocab_pad_multiple)
     stops = stop_token_ids(tokenizer)
     return DecoderConfig(
         model_type=a.model_type,
@@ -126,44 +113,47 @@ def scratch_config(cfg: Any, tokenizer: Any) -> DecoderConfig:
         eos_token_id=stops[0] if stops else None,
         pad_token_id=tokenizer.pad_token_id,
         generation_eos_token_ids=stops,
-        source_dtype=cfg.model.param_dtype,
-        **runtime_fields(cfg),
+        source_dtype=model.runtime.param_dtype,
+        **model.runtime.fields(),
     )
 
 
-def build_fresh(cfg: Any, mesh: Mesh) -> ModelBundle:
-    """Base tokenizer + model (HF or scratch) on ``mesh``, extended with the behavior tokens if enabled."""
-    tok_path = tokenizer_path(cfg)
+def build_fresh(s: Settings, mesh: Mesh) -> ModelBundle:
+    """Base tokenizer + model (HF or scratch) on ``mesh``, extended with the behavior tokens if enabled.
+
+    Uses ``s.model``, ``s.behavior``, ``s.seed`` and, for the demo tokenizer, ``s.data``.
+    """
+    tok_path = tokenizer_path(s.model, s.data, s.behavior.spec)
     tokenizer = load_tokenizer(tok_path) if tok_path else None
-    if cfg.model.source == "hf":
-        log.info("loading %s onto mesh %s", cfg.model.hf_path, dict(mesh.shape))
-        rt = runtime_fields(cfg)
-        model, config = load_hf(cfg.model.hf_path, dtype=rt.pop("param_dtype"), compute_dtype=rt.pop("dtype"),
+    if s.model.source == "hf":
+        log.info("loading %s onto mesh %s", s.model.hf_path, dict(mesh.shape))
+        rt = s.model.runtime.fields()
+        model, config = load_hf(s.model.hf_path, dtype=rt.pop("param_dtype"), compute_dtype=rt.pop("dtype"),
                                 mesh=mesh, **rt)
     else:
         if tokenizer is None:
             raise ValueError("config.tokenizer.path: a from-scratch model needs a base tokenizer")
-        config = scratch_config(cfg, tokenizer)
-        model = init_sharded(config, cfg.seed, mesh)
+        config = scratch_config(s.model, tokenizer)
+        model = init_sharded(config, s.seed, mesh)
     ids: dict[str, int] = {}
-    if cfg.behavior.enabled:
-        spec = behavior_spec(cfg)
+    if s.behavior.enabled:
         before = config.vocab_size
-        model, config, ids = add_behavior_tokens(model, config, tokenizer, spec, seed=cfg.seed,
-                                                 pad_multiple=cfg.model.vocab_pad_multiple, init=cfg.behavior.init)
+        model, config, ids = add_behavior_tokens(model, config, tokenizer, s.behavior.spec, seed=s.seed,
+                                                 pad_multiple=s.model.vocab_pad_multiple, init=s.behavior.init)
         log.info("behavior tokens %s; embedding rows %d -> %d (valid %d)", ids, before, config.vocab_size,
                  config.num_valid_tokens)
     return ModelBundle(model=model, config=config, tokenizer=tokenizer, behavior_ids=ids)
 
 
-def build_for_resume(cfg: Any, run_dir: str, meta: dict[str, Any]) -> ModelBundle:
+def build_for_resume(model: ModelSettings, behavior: BehaviorSettings, run_dir: str, meta: dict[str, Any]
+                     ) -> ModelBundle:
     """Abstract model + the run's saved tokenizer and model config (the checkpoint has the weights)."""
-    config = decoder_config_from_dict(meta["model_config"], **runtime_fields(cfg))
+    config = decoder_config_from_dict(meta["model_config"], **model.runtime.fields())
     tok_dir = os.path.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR))
     tokenizer = load_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
     ids = dict(meta.get("behavior", {}).get("token_ids", {}))
-    if tokenizer is not None and cfg.behavior.enabled:
-        ids = behavior_token_ids(tokenizer, behavior_spec(cfg))  # checks the saved tokenizer still has them
+    if tokenizer is not None and behavior.enabled:
+        ids = behavior_token_ids(tokenizer, behavior.spec)  # checks the saved tokenizer still has them
     return ModelBundle(model=abstract_decoder(config), config=config, tokenizer=tokenizer, behavior_ids=ids)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, REMAT_MODES, canonical_dtype
 
+MODEL_SOURCES = ("hf", "scratch")
 DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
 # Training styles of bsft_jax.data.format ("few_shot" is a prompting baseline of the evaluator only).
 TRAIN_STYLES = ("behavior_sft", "general_sft", "explicit_instruction")
@@ -71,6 +72,36 @@ class ModelRuntime:
     def fields(self) -> dict[str, Any]:
         """As DecoderConfig keyword arguments."""
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """``config.model`` and ``config.tokenizer``: where the weights and the base tokenizer come from, and
+    the decoder's runtime fields. Existence of folders is checked by validate_config (a cross-field rule)."""
+
+    source: str
+    hf_path: str
+    arch: Mapping[str, Any]
+    vocab_pad_multiple: int
+    tokenizer_path: str  # "" = the HF folder's; "demo" = the demo set's BPE
+    runtime: ModelRuntime
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ModelSettings:
+        """From the ``model`` and ``tokenizer`` blocks."""
+        m = cfg.model
+        runtime = ModelRuntime(dtype=m.dtype, param_dtype=m.param_dtype, logits_dtype=m.logits_dtype, remat=m.remat,
+                               scan_unroll=m.scan_unroll, attention_impl=m.attention_impl)
+        settings = cls(source=m.source, hf_path=m.hf_path, arch=_plain(m.arch), vocab_pad_multiple=m.vocab_pad_multiple,
+                       tokenizer_path=cfg.tokenizer.path, runtime=runtime)
+        _one_of("model", "source", settings.source, MODEL_SOURCES)
+        _positive("model", settings, "vocab_pad_multiple")
+        return settings
+
+    @property
+    def base_tokenizer(self) -> str:
+        """The base tokenizer folder as configured ("" when the run has none; "demo" is resolved by the caller)."""
+        return self.tokenizer_path or (self.hf_path if self.source == "hf" else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +199,8 @@ class OptimizerSettings:
 class Settings:
     """The resolved config: one typed piece per block that functions take."""
 
-    model: ModelRuntime
+    seed: int
+    model: ModelSettings
     behavior: BehaviorSettings
     data: DataSettings
     train: TrainSettings
@@ -177,10 +209,9 @@ class Settings:
     @classmethod
     def from_config(cls, cfg: Any) -> Settings:
         """Resolves (and so validates) every piece of an ml_collections config."""
-        m = cfg.model
         return cls(
-            model=ModelRuntime(dtype=m.dtype, param_dtype=m.param_dtype, logits_dtype=m.logits_dtype, remat=m.remat,
-                               scan_unroll=m.scan_unroll, attention_impl=m.attention_impl),
+            seed=int(cfg.seed),
+            model=ModelSettings.from_config(cfg),
             behavior=BehaviorSettings.from_block(cfg.behavior),
             data=DataSettings(**_plain(cfg.data)),
             train=TrainSettings(**_plain(cfg.train)),

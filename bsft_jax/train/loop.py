@@ -31,7 +31,7 @@ from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, make_meta
 from bsft_jax.run.config import config_to_dict, validate_config
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
-from bsft_jax.run.settings import Settings
+from bsft_jax.run.settings import BehaviorSettings, Settings
 from bsft_jax.train import distributed
 from bsft_jax.train.data import make_eval_batches, train_iterator
 from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_primary
@@ -140,9 +140,8 @@ def _batch_crc(local: dict[str, np.ndarray]) -> int:
     return zlib.crc32(np.ascontiguousarray(local["tokens"]).tobytes())
 
 
-def _behavior_meta(cfg: Any, bundle: ModelBundle) -> dict[str, Any]:
-    b = cfg.behavior
-    return {"enabled": bool(b.enabled), "names": list(b.names), "token_format": b.token_format,
+def _behavior_meta(b: BehaviorSettings, bundle: ModelBundle) -> dict[str, Any]:
+    return {"enabled": b.enabled, "names": list(b.spec.names), "token_format": b.spec.token_format,
             "token_ids": dict(bundle.behavior_ids)}
 
 
@@ -207,10 +206,10 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     stack.callback(ckpt.close)  # waits for pending saves even when a step fails
     resume_step = ckpt.latest_step()
     if resume_step is None:
-        bundle = build_fresh(cfg, mesh)
+        bundle = build_fresh(settings, mesh)
     else:
         log.info("resuming %s from step %d", run_dir, resume_step)
-        bundle = build_for_resume(cfg, run_dir, ckpt.read_json(resume_step, "meta"))
+        bundle = build_for_resume(settings.model, settings.behavior, run_dir, ckpt.read_json(resume_step, "meta"))
     config_dict = config_to_dict(cfg)
     if primary:
         write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
@@ -220,7 +219,7 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     data_iter = train_iterator(settings.data, settings.behavior.spec, bundle.tokenizer, shard)
     num_params = count_params(bundle.model)
     if resume_step is None:
-        state = trainer.init_state(bundle.model, cfg.seed)  # takes over (donates) the model's buffers
+        state = trainer.init_state(bundle.model, settings.seed)  # takes over (donates) the model's buffers
     else:
         restore_iter = data_iter if cfg.checkpoint.restore_data else None
         state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=restore_iter)
@@ -234,7 +233,7 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     stack.callback(metrics_log.close)
     eval_batches = (make_eval_batches(settings.data, settings.behavior.spec, bundle.tokenizer, shard)
                     if t.eval_every >= 0 else [])
-    meta_base = dict(behavior=_behavior_meta(cfg, bundle), num_params=num_params, mesh=startup["mesh"])
+    meta_base = dict(behavior=_behavior_meta(settings.behavior, bundle), num_params=num_params, mesh=startup["mesh"])
     return _Session(cfg, ckpt, bundle, trainer, state, data_iter, eval_batches, metrics_log, config_dict, meta_base,
                     startup, resume_step)
 

@@ -98,18 +98,20 @@ def model_config_for_plan(cfg: Any, model_preset: str | None = None) -> tuple[An
     """
     from bsft_jax.behavior.surgery import grown_vocab_size
     from bsft_jax.models.config import DecoderConfig, preset
-    from bsft_jax.run.model_setup import behavior_spec, load_tokenizer, runtime_fields, scratch_config, tokenizer_path
+    from bsft_jax.run.model_setup import load_tokenizer, scratch_config, tokenizer_path
+    from bsft_jax.run.settings import Settings
 
-    rt = runtime_fields(cfg)
+    s = Settings.from_config(cfg)
+    rt, spec = s.model.runtime.fields(), s.behavior.spec
     tokenizer, preset_name = None, None
-    tok_path = tokenizer_path(cfg) if (cfg.model.source == "scratch" or not model_preset) else ""
+    tok_path = tokenizer_path(s.model, s.data, spec) if (cfg.model.source == "scratch" or not model_preset) else ""
     if tok_path and os.path.isdir(tok_path):
         tokenizer = load_tokenizer(tok_path)
     hf_json = os.path.join(cfg.model.hf_path or "", "config.json")
     if cfg.model.source == "scratch":
         if tokenizer is None:
             raise PlanError(f"config.tokenizer.path={cfg.tokenizer.path!r}: a from-scratch model needs its tokenizer")
-        config, how = scratch_config(cfg, tokenizer), "config.model.arch (from scratch)"
+        config, how = scratch_config(s.model, tokenizer), "config.model.arch (from scratch)"
     elif not model_preset and os.path.isfile(hf_json):
         config, how = DecoderConfig.from_hf(cfg.model.hf_path, param_dtype=rt["param_dtype"], dtype=rt["dtype"],
                                             logits_dtype=rt["logits_dtype"], remat=rt["remat"]), hf_json
@@ -121,7 +123,6 @@ def model_config_for_plan(cfg: Any, model_preset: str | None = None) -> tuple[An
         config = preset(preset_name, **rt)
         how = f"preset {preset_name}" + ("" if model_preset else f" ({hf_json} not found)")
     if cfg.behavior.enabled:
-        spec = behavior_spec(cfg)
         if tokenizer is not None:
             vocab = tokenizer.get_vocab()
             num_tokens = len(tokenizer) + sum(t not in vocab for t in spec.tokens)

@@ -42,7 +42,7 @@ def _reference_losses(run_dir: str) -> list[float]:
         cfg[section][field] = value
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     with jax.set_mesh(mesh):
-        bundle = build_fresh(cfg, mesh)
+        bundle = build_fresh(Settings.from_config(cfg), mesh)
         tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
         trainer = Trainer(bundle.config, tx, schedule, mesh)
         state = trainer.init_state(bundle.model, cfg.seed)

@@ -20,6 +20,7 @@ import pytest
 
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.model_setup import build_fresh
+from bsft_jax.run.settings import Settings
 from bsft_jax.train.loop import run
 from bsft_jax.train.optim import make_optimizer
 from bsft_jax.train.plan import (
@@ -57,7 +58,7 @@ def test_small_plan_equals_real_state_shards_and_the_real_compiled_step(tmp_path
     # analytic == what one device really holds of a freshly built, sharded train state
     mesh = make_mesh(MESH)
     with jax.set_mesh(mesh):
-        bundle = build_fresh(cfg, mesh)
+        bundle = build_fresh(Settings.from_config(cfg), mesh)
         tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
         trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=2)
         state = trainer.init_state(bundle.model, cfg.seed)
