@@ -1,0 +1,48 @@
+"""The config resolved into typed pieces: each piece checks its own fields and names the bad one."""
+
+from __future__ import annotations
+
+import pytest
+
+from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.run.config import default_config
+from bsft_jax.run.settings import ConfigError, ModelRuntime, OptimizerSettings, Settings, TrainSettings
+
+
+def test_defaults_resolve_into_typed_pieces():
+    s = Settings.from_config(default_config())
+    assert isinstance(s.behavior.spec, BehaviorSpec) and s.behavior.spec.names == ("reactive", "balanced", "proactive")
+    assert s.optimizer.b2 == 0.95 and s.train.global_batch_size == 8 and s.data.demo["num_train"] == 5200
+    assert s.model.runtime.fields()["remat"] == "none" and s.model.base_tokenizer == ""
+
+
+@pytest.mark.parametrize("block, field, value, message", [
+    ("optimizer", "b1", 1.0, r"config.optimizer.b1: must be in \[0, 1\)"),
+    ("optimizer", "learning_rate", 0.0, "config.optimizer.learning_rate: must be > 0"),
+    ("train", "eval_every", -2, "config.train.eval_every: must be -1"),
+    ("train", "microbatches", 0, "config.train.microbatches: must be > 0"),
+    ("data", "style", "chatty", "config.data.style: 'chatty' is not one of"),
+    ("data", "source", "s3", "config.data.source: 's3' is not one of"),
+    ("model", "remat", "some", "config.model.remat: 'some' is not one of"),
+    ("model", "dtype", "float8", "config.model.dtype"),
+    ("model", "source", "zip", "config.model.source: 'zip' is not one of"),
+    ("behavior", "token_format", "<{x}>", "config.behavior.token_format"),
+    ("behavior", "names", ("a", "a"), "config.behavior.names"),
+    ("behavior", "init", "zeros", "config.behavior.init: 'zeros' is not one of"),
+])
+def test_each_piece_names_its_bad_field(block, field, value, message):
+    cfg = default_config()
+    cfg[block][field] = value
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_config(cfg)
+
+
+def test_pieces_validate_when_built_directly():
+    with pytest.raises(ConfigError, match="config.model.attention_impl: is 'cudnn' but model.dtype='float32'"):
+        ModelRuntime(dtype="float32", param_dtype="float32", logits_dtype="float32", remat="none", scan_unroll=1,
+                     attention_impl="cudnn")
+    with pytest.raises(ConfigError, match="config.train.steps"):
+        TrainSettings(steps=0, global_batch_size=8, microbatches=1, z_loss=0.0, log_every=1, eval_every=0)
+    ok = OptimizerSettings(learning_rate=1e-3, warmup_steps=0, min_lr_ratio=1.0, b1=0.0, b2=0.5, eps=1e-8,
+                           weight_decay=0.0, grad_clip_norm=0.0, decay_embeddings=False)
+    assert ok.min_lr_ratio == 1.0  # the floor may equal the peak; b1/b2 may not reach 1
