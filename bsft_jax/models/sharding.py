@@ -83,7 +83,7 @@ def resolve_mesh_shape(shape: Mapping[str, int] | Sequence[int], num_devices: in
     if -1 in sizes.values():
         if num_devices % known:
             raise ValueError(f"{shown} does not divide the {num_devices} available devices "
-                             f"({known} does not divide {num_devices}); change the mesh sizes")
+                             f"({num_devices} devices are not divisible by {known}); change the mesh sizes")
         sizes[next(a for a, s in sizes.items() if s == -1)] = num_devices // known
     if math.prod(sizes.values()) != num_devices:
         raise ValueError(f"{shown} needs {math.prod(sizes.values())} devices but {num_devices} are available; "
