@@ -25,6 +25,8 @@ model.vocab_pad_multiple embedding rows are padded to a multiple of this when th
 tokenizer.path           base tokenizer folder ("" = model.hf_path; "demo" = the demo set's small BPE)
 behavior.enabled         BehaviorSFT (True) or GeneralSFT (False: no behavior tokens)
 behavior.names / token_format / category_map / init   see bsft_jax.behavior.BehaviorSpec
+behavior.scheme          "group" (one token per category) | "item" (the token is the item's decision:
+                         answer / intervene / hold; behavior.names must include those three)
 data.source              "demo" (generated, cached), "jsonl" (data.path/<split>.jsonl), "tfds" (data.path is
                          the data_dir of bsft_jax.data.tfds_builder) or "synthetic" (a copy task, for tests)
 data.style               "behavior_sft" | "general_sft" | "explicit_instruction" (bsft_jax.data.format)
@@ -105,6 +107,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.behavior.token_format = "<|behavior:{name}|>"
     c.behavior.category_map = ml_collections.ConfigDict()
     c.behavior.init = "mean_cov"
+    c.behavior.scheme = "group"
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "demo"
@@ -318,6 +321,10 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
         for cat, name in dict(b.category_map).items():
             if name not in b.names:
                 raise _fail(f"behavior.category_map.{cat}", f"{name!r} is not one of behavior.names {tuple(b.names)}")
+        _one_of(cfg, "behavior.scheme", ("group", "item"))
+        if b.scheme == "item" and not {"answer", "intervene", "hold"} <= set(b.names):
+            raise _fail("behavior.names", f"scheme 'item' needs the names answer, intervene, hold; got "
+                                          f"{tuple(b.names)}")
 
     _one_of(cfg, "data.source", DATA_SOURCES)
     _one_of(cfg, "data.style", TRAIN_STYLES)
