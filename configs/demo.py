@@ -25,6 +25,12 @@ def get_config():
                         max_position_embeddings=1024)
     c.tokenizer.path = "demo"
 
+    # The item-level behavior scheme: the token is the decision on each scene (answer / intervene /
+    # hold), not a function of the category (README, "The demo benchmark"). behavior.scheme="group"
+    # with behavior.names=("reactive", "balanced", "proactive") gives the paper-style group tokens.
+    c.behavior.scheme = "item"
+    c.behavior.names = ("answer", "intervene", "hold")
+
     c.data.source = "demo"
     c.data.style = "behavior_sft"
     c.data.seq_len = 256

@@ -75,12 +75,13 @@ def macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
     return sum(scores) / max(len(scores), 1)
 
 
-def probe_scores(train: Sequence[Record], test: Sequence[Record]) -> dict[str, float]:
+def probe_scores(train: Sequence[Record], test: Sequence[Record], *, full_label: bool = True) -> dict[str, float]:
     """Surface-probe macro-F1 (percent): intervene-vs-hold per flag category, per group, and overall.
 
     Per category, a probe is fit on that category's train scenes. ``balanced`` / ``proactive`` pool
     the intervene-vs-hold predictions of their categories; ``overall`` is macro-F1 of the full
-    label (option letter or flag class) averaged over all 13 categories, as the evaluator reports.
+    label (option letter or flag class) averaged over all 13 categories, as the evaluator reports
+    (only when ``full_label``).
     """
     out: dict[str, float] = {}
     pooled: dict[str, tuple[list[str], list[str]]] = {g: ([], []) for g in taxonomy.GROUPS}
@@ -90,8 +91,9 @@ def probe_scores(train: Sequence[Record], test: Sequence[Record]) -> dict[str, f
         te = [r for r in test if r.category == category]
         if not tr or not te:
             continue
-        pred = _probe([scene_text(r) for r in tr], [r.label for r in tr], [scene_text(r) for r in te])
-        full.append(macro_f1([r.label for r in te], pred))
+        if full_label:
+            pred = _probe([scene_text(r) for r in tr], [r.label for r in tr], [scene_text(r) for r in te])
+            full.append(macro_f1([r.label for r in te], pred))
         if te[0].is_multiple_choice:
             continue
         gold_b = [intervenes(r) for r in te]
@@ -103,7 +105,8 @@ def probe_scores(train: Sequence[Record], test: Sequence[Record]) -> dict[str, f
     for g, (gold, pred) in pooled.items():
         if gold:
             out[g] = macro_f1(gold, pred)
-    out["overall"] = sum(full) / max(len(full), 1)
+    if full:
+        out["overall"] = sum(full) / len(full)
     return out
 
 

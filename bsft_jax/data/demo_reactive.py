@@ -61,8 +61,9 @@ def lab_interpretation(rng: random.Random, pt: Patient, force_label: str | None 
     lo, hi = target.reference
     step = float(hi) - float(lo)
     decimals = len(lo.split(".")[1]) if "." in lo else 0
-    off = rng.choice((0.05, 0.1, 0.15, 0.25))
-    value = f"{float(hi) + off * step:.{decimals}f}" if high else f"{max(float(lo) - off * step, 0):.{decimals}f}"
+    unit = 10.0 ** -decimals
+    off = max(1, round(rng.choice((0.05, 0.1, 0.15, 0.25)) * step / unit)) * unit  # >= one printed digit
+    value = f"{float(hi) + off:.{decimals}f}" if high else f"{max(float(lo) - off, unit):.{decimals}f}"
     values = {lab.name: rng.choice(lab.normal) for lab in labs}
     values[target.name] = value
     shown = rng.sample(labs, 4)
