@@ -10,7 +10,7 @@ What it measures (scene text only, never the reply):
 - copies: test scenes equal to a train scene once person names are replaced, and "near copies"
   once numbers are replaced too;
 - label balance per category, and H(behavior token | category) under the item scheme;
-- the probe's accuracy on the ``hard`` subset against the rest.
+- the probe's intervene-vs-hold accuracy on the ``hard`` flag items against the rest.
 
 Needs scikit-learn (a test dependency).
 """
@@ -112,16 +112,16 @@ def probe_scores(train: Sequence[Record], test: Sequence[Record], *, full_label:
 
 
 def hard_vs_rest(train: Sequence[Record], test: Sequence[Record]) -> dict[str, float]:
-    """Probe accuracy (percent, full label, per-category probes) on hard test items and on the rest."""
+    """Probe accuracy (percent) of intervene-vs-hold on the flag categories' hard test items and the rest."""
     right: dict[bool, list[bool]] = {True: [], False: []}
     for category in taxonomy.CATEGORY_NAMES:
-        tr = [r for r in train if r.category == category]
-        te = [r for r in test if r.category == category]
+        tr = [r for r in train if r.category == category and not r.is_multiple_choice]
+        te = [r for r in test if r.category == category and not r.is_multiple_choice]
         if not tr or not te:
             continue
-        pred = _probe([scene_text(r) for r in tr], [r.label for r in tr], [scene_text(r) for r in te])
+        pred = _probe([scene_text(r) for r in tr], [intervenes(r) for r in tr], [scene_text(r) for r in te])
         for r, p in zip(te, pred):
-            right[r.hard].append(p == r.label)
+            right[r.hard].append(p == intervenes(r))
     return {("hard" if k else "rest"): 100.0 * sum(v) / max(len(v), 1) for k, v in right.items()}
 
 
@@ -129,7 +129,7 @@ def entropy_bits(values: Iterable[str]) -> float:
     """Shannon entropy (bits) of the empirical distribution of ``values``."""
     counts = Counter(values)
     n = sum(counts.values())
-    return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
+    return abs(sum(c / n * math.log2(c / n) for c in counts.values())) if n else 0.0
 
 
 def token_entropy_by_category(records: Sequence[Record]) -> Mapping[str, float]:
@@ -156,7 +156,8 @@ def main() -> None:
     for key in [*[c for c in taxonomy.CATEGORY_NAMES if c in seen], "balanced", "proactive"]:
         print(f"  {key:48s} {seen[key]:5.1f}")
     hr = hard_vs_rest(train, test)
-    print(f"probe accuracy: hard {hr.get('hard', float('nan')):.1f}  rest {hr.get('rest', float('nan')):.1f}")
+    print(f"probe intervene-vs-hold accuracy: hard {hr.get('hard', float('nan')):.1f}  "
+          f"rest {hr.get('rest', float('nan')):.1f}")
     rates = copy_rates(train, test)
     print(f"test scenes equal to a train scene (names replaced): {100 * rates['exact']:.1f}%")
     print(f"near copies (names and numbers replaced): {100 * rates['near']:.1f}%")
