@@ -225,6 +225,12 @@ def test_item_scheme_spec_and_config_validation():
     assert spec.behavior_for_item("Image Reasoning", "B", True) == "answer"
     assert BehaviorSpec().behavior_for_item("Error Correction", "none", False) == "proactive"
     assert BehaviorSpec.from_config({"names": ("answer", "intervene", "hold"), "scheme": "item"}) == spec
+    from bsft_jax.data.schema import record_from_dict
+
+    obj = {"category": "Error Correction", "turns": [{"speaker": "Chart", "text": "x"}], "label": "none"}
+    assert record_from_dict(obj, spec=spec).behavior == "hold"  # a record without behavior gets its decision
+    assert record_from_dict({**obj, "label": "dose_error"}, spec=spec).behavior == "intervene"
+    assert record_from_dict(obj).behavior == "proactive"
     with pytest.raises(ValueError, match="needs names"):
         BehaviorSpec(scheme="item")
     with pytest.raises(ValueError, match="scheme"):
