@@ -19,6 +19,12 @@ def get_config():
     c.model.arch.update(hidden_size=128, intermediate_size=384, head_dim=32, max_position_embeddings=1024)
     c.tokenizer.path = "demo"
 
+    # The item-level behavior scheme: the token is the decision on each scene (answer / intervene /
+    # hold), not a function of the category (README, "The demo benchmark"). behavior.scheme="group"
+    # with behavior.names=("reactive", "balanced", "proactive") gives the paper-style group tokens.
+    c.behavior.scheme = "item"
+    c.behavior.names = ("answer", "intervene", "hold")
+
     # 1000 steps (~4 passes over the 5,200 training scenes): at 300 the model picks the right behavior
     # token but its labels are near chance (overall macro-F1 ~50); at 1000 the balanced and proactive
     # labels are learned (~97-99 macro-F1). The reactive multiple-choice items stay hard at this size.

@@ -1,12 +1,11 @@
-"""Small tables of real clinical facts that the demo scenes are drawn from.
+"""Tables the demo scenes (v2) are drawn from. Demo material, not medical advice.
 
-Kept deliberately small (a tiny model must learn them in minutes on a CPU) and conventional:
-adult reference ranges and critical ("panic") limits as commonly published by hospital labs
-(limits vary a little between labs; the demo fixes one set), well-known drug-allergy and
-drug-drug conflicts, standard adult doses, and core guideline steps (AHA/ACC STEMI and stroke,
-Surviving Sepsis hour-1 bundle, ADA DKA, anaphylaxis and hyperkalemia emergency care).
-Values are discretised into bands so that every value the scenes use is known to be
-normal, abnormal-but-not-critical ("borderline"), or critical. Demo material, not medical advice.
+In v2 no string of these tables decides a label by itself. The deciding fact is always a relation
+between two things printed in the same scene: a value and the critical limit printed beside it, the
+proposed drug's class and the charted allergy's class, a checklist card and the team's plan, an order
+set and the order. So limits, targets and thresholds are drawn per scene from a plausible window
+(``grid``) around the published value (labs and units differ between hospitals; the scene's own card
+is what counts), and every drug, value and order appears under every label of its category.
 """
 
 from __future__ import annotations
@@ -14,37 +13,35 @@ from __future__ import annotations
 import dataclasses
 
 
+def grid(start: float, step: float, n: int, decimals: int) -> tuple[str, ...]:
+    """``n`` evenly spaced numbers as printed strings: grid(3.0, 0.5, 3, 1) == ('3.0', '3.5', '4.0')."""
+    return tuple(f"{start + i * step:.{decimals}f}" for i in range(n))
+
+
 # ----------------------------------------------------------------------------- labs
 @dataclasses.dataclass(frozen=True)
 class Lab:
+    """A lab test: values inside the reference range, and grids near its low / high critical limits."""
+
     name: str
     unit: str
-    reference: str               # reference range as printed on a report
-    critical: str                # critical limits as printed
-    normal: tuple[str, ...]      # values inside the reference range
-    borderline: tuple[str, ...]  # outside the reference range but not critical
-    critical_values: tuple[str, ...]
+    reference: tuple[str, str]      # typical reference range (lo, hi)
+    normal: tuple[str, ...]         # values well inside the reference range
+    near_low: tuple[str, ...] = ()  # ascending grid around the low critical limit (empty: none)
+    near_high: tuple[str, ...] = ()  # ascending grid around the high critical limit
 
 
 LABS: tuple[Lab, ...] = (
-    Lab("potassium", "mmol/L", "3.5-5.0", "below 2.8 or above 6.2",
-        ("3.7", "4.0", "4.3", "4.6"), ("3.2", "5.4"), ("2.4", "6.6", "7.1")),
-    Lab("sodium", "mmol/L", "135-145", "below 120 or above 160",
-        ("136", "138", "140", "143"), ("131", "148"), ("116", "163")),
-    Lab("glucose", "mg/dL", "70-140", "below 50 or above 400",
-        ("84", "96", "112", "128"), ("62", "188"), ("38", "520")),
-    Lab("hemoglobin", "g/dL", "12.0-17.5", "below 7.0",
-        ("12.8", "13.6", "14.4", "15.2"), ("10.4", "11.2"), ("5.8", "6.3")),
-    Lab("platelets", "x10^3/uL", "150-400", "below 20",
-        ("190", "240", "280", "330"), ("112", "460"), ("9", "14")),
-    Lab("INR", "", "0.8-1.2", "above 5.0",
-        ("0.9", "1.0", "1.1"), ("1.7", "2.6"), ("6.4", "7.8")),
-    Lab("calcium", "mg/dL", "8.5-10.5", "below 6.5 or above 13.0",
-        ("8.9", "9.4", "9.9"), ("8.1", "11.1"), ("6.1", "13.8")),
-    Lab("lactate", "mmol/L", "0.5-2.0", "above 4.0",
-        ("0.9", "1.3", "1.8"), ("2.7", "3.3"), ("4.9", "6.2")),
+    Lab("potassium", "mmol/L", ("3.5", "5.0"), ("3.8", "4.1", "4.4", "4.7"),
+        grid(1.8, 0.1, 16, 1), grid(5.6, 0.1, 16, 1)),
+    Lab("sodium", "mmol/L", ("135", "145"), ("137", "139", "141", "143"), grid(110, 1, 16, 0), grid(154, 1, 16, 0)),
+    Lab("glucose", "mg/dL", ("70", "140"), ("88", "96", "104", "121"), grid(30, 2, 16, 0), grid(340, 10, 16, 0)),
+    Lab("hemoglobin", "g/dL", ("12.0", "17.5"), ("12.9", "13.7", "14.6", "15.4"), grid(5.0, 0.2, 16, 1)),
+    Lab("platelets", "x10^3/uL", ("150", "400"), ("190", "236", "281", "327"), grid(6, 2, 16, 0)),
+    Lab("INR", "", ("0.8", "1.2"), ("0.9", "1.0", "1.1"), (), grid(4.0, 0.2, 16, 1)),
+    Lab("calcium", "mg/dL", ("8.5", "10.5"), ("8.9", "9.4", "9.9"), grid(5.2, 0.2, 16, 1), grid(12.2, 0.2, 16, 1)),
+    Lab("lactate", "mmol/L", ("0.5", "2.0"), ("0.9", "1.3", "1.7"), (), grid(3.0, 0.2, 16, 1)),
 )
-LAB_BY_NAME = {lab.name: lab for lab in LABS}
 
 
 def lab_text(lab: Lab, value: str) -> str:
@@ -52,292 +49,156 @@ def lab_text(lab: Lab, value: str) -> str:
     return f"{lab.name} {value} {lab.unit}".rstrip()
 
 
+# ----------------------------------------------------------------------------- patient targets (restraint)
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A measurement the care team has set a patient-specific limit for (it looks alarming elsewhere)."""
+
+    measure: str          # "oxygen saturation"
+    unit: str             # " percent", " mg/dL", ""
+    why: str              # the context that justifies an unusual target
+    upper: bool           # True: act when the value is ABOVE the limit; False: when BELOW it
+    values: tuple[str, ...]  # ascending grid; both limit and value are drawn from it
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("oxygen saturation", " percent", "COPD with chronic CO2 retention", False, grid(80, 1, 16, 0)),
+    Target("creatinine", " mg/dL", "chronic kidney disease stage 4", True, grid(2.4, 0.2, 16, 1)),
+    Target("INR", "", "a mechanical mitral valve on warfarin", True, grid(2.8, 0.2, 16, 1)),
+    Target("glucose", " mg/dL", "type 2 diabetes, just after lunch", True, grid(160, 10, 16, 0)),
+    Target("temperature", " C", "the first day after knee surgery", True, grid(37.4, 0.1, 16, 1)),
+    Target("systolic blood pressure", " mmHg", "an acute stroke before thrombolysis", True, grid(160, 5, 16, 0)),
+    Target("heart rate", " per minute", "a beta-blocker started yesterday", False, grid(36, 2, 16, 0)),
+)
+
+
 # ----------------------------------------------------------------------------- drugs
-@dataclasses.dataclass(frozen=True)
-class Allergy:
-    name: str                     # what the chart says the patient is allergic to
-    conflicting: tuple[str, ...]  # drugs that must not be given (same class / cross-reactive)
-    why: str
-
-
-ALLERGIES: tuple[Allergy, ...] = (
-    Allergy("penicillin", ("amoxicillin", "ampicillin", "piperacillin-tazobactam"), "a penicillin"),
-    Allergy("sulfa drugs", ("trimethoprim-sulfamethoxazole",), "a sulfonamide antibiotic"),
-    Allergy("NSAIDs", ("ibuprofen", "naproxen", "ketorolac"), "an NSAID"),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Interaction:
-    home_med: str
-    new_drug: str
-    effect: str
-
-
-INTERACTIONS: tuple[Interaction, ...] = (
-    Interaction("warfarin", "trimethoprim-sulfamethoxazole", "raises the INR and the bleeding risk"),
-    Interaction("warfarin", "fluconazole", "raises the INR and the bleeding risk"),
-    Interaction("simvastatin", "clarithromycin", "raises statin levels and the risk of rhabdomyolysis"),
-    Interaction("sildenafil", "nitroglycerin", "can cause severe hypotension"),
-    Interaction("sertraline", "linezolid", "can cause serotonin syndrome"),
-    Interaction("lisinopril", "spironolactone", "can cause dangerous hyperkalemia"),
-    Interaction("methotrexate", "trimethoprim-sulfamethoxazole", "can cause bone marrow suppression"),
-)
-# Home medicines each proposed drug is commonly given with, without a clinically important
-# interaction (an explicit whitelist: a pair absent from INTERACTIONS is not assumed safe).
-COMPATIBLE: dict[str, tuple[str, ...]] = {
-    "amoxicillin": ("simvastatin", "sildenafil", "sertraline", "lisinopril"),
-    "ampicillin": ("simvastatin", "sildenafil", "lisinopril"),
-    "piperacillin-tazobactam": ("simvastatin", "sildenafil", "lisinopril"),
-    "trimethoprim-sulfamethoxazole": ("simvastatin", "sildenafil", "sertraline"),
-    "ibuprofen": ("simvastatin", "sildenafil"),
-    "naproxen": ("simvastatin", "sildenafil"),
-    "ketorolac": ("simvastatin", "sildenafil"),
-    "fluconazole": ("lisinopril",),
-    "clarithromycin": ("lisinopril",),
-    "nitroglycerin": ("warfarin", "simvastatin", "sertraline", "lisinopril", "methotrexate"),
-    "linezolid": ("simvastatin", "lisinopril", "sildenafil"),
-    "spironolactone": ("simvastatin", "sertraline", "sildenafil", "warfarin"),
+# Drug classes and members (real class membership). Allergies are charted as a class.
+DRUG_CLASSES: dict[str, tuple[str, ...]] = {
+    "penicillins": ("amoxicillin", "ampicillin", "piperacillin-tazobactam"),
+    "cephalosporins": ("ceftriaxone", "cefazolin", "cephalexin"),
+    "sulfonamides": ("trimethoprim-sulfamethoxazole", "sulfadiazine"),
+    "NSAIDs": ("ibuprofen", "naproxen", "ketorolac"),
+    "macrolides": ("clarithromycin", "azithromycin", "erythromycin"),
+    "fluoroquinolones": ("ciprofloxacin", "levofloxacin", "moxifloxacin"),
 }
-PROPOSED_DRUGS: tuple[str, ...] = tuple(COMPATIBLE)
-HOME_MEDS: tuple[str, ...] = tuple(sorted({i.home_med for i in INTERACTIONS}))
+CLASS_OF: dict[str, str] = {d: c for c, ds in DRUG_CLASSES.items() for d in ds}
+PROPOSED_DRUGS: tuple[str, ...] = tuple(CLASS_OF)
+HOME_MEDS: tuple[str, ...] = ("warfarin", "apixaban", "sertraline", "lisinopril", "simvastatin", "methotrexate",
+                              "lithium", "digoxin")
 
-
-def interaction(home_med: str, new_drug: str) -> Interaction | None:
-    """The known interaction of a pair, or None."""
-    return next((i for i in INTERACTIONS if i.home_med == home_med and i.new_drug == new_drug), None)
-
-
-def allergy_conflict(allergy: str, drug: str) -> bool:
-    """True when ``drug`` belongs to (or cross-reacts with) the charted allergy."""
-    return any(a.name == allergy and drug in a.conflicting for a in ALLERGIES)
+# Medicines that share a class, for orders that name a class ("hold the anticoagulant").
+ACTIVE_CLASSES: dict[str, tuple[str, ...]] = {
+    "anticoagulant": ("heparin infusion", "enoxaparin", "apixaban", "warfarin"),
+    "opioid": ("morphine", "hydromorphone", "oxycodone", "fentanyl patch"),
+    "insulin": ("insulin glargine", "insulin lispro", "regular insulin"),
+    "vasopressor": ("norepinephrine drip", "vasopressin drip", "phenylephrine drip"),
+    "diuretic": ("furosemide", "spironolactone", "hydrochlorothiazide"),
+    "sedative": ("propofol drip", "midazolam", "dexmedetomidine drip"),
+}
+ORDER_VERBS: tuple[str, ...] = ("hold the", "restart the", "cut back the", "give the next dose of the")
 
 
 @dataclasses.dataclass(frozen=True)
-class Dose:
-    drug: str
-    indication: str
-    dose: str        # standard adult dose
-    wrong_dose: str  # a tenfold error
+class Regimen:
+    """One line of an order set: for a situation, a dose and a route."""
+
+    situation: str
+    dose: str
     route: str
-    wrong_route: str | None  # a dangerous wrong route, where a classic one exists
 
 
-DOSES: tuple[Dose, ...] = (
-    Dose("epinephrine", "anaphylaxis", "0.5 mg", "5 mg", "IM into the thigh", "as an IV push of the 1 mg/mL vial"),
-    Dose("aspirin", "suspected myocardial infarction", "325 mg", "3250 mg", "chewed", None),
-    Dose("lorazepam", "status epilepticus", "4 mg", "40 mg", "IV", None),
-    Dose("acetaminophen", "fever", "1 g", "10 g", "by mouth", None),
-    Dose("ceftriaxone", "pneumonia", "1 g", "10 g", "IV once daily", None),
-    Dose("morphine", "severe pain", "4 mg", "40 mg", "IV", None),
-    Dose("potassium chloride", "hypokalemia", "10 mEq per hour", "100 mEq per hour", "IV infusion", "as an IV push"),
-    Dose("insulin glargine", "type 1 diabetes", "20 units", "200 units", "subcutaneously at night", "IV"),
-)
+# Each drug has two real regimens with different doses and routes (an order mixing them is an error).
+ORDER_SETS: dict[str, tuple[Regimen, Regimen]] = {
+    "epinephrine": (Regimen("anaphylaxis", "0.5 mg", "IM"), Regimen("cardiac arrest", "1 mg", "IV push")),
+    "metoprolol": (Regimen("rapid atrial fibrillation", "5 mg", "IV"),
+                   Regimen("stable angina", "50 mg", "by mouth")),
+    "furosemide": (Regimen("acute pulmonary edema", "40 mg", "IV"), Regimen("ankle swelling", "20 mg", "by mouth")),
+    "ondansetron": (Regimen("vomiting, nil by mouth", "4 mg", "IV"), Regimen("mild nausea", "8 mg", "by mouth")),
+    "potassium chloride": (Regimen("potassium 2.9, on telemetry", "10 mEq", "IV over one hour"),
+                           Regimen("potassium 3.3, eating", "40 mEq", "by mouth")),
+    "acetaminophen": (Regimen("fever, nil by mouth", "1 g", "IV over 15 minutes"),
+                      Regimen("fever, eating", "650 mg", "by mouth")),
+    "haloperidol": (Regimen("severe agitation", "5 mg", "IM"), Regimen("night-time delirium", "0.5 mg", "by mouth")),
+    "lorazepam": (Regimen("status epilepticus", "4 mg", "IV"), Regimen("anxiety before MRI", "1 mg", "by mouth")),
+    "hydralazine": (Regimen("severe hypertension in pregnancy", "10 mg", "IV"),
+                    Regimen("heart failure", "25 mg", "by mouth")),
+}
 
 
-# ----------------------------------------------------------------------------- guidelines
-@dataclasses.dataclass(frozen=True)
-class Protocol:
-    condition: str
-    steps: tuple[str, ...]   # required steps (all must be in a complete plan)
-    extra: tuple[str, ...]   # reasonable but optional steps (distractors)
-
-
-PROTOCOLS: tuple[Protocol, ...] = (
-    Protocol("suspected STEMI", ("get a 12-lead ECG", "give aspirin 325 mg chewed", "activate the cath lab"),
-             ("get a chest X-ray", "page cardiology")),
-    Protocol("septic shock", ("draw blood cultures", "measure lactate", "start broad-spectrum antibiotics",
-                              "give 30 mL/kg crystalloid"), ("place a urinary catheter", "call the family")),
-    Protocol("suspected acute stroke", ("get a non-contrast head CT", "check a fingerstick glucose",
-                                        "confirm the last-known-well time"), ("request a swallow screen",)),
-    Protocol("diabetic ketoacidosis",
-             ("start IV fluids", "check potassium before insulin", "start an insulin infusion"),
-             ("check a urinalysis",)),
-    Protocol("anaphylaxis", ("give IM epinephrine", "assess the airway", "give IV fluids"),
-             ("give an antihistamine",)),
-    Protocol("upper GI bleeding", ("place two large-bore IVs", "start an IV proton pump inhibitor",
-                                   "arrange urgent endoscopy"), ("type and screen",)),
-    Protocol("hyperkalemia with ECG changes", ("give IV calcium gluconate", "give insulin with glucose",
-                                               "recheck potassium in 2 hours"), ("repeat the ECG",)),
-)
+# ----------------------------------------------------------------------------- guidelines and checklists
+# Each condition has five candidate steps; a scene's checklist card lists three of them.
+PROTOCOL_STEPS: dict[str, tuple[str, ...]] = {
+    "suspected STEMI": ("get a 12-lead ECG", "give aspirin 325 mg chewed", "activate the cath lab",
+                        "page cardiology", "get a chest X-ray"),
+    "septic shock": ("draw blood cultures", "measure lactate", "start broad-spectrum antibiotics",
+                     "give 30 mL/kg crystalloid", "place a urinary catheter"),
+    "suspected acute stroke": ("get a non-contrast head CT", "check a fingerstick glucose",
+                               "confirm the last-known-well time", "request a swallow screen", "call neurology"),
+    "diabetic ketoacidosis": ("start IV fluids", "check potassium", "start an insulin infusion",
+                              "check a urinalysis", "repeat a venous gas"),
+    "anaphylaxis": ("give IM epinephrine", "assess the airway", "give IV fluids", "give an antihistamine",
+                    "observe for six hours"),
+    "upper GI bleeding": ("place two large-bore IVs", "start an IV proton pump inhibitor", "arrange endoscopy",
+                          "type and screen", "hold the anticoagulant"),
+    "hyperkalemia": ("give IV calcium gluconate", "give insulin with glucose", "recheck potassium",
+                     "repeat the ECG", "give a potassium binder"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
-class Deviation:
-    """A guideline rule with one number deciding whether the plan follows it."""
+class Rule:
+    """A guideline card with a threshold: ``card`` and ``fact`` are templates with {t} and {v}."""
 
     condition: str
-    fact: str           # template with {v}: the scene fact that decides
-    plan: str           # what the team proposes
-    ok_values: tuple[str, ...]
-    bad_values: tuple[str, ...]
-    rule: str           # the guideline statement quoted in explanations
+    card: str
+    fact: str
+    plan: str
+    deviation_above: bool    # True: the plan deviates when the value is above the threshold
+    values: tuple[str, ...]  # ascending grid for both threshold and value
 
 
-DEVIATIONS: tuple[Deviation, ...] = (
-    Deviation("acute ischemic stroke", "symptoms began {v} hours ago", "give IV alteplase now",
-              ("2", "3", "4"), ("6", "9"), "IV alteplase is given within 4.5 hours of symptom onset"),
-    Deviation("diabetic ketoacidosis", "potassium is {v} mmol/L", "start the insulin infusion now",
-              ("4.1", "4.8", "3.9"), ("2.9", "3.1"), "insulin is held until potassium is at least 3.3 mmol/L"),
-    Deviation("septic shock", "lactate is {v} mmol/L and blood pressure is 82/48", "hold IV fluids for now",
-              ("1.2",), ("4.6", "5.8"), "lactate of 4 or more, or hypotension, needs 30 mL/kg crystalloid"),
-    Deviation("suspected STEMI", "the cath lab is free in {v} minutes", "go ahead with primary PCI",
-              ("40", "60", "75"), ("150", "240"), "primary PCI within 90 minutes of first contact, else fibrinolysis"),
-    Deviation("community-acquired pneumonia", "the CURB-65 score is {v}", "treat at home with oral antibiotics",
-              ("0", "1"), ("3", "4"), "a CURB-65 score of 3 or more calls for hospital care"),
+RULES: tuple[Rule, ...] = (
+    Rule("acute ischemic stroke", "IV alteplase only within {t} hours of symptom onset",
+         "symptoms began {v} hours ago", "give IV alteplase now", True, grid(2.5, 0.25, 16, 2)),
+    Rule("diabetic ketoacidosis", "start insulin only once potassium is at least {t} mmol/L",
+         "potassium is {v} mmol/L", "start the insulin infusion now", False, grid(2.6, 0.1, 16, 1)),
+    Rule("suspected STEMI", "primary PCI only if the cath lab is free within {t} minutes",
+         "the cath lab is free in {v} minutes", "wait for primary PCI", True, grid(45, 5, 16, 0)),
+    Rule("community-acquired pneumonia", "home treatment only if oxygen saturation is at least {t} percent",
+         "oxygen saturation is {v} percent", "treat at home with oral antibiotics", False, grid(84, 1, 16, 0)),
+    Rule("anemia without bleeding", "transfuse only if hemoglobin is below {t} g/dL",
+         "hemoglobin is {v} g/dL", "transfuse one unit now", True, grid(6.0, 0.2, 16, 1)),
+    Rule("atrial fibrillation", "cardiovert without anticoagulation only within {t} hours of onset",
+         "the palpitations began {v} hours ago", "cardiovert today without anticoagulation", True,
+         grid(12, 3, 16, 0)),
 )
 
 
-# ----------------------------------------------------------------------------- prerequisites
 @dataclasses.dataclass(frozen=True)
 class Prerequisite:
-    action: str        # what the team is about to do
-    needs: str         # the fact that must be known first
-    known: str         # how a scene states the fact when it is known
-    female_only: bool = False
+    """Something that must be confirmed before an action, and how a chart states it."""
+
+    need: str    # "kidney function"
+    known: str   # "creatinine 0.9 this morning"
 
 
 PREREQUISITES: tuple[Prerequisite, ...] = (
-    Prerequisite("a CT with IV contrast", "kidney function", "creatinine this morning was 0.9"),
-    Prerequisite("metformin", "kidney function", "eGFR is 78"),
-    Prerequisite("an MRI of the spine", "implanted devices", "there is no pacemaker or metal implant"),
-    Prerequisite("isotretinoin", "pregnancy status", "today's pregnancy test is negative", female_only=True),
-    Prerequisite("methotrexate", "pregnancy status", "a pregnancy test yesterday was negative", female_only=True),
-    Prerequisite("IV alteplase", "the last-known-well time", "last seen well 90 minutes ago"),
-    Prerequisite("a heparin infusion", "the platelet count", "platelets are 240"),
+    Prerequisite("kidney function", "creatinine 0.9 this morning"),
+    Prerequisite("pregnancy status", "pregnancy test negative today"),
+    Prerequisite("implanted devices", "no pacemaker or metal implant"),
+    Prerequisite("last-known-well time", "last seen well 90 minutes ago"),
+    Prerequisite("platelet count", "platelets 240 this morning"),
+    Prerequisite("potassium", "potassium 4.2 at 6 am"),
 )
-OTHER_FACTS: tuple[str, ...] = ("blood pressure is 132/80", "heart rate is 84", "temperature is 37.1",
-                                "oxygen saturation is 97 percent", "breakfast was at 7")
-
-
-# ----------------------------------------------------------------------------- ambiguity
-@dataclasses.dataclass(frozen=True)
-class Order:
-    ambiguous: str
-    clear: str
-    why: str
-
-
-ORDERS: tuple[Order, ...] = (
-    Order("give morphine 5 now", "give morphine 5 mg IV now", "the order has no unit or route"),
-    Order("start MS 2 grams IV", "start magnesium sulfate 2 grams IV",
-          "MS can mean morphine sulfate or magnesium sulfate"),
-    Order("give insulin 10 U", "give regular insulin 10 units subcutaneously", "'U' can be misread as a zero"),
-    Order("turn up the drip", "raise the norepinephrine drip to 8 micrograms per minute",
-          "two infusions are running and no target is given"),
-    Order("give the potassium", "give potassium chloride 20 mEq by mouth", "no dose, form or route is given"),
-    Order("hold the blood thinner", "hold tonight's enoxaparin dose", "the patient is on two anticoagulants"),
-)
-
-
-# ----------------------------------------------------------------------------- restraint
-@dataclasses.dataclass(frozen=True)
-class ExpectedFinding:
-    """A finding that looks alarming out of context but is expected (hold back), or is not (intervene)."""
-
-    context: str
-    finding: str  # template with {v}
-    ok_values: tuple[str, ...]
-    bad_values: tuple[str, ...]
-    ok_why: str
-    bad_why: str
-
-
-EXPECTED: tuple[ExpectedFinding, ...] = (
-    ExpectedFinding("COPD with chronic CO2 retention, target saturation 88-92 percent",
-                    "oxygen saturation is {v} percent",
-                    ("88", "90", "91"), ("78", "81"), "within the 88-92 percent target for COPD",
-                    "well below the 88-92 percent target"),
-    ExpectedFinding("chronic kidney disease stage 4, baseline creatinine 3.0", "creatinine is {v}",
-                    ("2.9", "3.1", "3.2"), ("5.6", "6.4"), "at the patient's baseline", "about double the baseline"),
-    ExpectedFinding("atrial fibrillation on warfarin, INR goal 2-3", "INR is {v}", ("2.2", "2.5", "2.9"),
-                    ("6.4", "7.8"), "inside the 2-3 goal", "far above the 2-3 goal and critical"),
-    ExpectedFinding("type 2 diabetes, after lunch", "glucose is {v} mg/dL", ("152", "176", "188"),
-                    ("38", "44"), "an expected post-meal value", "critically low"),
-    ExpectedFinding("first day after knee surgery", "temperature is {v}", ("37.6", "37.9", "38.0"),
-                    ("39.6", "40.1"), "a common mild post-operative rise", "a high fever that needs a workup"),
-)
-
-
-# ----------------------------------------------------------------------------- reactive knowledge
-@dataclasses.dataclass(frozen=True)
-class ImageFinding:
-    modality: str
-    finding: str
-    diagnosis: str
-
-
-IMAGE_FINDINGS: tuple[ImageFinding, ...] = (
-    ImageFinding("chest X-ray", "a meniscus sign blunting the right costophrenic angle", "pleural effusion"),
-    ImageFinding("chest X-ray", "a visceral pleural line with no lung markings beyond it", "pneumothorax"),
-    ImageFinding("chest X-ray", "a lobar opacity with air bronchograms", "lobar pneumonia"),
-    ImageFinding("chest X-ray", "a cardiothoracic ratio of 0.6", "cardiomegaly"),
-    ImageFinding("chest X-ray", "free air under the right hemidiaphragm", "bowel perforation"),
-    ImageFinding("head CT", "a crescent-shaped hyperdensity that crosses suture lines", "subdural hematoma"),
-    ImageFinding("head CT", "a biconvex hyperdensity that does not cross suture lines", "epidural hematoma"),
-    ImageFinding("head CT", "blood in the basal cisterns", "subarachnoid hemorrhage"),
-    ImageFinding("abdominal ultrasound", "gallstones with wall thickening and pericholecystic fluid",
-                 "acute cholecystitis"),
-    ImageFinding("abdominal ultrasound", "a dilated renal pelvis and calyces", "hydronephrosis"),
-)
-IMAGE_MODALITIES: tuple[str, ...] = tuple(dict.fromkeys(f.modality for f in IMAGE_FINDINGS))
-
-
-@dataclasses.dataclass(frozen=True)
-class Presentation:
-    diagnosis: str
-    features: tuple[str, ...]  # key discriminating features
-
-
-PRESENTATIONS: tuple[Presentation, ...] = (
-    Presentation("acute myocardial infarction", ("crushing chest pain spreading to the left arm", "sweating",
-                                                 "ST elevation in leads II, III and aVF")),
-    Presentation("aortic dissection", ("tearing chest pain going through to the back",
-                                       "a 30 mmHg blood pressure difference between the arms",
-                                       "a widened mediastinum")),
-    Presentation("pulmonary embolism", ("sudden pleuritic chest pain", "a swollen left calf after a long flight",
-                                        "oxygen saturation of 89 percent")),
-    Presentation("acute pericarditis", ("chest pain that eases when leaning forward", "a pericardial friction rub",
-                                        "diffuse ST elevation")),
-    Presentation("acute appendicitis", ("pain that moved from the navel to the right lower quadrant",
-                                        "loss of appetite", "rebound tenderness at McBurney's point")),
-    Presentation("acute cholecystitis", ("right upper quadrant pain after a fatty meal", "a positive Murphy sign",
-                                         "fever")),
-    Presentation("acute pancreatitis", ("epigastric pain going to the back", "heavy alcohol use",
-                                        "lipase four times the upper limit")),
-    Presentation("bacterial meningitis", ("fever", "neck stiffness", "pain when looking at light")),
-    Presentation("diabetic ketoacidosis", ("deep rapid breathing", "glucose of 520 with urine ketones", "vomiting")),
-    Presentation("ischemic stroke", ("sudden weakness of the right arm and face", "slurred speech",
-                                     "a normal glucose")),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class TimedEvent:
-    day: int       # days relative to admission (0 = admission day)
-    when: str
-
-
-TIMES: tuple[TimedEvent, ...] = (
-    TimedEvent(-7, "a week before admission"),
-    TimedEvent(-3, "three days before admission"),
-    TimedEvent(-1, "the day before admission"),
-    TimedEvent(0, "on admission"),
-    TimedEvent(2, "on hospital day 2"),
-    TimedEvent(5, "on hospital day 5"),
-)
-EVENTS: tuple[str, ...] = (
-    "a fever began", "a dry cough started", "ibuprofen was taken", "the chest X-ray showed an infiltrate",
-    "antibiotics were started", "a rash appeared", "blood cultures grew Staphylococcus aureus",
-    "the creatinine rose", "confusion began", "the patient moved to the ICU",
-)
-
-
-# What each drug in the medication scenes is started for.
-DRUG_USES: dict[str, str] = {
-    "amoxicillin": "the sinus infection", "ampicillin": "the urinary infection",
-    "piperacillin-tazobactam": "the abdominal infection", "trimethoprim-sulfamethoxazole": "the urinary infection",
-    "ibuprofen": "the knee pain", "naproxen": "the back pain", "ketorolac": "the post-operative pain",
-    "fluconazole": "the yeast infection", "clarithromycin": "the chest infection", "nitroglycerin": "the chest pain",
-    "linezolid": "the MRSA wound infection", "spironolactone": "the heart failure",
+ACTIONS: dict[str, tuple[str, ...]] = {  # action -> the needs a checklist card may name for it
+    "a CT with IV contrast": ("kidney function", "pregnancy status"),
+    "an MRI of the spine": ("implanted devices", "kidney function"),
+    "IV alteplase": ("last-known-well time", "platelet count"),
+    "a heparin infusion": ("platelet count", "kidney function"),
+    "methotrexate": ("pregnancy status", "kidney function"),
+    "an insulin infusion": ("potassium", "kidney function"),
+    "a lumbar puncture": ("platelet count", "implanted devices"),
 }
+OTHER_FACTS: tuple[str, ...] = ("blood pressure 132/80", "heart rate 84", "temperature 37.1",
+                                "oxygen saturation 97 percent", "breakfast at 7")

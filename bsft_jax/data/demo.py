@@ -5,10 +5,12 @@ Two calls give a demo run everything it needs, with no download::
     splits = load_demo()                       # {"train": [...5200], "validation": [...520], "test": [...1040]}
     tokenizer = load_demo_tokenizer()          # small byte-level BPE, ChatML template, HF folder (cached)
 
-Scenes come from :mod:`bsft_jax.data.demo_scenes` (one generator per category); splits are
-generated separately with split-specific case ids (``demo-<split>-<n>``), so no case is in two
-splits and split sizes are exact. Each case is one patient with 1-3 scenes of different
-categories. Categories are balanced within a split (sizes that are multiples of 13 are exact).
+Scenes come from :mod:`bsft_jax.data.demo_scenes` (one generator per category; README, "The demo
+benchmark"); splits are generated separately with split-specific case ids (``demo-<split>-<n>``), so
+no case is in two splits and split sizes are exact. Each scene's held-out combination decides
+which split may use it (:func:`split_of`), so no test scene copies a train scene. Each case is
+one patient with 1-3 scenes of different categories. Categories are balanced within a split
+(sizes that are multiples of 13 are exact).
 Caches live under ``$BSFT_JAX_CACHE`` or ``~/.cache/bsft_jax`` and are written atomically
 (temp folder, then rename), so an interrupted run never leaves a half-written cache.
 """
@@ -31,7 +33,7 @@ from bsft_jax.data.demo_scenes import GENERATORS, random_patient
 from bsft_jax.data.schema import Record, read_jsonl, write_jsonl
 from bsft_jax.files import replace_dir
 
-DEMO_VERSION = "1.0.0"  # bump when generated content changes (it is part of the cache key)
+DEMO_VERSION = "2.0.0"  # bump when generated content changes (it is part of the cache key)
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 CHATML_SPECIALS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (
@@ -62,11 +64,33 @@ def default_cache_dir() -> str:
     return os.environ.get("BSFT_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bsft_jax")
 
 
+SPLIT_BUCKETS: dict[str, range] = {"train": range(0, 8), "validation": range(8, 9), "test": range(9, 10)}
+
+
+def split_of(category: str, combo: tuple) -> str:
+    """The split a scene's held-out combination belongs to (80 / 10 / 10 of combinations, by hash).
+
+    Combinations (lab x limit band, drug x home medicine, protocol x missed step, ...) are printed in
+    the scene, so two scenes of different splits always differ: no test scene copies a train scene.
+    """
+    bucket = int(hashlib.sha1(f"{category}|{combo!r}".encode()).hexdigest(), 16) % 10
+    return next(s for s, r in SPLIT_BUCKETS.items() if bucket in r)
+
+
+def _scene_for_split(split: str, category: str, patient: Any, key: str) -> Any:
+    for attempt in range(10_000):
+        scene = GENERATORS[category](random.Random(f"{key}/{attempt}"), patient)
+        if split_of(category, scene.combo) == split:
+            return scene
+    raise RuntimeError(f"no {split} scene for {category!r} in 10000 draws (combination space too small)")
+
+
 def generate_split(split: str, num_records: int, *, seed: int = 0, spec: BehaviorSpec | None = None) -> list[Record]:
     """``num_records`` scenes of one split, deterministic in (split, seed). Records carry their behavior.
 
-    The behavior of every record is ``spec.behavior_for_category(category)`` (the paper conditions
-    on the task's behavior type); the scene content decides the label.
+    The behavior of every record is ``spec.behavior_for_item(...)``: its category's token under the
+    group scheme, its decision (answer / intervene / hold) under the item scheme. Each scene's
+    combination is drawn again until it belongs to ``split`` (:func:`split_of`).
     """
     spec = spec or BehaviorSpec()
     rng = random.Random(f"bsft-demo/{DEMO_VERSION}/{seed}/{split}")
@@ -80,10 +104,11 @@ def generate_split(split: str, num_records: int, *, seed: int = 0, spec: Behavio
         patient = random_patient(case_rng)
         for j in range(min(case_rng.choice((1, 2, 3)), num_records - len(records))):
             category = categories[len(records)]
-            scene = GENERATORS[category](random.Random(f"{seed}/{split}/{case}/{j}"), patient)
+            scene = _scene_for_split(split, category, patient, f"{seed}/{split}/{case}/{j}")
+            behavior = spec.behavior_for_item(category, scene.label, scene.options is not None)
             records.append(Record(
                 id=f"{case_id}-{j}", case_id=case_id, category=category, group=taxonomy.group_of(category),
-                turns=scene.turns, behavior=spec.behavior_for_category(category), label=scene.label,
+                turns=scene.turns, behavior=behavior, label=scene.label,
                 response=scene.response, options=scene.options, hard=scene.hard))
         case += 1
     return records
@@ -95,7 +120,8 @@ def generate_demo(config: DemoConfig = DemoConfig(), spec: BehaviorSpec | None =
 
 
 def _spec_key(spec: BehaviorSpec) -> str:
-    blob = json.dumps([list(spec.names), sorted(spec.category_map.items())])
+    blob = json.dumps([list(spec.names), sorted(spec.category_map.items())]
+                      + ([spec.scheme] if spec.scheme != "group" else []))
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 

@@ -1,383 +1,280 @@
-"""One scene generator per BehaviorBench category, drawn from :mod:`bsft_jax.data.clinical_facts`.
+"""One scene generator per BehaviorBench category (demo v2): the label is a relation inside the scene.
 
-Every generator is ``gen(rng, patient, force_label=None) -> Scene``. It makes ALL its random
-draws first, in the same order whatever the label, and only then assembles the text. So with the
-same ``rng`` state, two calls that force different labels give "twin" scenes that differ only in
-the planted fact (a critical value, a conflicting drug, a dropped guideline step ...): the label
-follows from the scene's content, never from its wording. ``force_label`` exists for that test;
-datasets leave it None and the generator samples the label from a uniform drawn first.
+Every generator is ``gen(rng, patient, force_label=None) -> Scene``. It makes ALL its random draws
+first, in the same order whatever the label, and only then assembles the text. So with the same
+``rng`` state, two calls that force different labels give "twin" scenes that differ in one fact (a
+value and its limit swapped, the step the plan misses, the class on the alert card ...).
+
+What decides each flag label (always two things printed in the scene, never one string):
+  Critical Value Flagging   a lab value against the critical limit printed beside it
+  Intervention Restraint    a reported value against the patient's own target in the chart
+  Medication Safety Check   the proposed drug's class against the charted allergy class, or the
+                            pharmacy alert card of the home medicine
+  Ambiguity Clarification   the class an order names against how many active medicines share it
+  Omission Detection        the checklist card against the team's plan
+  Error Correction          the order against the order-set line of the patient's situation
+  Consistency Check         two parts of the record (site, weight, allergy)
+  Missing Information       the checklist card's prerequisite against the facts in the chart
+  Guideline Deviation       the fact against the threshold on the guideline card
+Reactive (multiple-choice) generators live in :mod:`bsft_jax.data.demo_reactive`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from bsft_jax.data import clinical_facts as cf
-from bsft_jax.data.schema import NO_INTERVENTION, Turn
+from bsft_jax.data.demo_reactive import REACTIVE_GENERATORS
+from bsft_jax.data.scene_kit import (  # noqa: F401  (re-exported for callers of v1)
+    MC_KEYS,
+    Infeasible,
+    Patient,
+    Scene,
+    binary,
+    cap,
+    choose,
+    crossing,
+    frame,
+    join,
+    near_pair,
+    random_patient,
+    voices,
+)
+from bsft_jax.data.schema import NO_INTERVENTION
 
-DOCTORS = ("Dr. Kim", "Dr. Patel", "Dr. Okafor", "Dr. Garcia", "Dr. Novak")
-NURSES = ("Nurse Lee", "Nurse Brown")
-SURNAMES = ("Alvarez", "Brooks", "Chen", "Diaz", "Evans", "Fischer", "Gupta", "Hughes", "Ito", "Jones",
-            "Khan", "Lopez", "Moreau", "Nguyen", "Owens", "Park", "Quinn", "Rossi", "Singh", "Walsh")
-REASONS = ("pneumonia", "a hip fracture", "heart failure", "cellulitis", "a kidney infection", "a COPD flare")
-PLANS = ("discharge this afternoon", "move to the ward", "start physiotherapy today")
-BODY_PARTS = ("knee", "hip", "shoulder", "wrist")
-WEIGHTS = (56, 64, 72, 81, 90)
-
-
-class Infeasible(ValueError):
-    """A forced label cannot be planted in the drawn scene (e.g. a route error for a drug without one)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Patient:
-    title: str
-    surname: str
-    age: int
-    female: bool
-
-    @property
-    def name(self) -> str:
-        return f"{self.title} {self.surname}"
-
-    @property
-    def obj(self) -> str:  # object pronoun
-        return "her" if self.female else "him"
+PLANS = ("discharge this afternoon", "move to the ward", "start physiotherapy today", "step down the monitoring")
+BODY_PARTS = ("knee", "hip", "shoulder", "wrist", "ankle")
 
 
-def random_patient(rng: random.Random) -> Patient:
-    """A patient for one case (all its scenes share it)."""
-    female = rng.random() < 0.5
-    return Patient("Ms." if female else "Mr.", rng.choice(SURNAMES), rng.randrange(22, 89), female)
-
-
-@dataclasses.dataclass(frozen=True)
-class Scene:
-    turns: tuple[Turn, ...]
-    label: str
-    response: str
-    options: tuple[tuple[str, str], ...] | None = None
-    hard: bool = False
-
-
-def _choose(u: float, labels: Sequence[str], probs: Sequence[float], force: str | None) -> str:
-    if force is not None:
-        if force not in labels:
-            raise Infeasible(f"label {force!r} not possible here; possible: {list(labels)}")
-        return force
-    acc = 0.0
-    for label, p in zip(labels, probs):
-        acc += p
-        if u < acc:
-            return label
-    return labels[-1]
-
-
-def _cap(s: str) -> str:
-    return s[:1].upper() + s[1:]
-
-
-def _join(items: Sequence[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _mc(rng: random.Random, correct: str, distractors: Sequence[str]) -> tuple[tuple[tuple[str, str], ...], str]:
-    items = [correct, *distractors]
-    rng.shuffle(items)
-    options = tuple((chr(ord("A") + i), _cap(t)) for i, t in enumerate(items))
-    return options, options[items.index(correct)][0]
-
-
-def _no_force(force: str | None) -> None:
-    if force is not None:
-        raise Infeasible("multiple-choice scenes draw their answer; force_label is not supported")
-
-
-# ----------------------------------------------------------------------------- reactive
-def lab_interpretation(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
-    _no_force(force_label)
-    ask_critical = rng.random() < 0.5
-    labs = rng.sample(cf.LABS, 4)
-    target, distractor = labs[0], labs[1]
-    values = {lab.name: rng.choice(lab.normal) for lab in labs}
-    if ask_critical:  # one critical value next to an abnormal-but-not-critical one
-        values[target.name] = rng.choice(target.critical_values)
-        values[distractor.name] = rng.choice(distractor.borderline)
-        question = "Which result is at a critical level?"
-        why = f"is critical ({target.critical})"
-    else:
-        values[target.name] = rng.choice(target.borderline + target.critical_values)
-        question = "Which result is outside its reference range?"
-        why = f"is outside the reference range {target.reference}"
-    shown = list(labs)
-    rng.shuffle(shown)
-    options, answer = _mc(rng, target.name, [lab.name for lab in labs[1:]])
-    turns = (Turn("Labs", "; ".join(cf.lab_text(lab, values[lab.name]) for lab in shown) + "."),
-             Turn(rng.choice(DOCTORS), f"Looking at {pt.name}'s labs. {question}"))
-    response = f"Answer: {answer}\n{_cap(cf.lab_text(target, values[target.name]))} {why}."
-    return Scene(turns, answer, response, options, hard=ask_critical)
-
-
-def image_reasoning(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
-    _no_force(force_label)
-    f = rng.choice(cf.IMAGE_FINDINGS)
-    same = [x.diagnosis for x in cf.IMAGE_FINDINGS if x.modality == f.modality and x is not f]
-    other = [x.diagnosis for x in cf.IMAGE_FINDINGS if x.modality != f.modality]
-    near = rng.sample(same, min(3, len(same)))
-    options, answer = _mc(rng, f.diagnosis, near + rng.sample(other, 3 - len(near)))
-    turns = (Turn("Case", f"{pt.name}, {pt.age}, is seen in the emergency department."),
-             Turn("Radiology", f"The {f.modality} shows {f.finding}."),
-             Turn(rng.choice(DOCTORS), f"What does the {f.modality} show?"))
-    response = f"Answer: {answer}\n{_cap(f.finding)} on a {f.modality} means {f.diagnosis}."
-    return Scene(turns, answer, response, options, hard=len(near) == 3)
-
-
-def ddx_reasoning(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
-    _no_force(force_label)
-    p = rng.choice(cf.PRESENTATIONS)
-    feats = rng.sample(p.features, 2)
-    options, answer = _mc(rng, p.diagnosis, rng.sample([x.diagnosis for x in cf.PRESENTATIONS if x is not p], 3))
-    turns = (Turn("Case", f"{pt.name}, {pt.age}, presents with {feats[0]} and {feats[1]}."),
-             Turn(rng.choice(DOCTORS), "What is the most likely diagnosis?"))
-    response = f"Answer: {answer}\n{_cap(feats[0])} with {feats[1]} points to {p.diagnosis}."
-    return Scene(turns, answer, response, options)
-
-
-def temporal_ordering(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
-    _no_force(force_label)
-    pairs = list(zip(rng.sample(cf.TIMES, 4), rng.sample(cf.EVENTS, 4)))
-    ask_first = rng.random() < 0.5
-    told = list(pairs)
-    rng.shuffle(told)  # narration order is not event order
-    target = (min if ask_first else max)(pairs, key=lambda p: p[0].day)
-    options, answer = _mc(rng, target[1], [e for _, e in pairs if e != target[1]])
-    story = " ".join(f"{_cap(t.when)}, {e}." for t, e in told)
-    turns = (Turn("Case", f"Timeline for {pt.name}: {story}"),
-             Turn(rng.choice(DOCTORS), f"Which of these happened {'first' if ask_first else 'last'}?"))
-    response = (f"Answer: {answer}\n{_cap(target[1])} {target[0].when}, "
-                f"{'before' if ask_first else 'after'} the other events.")
-    return Scene(turns, answer, response, options)
+def _flag(label: str, text: str) -> str:
+    return f"Flag: {label}\n{text}" if label != NO_INTERVENTION else f"No concerns\n{text}"
 
 
 # ----------------------------------------------------------------------------- balanced
-def ambiguity_clarification(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
-    u = rng.random()
-    k = rng.randrange(len(cf.ORDERS))
-    order, reason, doc, nurse = cf.ORDERS[k], rng.choice(REASONS), rng.choice(DOCTORS), rng.choice(NURSES)
-    label = _choose(u, ("clarify", NO_INTERVENTION), (0.5, 0.5), force_label)
-    text = order.ambiguous if label == "clarify" else order.clear
-    turns = (Turn("Case", f"{pt.name}, {pt.age}, admitted with {reason}."),
-             Turn(doc, f"{nurse}, please {text}."),
-             Turn(nurse, "Will do, preparing it now."),
-             Turn(doc, "Assistant, anything before we go ahead?"))
-    if label == "clarify":
-        response = f"Flag: clarify\nPlease clarify the order before it is given: {order.why}."
-    else:
-        response = f"No concerns\nThe order is complete: {order.clear}."
-    return Scene(turns, label, response, hard=label == "clarify" and k in (1, 2))
-
-
 def critical_value_flagging(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    labs = rng.sample(cf.LABS, 4)
+    labs = rng.sample([lab for lab in cf.LABS if lab.near_low or lab.near_high], 4)
     slot, other = labs[0], labs[1]
-    values = {lab.name: rng.choice(lab.normal) for lab in labs}
-    critical = rng.choice(slot.critical_values)
+    sides = {lab.name: rng.choice([s for s, g in ((False, lab.near_low), (True, lab.near_high)) if g])
+             for lab in labs}
+    pairs = {lab.name: near_pair(rng, lab.near_high if sides[lab.name] else lab.near_low) for lab in labs}
+    normal = {lab.name: rng.choice(lab.normal) for lab in labs}
     with_distractor = rng.random() < 0.5
-    borderline = rng.choice(other.borderline)
-    shown = list(labs)
-    rng.shuffle(shown)
-    plan, doc_a, doc_b = rng.choice(PLANS), *rng.sample(DOCTORS, 2)
-    label = _choose(u, ("critical_value", NO_INTERVENTION), (0.5, 0.5), force_label)
+    order = rng.sample(range(4), 4)
+    plan, v = rng.choice(PLANS), voices(rng)
+    label = binary(u, "critical_value", force_label)
+    shown = []
+    for lab in labs:
+        _, lo, hi = pairs[lab.name]
+        value, limit = crossing(lo, hi, label == "critical_value" and lab is slot, sides[lab.name])
+        if lab is not slot and not (lab is other and with_distractor):
+            value = normal[lab.name]
+        word = "above" if sides[lab.name] else "below"
+        shown.append(f"{cf.lab_text(lab, value)} (critical {word} {limit})")
+    text = "Labs: " + "; ".join(shown[i] for i in order) + "."
+    turns = frame(pt, v, text, None, f"{pt.name} feels better today, so let's {plan}.")
+    slot_text = shown[0]
     if label == "critical_value":
-        values[slot.name] = critical
-    if with_distractor:
-        values[other.name] = borderline
-    turns = (Turn("Labs", "; ".join(cf.lab_text(lab, values[lab.name]) for lab in shown) + "."),
-             Turn(doc_a, f"{pt.name} feels better today, so let's {plan}."),
-             Turn(doc_b, "Agreed. Assistant, please file these results."))
-    if label == "critical_value":
-        response = (f"Flag: critical_value\n{_cap(cf.lab_text(slot, critical))} is critical ({slot.critical}); "
-                    f"repeat and treat it before we {plan}.")
+        response = _flag(label, f"{cap(slot_text)}: past its critical limit; repeat and treat before we {plan}.")
     else:
-        mild = f"; {cf.lab_text(other, borderline)} is only mildly abnormal" if with_distractor else ""
-        response = f"No concerns\nNo result is at a critical level{mild}. Fine to {plan}."
-    return Scene(turns, label, response, hard=with_distractor)
-
-
-def medication_safety_check(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
-    # The proposed drug is the same whatever the label: the chart (allergy, home medicine) decides.
-    u = rng.random()
-    drug = rng.choice(cf.PROPOSED_DRUGS)
-    conflicting = [a for a in cf.ALLERGIES if drug in a.conflicting]
-    allergy_bad = conflicting[0] if conflicting else None
-    allergy_ok = rng.choice([a for a in cf.ALLERGIES if drug not in a.conflicting])
-    interacting = [i for i in cf.INTERACTIONS if i.new_drug == drug]
-    inter = rng.choice(interacting) if interacting else None
-    home_ok = rng.choice(cf.COMPATIBLE[drug])
-    doc = rng.choice(DOCTORS)
-    feasible = {"allergy_conflict": 0.35 if allergy_bad else 0.0, "drug_interaction": 0.35 if inter else 0.0,
-                NO_INTERVENTION: 0.3}
-    total = sum(feasible.values())
-    labels = [k for k, v in feasible.items() if v]
-    label = _choose(u, labels, [feasible[k] / total for k in labels], force_label)
-    allergy = allergy_bad if label == "allergy_conflict" else allergy_ok
-    home = inter.home_med if label == "drug_interaction" else home_ok
-    turns = (Turn("Chart", f"{pt.name}, {pt.age}. Allergies: {allergy.name}. Home medicines: {home}."),
-             Turn(doc, f"Let's start {drug} for {cf.DRUG_USES[drug]}."),
-             Turn("Pharmacist Chen", "I can send that order. Assistant, please check it."))
-    if label == "allergy_conflict":
-        response = (f"Flag: allergy_conflict\n{_cap(drug)} is {allergy.why} and the chart lists an allergy to "
-                    f"{allergy.name}; choose a drug from another class.")
-    elif label == "drug_interaction":
-        response = f"Flag: drug_interaction\n{_cap(drug)} with {home} {inter.effect}; choose another drug."
-    else:
-        response = f"No concerns\n{_cap(drug)} is safe with an allergy to {allergy.name} and with {home}."
-    return Scene(turns, label, response)
+        response = _flag(label, f"Every result is inside its critical limits, {slot_text} included. Fine to {plan}.")
+    band = pairs[slot.name][0] // 4
+    return Scene(turns, label, response, hard=with_distractor, combo=(slot.name, sides[slot.name], band))
 
 
 def intervention_restraint(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    e = rng.choice(cf.EXPECTED)
-    ok, bad, nurse, doc = rng.choice(e.ok_values), rng.choice(e.bad_values), rng.choice(NURSES), rng.choice(DOCTORS)
-    label = _choose(u, ("intervene", NO_INTERVENTION), (0.3, 0.7), force_label)
-    finding = e.finding.format(v=bad if label == "intervene" else ok)
-    turns = (Turn("Case", f"{pt.name}, {pt.age}: {e.context}."),
-             Turn(nurse, f"Just so you know, {finding}."),
-             Turn(doc, "Thanks, noted. Let's keep to the plan."))
+    t = rng.choice(cf.TARGETS)
+    i, lo, hi = near_pair(rng, t.values)
+    v = voices(rng)
+    label = binary(u, "intervene", force_label, p_flag=0.4)
+    value, limit = crossing(lo, hi, label == "intervene", t.upper)
+    word = "at most" if t.upper else "at least"
+    chart = f"{cap(t.why)}. Team target: {t.measure} {word} {limit}{t.unit}."
+    line = f"Just so you know, {t.measure} is {value}{t.unit}, which would be out of range for most patients."
+    turns = frame(pt, v, chart, None, line)
     if label == "intervene":
-        response = f"Flag: intervene\n{_cap(finding)}, which is {e.bad_why}; this needs action now."
+        response = _flag(label, f"{cap(t.measure)} {value}{t.unit} is past this patient's own limit ({word} {limit}); "
+                                "this needs action now.")
     else:
-        response = f"No concerns\n{_cap(finding)}, which is {e.ok_why}; no action needed."
-    return Scene(turns, label, response, hard=label == NO_INTERVENTION)
+        response = _flag(label, f"{cap(t.measure)} {value}{t.unit} is within this patient's target ({word} {limit}); "
+                                "no action needed.")
+    return Scene(turns, label, response, combo=(t.measure, i // 4))
+
+
+def medication_safety_check(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
+    u = rng.random()
+    drug = rng.choice(cf.PROPOSED_DRUGS)
+    klass = cf.CLASS_OF[drug]
+    others = rng.sample([c for c in cf.DRUG_CLASSES if c != klass], 3)
+    home = rng.choice(cf.HOME_MEDS)
+    two_allergies = rng.random() < 0.5  # hard: the drug is checked against two allergy classes
+    v = voices(rng)
+    label = choose(u, ("allergy_conflict", "drug_interaction", NO_INTERVENTION), (0.35, 0.35, 0.3), force_label)
+    allergy = klass if label == "allergy_conflict" else others[0]
+    alert = klass if label == "drug_interaction" else others[1]
+    allergies = [allergy, others[2]] if two_allergies else [allergy]
+    if two_allergies and rng.random() < 0.5:
+        allergies.reverse()
+    chart = f"Allergies: {join(allergies)}. Home medicines: {home}."
+    card = f"Pharmacy alert for {home}: do not combine with {alert}."
+    turns = frame(pt, v, chart, card, f"Let's start {drug}, one of the {klass}.")
+    if label == "allergy_conflict":
+        response = _flag(label, f"{cap(drug)} is one of the {klass} and the chart lists an allergy to {klass}.")
+    elif label == "drug_interaction":
+        response = _flag(label, f"The alert card says {home} must not be combined with {klass}, and {drug} is one.")
+    else:
+        response = _flag(label, f"{cap(drug)} is one of the {klass}: not an allergy ({join(allergies)}) and not on "
+                                f"the alert card for {home} ({alert}).")
+    return Scene(turns, label, response, hard=two_allergies, combo=(drug, home))
+
+
+def ambiguity_clarification(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
+    u = rng.random()
+    klass, decoy, third = rng.sample(sorted(cf.ACTIVE_CLASSES), 3)
+    first, second = rng.sample(cf.ACTIVE_CLASSES[klass], 2)
+    decoy_a, decoy_b = rng.sample(cf.ACTIVE_CLASSES[decoy], 2)
+    extra, extra_b = rng.sample(cf.ACTIVE_CLASSES[third], 2)
+    verb, order = rng.choice(cf.ORDER_VERBS), rng.sample(range(4), 4)
+    v = voices(rng)
+    label = binary(u, "clarify", force_label)
+    # The order is ambiguous iff two ACTIVE medicines share the class it names. Either way the class
+    # is written three times (twice active, or once active and once stopped), so counting words
+    # does not tell; the twins swap one active and the stopped medicine.
+    clarify = label == "clarify"
+    meds = [(first, klass), (second, klass) if clarify else (decoy_b, decoy), (decoy_a, decoy), (extra, third)]
+    stopped = (extra_b, third) if clarify else (second, klass)
+    chart = ("Active medicines: " + "; ".join(f"{meds[i][0]} ({meds[i][1]})" for i in order)
+             + f". Stopped last week: {stopped[0]} ({stopped[1]}).")
+    turns = frame(pt, v, chart, None, f"Please {verb} {klass} now.")
+    if clarify:
+        response = _flag(label, f"Two active medicines are {klass}s ({first} and {second}); which one is meant?")
+    else:
+        response = _flag(label, f"Only {first} is an active {klass}, so the order is clear.")
+    return Scene(turns, label, response, combo=(klass, verb, first))
 
 
 # ----------------------------------------------------------------------------- proactive
 def omission_detection(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    p = rng.choice(cf.PROTOCOLS)
-    steps = list(p.steps)
+    condition = rng.choice(sorted(cf.PROTOCOL_STEPS))
+    steps = list(cf.PROTOCOL_STEPS[condition])
     rng.shuffle(steps)
-    drop = rng.randrange(len(steps))
-    with_extra, extra, pos = rng.random() < 0.5, rng.choice(p.extra), rng.random()
-    doc_a, doc_b = rng.sample(DOCTORS, 2)
-    label = _choose(u, ("omission", NO_INTERVENTION), (0.5, 0.5), force_label)
-    shown = [s for i, s in enumerate(steps) if not (label == "omission" and i == drop)]
-    if with_extra:
-        shown.insert(int(pos * (len(shown) + 1)), extra)
-    half = (len(shown) + 1) // 2
-    turns = (Turn("Case", f"{pt.name}, {pt.age}, has {p.condition}."),
-             Turn(doc_a, f"Let's {_join(shown[:half])}."),
-             Turn(doc_b, f"And I will {_join(shown[half:])}."),
-             Turn(doc_a, "Good, that's the plan."))
+    card, rest = steps[:3], steps[3:]
+    miss_card, miss_rest = rng.choice(card), rng.choice(rest)
+    order = rng.sample(range(4), 4)
+    v = voices(rng)
+    label = binary(u, "omission", force_label)
+    missed = miss_card if label == "omission" else miss_rest
+    plan = [s for s in steps if s != missed]
+    plan = [plan[i] for i in order]
+    turns = frame(pt, v, f"Admitted with {condition}.", f"Checklist for {condition}: {'; '.join(card)}.",
+                  f"Plan: we {join(plan)}.")
     if label == "omission":
-        response = f"Flag: omission\nThe plan for {p.condition} leaves out a core step: {steps[drop]}."
+        response = _flag(label, f"The plan leaves out a checklist step: {missed}.")
     else:
-        response = f"No concerns\nThe plan covers the core steps for {p.condition}."
-    return Scene(turns, label, response, hard=label == "omission" and with_extra)
+        response = _flag(label, f"The plan covers every checklist step for {condition}.")
+    return Scene(turns, label, response, hard=False, combo=(condition, missed))
 
 
 def error_correction(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    d = rng.choice(cf.DOSES)
-    doc, nurse = rng.choice(DOCTORS), rng.choice(NURSES)
-    if d.wrong_route:
-        label = _choose(u, ("dose_error", "route_error", NO_INTERVENTION), (0.3, 0.3, 0.4), force_label)
-    else:
-        label = _choose(u, ("dose_error", NO_INTERVENTION), (0.5, 0.5), force_label)
-    dose = d.wrong_dose if label == "dose_error" else d.dose
-    route = d.wrong_route if label == "route_error" else d.route
-    turns = (Turn("Case", f"{pt.name}, {pt.age}, has {d.indication}."),
-             Turn(doc, f"Give {d.drug} {dose} {route} now."),
-             Turn(nurse, "Drawing it up."))
+    drug = rng.choice(sorted(cf.ORDER_SETS))
+    regimens = list(cf.ORDER_SETS[drug])
+    rng.shuffle(regimens)
+    mine, other = regimens
+    listed = rng.sample(regimens, 2)
+    v = voices(rng)
+    label = choose(u, ("dose_error", "route_error", NO_INTERVENTION), (0.3, 0.3, 0.4), force_label)
+    dose = other.dose if label == "dose_error" else mine.dose
+    route = other.route if label == "route_error" else mine.route
+    card = f"Order set for {drug}: " + "; ".join(f"{r.situation}: dose {r.dose}, route {r.route}" for r in listed) + "."
+    turns = frame(pt, v, f"Current problem: {mine.situation}.", card, f"Give {drug}, dose {dose}, route {route}.")
     if label == "dose_error":
-        response = f"Flag: dose_error\n{d.wrong_dose} is ten times the usual {d.dose} of {d.drug} for {d.indication}."
+        response = _flag(label, f"For {mine.situation} the order set gives {mine.dose}, not {dose}.")
     elif label == "route_error":
-        response = f"Flag: route_error\n{_cap(d.drug)} for {d.indication} is given {d.route}, never {d.wrong_route}."
+        response = _flag(label, f"For {mine.situation} the order set gives the route {mine.route}, not {route}.")
     else:
-        response = f"No concerns\n{_cap(d.drug)} {d.dose} {d.route} is the standard dose for {d.indication}."
-    return Scene(turns, label, response)
+        response = _flag(label, f"{cap(drug)} {mine.dose} {mine.route} matches the order set for {mine.situation}.")
+    return Scene(turns, label, response, combo=(drug, mine.situation, tuple(r.situation for r in listed)))
 
 
 def consistency_check(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
     kind = rng.choice(("side", "allergy", "weight"))
     part, side = rng.choice(BODY_PARTS), rng.choice(("left", "right"))
-    allergen, other_allergen = (a.name for a in rng.sample(cf.ALLERGIES, 2))
-    weight, gap = rng.choice(WEIGHTS), rng.choice((-22, 28, 35))
-    doc, nurse = rng.choice(DOCTORS), rng.choice(NURSES)
-    label = _choose(u, ("inconsistency", NO_INTERVENTION), (0.5, 0.5), force_label)
+    allergen, tolerated = rng.sample(sorted(cf.DRUG_CLASSES), 2)
+    weight, small, big = rng.randrange(48, 111), rng.choice((-0.4, -0.2, 0.2, 0.4)), rng.choice((-14, -11, 12, 16))
+    v = voices(rng)
+    label = binary(u, "inconsistency", force_label)
     bad = label == "inconsistency"
+    opposite = "right" if side == "left" else "left"
     if kind == "side":
-        other = ("right" if side == "left" else "left") if bad else side
-        turns = (Turn("Case", f"{pt.name}, {pt.age}, is booked for surgery on the {side} {part}."),
-                 Turn(nurse, f"The consent form says {other} {part}."),
-                 Turn(doc, "Fine, mark the site, we start at noon."))
-        detail = f"the case says the {side} {part} and the consent says the {other} {part}"
+        consent = opposite if bad else side
+        chart = f"Booked for surgery on the {side} {part}; the {opposite} {part} was replaced years ago."
+        line, detail = f"The consent form says {consent} {part}.", f"booking {side} {part}, consent {consent} {part}"
     elif kind == "allergy":
-        reported = other_allergen if bad else allergen
-        turns = (Turn("Chart", f"{pt.name}, {pt.age}. Allergies: {allergen}."),
-                 Turn("Patient", f"I once got hives from {reported}."),
-                 Turn(doc, "Good, let's continue the admission."))
-        detail = f"the chart lists an allergy to {allergen} and the patient reports a reaction to {reported}"
+        reported = tolerated if bad else allergen
+        chart = f"Allergies: {allergen}. Tolerated without problems: {tolerated}."
+        line, detail = f"The patient says the hives came from {reported}.", f"chart {allergen}, patient {reported}"
     else:
-        measured = weight + gap if bad else weight
-        turns = (Turn("Chart", f"{pt.name}, {pt.age}. Weight {weight} kg."),
-                 Turn(nurse, f"I weighed {pt.obj} this morning: {measured} kg."),
-                 Turn(doc, "Then dose the enoxaparin by weight."))
-        detail = f"the chart weight is {weight} kg and the measured weight is {measured} kg"
-    if bad:
-        response = f"Flag: inconsistency\nThe record disagrees: {detail}. Confirm before acting."
-    else:
-        response = f"No concerns\nThe record agrees: {detail}."
-    return Scene(turns, label, response)
+        measured = f"{weight + (big if bad else small):.1f}"
+        chart = f"Weight on admission yesterday: {weight} kg."
+        line = f"I weighed the patient this morning: {measured} kg."
+        detail = f"{weight} kg yesterday, {measured} kg today"
+    turns = frame(pt, v, chart, None, line)
+    response = _flag(label, f"The record disagrees ({detail}); confirm before acting." if bad
+                     else f"The record agrees ({detail}).")
+    combo = {"side": (part, side), "allergy": (allergen, tolerated), "weight": (weight,)}[kind]
+    return Scene(turns, label, response, combo=(kind, *combo))
 
 
 def missing_information(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    allowed = [p for p in cf.PREREQUISITES if not p.female_only or (pt.female and pt.age <= 45)]
-    p = rng.choice(allowed)
-    facts, pos = rng.sample(cf.OTHER_FACTS, 2), rng.random()
-    doc, nurse = rng.choice(DOCTORS), rng.choice(NURSES)
-    label = _choose(u, ("missing_info", NO_INTERVENTION), (0.5, 0.5), force_label)
-    if label == NO_INTERVENTION:
-        facts.insert(int(pos * 3), p.known)
-    turns = (Turn("Case", f"{pt.name}, {pt.age}: {'; '.join(facts)}."),
-             Turn(doc, f"Let's go ahead with {p.action} today."),
-             Turn(nurse, "I'll book it."))
+    action = rng.choice(sorted(cf.ACTIONS))
+    need, related = rng.sample(cf.ACTIONS[action], 2)
+    by_need = {p.need: p for p in cf.PREREQUISITES}
+    # hard: the chart gives the action's OTHER prerequisite, so "something for this action is there"
+    # is not enough; the checklist's own item must be matched.
+    with_related = rng.random() < 0.5
+    pool = [p for p in cf.PREREQUISITES if p.need not in (need, related)]
+    spare = [by_need[related] if with_related else rng.choice(pool), rng.choice(pool)]
+    if spare[0] is spare[1]:
+        spare[1] = next(p for p in pool if p is not spare[0])
+    other, order = rng.choice(cf.OTHER_FACTS), rng.sample(range(3), 3)
+    v = voices(rng)
+    label = binary(u, "missing_info", force_label)
+    facts = [spare[0], spare[1] if label == "missing_info" else by_need[need]]
+    shown = [f"{p.need}: {p.known}" for p in facts] + [other]
+    turns = frame(pt, v, "Notes: " + "; ".join(shown[i] for i in order) + ".",
+                  f"Checklist: before {action}, confirm {need}.", f"Let's go ahead with {action} today.")
     if label == "missing_info":
-        response = f"Flag: missing_info\nBefore {p.action} we need {p.needs}, and the record does not give it."
+        response = _flag(label, f"Before {action} the checklist needs {need}, and the chart does not give it.")
     else:
-        response = f"No concerns\n{_cap(p.known)}, so {p.needs} is known before {p.action}."
-    return Scene(turns, label, response)
+        response = _flag(label, f"The chart gives {need} ({by_need[need].known}), as the checklist asks.")
+    return Scene(turns, label, response, hard=with_related, combo=(action, need, spare[0].need))
 
 
 def guideline_deviation(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    d = rng.choice(cf.DEVIATIONS)
-    ok, bad = rng.choice(d.ok_values), rng.choice(d.bad_values)
-    doc_a, doc_b = rng.sample(DOCTORS, 2)
-    label = _choose(u, ("deviation", NO_INTERVENTION), (0.5, 0.5), force_label)
-    fact = d.fact.format(v=bad if label == "deviation" else ok)
-    turns = (Turn("Case", f"{pt.name}, {pt.age}, has {d.condition}; {fact}."),
-             Turn(doc_a, f"Let's {d.plan}."),
-             Turn(doc_b, "Agreed."))
-    if label == "deviation":
-        response = f"Flag: deviation\nThe plan departs from the guideline: {d.rule}."
-    else:
-        response = f"No concerns\nThe plan follows the guideline: {d.rule}."
-    return Scene(turns, label, response)
+    r = rng.choice(cf.RULES)
+    i, lo, hi = near_pair(rng, r.values)
+    v = voices(rng)
+    label = binary(u, "deviation", force_label)
+    value, threshold = crossing(lo, hi, label == "deviation", r.deviation_above)
+    turns = frame(pt, v, f"{cap(r.condition)}; {r.fact.format(v=value)}.",
+                  f"Guideline card: {r.card.format(t=threshold)}.", f"Let's {r.plan}.")
+    rule = r.card.format(t=threshold)
+    response = _flag(label, f"The plan departs from the card ({rule})." if label == "deviation"
+                     else f"The plan follows the card ({rule}).")
+    return Scene(turns, label, response, combo=(r.condition, i // 3))
 
 
 Generator = Callable[..., Scene]
 
 GENERATORS: dict[str, Generator] = {
-    "Image Reasoning": image_reasoning,
-    "Differential Diagnosis (DDX) Reasoning": ddx_reasoning,
-    "Temporal Ordering": temporal_ordering,
-    "Lab Result Interpretation": lab_interpretation,
+    **REACTIVE_GENERATORS,
     "Ambiguity Clarification": ambiguity_clarification,
     "Critical Value Flagging": critical_value_flagging,
     "Medication Safety Check": medication_safety_check,
@@ -401,4 +298,3 @@ FLAG_LABELS: dict[str, tuple[str, ...]] = {
     "Missing Information Request": ("missing_info", NO_INTERVENTION),
     "Guideline Deviation Alert": ("deviation", NO_INTERVENTION),
 }
-MC_KEYS: tuple[str, ...] = ("A", "B", "C", "D")

@@ -13,8 +13,8 @@ JSON form (field names can be remapped with ``field_map`` so a foreign export re
      "hard": false}
 
 Defaults for absent fields: ``id`` = "<file>:<line>", ``case_id`` = ``id``, ``group`` = the category's
-group, ``behavior`` = ``spec.behavior_for_category(category)``, ``response`` = "" (the formatter then
-trains on the canonical reply head built from the label), ``hard`` = false.
+group, ``behavior`` = ``spec.behavior_for_item(category, label, multiple_choice)``, ``response`` = ""
+(the formatter then trains on the canonical reply head built from the label), ``hard`` = false.
 """
 
 from __future__ import annotations
@@ -223,13 +223,6 @@ def record_from_dict(
     turns = _parse_turns(data["turns"], where)
     options = _parse_options(data.get("options"), where)
 
-    if data.get("behavior") in (None, "", b""):
-        behavior = spec.behavior_for_category(category)
-    else:
-        behavior = _text(data["behavior"], where, "behavior")
-        if behavior not in spec.names:
-            raise DataError(f"{where}: field 'behavior' is {behavior!r}; expected one of {list(spec.names)}")
-
     label = _text(data["label"], where, "label")
     if options is not None:
         label = label.upper()
@@ -241,6 +234,13 @@ def record_from_dict(
         if not _FLAG_LABEL_RE.match(label):
             raise DataError(f"{where}: field 'label' is {label!r}; expected a flag class of letters, digits and "
                             f"underscores, or {NO_INTERVENTION!r} when restraint is right")
+
+    if data.get("behavior") in (None, "", b""):
+        behavior = spec.behavior_for_item(category, label, options is not None)
+    else:
+        behavior = _text(data["behavior"], where, "behavior")
+        if behavior not in spec.names:
+            raise DataError(f"{where}: field 'behavior' is {behavior!r}; expected one of {list(spec.names)}")
 
     response = _text(data.get("response") or "", where, "response", allow_empty=True)
     hard = data.get("hard", False)

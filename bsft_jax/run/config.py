@@ -25,6 +25,8 @@ model.vocab_pad_multiple embedding rows are padded to a multiple of this when th
 tokenizer.path           base tokenizer folder ("" = model.hf_path; "demo" = the demo set's small BPE)
 behavior.enabled         BehaviorSFT (True) or GeneralSFT (False: no behavior tokens)
 behavior.names / token_format / category_map / init   see bsft_jax.behavior.BehaviorSpec
+behavior.scheme          "group" (one token per category) | "item" (the token is the item's decision:
+                         answer / intervene / hold; behavior.names must include those three)
 data.source              "demo" (generated, cached), "jsonl" (data.path/<split>.jsonl), "tfds" (data.path is
                          the data_dir of bsft_jax.data.tfds_builder) or "synthetic" (a copy task, for tests)
 data.style               "behavior_sft" | "general_sft" | "explicit_instruction" (bsft_jax.data.format)
@@ -106,6 +108,7 @@ def _add_model_and_data(c: ml_collections.ConfigDict) -> None:
     c.behavior.token_format = "<|behavior:{name}|>"
     c.behavior.category_map = ml_collections.ConfigDict()
     c.behavior.init = "mean_cov"
+    c.behavior.scheme = "group"
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "demo"

@@ -116,10 +116,12 @@ class BehaviorSettings:
     def from_block(cls, b: Any) -> BehaviorSettings:
         """From the ``behavior`` block; a bad token set is reported against its field."""
         try:
-            spec = BehaviorSpec(names=tuple(b.names), token_format=b.token_format, category_map=dict(b.category_map))
+            spec = BehaviorSpec(names=tuple(b.names), token_format=b.token_format, category_map=dict(b.category_map),
+                                scheme=b.scheme)
         except ValueError as e:
             field = ("token_format" if "token_format" in str(e) else
-                     "category_map" if "category_map" in str(e) else "names")
+                     "category_map" if "category_map" in str(e) else
+                     "scheme" if "must be one of" in str(e) else "names")
             raise fail(f"behavior.{field}", str(e)) from None
         settings = cls(enabled=bool(b.enabled), spec=spec, init=b.init)
         if settings.enabled:

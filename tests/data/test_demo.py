@@ -91,40 +91,32 @@ def test_proposed_drug_alone_does_not_give_the_label(default_splits):
     by_drug = {}
     for r in default_splits["train"]:
         if r.category == "Medication Safety Check":
-            drug = r.turns[1].text.split("start ")[1].split(" for ")[0]
+            drug = re.search(r"Let's start (.+?), one of", " ".join(t.text for t in r.turns)).group(1)
             by_drug.setdefault(drug, set()).add(r.label)
     assert set(by_drug) == set(cf.PROPOSED_DRUGS)
     assert all(len(labels) >= 2 and NO_INTERVENTION in labels for labels in by_drug.values()), by_drug
 
 
-def _num(s):
-    return float(re.findall(r"[\d.]+", s)[0])
-
-
 def test_fact_tables_are_self_consistent():
     for lab in cf.LABS:
-        lo, hi = map(float, lab.reference.split("-"))
-        below = re.search(r"below ([\d.]+)", lab.critical)
-        above = re.search(r"above ([\d.]+)", lab.critical)
-        crit_lo = float(below.group(1)) if below else -1e9
-        crit_hi = float(above.group(1)) if above else 1e9
-
-        def is_critical(v, lo=crit_lo, hi=crit_hi):
-            return v < lo or v > hi
-
+        lo, hi = map(float, lab.reference)
         assert all(lo <= float(v) <= hi for v in lab.normal), lab.name
-        assert all(not lo <= float(v) <= hi and not is_critical(float(v)) for v in lab.borderline), lab.name
-        assert all(is_critical(float(v)) for v in lab.critical_values), lab.name
-    for drug, homes in cf.COMPATIBLE.items():
-        assert homes and all(cf.interaction(h, drug) is None for h in homes), drug
-        assert sum(drug in a.conflicting for a in cf.ALLERGIES) <= 1
-        assert any(drug in a.conflicting for a in cf.ALLERGIES) or any(i.new_drug == drug for i in cf.INTERACTIONS)
-    for d in cf.DOSES:
-        assert _num(d.wrong_dose) == pytest.approx(10 * _num(d.dose))
-    for p in cf.PRESENTATIONS:
-        assert len(p.features) >= 2
-    used = {d for a in cf.ALLERGIES for d in a.conflicting} | {i.new_drug for i in cf.INTERACTIONS}
-    assert used <= set(cf.PROPOSED_DRUGS) <= set(cf.DRUG_USES)
+        assert lab.near_low or lab.near_high, lab.name
+        # values near a critical limit are all outside the reference range, on their side
+        assert all(float(v) < lo for v in lab.near_low) and all(float(v) > hi for v in lab.near_high), lab.name
+        for g in (lab.near_low, lab.near_high, *(t.values for t in cf.TARGETS), *(r.values for r in cf.RULES)):
+            assert list(map(float, g)) == sorted(map(float, g)) and len(set(g)) == len(g)
+    for klass, drugs in cf.DRUG_CLASSES.items():
+        assert len(drugs) >= 2 and all(cf.CLASS_OF[d] == klass for d in drugs)
+    for drug, regimens in cf.ORDER_SETS.items():
+        a, b = regimens
+        assert a.dose != b.dose and a.route != b.route and a.situation != b.situation, drug
+    for condition, steps in cf.PROTOCOL_STEPS.items():
+        assert len(set(steps)) == 5, condition
+    needs = {p.need for p in cf.PREREQUISITES}
+    assert all(len(set(n)) == 2 and set(n) <= needs for n in cf.ACTIONS.values())
+    for classes in cf.ACTIVE_CLASSES.values():
+        assert len(classes) >= 3
 
 
 def test_cache_split_sizes_disjoint_cases_and_atomic_write(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ def test_demo_config_learns_checkpoints_and_resumes(tmp_path):
     run_dir = str(tmp_path / "demo")
     first = cli(*SHORT, f"--config.run_dir={run_dir}", "--config.train.steps=12", timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "startup: 1,083,520 parameters" in first.stderr  # the demo model, with the behavior rows
+    assert "startup: 1,099,904 parameters" in first.stderr  # the demo model, with the behavior rows (v2 vocab)
     assert "compiled train step, memory per device" in first.stderr
     assert "final eval at step 12" in first.stderr
     losses = _train_losses(run_dir)
@@ -31,7 +31,7 @@ def test_demo_config_learns_checkpoints_and_resumes(tmp_path):
     assert sum(losses[s] for s in (10, 11, 12)) / 3 < 0.8 * losses[1]  # the loss falls
     assert Checkpointer(run_dir).all_steps() == [8, 12]  # keep=2 of 4, 8, 12
     meta = read_meta(run_dir)
-    assert set(meta["behavior"]["token_ids"]) == {"reactive", "balanced", "proactive"}
+    assert set(meta["behavior"]["token_ids"]) == {"answer", "intervene", "hold"}  # the item scheme
     for name in ("config.json", "model_config.json", "startup.json", "tokenizer/tokenizer.json",
                  "tokenizer/chat_template.jinja"):
         assert os.path.exists(os.path.join(run_dir, name)), name

@@ -1,0 +1,146 @@
+"""Pieces every demo scene generator shares: people, the Scene type, closing turns, relation helpers.
+
+Scene templates, speakers and closing turns are shared by all 13 categories and both labels, so that
+no phrase names the category or the label (demo v2). The context block is always spoken by "Chart",
+a card by "Reference", clinicians come from one pool, and the last turn is drawn from
+:data:`CLOSINGS` whatever the scene.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+
+from bsft_jax.data.schema import NO_INTERVENTION, Turn
+
+DOCTORS = ("Dr. Kim", "Dr. Patel", "Dr. Okafor", "Dr. Garcia", "Dr. Novak")
+NURSES = ("Nurse Lee", "Nurse Brown", "Nurse Adeyemi")
+SURNAMES = ("Alvarez", "Brooks", "Chen", "Diaz", "Evans", "Fischer", "Gupta", "Hughes", "Ito", "Jones",
+            "Khan", "Lopez", "Moreau", "Nguyen", "Owens", "Park", "Quinn", "Rossi", "Singh", "Walsh")
+CLOSINGS = ("Assistant, anything to add?", "Let's go ahead then.", "Sounds good to me.",
+            "Any thoughts before we move on?", "Okay, next patient after this.", "Noted, thanks.",
+            "Assistant, you have the chart too.", "Right, let's keep moving.")
+MC_KEYS: tuple[str, ...] = ("A", "B", "C", "D")
+
+
+class Infeasible(ValueError):
+    """A forced label cannot be planted in the drawn scene (e.g. a route error for a drug without one)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Patient:
+    """One case's patient (all its scenes share it)."""
+
+    title: str
+    surname: str
+    age: int
+    female: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.title} {self.surname}"
+
+
+def random_patient(rng: random.Random) -> Patient:
+    """A patient for one case (all its scenes share it)."""
+    female = rng.random() < 0.5
+    return Patient("Ms." if female else "Mr.", rng.choice(SURNAMES), rng.randrange(22, 89), female)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """A generated scene. ``combo`` is the held-out combination that decides its split bucket."""
+
+    turns: tuple[Turn, ...]
+    label: str
+    response: str
+    options: tuple[tuple[str, str], ...] | None = None
+    hard: bool = False
+    combo: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Voices:
+    """The people of one scene, drawn once: two clinicians (``a`` speaks, ``b`` closes) and a closing line."""
+
+    a: str
+    b: str
+    closing: str
+
+
+def voices(rng: random.Random) -> Voices:
+    """Two different clinicians from the shared pool and a closing line from :data:`CLOSINGS`."""
+    a, b = rng.sample(DOCTORS + NURSES, 2)
+    return Voices(a, b, rng.choice(CLOSINGS))
+
+
+def frame(pt: Patient, v: Voices, chart: str, card: str | None, line: str, question: str | None = None
+          ) -> tuple[Turn, ...]:
+    """The one scene template: chart, optional reference card, a clinician's line, optional question, closing."""
+    turns = [Turn("Chart", f"{pt.name}, {pt.age}. {chart}")]
+    if card:
+        turns.append(Turn("Reference", card))
+    turns.append(Turn(v.a, line if question is None else f"{line} {question}"))
+    turns.append(Turn(v.b, v.closing))
+    return tuple(turns)
+
+
+def choose(u: float, labels: Sequence[str], probs: Sequence[float], force: str | None) -> str:
+    """The label for uniform draw ``u`` (or ``force``, if it is one of ``labels``)."""
+    if force is not None:
+        if force not in labels:
+            raise Infeasible(f"label {force!r} not possible here; possible: {list(labels)}")
+        return force
+    acc = 0.0
+    for label, p in zip(labels, probs):
+        acc += p
+        if u < acc:
+            return label
+    return labels[-1]
+
+
+def binary(u: float, flag: str, force: str | None, p_flag: float = 0.5) -> str:
+    """``flag`` or ``none``."""
+    return choose(u, (flag, NO_INTERVENTION), (p_flag, 1 - p_flag), force)
+
+
+def near_pair(rng: random.Random, values: Sequence[str]) -> tuple[int, str, str]:
+    """(index, lo, hi): two neighbouring values of an ascending grid (one or two steps apart).
+
+    A limit and a value are drawn as such a pair and the label decides which is which, so each
+    number appears as value and as limit, under both labels, at about the same rate.
+    """
+    gap = rng.choice((1, 1, 2))
+    i = rng.randrange(len(values) - gap)
+    return i, values[i], values[i + gap]
+
+
+def crossing(lo: str, hi: str, bad: bool, upper: bool) -> tuple[str, str]:
+    """(value, limit) so that the value is past the limit iff ``bad`` (past = above if ``upper``)."""
+    return (hi, lo) if bad == upper else (lo, hi)
+
+
+def cap(s: str) -> str:
+    """First letter upper case."""
+    return s[:1].upper() + s[1:]
+
+
+def join(items: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def multiple_choice(rng: random.Random, correct: str, distractors: Sequence[str]
+                    ) -> tuple[tuple[tuple[str, str], ...], str]:
+    """Shuffled options A-D and the correct key."""
+    items = [correct, *distractors]
+    rng.shuffle(items)
+    options = tuple((chr(ord("A") + i), cap(t)) for i, t in enumerate(items))
+    return options, options[items.index(correct)][0]
+
+
+def no_force(force: str | None) -> None:
+    """Multiple-choice generators draw their answer; forcing a label is not supported."""
+    if force is not None:
+        raise Infeasible("multiple-choice scenes draw their answer; force_label is not supported")
