@@ -1,6 +1,9 @@
 """Memory plans of the shipped 7B/8B recipes on common slices, as a Markdown table (README figures).
 
-    python bench/plan_table.py [--compilers tpu,cpu] [--out bench/plan_table.md]
+    python -m bench.plan_table [--compilers tpu,cpu]
+
+Appends one ``plan_table`` record (machine, commit, every row) to bench/results.jsonl; README's
+planner table is rendered from the newest one by ``python -m bench.render``.
 
 Each cell is one ``python -m bsft_jax.train --config ... --plan`` run (a subprocess: every plan
 needs its own device count). "tpu" needs libtpu (``pip install libtpu==0.0.42.1``); without it
@@ -42,35 +45,40 @@ def plan(config: str, target: str, mesh: str, compiler: str) -> dict | None:
             return json.load(f)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--compilers", default="tpu,cpu")
-    p.add_argument("--out", default="")
-    args = p.parse_args()
-    compilers = args.compilers.split(",")
-    header = ("| model | slice (devices, HBM/device) | mesh | params | AdamW m+v | grads | XLA temp | peak "
-              + " | ".join(f"({c})" for c in compilers) + " | fits |")
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+def plan_rows(compilers: list[str]) -> list[dict]:
+    """One row per (recipe, slice): the analytic bytes and, per compiler, XLA's temp and peak (None: not planned)."""
+    rows = []
     for model, config in RECIPES:
         for target, mesh in SLICES:
             plans = {c: plan(config, target, mesh, c) for c in compilers}
             first = next((q for q in plans.values() if q), None)
             if first is None:
                 continue
-            a, m = first["analytic"], first["mesh"]
             main_plan = plans.get("tpu") or first
-            peaks = " | ".join(f"{q['xla']['peak'] / GiB:.1f}" if q else "-" for q in plans.values())
-            rows.append(
-                f"| {model} | {target} ({first['num_devices']}, {first['hbm_bytes_per_device'] / GiB:.0f} GiB) | "
-                f"fsdp={m['fsdp']} tensor={m['tensor']} | {a['params'] / GiB:.2f} | {a['opt_state'] / GiB:.2f} | "
-                f"{a['gradients'] / GiB:.2f} | {main_plan['xla']['temp'] / GiB:.1f} ({main_plan['compiler']}) | "
-                f"{peaks} | {'yes' if main_plan['fits'] else 'NO'} |")
-            print(rows[-1], flush=True)
-    text = "\n".join(rows)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+            rows.append({
+                "model": model, "config": config, "target": target, "mesh": first["mesh"],
+                "num_devices": first["num_devices"], "hbm_bytes_per_device": first["hbm_bytes_per_device"],
+                "analytic": first["analytic"], "main_compiler": main_plan["compiler"], "fits": bool(main_plan["fits"]),
+                "xla": {c: (q["xla"] if q else None) for c, q in plans.items()},
+            })
+            print(rows[-1]["model"], target, {c: q and q["xla"]["peak"] / GiB for c, q in plans.items()}, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Plans every (recipe, slice), appends one ``plan_table`` record to the results file, prints the table."""
+    from bench.common import RESULTS, append_result
+    from bench.tables import plan_table_markdown
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--compilers", default="tpu,cpu")
+    p.add_argument("--results", default=RESULTS, help="JSONL file the record is appended to")
+    args = p.parse_args(argv)
+    config = {"compilers": args.compilers.split(","), "recipes": RECIPES, "slices": SLICES}
+    results = {"rows": plan_rows(config["compilers"])}
+    append_result("plan_table", config, results, path=args.results)
+    print(plan_table_markdown({"config": config, "results": results}))
+    return results
 
 
 if __name__ == "__main__":
