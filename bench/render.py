@@ -91,7 +91,10 @@ def rendered(table: Table, records: list[dict[str, Any]]) -> str:
     chosen = table.select(records)
     if not chosen:
         raise ValueError(f"table {table.name!r}: no record in {table.source} matches")
-    return stamp(table, chosen) + "\n\n" + table.render(chosen).rstrip("\n") + "\n\n"
+    try:
+        return stamp(table, chosen) + "\n\n" + table.render(chosen).rstrip("\n") + "\n\n"
+    except (KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"table {table.name!r}: a record in {table.source} lacks or mistypes a field ({e!r})") from e
 
 
 def stale_paths(commit: str, depends: Sequence[str], root: str = ROOT) -> list[str] | None:

@@ -99,7 +99,7 @@ def test_staleness_warning_names_changed_library_files(tmp_path):
     _git(tmp_path, "add", "-A")
     _git(tmp_path, "commit", "-qm", "c")
     [warning] = render.staleness_warnings(table, records, str(tmp_path))
-    assert f"measured at {commit}" in warning and "lib/models/m.py" in warning and "make measure" in warning
+    assert f"measured at {commit}" in warning and "lib/models/moved/m.py" in warning and "make measure" in warning
     records[0]["machine"]["git"] = "0000000"
     [warning] = render.staleness_warnings(table, records, str(tmp_path))
     assert "cannot check commit 0000000" in warning
