@@ -42,6 +42,7 @@ class Table:
     render: Callable[[list[dict[str, Any]]], str]
     depends: tuple[str, ...]
     command: str
+    seeded: bool = True  # False where nothing random enters the numbers (compile-only plans)
 
 
 def measured_commit(machine: dict[str, Any]) -> str:
@@ -82,7 +83,8 @@ def stamp(table: Table, records: Sequence[dict[str, Any]]) -> str:
     seeds = sorted({str(r["config"].get("seed", 0)) for r in records})
     notes = "".join(dict.fromkeys(f" {r['provenance'][0].upper()}{r['provenance'][1:]}." for r in records
                                   if r.get("provenance")))
-    return (f"<sub>Measured at {'; '.join(parts)}; seed {', '.join(seeds)}.{notes} Command: `{table.command}`; "
+    seed = f"; seed {', '.join(seeds)}" if table.seeded else ""
+    return (f"<sub>Measured at {'; '.join(parts)}{seed}.{notes} Command: `{table.command}`; "
             f"rendered from `{table.source}` by `python -m bench.render`.</sub>")
 
 
@@ -156,14 +158,15 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="exit 1 if any doc differs from the rendered tables")
+    p.add_argument("--root", default=ROOT, help="repository root (default: this checkout)")
     args = p.parse_args(argv)
     try:
-        docs = render_docs()
+        docs = render_docs(args.root)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for t in TABLES:
-        for w in staleness_warnings(t, load_records(os.path.join(ROOT, t.source))):
+        for w in staleness_warnings(t, load_records(os.path.join(args.root, t.source)), args.root):
             print(w, file=sys.stderr)
     differ = [doc for doc, (old, new) in docs.items() if old != new]
     if args.check:
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{doc}: tables differ from the results files; run `python -m bench.render`", file=sys.stderr)
         return 1 if differ else 0
     for doc in differ:
-        with open(os.path.join(ROOT, doc), "w") as f:
+        with open(os.path.join(args.root, doc), "w") as f:
             f.write(docs[doc][1])
         print(f"rewrote the tables in {doc}")
     return 0
