@@ -76,9 +76,11 @@ def stamp(table: Table, records: Sequence[dict[str, Any]]) -> str:
     """The line above a table: commit(s), date(s), machine(s), seed, provenance and the command that measured it."""
     dates: dict[tuple[str, str], list[str]] = {}
     for r in records:
-        day = dates.setdefault((measured_commit(r["machine"]) or "unknown", machine_stamp(r)), [])
-        day += [] if r["machine"]["date"][:10] in day else [r["machine"]["date"][:10]]
-    parts = [f"commit `{commit}`, {' and '.join(days)}, {where}" for (commit, where), days in dates.items()]
+        commit = f"`{measured_commit(r['machine']) or 'unknown'}`" + (
+            " plus uncommitted library changes" if r["machine"].get("git_dirty") else "")
+        days = dates.setdefault((commit, machine_stamp(r)), [])
+        days += [] if r["machine"]["date"][:10] in days else [r["machine"]["date"][:10]]
+    parts = [f"commit {commit}, {' and '.join(days)}, {where}" for (commit, where), days in dates.items()]
     # The bench scripts fix seed 0 for weights and batches; a record whose config has a seed says so.
     seeds = sorted({str(r["config"].get("seed", 0)) for r in records})
     notes = "".join(dict.fromkeys(f" {r['provenance'][0].upper()}{r['provenance'][1:]}." for r in records
