@@ -13,6 +13,7 @@ only the CPU-compiler estimates are produced. No weights are loaded: the HF fold
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -42,26 +43,34 @@ def plan(config: str, target: str, mesh: str, compiler: str) -> dict | None:
             print(f"{config} {target} {compiler}: {r.stderr[-500:]}", file=sys.stderr)
             return None
         with open(out) as f:
-            return json.load(f)
+            result = json.load(f)
+        print(f"{config} {target} {compiler}: peak {result['xla']['peak'] / GiB:.2f} GiB", flush=True)
+        return result
 
 
-def plan_rows(compilers: list[str]) -> list[dict]:
-    """One row per (recipe, slice): the analytic bytes and, per compiler, XLA's temp and peak (None: not planned)."""
+def plan_rows(compilers: list[str], jobs: int = 1) -> list[dict]:
+    """One row per (recipe, slice): the analytic bytes and, per compiler, XLA's temp and peak (None: not planned).
+
+    ``jobs`` plans run at once (each is its own process; compile-only, so the results do not depend on it).
+    """
+    cells = [(model, config, target, mesh, c) for model, config in RECIPES for target, mesh in SLICES
+             for c in compilers]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        plans = dict(zip(cells, pool.map(lambda cell: plan(*cell[1:]), cells)))
     rows = []
     for model, config in RECIPES:
         for target, mesh in SLICES:
-            plans = {c: plan(config, target, mesh, c) for c in compilers}
-            first = next((q for q in plans.values() if q), None)
+            by_compiler = {c: plans[(model, config, target, mesh, c)] for c in compilers}
+            first = next((q for q in by_compiler.values() if q), None)
             if first is None:
                 continue
-            main_plan = plans.get("tpu") or first
+            main_plan = by_compiler.get("tpu") or first
             rows.append({
                 "model": model, "config": config, "target": target, "mesh": first["mesh"],
                 "num_devices": first["num_devices"], "hbm_bytes_per_device": first["hbm_bytes_per_device"],
                 "analytic": first["analytic"], "main_compiler": main_plan["compiler"], "fits": bool(main_plan["fits"]),
-                "xla": {c: (q["xla"] if q else None) for c, q in plans.items()},
+                "xla": {c: (q["xla"] if q else None) for c, q in by_compiler.items()},
             })
-            print(rows[-1]["model"], target, {c: q and q["xla"]["peak"] / GiB for c, q in plans.items()}, flush=True)
     return rows
 
 
@@ -73,9 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser()
     p.add_argument("--compilers", default="tpu,cpu")
     p.add_argument("--results", default=RESULTS, help="JSONL file the record is appended to")
+    p.add_argument("--jobs", type=int, default=1, help="plans compiled at once (each needs a few GB of RAM)")
     args = p.parse_args(argv)
     config = {"compilers": args.compilers.split(","), "recipes": RECIPES, "slices": SLICES}
-    results = {"rows": plan_rows(config["compilers"])}
+    results = {"rows": plan_rows(config["compilers"], args.jobs)}
     append_result("plan_table", config, results, path=args.results)
     print(plan_table_markdown({"config": config, "results": results}))
     return results
