@@ -55,8 +55,12 @@ def plan_rows(compilers: list[str], jobs: int = 1) -> list[dict]:
     """
     cells = [(model, config, target, mesh, c) for model, config in RECIPES for target, mesh in SLICES
              for c in compilers]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        plans = dict(zip(cells, pool.map(lambda cell: plan(*cell[1:]), cells)))
+    # libtpu allows one process at a time per machine (its lockfile): TPU plans run one after another,
+    # next to the CPU-compiler plans.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as tpu_pool, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs - 1)) as cpu_pool:
+        futures = {cell: (tpu_pool if cell[-1] == "tpu" else cpu_pool).submit(plan, *cell[1:]) for cell in cells}
+        plans = {cell: f.result() for cell, f in futures.items()}
     rows = []
     for model, config in RECIPES:
         for target, mesh in SLICES:
