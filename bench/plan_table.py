@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = [("Qwen2.5-7B", "configs/qwen2_5_7b_behaviorsft.py"), ("Llama-3.1-8B", "configs/llama3_1_8b_behaviorsft.py")]
@@ -29,23 +28,35 @@ SLICES = [("v4-32", "data=1,fsdp=-1,tensor=1"), ("v5p-32", "data=1,fsdp=-1,tenso
 GiB = 1024**3
 
 
+def _cell_cache(config: str, target: str, mesh: str, compiler: str) -> str:
+    """Where one plan of this commit is kept, so that an interrupted table resumes (an ignored folder)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "nogit"
+    name = f"{os.path.basename(config)}-{target}-{mesh}-{compiler}.json".replace("=", "").replace(",", "_")
+    return os.path.join(ROOT, ".cache", "plan_table", commit, name)
+
+
 def plan(config: str, target: str, mesh: str, compiler: str) -> dict | None:
-    """One plan through the CLI; None if this compiler cannot plan this target."""
+    """One plan through the CLI (or this commit's cached one); None if this compiler cannot plan this target."""
     if compiler == "tpu" and not target.startswith("v"):
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "plan.json")
+    out = _cell_cache(config, target, mesh, compiler)
+    if not os.path.exists(out):
+        os.makedirs(os.path.dirname(out), exist_ok=True)
         cmd = [sys.executable, "-m", "bsft_jax.train", "--config", config, "--plan", f"--plan_target={target}",
-               f"--mesh={mesh}", f"--plan_compiler={compiler}", f"--plan_json={out}"]
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               f"--mesh={mesh}", f"--plan_compiler={compiler}", f"--plan_json={out}.tmp"]
+        # ALLOW_MULTIPLE_LIBTPU_LOAD: several TPU-compiler plans at once (libtpu otherwise takes a lockfile).
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   ALLOW_MULTIPLE_LIBTPU_LOAD="1")
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             print(f"{config} {target} {compiler}: {r.stderr[-500:]}", file=sys.stderr)
             return None
-        with open(out) as f:
-            result = json.load(f)
-        print(f"{config} {target} {compiler}: peak {result['xla']['peak'] / GiB:.2f} GiB", flush=True)
-        return result
+        os.replace(f"{out}.tmp", out)
+    with open(out) as f:
+        result = json.load(f)
+    print(f"{config} {target} {compiler}: peak {result['xla']['peak'] / GiB:.2f} GiB", flush=True)
+    return result
 
 
 def plan_rows(compilers: list[str], jobs: int = 1) -> list[dict]:
@@ -55,12 +66,8 @@ def plan_rows(compilers: list[str], jobs: int = 1) -> list[dict]:
     """
     cells = [(model, config, target, mesh, c) for model, config in RECIPES for target, mesh in SLICES
              for c in compilers]
-    # libtpu allows one process at a time per machine (its lockfile): TPU plans run one after another,
-    # next to the CPU-compiler plans.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as tpu_pool, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs - 1)) as cpu_pool:
-        futures = {cell: (tpu_pool if cell[-1] == "tpu" else cpu_pool).submit(plan, *cell[1:]) for cell in cells}
-        plans = {cell: f.result() for cell, f in futures.items()}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        plans = dict(zip(cells, pool.map(lambda cell: plan(*cell[1:]), cells)))
     rows = []
     for model, config in RECIPES:
         for target, mesh in SLICES:
