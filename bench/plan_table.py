@@ -36,11 +36,14 @@ def _cell_cache(config: str, target: str, mesh: str, compiler: str) -> str:
     return os.path.join(ROOT, ".cache", "plan_table", commit, name)
 
 
-def plan(config: str, target: str, mesh: str, compiler: str) -> dict | None:
-    """One plan through the CLI (or this commit's cached one); None if this compiler cannot plan this target."""
+def plan(config: str, target: str, mesh: str, compiler: str, cached_only: bool = False) -> dict | None:
+    """One plan through the CLI (or this commit's cached one); None if this compiler cannot plan this target
+    (or, with ``cached_only``, if no plan of this commit is cached)."""
     if compiler == "tpu" and not target.startswith("v"):
         return None
     out = _cell_cache(config, target, mesh, compiler)
+    if cached_only and not os.path.exists(out):
+        return None
     if not os.path.exists(out):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         cmd = [sys.executable, "-m", "bsft_jax.train", "--config", config, "--plan", f"--plan_target={target}",
@@ -59,7 +62,7 @@ def plan(config: str, target: str, mesh: str, compiler: str) -> dict | None:
     return result
 
 
-def plan_rows(compilers: list[str], jobs: int = 1) -> list[dict]:
+def plan_rows(compilers: list[str], jobs: int = 1, cached_only: bool = False) -> list[dict]:
     """One row per (recipe, slice): the analytic bytes and, per compiler, XLA's temp and peak (None: not planned).
 
     ``jobs`` plans run at once (each is its own process; compile-only, so the results do not depend on it).
@@ -67,7 +70,7 @@ def plan_rows(compilers: list[str], jobs: int = 1) -> list[dict]:
     cells = [(model, config, target, mesh, c) for model, config in RECIPES for target, mesh in SLICES
              for c in compilers]
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        plans = dict(zip(cells, pool.map(lambda cell: plan(*cell[1:]), cells)))
+        plans = dict(zip(cells, pool.map(lambda cell: plan(*cell[1:], cached_only=cached_only), cells)))
     rows = []
     for model, config in RECIPES:
         for target, mesh in SLICES:
@@ -94,9 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compilers", default="tpu,cpu")
     p.add_argument("--results", default=RESULTS, help="JSONL file the record is appended to")
     p.add_argument("--jobs", type=int, default=1, help="plans compiled at once (each needs a few GB of RAM)")
+    p.add_argument("--cached-only", action="store_true",
+                   help="only this commit's cached plans (.cache/plan_table/): cells without one are left out")
     args = p.parse_args(argv)
-    config = {"compilers": args.compilers.split(","), "recipes": RECIPES, "slices": SLICES}
-    results = {"rows": plan_rows(config["compilers"], args.jobs)}
+    config = {"compilers": args.compilers.split(","), "recipes": RECIPES, "slices": SLICES,
+              "cached_only": args.cached_only}
+    results = {"rows": plan_rows(config["compilers"], args.jobs, args.cached_only)}
     append_result("plan_table", config, results, path=args.results)
     print(plan_table_markdown({"config": config, "results": results}))
     return results

@@ -243,27 +243,35 @@ def render_demo(records: list[dict[str, Any]]) -> str:
     return markdown(["macro-F1 (%)", "GeneralSFT", "BehaviorSFT"], rows) + tail
 
 
-CPU_TIMING = (*LIBRARY, "bench")
+def _deps(*scripts: str) -> tuple[str, ...]:
+    """The library plus the bench files that set up what a timing table measures."""
+    return (*LIBRARY, "bench/train_setup.py", *scripts)
+
+
+
 TABLES = [
     Table("plan", "README.md", RESULTS, _newest(_bench("plan_table")), render_plan,
-          (*LIBRARY, "configs/qwen2_5_7b_*", "configs/llama3_1_8b_*", "bench/plan_table.py"),
+          (*LIBRARY, "configs/qwen2_5_7b_*", "configs/llama3_1_8b_*"),
           "python -m bench.plan_table", seeded=False),
-    Table("train-step", "BENCHMARKS.md", RESULTS, _latest_session(_MAIN_TRAIN), render_train_step, CPU_TIMING,
+    Table("train-step", "BENCHMARKS.md", RESULTS, _latest_session(_MAIN_TRAIN), render_train_step,
+          _deps("bench/train_step.py"),
           "python -m bench.train_step --size 100m; python -m bench.train_step --size demo"),
     Table("profile", "BENCHMARKS.md", RESULTS, _newest(_bench("profile_step", size="100m", threads=1)),
-          render_profile, CPU_TIMING, "python -m bench.profile_step --size 100m --threads 1"),
+          render_profile, _deps("bench/profile_step.py"), "python -m bench.profile_step --size 100m --threads 1"),
     Table("decode", "BENCHMARKS.md", RESULTS,
           _latest_session(_backend("decode", "cpu")), render_decode,
-          CPU_TIMING, "python -m bench.decode --size demo; python -m bench.decode --size 100m"),
+          _deps("bench/decode.py"), "python -m bench.decode --size demo; python -m bench.decode --size 100m"),
     Table("compile-time", "BENCHMARKS.md", RESULTS, _newest(_bench("compile_time")), render_compile_time,
-          CPU_TIMING, "python -m bench.compile_time"),
-    Table("memory", "BENCHMARKS.md", RESULTS, _newest(_bench("memory", size="100m")), render_memory, CPU_TIMING,
+          _deps("bench/compile_time.py"), "python -m bench.compile_time"),
+    Table("memory", "BENCHMARKS.md", RESULTS, _newest(_bench("memory", size="100m")), render_memory,
+          _deps("bench/memory.py"),
           "python -m bench.memory --size 100m"),
-    Table("gpu-mfu", "BENCHMARKS.md", RESULTS, _latest_session(_bench("gpu_mfu")), render_gpu_mfu, CPU_TIMING,
+    Table("gpu-mfu", "BENCHMARKS.md", RESULTS, _latest_session(_bench("gpu_mfu")), render_gpu_mfu,
+          _deps("bench/gpu_mfu.py"),
           "bench/gpu_session.sh OUT final"),
     Table("gpu-decode", "BENCHMARKS.md", RESULTS,
           _newest(_backend("decode", "gpu")), render_gpu_decode,
-          CPU_TIMING, "python -m bench.decode --size qwen2_5_0_5b --dtype bfloat16"),
+          _deps("bench/decode.py"), "python -m bench.decode --size qwen2_5_0_5b --dtype bfloat16"),
     Table("demo", "README.md", DEMO_RESULTS, lambda rs: rs[-1:], render_demo,
           ("bsft_jax", "configs/demo*.py"), "make demo; python -m bench.demo_results"),
 ]

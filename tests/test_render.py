@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from bench import demo_results, render, tables
+from bench import common, demo_results, render, tables
 from bench.common import cpu_info
 
 ROOT = render.ROOT
@@ -157,3 +157,32 @@ def test_demo_record_from_a_report():
     assert rec["results"]["generalsft"]["behavior_accuracy_pct"] is None
     with pytest.raises(ValueError, match="GeneralSFT"):
         demo_results.demo_record({"runs": ["x"], "metrics": {"x": {}}}, seed=0, wall_seconds=None, machine={})
+
+
+def test_plan_table_records_rows_that_render(tmp_path, monkeypatch, capsys):
+    from bench import plan_table
+
+    gib = 1024**3
+
+    def fake_plan(config, target, mesh, compiler, cached_only=False):
+        if compiler == "tpu" and not target.startswith("v"):
+            return None
+        devices = int(target.split("-")[-1]) // 2 if target.startswith("v") else 8
+        tensor = 4 if "tensor=4" in mesh else 1
+        return {"compiler": compiler, "num_devices": devices, "hbm_bytes_per_device": 16 * gib, "fits": True,
+                "mesh": {"data": 1, "fsdp": devices // tensor, "tensor": tensor},
+                "analytic": {"params": gib, "opt_state": 2 * gib, "gradients": 2 * gib},
+                "xla": {"temp": (5 if compiler == "tpu" else 7) * gib, "peak": (8 if compiler == "tpu" else 11) * gib}}
+
+    monkeypatch.setattr(plan_table, "plan", fake_plan)
+    monkeypatch.setattr(common, "machine_info", lambda: {"git": "abc1234", "date": "2026-11-30T00:00:00"})
+    results = str(tmp_path / "results.jsonl")
+    plan_table.main(["--results", results, "--jobs", "2"])
+    [record] = tables.load_records(results)
+    assert record["bench"] == "plan_table" and record["machine"]["git"]
+    assert len(record["results"]["rows"]) == len(plan_table.RECIPES) * len(plan_table.SLICES)
+    text = tables.plan_table_markdown(record)
+    assert text in capsys.readouterr().out
+    assert "| Qwen2.5-7B | v5e-64 (32, 16 GiB) | fsdp=8 tensor=4 | 1.00 | 2.00 | 2.00 | 5.0 | 8.0 | 11.0 | yes |" \
+        in text
+    assert "| Llama-3.1-8B | 8x H100 (8, 16 GiB) | fsdp=8 | 1.00 | 2.00 | 2.00 | 7.0 (CPU) | - | 11.0 | yes* |" in text
