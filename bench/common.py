@@ -68,12 +68,30 @@ def machine_info() -> dict[str, Any]:
                     torch_threads=torch.get_num_threads())
     except ImportError:
         pass
+    info.update(cpu_info())
     try:
+        repo = os.path.dirname(RESULTS)
         info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=os.path.dirname(RESULTS)).stdout.strip()
+                                     cwd=repo).stdout.strip()
+        # Uncommitted library changes make "git" an approximation of what was measured.
+        info["git_dirty"] = bool(subprocess.run(["git", "status", "--porcelain", "--", "bsft_jax", "configs"],
+                                                capture_output=True, text=True, cwd=repo).stdout.strip())
     except OSError:
         pass
     return info
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU model and its matmul-relevant ISA flags (AMX, AVX-512) from /proc/cpuinfo; {} off Linux."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return {}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags_line = next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("flags")), "")
+    flags = sorted({f for f in flags_line.split() if f.startswith(("amx", "avx512"))})
+    return {"cpu_model": model, "cpu_flags": flags, "amx": any(f.startswith("amx") for f in flags)}
 
 
 def timed(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> list[float]:

@@ -1,0 +1,277 @@
+"""The measured tables of README.md and BENCHMARKS.md: which records each is made from, and how.
+
+To add a table: write a ``render_*`` function, add a ``Table`` to ``TABLES`` and put
+``<!-- table:NAME -->`` / ``<!-- /table -->`` where it goes in the doc, then ``python -m bench.render``.
+``depends`` are git pathspecs of the code the numbers measure; keep them coarse (directories, not
+files) so that modules moving inside ``bsft_jax`` do not need edits here.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from bench.render import GiB, Table
+
+RESULTS = "bench/results.jsonl"
+DEMO_RESULTS = "bench/demo_results.json"
+# What the numbers measure: the library without its data package, and the bench harness itself.
+LIBRARY = ("bsft_jax", ":(exclude)bsft_jax/data")
+TARGET_LABELS = {"8xh100": "8x H100"}
+MODEL_LABELS = {"qwen2_5_0_5b": "Qwen2.5-0.5B", "qwen2_5_1_5b": "Qwen2.5-1.5B", "llama3_2_1b": "Llama-3.2-1B"}
+
+
+def load_records(path: str) -> list[dict[str, Any]]:
+    """Records of a results file: JSON lines, or one JSON object / list of objects (``.json``)."""
+    with open(path) as f:
+        if path.endswith(".json"):
+            data = json.load(f)
+            return data if isinstance(data, list) else [data]
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _spread(s: dict[str, float], fmt: str = "{:.0f}") -> str:
+    return f"{fmt.format(s['min'])}-{fmt.format(s['max'])}"
+
+
+def _bench(name: str, **config: Any):
+    """A selector: records of bench ``name`` whose config has these values, in file order."""
+    def select(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in records if r["bench"] == name and all(r["config"].get(k) == v for k, v in config.items())]
+    return select
+
+
+def _newest(select):
+    return lambda records: select(records)[-1:]
+
+
+def _latest_session(select):
+    """The selected records measured in the same session (commit and note) as the newest one."""
+    def session(r: dict[str, Any]) -> tuple[str, str]:
+        return str(r["machine"].get("git")), str(r["machine"].get("note", ""))
+
+    def pick(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        chosen = select(records)
+        return [r for r in chosen if session(r) == session(chosen[-1])] if chosen else []
+    return pick
+
+
+def _backend(name: str, backend: str):
+    return lambda records: [r for r in _bench(name)(records) if r["results"].get("backend", "cpu") == backend]
+
+
+# -- plan --------------------------------------------------------------------------------------------------
+
+def plan_table_markdown(record: dict[str, Any]) -> str:
+    """The planner table of one ``plan_table`` record (GiB per device)."""
+    compilers = record["config"]["compilers"]
+    header = ["model", "slice (devices, HBM each)", "mesh", "params", "AdamW m+v", "grads", "XLA temp"]
+    header += [f"peak, {c.upper()} compiler" for c in compilers] + ["fits"]
+    rows = []
+    for row in record["results"]["rows"]:
+        a, mesh, main = row["analytic"], row["mesh"], row["main_compiler"]
+        mesh_text = f"fsdp={mesh['fsdp']}" + (f" tensor={mesh['tensor']}" if mesh["tensor"] > 1 else "")
+        temp = f"{row['xla'][main]['temp'] / GiB:.1f}" + (" (CPU)" if main == "cpu" and "tpu" in compilers else "")
+        peaks = [f"{row['xla'][c]['peak'] / GiB:.1f}" if row["xla"].get(c) else "-" for c in compilers]
+        fits = ("yes" if row["fits"] else "NO") + ("*" if main == "cpu" and "tpu" in compilers else "")
+        target = TARGET_LABELS.get(row["target"], row["target"])
+        rows.append([row["model"], f"{target} ({row['num_devices']}, {row['hbm_bytes_per_device'] / GiB:.0f} GiB)",
+                     mesh_text, f"{a['params'] / GiB:.2f}", f"{a['opt_state'] / GiB:.2f}",
+                     f"{a['gradients'] / GiB:.2f}", temp, *peaks, fits])
+    return markdown(header, rows)
+
+
+def render_plan(records: list[dict[str, Any]]) -> str:
+    return plan_table_markdown(records[-1])
+
+
+# -- CPU train step, profile, decode, compile time, memory ----------------------------------------------
+
+_MAIN_TRAIN = _bench("train_step", blocks=5, unroll="1,full", torch_attn="sdpa", torch_adamw="fused")
+
+
+def _train_rows(record: dict[str, Any]) -> list[list[Any]]:
+    r, size = record["results"], record["config"]["size"]
+    rows = []
+    for key, v in r["bsft"].items():
+        how = "scanned, scan_unroll=1" if key == "1" else "unrolled"
+        ratio = v["ratio_over_torch"]
+        rows.append([f"{size}: bsft_jax Trainer step ({how})", f"{v['tokens_per_s']['median']:.0f}",
+                     _spread(v["tokens_per_s"]), f"{statistics.median(v['seconds_per_step']):.3f}",
+                     f"{ratio['median']:.2f} ({_spread(ratio, '{:.2f}')})", f"compile {v['compile_seconds']:.1f} s"])
+    torch = r["torch"]
+    rows.append([f"{size}: transformers + torch eager ({torch['attn_implementation']}, AdamW {torch['adamw']})",
+                 f"{r['torch_tokens_per_s']['median']:.0f}", _spread(r["torch_tokens_per_s"]),
+                 f"{statistics.median(r['torch_seconds_per_step']):.3f}", "1", f"{torch['threads']} threads"])
+    return rows
+
+
+def render_train_step(records: list[dict[str, Any]]) -> str:
+    """One table per run (a run: the sizes measured one after another), as BENCHMARKS.md shows them."""
+    runs: list[list[dict[str, Any]]] = []
+    for rec in records:
+        if not runs or rec["config"]["size"] in {r["config"]["size"] for r in runs[-1]}:
+            runs.append([])
+        runs[-1].append(rec)
+    header = ["implementation", "tokens/s (median)", "min-max", "s/step (median)", "ratio vs torch (min-max)", "notes"]
+    out = []
+    for i, run in enumerate(runs, 1):
+        sizes = " then ".join(r["config"]["size"] for r in run)
+        out.append(f"Run {i} ({sizes}, {run[0]['machine']['date'][11:16]}-{run[-1]['machine']['date'][11:16]}):\n")
+        out.append(markdown(header, [row for rec in run for row in _train_rows(rec)]))
+    shapes = "; ".join(dict.fromkeys(f"{c['size']}: batch {c['batch']} x {c['seq']} tokens"
+                                     for c in (r["config"] for r in records)))
+    loads = [r["results"]["load_avg_start"] for r in records]
+    out.append(f"({shapes}; load average at start {min(loads):.2f}-{max(loads):.2f}.)\n")
+    return "\n".join(out)
+
+
+def render_profile(records: list[dict[str, Any]]) -> str:
+    r = records[-1]["results"]
+    flops = r["model_flops_per_step"]
+    rows = []
+    # "other": the profiled ops that are not matmuls (XLA thunks on our side; the step minus matmuls for torch).
+    for label, side, profiled in (("bsft_jax step", r["bsft"], r["bsft"]["thunk_s"]),
+                                  ("torch loop", r["torch"], r["torch"]["step_s"])):
+        other = profiled - side["matmul_s"]
+        rows.append([label, f"{side['step_s'] * 1e3:.0f}", f"{side['matmul_s'] * 1e3:.0f}",
+                     f"{flops / side['matmul_s'] / 1e9:.0f}", f"{other * 1e3:.0f}"])
+    return markdown(["loop", "step ms", "matmul ms", "matmul GFLOP/s", "other ms"], rows)
+
+
+def _decode_rows(record: dict[str, Any], number: str, with_model: bool) -> list[list[Any]]:
+    r = record["results"]
+    model = [record["config"]["size"]] if with_model else []
+    ratio = r["ratio_bsft_over_torch"]
+    ratio_text = f"{ratio['median']:.2f}" if ratio["median"] < 5 else f"**{ratio['median']:.1f}x**"
+    return [
+        [*model, "bsft_jax Sampler (jit prefill + while_loop)", number.format(r["bsft_tokens_per_s"]["median"]),
+                 _spread(r["bsft_tokens_per_s"], number),
+                 f"first call {r['bsft_first_call_seconds']:.1f} s (compile {r['bsft_compile_seconds']:.1f} s)"],
+        [*model, "transformers generate (torch eager, KV cache)", number.format(r["torch_tokens_per_s"]["median"]),
+                 _spread(r["torch_tokens_per_s"], number),
+                 f"{r['torch_threads']} threads" if r["backend"] == "cpu" else ""],
+        [*model, "ratio bsft/torch (per pair)", ratio_text,
+                 _spread(ratio, "{:.2f}" if ratio["median"] < 5 else "{:.1f}"), f"{ratio['n']} pairs"],
+    ]
+
+
+def render_decode(records: list[dict[str, Any]]) -> str:
+    rows = [row for rec in records for row in _decode_rows(rec, "{:.0f}", True)]
+    return markdown(["model", "implementation", "generated tokens/s (median)", "min-max", "notes"], rows)
+
+
+def render_gpu_decode(records: list[dict[str, Any]]) -> str:
+    rows = [row for rec in records for row in _decode_rows(rec, "{:,.0f}", False)]
+    return markdown(["implementation", "generated tokens/s (median)", "min-max", "notes"], rows)
+
+
+def render_compile_time(records: list[dict[str, Any]]) -> str:
+    rows = []
+    for row in records[-1]["results"]["rows"]:
+        cells = [row["train_compile_s"], row["train_unrolled_compile_s"], row["decode_compile_s"]]
+        rows.append([row["model"], row["layers"], row["hidden"], f"{row['batch']}x{row['seq']}",
+                     *("-" if c is None else f"{c:.2f}" for c in cells)])
+    return markdown(["model", "layers", "hidden", "train batch", "train step s (scan)", "train step s (unrolled)",
+                     "decode s"], rows)
+
+
+MEMORY_NOTES = {"torch_load": "weights left memory-mapped, read on first use"}
+
+
+def render_memory(records: list[dict[str, Any]]) -> str:
+    r = records[-1]["results"]
+    ops = [("train: bsft_jax Trainer (jit, donated)", "train_bsft", r["train_bsft"]),
+           ("train: transformers + torch", "train_torch", r["train_torch"])]
+    ops += [(f"HF {k}", k, r["hf_io"][k]) for k in ("bsft_load", "torch_load", "bsft_save") if k in r.get("hf_io", {})]
+    rows = []
+    for label, key, v in ops:
+        model_mb = v.get("model_fp32_mb", r.get("hf_io", {}).get("model_fp32_mb"))
+        note = f"XLA plan {v['xla_step_total_mb']:.0f} MB" if "xla_step_total_mb" in v else MEMORY_NOTES.get(key, "")
+        rows.append([label, f"{model_mb:.0f}", f"{v['extra_mb']:.0f}", f"{v['extra_over_model']:.2f}x",
+                     f"{v['seconds']:.3g}", note])
+    return markdown(["operation", "model MB", "peak extra MB", "x model", "seconds", "notes"], rows)
+
+
+# -- GPU --------------------------------------------------------------------------------------------------
+
+def render_gpu_mfu(records: list[dict[str, Any]]) -> str:
+    rows = []
+    for rec in records:
+        for row in rec["results"]["rows"]:
+            step, mfu, bsft = row["step_seconds"], row["mfu"], row["impl"].startswith("bsft")
+            share = f"{mfu['median'] * 100:.1f}%"
+            rows.append([MODEL_LABELS.get(row["model"], row["model"]), row["impl"], f"{row['batch']}x{row['seq']}",
+                         row["remat"], f"{step['median']:.3f}", f"{row['tokens_per_s']:,.0f}",
+                         f"{row['model_flops_per_step'] / step['median'] / 1e12:.1f}",
+                         (f"**{share}**" if bsft else share) + f" ({_spread(mfu, '{:.1%}').replace('%', '')})",
+                         f"{row['peak_device_gb']:.1f}", f"{row['compile_seconds']:.1f}" if bsft else "-"])
+    return markdown(["model", "implementation", "batch", "remat", "s/step", "tokens/s", "model TFLOP/s",
+                     "MFU (min-max)", "peak GPU GB", "compile s"], rows)
+
+
+# -- demo -------------------------------------------------------------------------------------------------
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def render_demo(records: list[dict[str, Any]]) -> str:
+    """The `make demo` comparison: macro-F1 per group and overall, behavior selection, intervention rates."""
+    rec = records[-1]["results"]
+    runs = [rec["generalsft"], rec["behaviorsft"]]
+    groups = (("reactive", "reactive (4 multiple-choice categories)"),
+              ("balanced", "balanced (4 categories: flag or hold back)"), ("proactive", "proactive (5 categories)"))
+    rows = [[label, *(_pct(r["macro_f1_pct"][key]) for r in runs)] for key, label in groups]
+    rows.append(["**overall**", *(f"**{_pct(r['macro_f1_pct']['overall'])}**" for r in runs)])
+    rows.append(["behavior-selection accuracy", *(
+        "n/a" if r["behavior_accuracy_pct"] is None
+        else f"{_pct(r['behavior_accuracy_pct'])} (majority class: {_pct(r['behavior_majority_pct'])})" for r in runs)])
+    rows.append(["over-intervention / missed-intervention rate",
+                 *(f"{_pct(r['over_intervention_pct'])} / {_pct(r['missed_intervention_pct'])}" for r in runs)])
+    wall = rec.get("wall_seconds")
+    tail = f"\nWall time of the whole `make demo`: {wall / 60:.0f} min.\n" if wall else ""
+    return markdown(["macro-F1 (%)", "GeneralSFT", "BehaviorSFT"], rows) + tail
+
+
+def _deps(*scripts: str) -> tuple[str, ...]:
+    """The library plus the bench files that set up what a timing table measures."""
+    return (*LIBRARY, "bench/train_setup.py", *scripts)
+
+
+
+TABLES = [
+    Table("plan", "README.md", RESULTS, _newest(_bench("plan_table")), render_plan,
+          (*LIBRARY, "configs/qwen2_5_7b_*", "configs/llama3_1_8b_*"),
+          "python -m bench.plan_table", seeded=False),
+    Table("train-step", "BENCHMARKS.md", RESULTS, _latest_session(_MAIN_TRAIN), render_train_step,
+          _deps("bench/train_step.py"),
+          "python -m bench.train_step --size 100m; python -m bench.train_step --size demo"),
+    Table("profile", "BENCHMARKS.md", RESULTS, _newest(_bench("profile_step", size="100m", threads=1)),
+          render_profile, _deps("bench/profile_step.py"), "python -m bench.profile_step --size 100m --threads 1"),
+    Table("decode", "BENCHMARKS.md", RESULTS,
+          _latest_session(_backend("decode", "cpu")), render_decode,
+          _deps("bench/decode.py"), "python -m bench.decode --size demo; python -m bench.decode --size 100m"),
+    Table("compile-time", "BENCHMARKS.md", RESULTS, _newest(_bench("compile_time")), render_compile_time,
+          _deps("bench/compile_time.py"), "python -m bench.compile_time"),
+    Table("memory", "BENCHMARKS.md", RESULTS, _newest(_bench("memory", size="100m")), render_memory,
+          _deps("bench/memory.py"),
+          "python -m bench.memory --size 100m"),
+    Table("gpu-mfu", "BENCHMARKS.md", RESULTS, _latest_session(_bench("gpu_mfu")), render_gpu_mfu,
+          _deps("bench/gpu_mfu.py"),
+          "bench/gpu_session.sh OUT final"),
+    Table("gpu-decode", "BENCHMARKS.md", RESULTS,
+          _newest(_backend("decode", "gpu")), render_gpu_decode,
+          _deps("bench/decode.py"), "python -m bench.decode --size qwen2_5_0_5b --dtype bfloat16"),
+    Table("demo", "README.md", DEMO_RESULTS, lambda rs: rs[-1:], render_demo,
+          ("bsft_jax", "configs/demo*.py"), "make demo; python -m bench.demo_results"),
+]
