@@ -55,9 +55,6 @@ def qwen_dir() -> str:
     return converted("qwen2.5-coder-0.5b-instruct")
 
 
-@pytest.fixture(scope="session")
-def model_dirs(smollm2_dir, qwen_dir) -> dict[str, str]:
-    return {"smollm2-135m-instruct": smollm2_dir, "qwen2.5-coder-0.5b-instruct": qwen_dir}
 
 
 @pytest.fixture(autouse=True, scope="session")
