@@ -29,6 +29,7 @@ def test_finetune_smollm2_with_behavior_tokens_and_export(smollm2_dir, tmp_path)
     cfg.run_dir = str(tmp_path / "run")
     cfg.train.update(steps=STEPS, global_batch_size=2, eval_every=-1)
     cfg.data.seq_len = 128
+    cfg.data.demo.update(num_train=64, num_validation=8, num_test=16)  # a few batches are all 3 steps use
     cfg.optimizer.update(warmup_steps=1, learning_rate=1e-4)
     cfg.checkpoint.update(every_steps=STEPS, async_save=False)
     cfg.logging.tensorboard = False
