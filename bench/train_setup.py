@@ -50,7 +50,9 @@ def decoder_config(arch: dict[str, Any], **overrides: Any):
 class JaxTrainLoop:
     """bsft_jax's Trainer on a one-device mesh: ``compile_seconds`` after construction, ``run(n)`` steps."""
 
-    def __init__(self, config: Any, batch: int, seq_len: int, *, seed: int = 0, device: Any = None):
+    def __init__(self, config: Any, batch: int, seq_len: int, *, seed: int = 0, device: Any = None,
+                 model: Any = None):
+        """``model``: start from these (e.g. pretrained) weights instead of a random init of ``config``."""
         import jax
         import ml_collections
         from flax import nnx
@@ -65,7 +67,7 @@ class JaxTrainLoop:
         self.mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, [device])
         tx, schedule = make_optimizer(ml_collections.ConfigDict(OPTIMIZER), TOTAL_STEPS)
         with jax.set_mesh(self.mesh):
-            model = Decoder(config, rngs=nnx.Rngs(params=seed))
+            model = model if model is not None else Decoder(config, rngs=nnx.Rngs(params=seed))
             self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
             self.trainer = Trainer(model.config, tx, schedule, self.mesh)
             self.state = self.trainer.init_state(model, seed)

