@@ -261,14 +261,17 @@ class Attention(nnx.Module):
             q_btkgh = q_btnh.reshape(b, t, c.num_kv_heads, c.num_query_groups, c.head_dim)
             out_btkgh = dot_product_attention(q_btkgh, k_bskh, v_bskh, mask_bts, scale=scale)
             out_btnh = out_btkgh.reshape(b, t, c.num_heads, c.head_dim)
-        elif is_local is None:
-            out_btnh = fused_attention(q_btnh, k_bskh, v_bskh, mask_bts, implementation=impl, scale=scale)
         else:
             def fused(window):
-                return lambda: fused_attention(q_btnh, k_bskh, v_bskh, mask_bts, implementation=impl, scale=scale,
-                                               local_window_size=window)
+                kw = {} if scale is None else dict(scale=scale)
+                if window is not None:
+                    kw.update(local_window_size=window)
+                return lambda: fused_attention(q_btnh, k_bskh, v_bskh, mask_bts, implementation=impl, **kw)
 
-            out_btnh = jax.lax.cond(is_local, fused((c.sliding_window - 1, 0)), fused(None))
+            if is_local is None:
+                out_btnh = fused(None)()
+            else:  # the kernel's static window on sliding layers: it skips the blocks outside it
+                out_btnh = jax.lax.cond(is_local, fused((c.sliding_window - 1, 0)), fused(None))
         y_btd = project(out_btnh, self.o_proj.value.astype(x_btd.dtype), 2)
         if c.o_bias:
             y_btd = y_btd + self.o_bias.value.astype(y_btd.dtype)
