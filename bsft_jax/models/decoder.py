@@ -447,15 +447,7 @@ class Decoder(nnx.Module):
             & (k_seg[:, None, :] != 0)
             & (k_slot[None, None, :] <= q_slot[None, :, None])
         )
-        cos_bth, sin_bth = rope_cos_sin(positions, rope_inverse_frequencies(c), dtype)
-        # Sliding-window configs: the global and the local (windowed) variants of the mask and RoPE
-        # tables, picked per layer inside the scan by a per-layer flag (scanned alongside the weights).
-        local = None
-        if c.has_sliding_layers:
-            in_window = (q_slot[:, None] - k_slot[None, :]) < c.sliding_window  # [T, S]
-            cos_l, sin_l = rope_cos_sin(positions, rope_inverse_frequencies(c, local=True), dtype)
-            local = (mask_bts & in_window[None], cos_l, sin_l)
-            local_flags = jnp.asarray(c.sliding_layer_mask)
+        inputs_of, local_flags = _per_layer_inputs(c, positions, mask_bts, q_slot, k_slot, dtype)
 
         # FSDP-gather the table's embed dim before the lookup (as for every other weight): a gather
         # from rows sharded over fsdp into a batch sharded over (data, fsdp) otherwise makes XLA
@@ -468,13 +460,6 @@ class Decoder(nnx.Module):
 
         graphdef, layer_state = nnx.split(self.layers)
 
-        def inputs_of(is_local):
-            """(cos, sin, mask, is_local) of one layer: the local variants where is_local."""
-            if local is None:
-                return cos_bth, sin_bth, mask_bts, None
-            pick = functools.partial(jnp.where, is_local)
-            return pick(local[1], cos_bth), pick(local[2], sin_bth), pick(local[0], mask_bts), is_local
-
         if cache is None:
             def body(x, layer_in):
                 state_l, is_local = layer_in
@@ -484,8 +469,7 @@ class Decoder(nnx.Module):
 
             if c.remat != "none":
                 body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-            xs = (layer_state, local_flags if local is not None else None)
-            x_btd, _ = jax.lax.scan(body, x_btd, xs, unroll=min(c.scan_unroll, c.num_layers))
+            x_btd, _ = jax.lax.scan(body, x_btd, (layer_state, local_flags), unroll=min(c.scan_unroll, c.num_layers))
         else:
             # Never unrolled (scan_unroll is for training): the in-place cache update needs the loop.
             # The stacked cache rides in the carry and each layer writes only its new slots, so a
@@ -499,8 +483,8 @@ class Decoder(nnx.Module):
                 return (x, kv_all), None
 
             layers = jnp.arange(c.num_layers, dtype=jnp.int32)
-            xs = (layer_state, layers, local_flags if local is not None else None)
-            (x_btd, kv_out), _ = jax.lax.scan(cached_body, (x_btd, (cache.k, cache.v)), xs)
+            (x_btd, kv_out), _ = jax.lax.scan(cached_body, (x_btd, (cache.k, cache.v)),
+                                              (layer_state, layers, local_flags))
         x_btd = self.final_norm(x_btd)
         if return_hidden:
             out = x_btd
@@ -524,6 +508,28 @@ class Decoder(nnx.Module):
             w_dv = self.lm_head.value.astype(x_btd.dtype)
             logits = project(x_btd, w_dv, 1, out_dtype)
         return constrain(logits.astype(out_dtype), ("batch", "length", "act_vocab"))
+
+
+def _per_layer_inputs(c: DecoderConfig, positions_bt: Array, mask_bts: Array, q_slot: Array, k_slot: Array,
+                      dtype: Any) -> tuple[Callable[[Array | None], tuple], Array | None]:
+    """RoPE tables and masks of the layers, and the per-layer flags the layer scan carries.
+
+    Returns ``(inputs_of, flags)``. ``flags`` [L] is True for sliding-window layers (None when every
+    layer is global); ``inputs_of(flag)`` gives one layer's ``(cos, sin, mask, flag)``: the local
+    RoPE base and the windowed mask (a query sees itself and the ``sliding_window - 1`` slots
+    before it, as transformers' sliding_window_overlay) where the traced flag is set.
+    """
+    cos_bth, sin_bth = rope_cos_sin(positions_bt, rope_inverse_frequencies(c), dtype)
+    if not c.has_sliding_layers:
+        return (lambda flag: (cos_bth, sin_bth, mask_bts, None)), None
+    cos_l, sin_l = rope_cos_sin(positions_bt, rope_inverse_frequencies(c, local=True), dtype)
+    mask_l = mask_bts & ((q_slot[:, None] - k_slot[None, :]) < c.sliding_window)[None]
+
+    def inputs_of(flag: Array) -> tuple:
+        pick = functools.partial(jnp.where, flag)
+        return pick(cos_l, cos_bth), pick(sin_l, sin_bth), pick(mask_l, mask_bts), flag
+
+    return inputs_of, jnp.asarray(c.sliding_layer_mask)
 
 
 def _positions_from_segments(segment_ids_bt: Array) -> Array:
