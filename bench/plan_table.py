@@ -20,7 +20,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = [("Qwen2.5-7B", "configs/qwen2_5_7b_behaviorsft.py"), ("Llama-3.1-8B", "configs/llama3_1_8b_behaviorsft.py")]
+RECIPES = [("Qwen2.5-7B", "configs/qwen2_5_7b_behaviorsft.py"), ("Llama-3.1-8B", "configs/llama3_1_8b_behaviorsft.py"),
+           ("MedGemma-27B", "configs/medgemma_27b_behaviorsft.py")]
 # (target, mesh): the recipes' default mesh (fsdp over all devices) where the batch divides it.
 SLICES = [("v4-32", "data=1,fsdp=-1,tensor=1"), ("v5p-32", "data=1,fsdp=-1,tensor=1"),
           ("v5p-64", "data=1,fsdp=-1,tensor=1"), ("v5e-64", "data=1,fsdp=-1,tensor=4"),

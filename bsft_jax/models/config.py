@@ -15,7 +15,18 @@ import json
 import os
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+from bsft_jax.models.families import (
+    FAMILY_MODEL_TYPES,
+    FAMILY_PRESETS,
+    LinearRopeScaling,
+    activation_from_hf,
+    family_fields_from_hf,
+    family_to_hf,
+)
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "qwen3", "gemma3_text")
+ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU / GeGLU with tanh-approximated GELU
+LAYER_TYPES = ("full_attention", "sliding_attention")
 _DTYPE_NAMES = {
     "float32": "float32",
     "fp32": "float32",
@@ -70,7 +81,7 @@ class DecoderConfig:
     num_kv_heads: int  # K
     head_dim: int  # H
     rope_theta: float = 10_000.0
-    rope_scaling: Llama3RopeScaling | None = None
+    rope_scaling: Llama3RopeScaling | LinearRopeScaling | None = None  # global layers only
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
@@ -101,6 +112,18 @@ class DecoderConfig:
     # "auto":   "cudnn" where it applies (GPU backend, bf16/fp16, head_dim <= 128), else "einsum".
     # KV-cache steps always use the einsums (one query row: bandwidth-bound, no flash benefit).
     attention_impl: str = "auto"
+    # Gemma 3 / Qwen3 by configuration (defaults reproduce Qwen2/Llama exactly).
+    norm_plus_one: bool = False  # RMSNorm scales by (1 + w), computed in fp32 (Gemma)
+    post_norms: bool = False  # RMSNorm on each sub-layer's output too: four norms per block (Gemma 3)
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3, Gemma 3)
+    activation: str = "silu"  # gated MLP activation, one of ACTIVATIONS
+    query_pre_attn_scalar: float | None = None  # attention scale 1/sqrt(this); None: 1/sqrt(head_dim)
+    embed_scale: bool = False  # embeddings multiplied by sqrt(hidden_size) in the compute dtype (Gemma)
+    # Per-layer attention kind ("full_attention" | "sliding_attention"); None: all full. Sliding layers
+    # attend to the last ``sliding_window`` tokens (themselves included) and use ``rope_local_theta``.
+    layer_types: tuple[str, ...] | None = None
+    sliding_window: int | None = None
+    rope_local_theta: float | None = None  # RoPE base of sliding layers (None: rope_theta)
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -138,9 +161,41 @@ class DecoderConfig:
             )
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        self._check_layer_kinds()
         object.__setattr__(self, "generation_eos_token_ids", tuple(self.generation_eos_token_ids))
 
+    def _check_layer_kinds(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"DecoderConfig.activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.layer_types is None:
+            return
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if len(self.layer_types) != self.num_layers:
+            raise ValueError(f"DecoderConfig.layer_types has {len(self.layer_types)} entries for "
+                             f"num_layers={self.num_layers}")
+        bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if bad:
+            raise ValueError(f"DecoderConfig.layer_types: unknown kind(s) {bad}; expected {LAYER_TYPES}")
+        if self.has_sliding_layers and not (self.sliding_window and int(self.sliding_window) > 0):
+            raise ValueError("DecoderConfig.sliding_window must be a positive int when layer_types has "
+                             f"'sliding_attention' layers, got {self.sliding_window!r}")
+
     # ------------------------------------------------------------------ derived
+    @property
+    def has_sliding_layers(self) -> bool:
+        """Some layers attend within a sliding window (Gemma 3's local layers)."""
+        return self.layer_types is not None and "sliding_attention" in self.layer_types
+
+    @property
+    def sliding_layer_mask(self) -> tuple[bool, ...]:
+        """Per layer: True for a sliding-window (local) layer."""
+        return tuple(t == "sliding_attention" for t in (self.layer_types or ("full_attention",) * self.num_layers))
+
+    @property
+    def attention_scale(self) -> float:
+        """Multiplier of q.k: 1/sqrt(query_pre_attn_scalar) (Gemma) or 1/sqrt(head_dim)."""
+        return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
     @property
     def cudnn_attention_fits(self) -> bool:
         """cuDNN flash attention supports this compute dtype and head size (bf16/fp16, head_dim <= 128, % 8)."""
@@ -211,9 +266,10 @@ class DecoderConfig:
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if key not in hf:
                 raise fail(key, "missing")
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise fail("hidden_act", f"{act!r} is not supported (only 'silu' / SwiGLU)")
+        if model_type in FAMILY_MODEL_TYPES:  # Gemma 3 / Qwen3: their own reader
+            return cls._from_hf_fields(hf, generation, where, runtime, family_fields_from_hf(hf, fail))
+        if activation_from_hf(hf, fail) != "silu":
+            raise fail("hidden_act", f"{hf.get('hidden_act')!r} is not supported for {model_type} (only 'silu')")
         if hf.get("use_sliding_window"):
             raise fail("use_sliding_window", "sliding-window attention is not supported; set it to false")
         layer_types = hf.get("layer_types") or []
@@ -249,13 +305,21 @@ class DecoderConfig:
         elif rope_type != "default":
             raise fail(rope_field, f"rope_type {rope_type!r} is not supported (expected 'default' or 'llama3')")
 
-        heads = int(hf["num_attention_heads"])
-        head_dim = hf.get("head_dim") or int(hf["hidden_size"]) // heads
         if model_type == "qwen2":
             qkv_bias, o_bias, mlp_bias = True, False, False
         else:
             qkv_bias = o_bias = bool(hf.get("attention_bias", False))
             mlp_bias = bool(hf.get("mlp_bias", False))
+        family = dict(rope_theta=float(rope_theta), rope_scaling=rope_scaling, qkv_bias=qkv_bias, o_bias=o_bias,
+                      mlp_bias=mlp_bias, tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
+        return cls._from_hf_fields(hf, generation, where, runtime, family)
+
+    @classmethod
+    def _from_hf_fields(cls, hf: dict, generation: dict, where: str, runtime: dict, family: dict) -> DecoderConfig:
+        """The fields every family shares, then ``family``'s own, then ``runtime``."""
+        model_type = hf["model_type"]
+        heads = int(hf["num_attention_heads"])
+        head_dim = hf.get("head_dim") or int(hf["hidden_size"]) // heads
         source_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
         eos = hf.get("eos_token_id")
         gen_eos = generation.get("eos_token_id")
@@ -272,13 +336,7 @@ class DecoderConfig:
             num_heads=heads,
             num_kv_heads=int(hf.get("num_key_value_heads") or heads),
             head_dim=int(head_dim),
-            rope_theta=float(rope_theta),
-            rope_scaling=rope_scaling,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            qkv_bias=qkv_bias,
-            o_bias=o_bias,
-            mlp_bias=mlp_bias,
             max_position_embeddings=int(hf.get("max_position_embeddings", 32_768)),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
@@ -287,6 +345,7 @@ class DecoderConfig:
             valid_vocab_size=hf.get("bsft_valid_vocab_size"),
             source_dtype=canonical_dtype(source_dtype, field=f"{where}: dtype"),
         )
+        fields.update(family)
         fields.update(runtime)
         return cls(**fields)
 
@@ -294,7 +353,7 @@ class DecoderConfig:
         """The ``config.json`` dict transformers needs to rebuild this architecture."""
         dtype = canonical_dtype(dtype or self.source_dtype)
         rope_parameters: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
-        if self.rope_scaling is not None:
+        if isinstance(self.rope_scaling, Llama3RopeScaling):
             rope_parameters.update(rope_type="llama3", **dataclasses.asdict(self.rope_scaling))
         eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
         hf: dict[str, Any] = {
@@ -323,9 +382,11 @@ class DecoderConfig:
             "dtype": dtype,
             "torch_dtype": dtype,
         }
-        if self.rope_scaling is not None:
+        if isinstance(self.rope_scaling, Llama3RopeScaling):
             hf["rope_scaling"] = dict(rope_parameters)
-        if self.model_type == "qwen2":
+        if self.model_type in FAMILY_MODEL_TYPES:
+            family_to_hf(self, hf)
+        elif self.model_type == "qwen2":
             hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
         else:
             hf.update(attention_bias=self.qkv_bias, mlp_bias=self.mlp_bias, pretraining_tp=1)
@@ -356,6 +417,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama3_1_8b": dict(_LLAMA3_COMMON, vocab_size=128_256, hidden_size=4096, intermediate_size=14_336,
                         num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, tie_word_embeddings=False,
                         rope_scaling=Llama3RopeScaling(8.0, 1.0, 4.0, 8192)),
+    # Gemma 3 (1B, 4B/12B/27B text towers), MedGemma 27B text, Qwen3 0.6B / 8B: see models/families.py.
+    **FAMILY_PRESETS,
 }
 
 

@@ -1,8 +1,9 @@
-"""Flax NNX decoder for the Qwen2/Qwen2.5 and Llama 3.x families, numerically matching transformers.
+"""Flax NNX decoder for Qwen2/Qwen2.5, Llama 3.x, Qwen3 and Gemma 3, numerically matching transformers.
 
 HF-exact choices: half-split ("rotate_half") RoPE with fp32 frequencies, unscaled q/k projections
 (so HF import/export is transpose + reshape only), RMSNorm and softmax in fp32, HF epsilons,
-optional tied head, Llama 3 RoPE scaling.
+optional tied head, Llama 3 / linear RoPE scaling. Gemma 3 and Qwen3 are configuration, not code:
+(1 + w) norms, sandwich norms, q/k norms, GeGLU, a scaled embedding and sliding-window layers.
 
 Layers are stored stacked (leading ``layers`` axis on every block parameter) and run with
 ``jax.lax.scan``, so compile time does not grow with depth. Weights are named in einsum form:
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bsft_jax.models.config import DecoderConfig
+from bsft_jax.models.config import DecoderConfig, LinearRopeScaling
 from bsft_jax.models.sharding import constrain
 
 Array = jax.Array
@@ -49,14 +50,20 @@ def _normal(std: float = 0.02) -> Callable[..., Array]:
 
 
 # ----------------------------------------------------------------------------- RoPE
-def rope_inverse_frequencies(config: DecoderConfig) -> np.ndarray:
-    """Inverse frequencies [H/2] in float32, computed as transformers does (incl. llama3 scaling)."""
+def rope_inverse_frequencies(config: DecoderConfig, *, local: bool = False) -> np.ndarray:
+    """Inverse frequencies [H/2] in float32, computed as transformers does (incl. llama3/linear scaling).
+
+    ``local``: those of sliding-window layers (base ``rope_local_theta``, never scaled).
+    """
     dim = config.head_dim
+    theta = (config.rope_local_theta or config.rope_theta) if local else config.rope_theta
     exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv_freq = (np.float32(1.0) / (np.float32(config.rope_theta) ** exponent)).astype(np.float32)
-    scaling = config.rope_scaling
+    inv_freq = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
+    scaling = None if local else config.rope_scaling
     if scaling is None:
         return inv_freq
+    if isinstance(scaling, LinearRopeScaling):
+        return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
     low_freq_wavelen = scaling.original_max_position_embeddings / scaling.low_freq_factor
     high_freq_wavelen = scaling.original_max_position_embeddings / scaling.high_freq_factor
     wavelen = (np.float32(2 * math.pi) / inv_freq).astype(np.float32)
@@ -155,17 +162,25 @@ class KVCache:
 
 # ----------------------------------------------------------------------------- modules
 class RMSNorm(nnx.Module):
-    """RMSNorm computed in fp32, scaled in the input dtype (transformers' Qwen2/Llama RMSNorm)."""
+    """RMSNorm computed in fp32, scaled in the input dtype (transformers' Qwen2/Llama RMSNorm).
+
+    ``plus_one`` (Gemma): scaled by ``1 + w`` in fp32 and only then cast; ``w`` starts at zero.
+    """
 
     def __init__(self, dim: int, eps: float, *, param_dtype: Any, stack: int | None = None,
-                 rngs: nnx.Rngs | None = None):
+                 rngs: nnx.Rngs | None = None, plus_one: bool = False, axis: str = "norm"):
         self.eps = eps
-        self.scale = _param(rngs, jax.nn.initializers.ones, (dim,), ("norm",), param_dtype, stack)
+        self.plus_one = plus_one
+        init = jax.nn.initializers.zeros if plus_one else jax.nn.initializers.ones
+        self.scale = _param(rngs, init, (dim,), (axis,), param_dtype, stack)
 
     def __call__(self, x: Array) -> Array:
         dtype = x.dtype
         x32 = x.astype(jnp.float32)
         variance = jnp.mean(x32 * x32, axis=-1, keepdims=True)
+        if self.plus_one:
+            return (x32 * jax.lax.rsqrt(variance + self.eps) * (1.0 + self.scale.value.astype(jnp.float32))
+                    ).astype(dtype)
         normed = (x32 * jax.lax.rsqrt(variance + self.eps)).astype(dtype)
         return self.scale.value.astype(dtype) * normed
 
@@ -188,6 +203,10 @@ class Attention(nnx.Module):
             self.v_bias = _param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd, stack)
         if c.o_bias:
             self.o_bias = _param(rngs, zeros, (d,), ("embed",), pd, stack)
+        if c.qk_norm:
+            kw = dict(param_dtype=pd, stack=stack, rngs=rngs, plus_one=c.norm_plus_one, axis="head_dim")
+            self.q_norm = RMSNorm(h, c.rms_norm_eps, **kw)
+            self.k_norm = RMSNorm(h, c.rms_norm_eps, **kw)
 
     def _project(self, x_btd: Array, name: str) -> Array:
         w = getattr(self, f"{name}_proj").value.astype(x_btd.dtype)
@@ -205,16 +224,22 @@ class Attention(nnx.Module):
         kv: tuple[Array, Array] | None = None,
         cache_index: Array | None = None,
         layer: Array | None = None,
+        is_local: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """Returns the attention output [B, T, D] and, with a cache, the updated (k, v).
 
         ``kv`` is the whole stacked cache [L, B, S, K, H] and ``layer`` this block's index in it:
         only the T new slots of that layer are written (in place inside the decode loop, instead
-        of rewriting every layer's cache each step).
+        of rewriting every layer's cache each step). ``is_local`` (a traced bool, sliding-window
+        configs only) says this is a sliding layer: ``mask_bts`` then already holds the window, and
+        the cuDNN path also gets it as the kernel's static ``local_window_size``.
         """
         c = self.config
-        q_btnh = apply_rope(self._project(x_btd, "q"), cos_bth, sin_bth)
-        k_btkh = apply_rope(self._project(x_btd, "k"), cos_bth, sin_bth)
+        q_btnh, k_btkh = self._project(x_btd, "q"), self._project(x_btd, "k")
+        if c.qk_norm:
+            q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
+        q_btnh = apply_rope(q_btnh, cos_bth, sin_bth)
+        k_btkh = apply_rope(k_btkh, cos_bth, sin_bth)
         v_btkh = self._project(x_btd, "v")
         q_btnh = constrain(q_btnh, ("batch", "length", "act_heads", None))
         if kv is None:
@@ -231,21 +256,36 @@ class Attention(nnx.Module):
             v_bskh = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(x_btd.dtype)
         b, t = x_btd.shape[:2]
         impl = "einsum" if kv is not None else resolve_attention_impl(c)
+        scale = c.attention_scale if c.query_pre_attn_scalar else None
         if impl == "einsum":
             q_btkgh = q_btnh.reshape(b, t, c.num_kv_heads, c.num_query_groups, c.head_dim)
-            out_btkgh = dot_product_attention(q_btkgh, k_bskh, v_bskh, mask_bts)
+            out_btkgh = dot_product_attention(q_btkgh, k_bskh, v_bskh, mask_bts, scale=scale)
             out_btnh = out_btkgh.reshape(b, t, c.num_heads, c.head_dim)
         else:
-            out_btnh = fused_attention(q_btnh, k_bskh, v_bskh, mask_bts, implementation=impl)
+            def fused(window):
+                kw = {} if scale is None else dict(scale=scale)
+                if window is not None:
+                    kw.update(local_window_size=window)
+                return lambda: fused_attention(q_btnh, k_bskh, v_bskh, mask_bts, implementation=impl, **kw)
+
+            if is_local is None:
+                out_btnh = fused(None)()
+            else:  # the kernel's static window on sliding layers: it skips the blocks outside it
+                out_btnh = jax.lax.cond(is_local, fused((c.sliding_window - 1, 0)), fused(None))
         y_btd = project(out_btnh, self.o_proj.value.astype(x_btd.dtype), 2)
         if c.o_bias:
             y_btd = y_btd + self.o_bias.value.astype(y_btd.dtype)
         return y_btd, new_kv
 
 
-def dot_product_attention(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array) -> Array:
-    """softmax(q k^T / sqrt(H)) v with fp32 scores/softmax; ``mask_bts`` True where attending is allowed."""
-    scale = 1.0 / math.sqrt(q_btkgh.shape[-1])
+def dot_product_attention(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
+                          scale: float | None = None) -> Array:
+    """softmax(q k^T * scale) v with fp32 scores/softmax; ``mask_bts`` True where attending is allowed.
+
+    ``scale`` defaults to 1/sqrt(H) (Gemma 3 sets it from ``query_pre_attn_scalar``).
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q_btkgh.shape[-1])
     scores = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask_bts[:, None, None, :, :], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
@@ -253,17 +293,20 @@ def dot_product_attention(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts
 
 
 def fused_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array, *,
-                    implementation: str = "cudnn") -> Array:
+                    implementation: str = "cudnn", scale: float | None = None,
+                    local_window_size: tuple[int, int] | None = None) -> Array:
     """Causal self-attention through ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU).
 
     For the full-sequence forward only (T == S, ``mask_bts`` already causal): ``is_causal`` lets the
     kernel skip the upper triangle, and the mask (padding, packed segments) becomes an additive bias
     of finite large negatives, so fully masked padding rows stay finite. Query head n = k * G + g
     reads key/value head k, the grouping of the einsum path. ``implementation="xla"`` runs JAX's
-    reference lowering of the same call (used to test this wiring on CPU).
+    reference lowering of the same call (used to test this wiring on CPU). ``local_window_size``
+    ``(W - 1, 0)``: each query sees itself and the W - 1 keys before it (a sliding layer).
     """
     return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_bts[:, None, :, :], is_causal=True,
-                                        implementation=implementation)
+                                        implementation=implementation, scale=scale,
+                                        local_window_size=local_window_size)
 
 
 def resolve_attention_impl(config: DecoderConfig) -> str:
@@ -273,8 +316,15 @@ def resolve_attention_impl(config: DecoderConfig) -> str:
     return "cudnn" if jax.default_backend() == "gpu" and config.cudnn_attention_fits else "einsum"
 
 
+def _gelu_tanh(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+_ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": _gelu_tanh}
+
+
 class MLP(nnx.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """Gated MLP: down(act(gate(x)) * up(x)); SwiGLU (silu) or GeGLU (tanh GELU, Gemma)."""
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None, stack: int | None = None):
         d, f, pd = config.hidden_size, config.intermediate_size, config.param_dtype
@@ -295,7 +345,7 @@ class MLP(nnx.Module):
         if self.config.mlp_bias:
             gate_btf = gate_btf + self.gate_bias.value.astype(dt)
             up_btf = up_btf + self.up_bias.value.astype(dt)
-        h_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("batch", "length", "act_mlp"))
+        h_btf = constrain(_ACTIVATIONS[self.config.activation](gate_btf) * up_btf, ("batch", "length", "act_mlp"))
         y_btd = project(h_btf, self.down_proj.value.astype(dt))
         if self.config.mlp_bias:
             y_btd = y_btd + self.down_bias.value.astype(dt)
@@ -303,19 +353,30 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Pre-norm decoder block: x + attn(norm(x)); x + mlp(norm(x))."""
+    """Pre-norm decoder block: x + attn(norm(x)); x + mlp(norm(x)).
+
+    ``post_norms`` (Gemma 3) adds a norm on each sub-layer's output: x + norm(attn(norm(x))), ...
+    ``post_attn_norm`` is the norm *before* the MLP (HF's Llama ``post_attention_layernorm``,
+    Gemma's ``pre_feedforward_layernorm``); ``attn_out_norm`` / ``mlp_out_norm`` are the output norms.
+    """
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None, stack: int | None = None):
-        kw = dict(param_dtype=config.param_dtype, stack=stack, rngs=rngs)
+        kw = dict(param_dtype=config.param_dtype, stack=stack, rngs=rngs, plus_one=config.norm_plus_one)
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         self.attn = Attention(config, rngs=rngs, stack=stack)
         self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
         self.mlp = MLP(config, rngs=rngs, stack=stack)
+        if config.post_norms:
+            self.attn_out_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+            self.mlp_out_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
 
-    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts, kv=None, cache_index=None, layer=None):
-        attn_btd, new_kv = self.attn(self.input_norm(x_btd), cos_bth, sin_bth, mask_bts, kv, cache_index, layer)
-        x_btd = x_btd + attn_btd
-        x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
+    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts, kv=None, cache_index=None, layer=None, is_local=None):
+        attn_btd, new_kv = self.attn(self.input_norm(x_btd), cos_bth, sin_bth, mask_bts, kv, cache_index, layer,
+                                     is_local)
+        post = self.attn.config.post_norms
+        x_btd = x_btd + (self.attn_out_norm(attn_btd) if post else attn_btd)
+        mlp_btd = self.mlp(self.post_attn_norm(x_btd))
+        x_btd = x_btd + (self.mlp_out_norm(mlp_btd) if post else mlp_btd)
         return constrain(x_btd, ("batch", "length", "act_embed")), new_kv
 
 
@@ -338,7 +399,8 @@ class Decoder(nnx.Module):
         pd = config.param_dtype
         self.embed = _param(rngs, _normal(), (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd, None)
         self.layers = Block(config, rngs=rngs, stack=config.num_layers)
-        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=pd, rngs=rngs)
+        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=pd, rngs=rngs,
+                                  plus_one=config.norm_plus_one)
         if not config.tie_word_embeddings:
             self.lm_head = _param(rngs, _normal(), (config.hidden_size, config.vocab_size), ("embed", "vocab"),
                                   pd, None)
@@ -385,38 +447,44 @@ class Decoder(nnx.Module):
             & (k_seg[:, None, :] != 0)
             & (k_slot[None, None, :] <= q_slot[None, :, None])
         )
-        cos_bth, sin_bth = rope_cos_sin(positions, rope_inverse_frequencies(c), dtype)
+        inputs_of, local_flags = _per_layer_inputs(c, positions, mask_bts, q_slot, k_slot, dtype)
 
         # FSDP-gather the table's embed dim before the lookup (as for every other weight): a gather
         # from rows sharded over fsdp into a batch sharded over (data, fsdp) otherwise makes XLA
         # fall back to a full rematerialisation. Vocab rows stay tensor-sharded (partial sums).
         table_vd = constrain(self.embed.value, ("vocab", None))
         x_btd = jnp.take(table_vd, input_ids, axis=0).astype(dtype)
+        if c.embed_scale:  # Gemma: sqrt(D), rounded to the compute dtype as transformers does
+            x_btd = x_btd * jnp.asarray(c.hidden_size**0.5, dtype)
         x_btd = constrain(x_btd, ("batch", "length", "act_embed"))
 
         graphdef, layer_state = nnx.split(self.layers)
 
         if cache is None:
-            def body(x, state_l):
+            def body(x, layer_in):
+                state_l, is_local = layer_in
                 block = nnx.merge(graphdef, state_l)
-                return block(x, cos_bth, sin_bth, mask_bts)[0], None
+                cos, sin, mask, is_local = inputs_of(is_local)
+                return block(x, cos, sin, mask, is_local=is_local)[0], None
 
             if c.remat != "none":
                 body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-            x_btd, _ = jax.lax.scan(body, x_btd, layer_state, unroll=min(c.scan_unroll, c.num_layers))
+            x_btd, _ = jax.lax.scan(body, x_btd, (layer_state, local_flags), unroll=min(c.scan_unroll, c.num_layers))
         else:
             # Never unrolled (scan_unroll is for training): the in-place cache update needs the loop.
             # The stacked cache rides in the carry and each layer writes only its new slots, so a
             # decode step updates the cache in place rather than rebuilding it as scan outputs.
             def cached_body(carry, layer_in):
                 x, kv_all = carry
-                state_l, layer = layer_in
+                state_l, layer, is_local = layer_in
                 block = nnx.merge(graphdef, state_l)
-                x, kv_all = block(x, cos_bth, sin_bth, mask_bts, kv_all, cache.index, layer)
+                cos, sin, mask, is_local = inputs_of(is_local)
+                x, kv_all = block(x, cos, sin, mask, kv_all, cache.index, layer, is_local)
                 return (x, kv_all), None
 
             layers = jnp.arange(c.num_layers, dtype=jnp.int32)
-            (x_btd, kv_out), _ = jax.lax.scan(cached_body, (x_btd, (cache.k, cache.v)), (layer_state, layers))
+            (x_btd, kv_out), _ = jax.lax.scan(cached_body, (x_btd, (cache.k, cache.v)),
+                                              (layer_state, layers, local_flags))
         x_btd = self.final_norm(x_btd)
         if return_hidden:
             out = x_btd
@@ -440,6 +508,28 @@ class Decoder(nnx.Module):
             w_dv = self.lm_head.value.astype(x_btd.dtype)
             logits = project(x_btd, w_dv, 1, out_dtype)
         return constrain(logits.astype(out_dtype), ("batch", "length", "act_vocab"))
+
+
+def _per_layer_inputs(c: DecoderConfig, positions_bt: Array, mask_bts: Array, q_slot: Array, k_slot: Array,
+                      dtype: Any) -> tuple[Callable[[Array | None], tuple], Array | None]:
+    """RoPE tables and masks of the layers, and the per-layer flags the layer scan carries.
+
+    Returns ``(inputs_of, flags)``. ``flags`` [L] is True for sliding-window layers (None when every
+    layer is global); ``inputs_of(flag)`` gives one layer's ``(cos, sin, mask, flag)``: the local
+    RoPE base and the windowed mask (a query sees itself and the ``sliding_window - 1`` slots
+    before it, as transformers' sliding_window_overlay) where the traced flag is set.
+    """
+    cos_bth, sin_bth = rope_cos_sin(positions_bt, rope_inverse_frequencies(c), dtype)
+    if not c.has_sliding_layers:
+        return (lambda flag: (cos_bth, sin_bth, mask_bts, None)), None
+    cos_l, sin_l = rope_cos_sin(positions_bt, rope_inverse_frequencies(c, local=True), dtype)
+    mask_l = mask_bts & ((q_slot[:, None] - k_slot[None, :]) < c.sliding_window)[None]
+
+    def inputs_of(flag: Array) -> tuple:
+        pick = functools.partial(jnp.where, flag)
+        return pick(cos_l, cos_bth), pick(sin_l, sin_bth), pick(mask_l, mask_bts), flag
+
+    return inputs_of, jnp.asarray(c.sliding_layer_mask)
 
 
 def _positions_from_segments(segment_ids_bt: Array) -> Array:

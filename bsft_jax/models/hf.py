@@ -93,7 +93,9 @@ def weight_table(c: DecoderConfig) -> list[WeightRule]:
         ("model.embed_tokens.weight", "embed", IDENTITY, (v, d)),
         ("model.norm.weight", "final_norm/scale", IDENTITY, (d,)),
         (L + "input_layernorm.weight", "layers/input_norm/scale", IDENTITY, (d,)),
-        (L + "post_attention_layernorm.weight", "layers/post_attn_norm/scale", IDENTITY, (d,)),
+        # HF's post_attention_layernorm is the pre-MLP norm in Llama/Qwen, an output norm in Gemma 3
+        (L + "post_attention_layernorm.weight",
+         "layers/attn_out_norm/scale" if c.post_norms else "layers/post_attn_norm/scale", IDENTITY, (d,)),
         (L + "self_attn.q_proj.weight", "layers/attn/q_proj", LINEAR, (n * h, d)),
         (L + "self_attn.k_proj.weight", "layers/attn/k_proj", LINEAR, (k * h, d)),
         (L + "self_attn.v_proj.weight", "layers/attn/v_proj", LINEAR, (k * h, d)),
@@ -112,6 +114,16 @@ def weight_table(c: DecoderConfig) -> list[WeightRule]:
         ]
     if c.o_bias:
         rows.append((L + "self_attn.o_proj.bias", "layers/attn/o_bias", IDENTITY, (d,)))
+    if c.post_norms:
+        rows += [
+            (L + "pre_feedforward_layernorm.weight", "layers/post_attn_norm/scale", IDENTITY, (d,)),
+            (L + "post_feedforward_layernorm.weight", "layers/mlp_out_norm/scale", IDENTITY, (d,)),
+        ]
+    if c.qk_norm:
+        rows += [
+            (L + "self_attn.q_norm.weight", "layers/attn/q_norm/scale", IDENTITY, (h,)),
+            (L + "self_attn.k_norm.weight", "layers/attn/k_norm/scale", IDENTITY, (h,)),
+        ]
     if c.mlp_bias:
         rows += [
             (L + "mlp.gate_proj.bias", "layers/mlp/gate_bias", IDENTITY, (f,)),
@@ -195,7 +207,7 @@ def load_hf(
     mesh: Mesh | None = None,
     **config_overrides: Any,
 ) -> tuple[Decoder, DecoderConfig]:
-    """Loads a local HF Qwen2/Llama folder (or ``builtin:<name>``) into a :class:`Decoder`.
+    """Loads a local HF Qwen2/Llama/Qwen3/Gemma 3 (text) folder (or ``builtin:<name>``) into a :class:`Decoder`.
 
     dtype:          parameter dtype (weights are cast from the file's bf16/fp16/fp32).
     compute_dtype:  activation dtype (default: ``dtype``).

@@ -60,13 +60,14 @@ log = logging.getLogger("bsft_jax.train.plan")
 
 # Tokenizer sizes of the presets' families (len(tokenizer)): the behavior tokens grow the
 # embedding table from here when the HF folder is not on this machine.
-PRESET_TOKENIZER_SIZES = {"qwen2_5": 151_665, "llama3": 128_256}
+PRESET_TOKENIZER_SIZES = {"qwen2_5": 151_665, "llama3": 128_256, "qwen3": 151_669, "gemma3": 262_144,
+                          "medgemma": 262_144}
 
 
 # ----------------------------------------------------------------------------- model config
 def _normalise(name: str) -> str:
     name = os.path.basename(os.path.normpath(name)).lower()
-    name = re.sub(r"[-_]?(instruct|chat|base|hf)$", "", name)
+    name = re.sub(r"[-_]?(instruct|chat|base|hf)$|[-_]it$", "", name)  # "-it": Gemma's instruction-tuned
     return re.sub(r"[^a-z0-9]", "", name)
 
 
