@@ -15,6 +15,8 @@ import json
 import os
 from typing import Any
 
+from bsft_jax.errors import UserError
+
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 _DTYPE_NAMES = {
     "float32": "float32",
@@ -30,7 +32,7 @@ ATTENTION_IMPLS = ("einsum", "cudnn", "auto")
 CUDNN_ATTENTION_DTYPES = ("bfloat16", "float16")  # what cuDNN flash attention computes in
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(UserError, ValueError):
     """A Hugging Face config asks for something this port does not implement."""
 
 

@@ -57,6 +57,7 @@ from typing import Any
 
 import ml_collections
 
+from bsft_jax.errors import UserError
 from bsft_jax.models import sharding
 from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, canonical_dtype
 
@@ -70,7 +71,7 @@ REMAT = ("none", "full", "dots")
 DIST_INIT = ("auto", "always", "never")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config field has a bad value; the message names the field."""
 
 

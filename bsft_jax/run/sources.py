@@ -32,7 +32,12 @@ def load_split(cfg: Any, split: str) -> Any:
     if d.source == "demo":
         return load_demo([split], config=demo_config(cfg), spec=spec)[split]
     if d.source == "jsonl":
-        return read_jsonl(os.path.join(d.path, f"{split}.jsonl"), field_map=dict(d.field_map) or None, spec=spec)
+        path = os.path.join(d.path, f"{split}.jsonl")
+        if not os.path.isfile(path):
+            from bsft_jax.data import DataError
+
+            raise DataError(f"{path}: no such file (config.data.path={d.path!r} needs one <split>.jsonl per split)")
+        return read_jsonl(path, field_map=dict(d.field_map) or None, spec=spec)
     if d.source == "tfds":
         from bsft_jax.data.tfds_builder import data_source
 

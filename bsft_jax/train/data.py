@@ -86,8 +86,25 @@ def _pipeline_kwargs(cfg: Any, shard: DataShard) -> dict[str, Any]:
                 process_count=shard.count)
 
 
-def train_iterator(cfg: Any, tokenizer: Any, shard: DataShard) -> Iterator[dict[str, np.ndarray]]:
-    """This process's endless, shuffled training iterator (a Grain DatasetIterator: checkpointable)."""
+def load_splits(cfg: Any) -> dict[str, Any]:
+    """The records of the splits a run reads (train, and the eval split unless evaluation is off).
+
+    Called before the run directory is touched, so a bad data file (:class:`bsft_jax.data.DataError`
+    naming ``file:line``) stops the run with nothing written. Empty for ``synthetic`` data.
+    """
+    d = cfg.data
+    if d.source == "synthetic":
+        return {}
+    names = [d.train_split] + ([d.eval_split] if cfg.train.eval_every >= 0 else [])
+    return {name: load_split(cfg, name) for name in dict.fromkeys(names)}
+
+
+def train_iterator(cfg: Any, tokenizer: Any, shard: DataShard, records: Any = None
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """This process's endless, shuffled training iterator (a Grain DatasetIterator: checkpointable).
+
+    ``records``: the training split already loaded (:func:`load_splits`); default: load it here.
+    """
     d = cfg.data
     if d.source == "synthetic":
         return iter(synthetic_dataset(d.shuffle_seed, shard, d.seq_len, d.synthetic_vocab))
@@ -95,12 +112,16 @@ def train_iterator(cfg: Any, tokenizer: Any, shard: DataShard) -> Iterator[dict[
 
     # Epochs repeat forever and the run stops by step count: with several processes the shards
     # can differ by one example, and every process must produce a batch at every step.
-    return data_iterator(load_split(cfg, d.train_split), tokenizer, num_epochs=None, shuffle=True,
+    records = load_split(cfg, d.train_split) if records is None else records
+    return data_iterator(records, tokenizer, num_epochs=None, shuffle=True,
                          **_pipeline_kwargs(cfg, shard))
 
 
-def make_eval_batches(cfg: Any, tokenizer: Any, shard: DataShard) -> list[dict[str, np.ndarray]]:
+def make_eval_batches(cfg: Any, tokenizer: Any, shard: DataShard, records: Any = None
+                      ) -> list[dict[str, np.ndarray]]:
     """This process's held-out batches: one pass over ``data.eval_split`` in order (a fixed list).
+
+    ``records``: the eval split already loaded (:func:`load_splits`); default: load it here.
 
     Every process returns the same number of batches (empty rows pad the shorter ones), so that
     the collective evaluation step runs in lock step across processes.
@@ -113,7 +134,8 @@ def make_eval_batches(cfg: Any, tokenizer: Any, shard: DataShard) -> list[dict[s
         return list(ds)
     from bsft_jax.data.pipeline import make_train_iterator as data_iterator
 
-    it = data_iterator(load_split(cfg, d.eval_split), tokenizer, num_epochs=1, shuffle=False,
+    records = load_split(cfg, d.eval_split) if records is None else records
+    it = data_iterator(records, tokenizer, num_epochs=1, shuffle=False,
                        **_pipeline_kwargs(cfg, shard))
     batches = list(itertools.islice(it, limit))
     count = int(reduce_over_processes(np.asarray(len(batches), np.int32), np.max))

@@ -31,8 +31,9 @@ from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, make_meta
 from bsft_jax.run.config import config_to_dict, validate_config
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
+from bsft_jax.run.recovery import newest_meta, restore_newest
 from bsft_jax.train import distributed
-from bsft_jax.train.data import make_eval_batches, train_iterator
+from bsft_jax.train.data import load_splits, make_eval_batches, train_iterator
 from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_primary
 from bsft_jax.train.log import MetricsLogger, Progress, format_duration
 from bsft_jax.train.loss import LossSums, first_target_mask
@@ -134,6 +135,11 @@ def _check_finite(step: int, metrics: dict[str, Any], last_saved: int | None) ->
             "or inspect the batch of this step.")
 
 
+def _all_processes_agree(ok: bool) -> bool:
+    """True only if ``ok`` on every process (a checkpoint step counts as restored when all read it)."""
+    return bool(distributed.reduce_over_processes(np.asarray(int(ok), np.int32), np.min))
+
+
 def _batch_crc(local: dict[str, np.ndarray]) -> int:
     """Fingerprint of this process's batch (lets tests and users check data order across resumes)."""
     return zlib.crc32(np.ascontiguousarray(local["tokens"]).tobytes())
@@ -163,29 +169,33 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
     primary = is_primary()
     config_dict = config_to_dict(cfg)
     t, global_batch = cfg.train, cfg.train.global_batch_size
+    splits = load_splits(cfg)  # a bad data file stops the run here, before the run directory is touched
 
     with jax.set_mesh(mesh), contextlib.ExitStack() as stack:
         ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
         stack.callback(ckpt.close)  # waits for pending saves even when a step fails
-        resume_step = ckpt.latest_step()
-        if resume_step is None:
+        newest = newest_meta(ckpt)  # the model config of the run (the same in every step)
+        resume_step = None if newest is None else newest[0]
+        if newest is None:
             bundle = build_fresh(cfg, mesh)
         else:
-            log.info("resuming %s from step %d", run_dir, resume_step)
-            bundle = build_for_resume(cfg, run_dir, ckpt.read_json(resume_step, "meta"))
-        if primary:
-            write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
+            bundle = build_for_resume(cfg, run_dir, newest[1])
 
         tx, schedule = make_optimizer(cfg.optimizer, t.steps)
         trainer = Trainer(bundle.model, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
         shard = data_shard(trainer.batch_sharding, global_batch)
-        data_iter = train_iterator(cfg, bundle.tokenizer, shard)
+        data_iter = train_iterator(cfg, bundle.tokenizer, shard, splits.get(cfg.data.train_split))
         num_params = count_params(bundle.model)
         if resume_step is None:
             state = trainer.init_state(bundle.model, cfg.seed)  # takes over (donates) the model's buffers
         else:
             restore_iter = data_iter if cfg.checkpoint.restore_data else None
-            state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=restore_iter)
+            # The newest step that restores; damaged newer ones are set aside as <step>.corrupt.
+            state, resume_step = restore_newest(ckpt, trainer.abstract_with_shardings(), data_iterator=restore_iter,
+                                                all_agree=_all_processes_agree, primary=primary)
+            log.info("resuming %s from step %d", run_dir, resume_step)
+        if primary:  # after the restore: a run that cannot resume leaves its files as they were
+            write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
         bundle.model = None  # the state owns the parameters now (donated every step)
         trainer.compile(global_batch, cfg.data.seq_len)
         startup = trainer.report(num_params)
@@ -198,7 +208,8 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
         meta_base = dict(behavior=_behavior_meta(cfg, bundle), num_params=num_params, mesh=startup["mesh"])
         metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
         stack.callback(metrics_log.close)
-        eval_batches = make_eval_batches(cfg, bundle.tokenizer, shard) if t.eval_every >= 0 else []
+        eval_batches = (make_eval_batches(cfg, bundle.tokenizer, shard, splits.get(cfg.data.eval_split))
+                        if t.eval_every >= 0 else [])
 
         start_step = int(jax.device_get(state.step))
         step, last_saved, preempted = start_step, resume_step, False
