@@ -1,0 +1,69 @@
+"""The fallback rules of run/recovery.py, with stand-in loaders (no training): what is tried, what is set aside."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bsft_jax.run.checkpoint import CheckpointError
+from bsft_jax.run.config import ConfigError
+from bsft_jax.run.recovery import failure_reason, newest_that_loads, set_aside
+
+
+def _loader(bad: dict[int, BaseException]):
+    tried = []
+
+    def load(step):
+        tried.append(step)
+        if step in bad:
+            raise bad[step]
+        return f"state@{step}"
+
+    return load, tried
+
+
+def test_falls_back_newest_first_and_reports_each_newer_failure(caplog):
+    load, tried = _loader({6: Exception("Encountered error while reading array index: (slice(0, 2, 1),). "
+                                         "See full TensorStore details: <a very long spec>"),
+                           4: OSError("truncated")})
+    with caplog.at_level(logging.WARNING):
+        step, value, failures = newest_that_loads([2, 4, 6], load, what="restore", where="RUN/checkpoints")
+    assert (step, value) == (2, "state@2") and tried == [6, 4, 2]
+    assert failures == [(6, "Encountered error while reading array index: (slice(0, 2, 1),)."), (4, "truncated")]
+    assert "RUN/checkpoints: step 6 restore failed" in caplog.text
+
+
+def test_user_errors_stop_the_search_untouched():
+    load, tried = _loader({6: CheckpointError("saved by 2 processes"), 4: ConfigError("config.x: bad")})
+    with pytest.raises(CheckpointError, match="saved by 2 processes"):
+        newest_that_loads([4, 6], load, what="restore", where="d")
+    assert tried == [6]  # a user error is not damage: no older step is tried
+
+
+def test_nothing_restores_names_every_step_and_sets_nothing_aside():
+    load, _ = _loader({2: ValueError("shape mismatch"), 4: ValueError("shape mismatch")})
+    with pytest.raises(CheckpointError, match=r"no checkpoint step can be restored \(step 4: shape mismatch; "
+                                              r"step 2: shape mismatch\); nothing was set aside"):
+        newest_that_loads([2, 4], load, what="restore", where="d")
+
+
+def test_a_step_counts_only_when_every_process_restored_it():
+    load, _ = _loader({})
+    votes = iter([False, True])  # another process failed step 4, all agree on step 2
+    step, _, failures = newest_that_loads([2, 4], load, what="restore", where="d", all_agree=lambda ok: next(votes))
+    assert step == 2 and failures == [(4, "another process could not restore it")]
+
+
+def test_set_aside_renames_and_never_overwrites(tmp_path):
+    for name in ("6", "6.corrupt"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    moved = set_aside(str(tmp_path), 6)
+    assert moved == str(tmp_path / "6.corrupt.2") and (tmp_path / "6.corrupt.2" / "f").read_text() == "6"
+    assert (tmp_path / "6.corrupt" / "f").read_text() == "6.corrupt" and not (tmp_path / "6").exists()
+
+
+def test_failure_reason_is_one_short_line():
+    assert failure_reason(Exception("a\n  b " + "x" * 500), limit=20) == "a b xxxxxxxxxxxxxxxx ..."
+    assert failure_reason(KeyError()) == "KeyError"
