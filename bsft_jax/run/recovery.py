@@ -28,6 +28,11 @@ CORRUPT_SUFFIX = ".corrupt"
 T = TypeVar("T")
 
 
+_NOTHING_RESTORES = ("; nothing was set aside. If the files are damaged, move the checkpoints/ folder away to "
+                     "start over; if the code or the model/optimizer config changed since, use the ones the run "
+                     "was saved with")
+
+
 class DamagedStep(Exception):
     """Raised by a step loader for a step whose files are damaged (not a user error: fall back)."""
 
@@ -55,14 +60,15 @@ def set_aside(checkpoint_dir: str, step: int) -> str:
 
 
 def newest_that_loads(steps: list[int], load: Callable[[int], T], *, what: str, where: str,
-                      all_agree: Callable[[bool], bool] = lambda ok: ok) -> tuple[int, T, list[tuple[int, str]]]:
+                      all_agree: Callable[[bool], bool] = lambda ok: ok, hint: str = ""
+                      ) -> tuple[int, T, list[tuple[int, str]]]:
     """Tries ``load(step)`` newest first: ``(step, value, [(newer step, reason), ...])`` of the first that works.
 
     ``load`` raising a :class:`bsft_jax.errors.UserError` (a problem the user must fix, such as a
     changed process count or a wrong tokenizer) stops the search; any other exception marks that
     step as unreadable.
     ``all_agree(ok)``: True only if every process succeeded (multi-process runs restore together).
-    Raises :class:`CheckpointError` naming every step's reason when none loads.
+    Raises :class:`CheckpointError` naming every step's reason (then ``hint``) when none loads.
     """
     failures: list[tuple[int, str]] = []
     for step in sorted(steps, reverse=True):
@@ -82,9 +88,7 @@ def newest_that_loads(steps: list[int], load: Callable[[int], T], *, what: str, 
     if not failures:
         raise CheckpointError(f"{where}: no complete checkpoint step")
     detail = "; ".join(f"step {s}: {r}" for s, r in failures)
-    raise CheckpointError(f"{where}: no checkpoint step can be restored ({detail}); nothing was set aside. "
-                          "If the files are damaged, move the folder away to start over; if you changed the "
-                          "code or the model/optimizer config since, go back to the one the run was saved with")
+    raise CheckpointError(f"{where}: no checkpoint step can be restored ({detail}){hint}")
 
 
 def restore_newest(ckpt: Any, abstract_state: Any, *, data_iterator: Any = None,
@@ -99,13 +103,14 @@ def restore_newest(ckpt: Any, abstract_state: Any, *, data_iterator: Any = None,
         return ckpt.restore(step, abstract_state, data_iterator=data_iterator)
 
     step, state, failures = newest_that_loads(ckpt.all_steps(), load, what="restore", where=ckpt.directory,
-                                              all_agree=all_agree)
+                                              all_agree=all_agree, hint=_NOTHING_RESTORES)
     for bad, reason in failures:
         if primary:
             moved = set_aside(ckpt.directory, bad)
             log.warning("set aside damaged checkpoint step %d as %s (%s); resuming from step %d",
                         bad, os.path.basename(moved), reason, step)
     if failures:
+        all_agree(True)  # a collective: every process waits here until the primary has moved the steps
         ckpt.manager.reload()  # forget the steps that were moved away
     return state, step
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
 from bsft_jax.run.checkpoint import CheckpointError
 from bsft_jax.run.config import ConfigError
-from bsft_jax.run.recovery import failure_reason, newest_that_loads, set_aside
+from bsft_jax.run.recovery import failure_reason, newest_that_loads, restore_newest, set_aside
 
 
 def _loader(bad: dict[int, BaseException]):
@@ -41,11 +42,11 @@ def test_user_errors_stop_the_search_untouched():
     assert tried == [6]  # a user error is not damage: no older step is tried
 
 
-def test_nothing_restores_names_every_step_and_sets_nothing_aside():
+def test_nothing_restores_names_every_step():
     load, _ = _loader({2: ValueError("shape mismatch"), 4: ValueError("shape mismatch")})
-    with pytest.raises(CheckpointError, match=r"no checkpoint step can be restored \(step 4: shape mismatch; "
-                                              r"step 2: shape mismatch\); nothing was set aside"):
-        newest_that_loads([2, 4], load, what="restore", where="d")
+    with pytest.raises(CheckpointError, match=r"^d: no checkpoint step can be restored \(step 4: shape mismatch; "
+                                              r"step 2: shape mismatch\); nothing was set aside$"):
+        newest_that_loads([2, 4], load, what="restore", where="d", hint="; nothing was set aside")
 
 
 def test_a_step_counts_only_when_every_process_restored_it():
@@ -67,3 +68,47 @@ def test_set_aside_renames_and_never_overwrites(tmp_path):
 def test_failure_reason_is_one_short_line():
     assert failure_reason(Exception("a\n  b " + "x" * 500), limit=20) == "a b xxxxxxxxxxxxxxxx ..."
     assert failure_reason(KeyError()) == "KeyError"
+
+
+class _FakeCheckpointer:
+    """The part of Checkpointer that restore_newest uses, over real step folders; ``bad`` steps fail to restore."""
+
+    def __init__(self, directory, steps, bad):
+        self.directory, self.bad, self.reloads = str(directory), set(bad), 0
+        for s in steps:
+            (directory / str(s)).mkdir()
+        self.manager = self
+
+    def all_steps(self):
+        return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
+
+    def read_json(self, step, item):
+        return {"step": step}
+
+    def restore(self, step, abstract, data_iterator=None):
+        if step in self.bad:
+            raise ValueError(f"tensorstore: step {step} truncated")
+        return f"state@{step}"
+
+    def reload(self):
+        self.reloads += 1
+
+
+def test_restore_newest_sets_aside_only_newer_failed_steps(tmp_path):
+    ckpt = _FakeCheckpointer(tmp_path, [2, 4, 6, 8], bad={6, 8})
+    state, step = restore_newest(ckpt, abstract_state=None)
+    assert (state, step) == ("state@4", 4)
+    assert sorted(os.listdir(tmp_path)) == ["2", "4", "6.corrupt", "8.corrupt"] and ckpt.reloads == 1
+
+
+def test_restore_newest_moves_nothing_when_no_step_restores(tmp_path):
+    ckpt = _FakeCheckpointer(tmp_path, [2, 4], bad={2, 4})
+    with pytest.raises(CheckpointError, match="step 4: tensorstore: step 4 truncated; step 2: .*nothing was set aside"):
+        restore_newest(ckpt, abstract_state=None)
+    assert sorted(os.listdir(tmp_path)) == ["2", "4"]
+
+
+def test_other_processes_do_not_rename(tmp_path):
+    ckpt = _FakeCheckpointer(tmp_path, [2, 4], bad={4})
+    assert restore_newest(ckpt, abstract_state=None, primary=False)[1] == 2
+    assert sorted(os.listdir(tmp_path)) == ["2", "4"]  # process 0 renames; this one only reloads
