@@ -40,8 +40,9 @@ class _Stop(RuntimeError):
     pass
 
 
-def _config_file(folder, run_dir: str, tok: str) -> str:
-    path = os.path.join(folder, "cfg.py")
+def _config_file(run_dir: str, tok: str) -> str:
+    """A config file (beside ``run_dir``) for the CLI: tiny_config with ``STEPS`` steps."""
+    path = run_dir + "_cfg.py"
     with open(path, "w") as f:
         f.write("from tests.train.common import tiny_config\n\n"
                 "def get_config():\n"
@@ -119,7 +120,7 @@ def _copy(runs, name: str) -> str:
 def test_train_resume_sets_aside_damaged_step_and_matches_uninterrupted_run(runs):
     run_dir = _copy(runs, "resume")
     step6 = _tree(os.path.join(run_dir, "checkpoints", "6"))
-    out = _cli("bsft_jax.train", "--config", _config_file(runs["base"], run_dir, runs["tok"]))
+    out = _cli("bsft_jax.train", "--config", _config_file(run_dir, runs["tok"]))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     assert "step 6 restore failed (Encountered error while reading array" in out.stderr, out.stderr[-3000:]
@@ -129,6 +130,21 @@ def test_train_resume_sets_aside_damaged_step_and_matches_uninterrupted_run(runs
     assert _tree(os.path.join(run_dir, "checkpoints", "6.corrupt")) == step6
     assert Checkpointer(run_dir).all_steps() == [4, 6, STEPS]
     _assert_same_weights(_params(run_dir, STEPS), runs["ref_params"])
+
+
+def test_train_with_no_restorable_step_exits_2_and_changes_nothing(runs):
+    run_dir = _copy(runs, "all_damaged")
+    for step in (2, 4):
+        _truncate_newest_params(run_dir, step)
+    before = _tree(run_dir)
+    out = _cli("bsft_jax.train", "--config", _config_file(run_dir, runs["tok"]))
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out.stderr[-3000:]
+    assert f"{run_dir}/checkpoints: no checkpoint step can be restored (step 6: " in errors[0]
+    assert "; step 2: " in errors[0] and "nothing was set aside" in errors[0]
+    assert _tree(run_dir) == before  # not a file written, renamed or removed
 
 
 def test_export_skips_a_damaged_newest_step_and_names_it_with_step(runs):
@@ -159,7 +175,7 @@ def test_export_skips_a_damaged_newest_step_and_names_it_with_step(runs):
 
 def test_kill_9_inside_async_save_then_rerun_resumes_from_last_complete_step(runs, tmp_path):
     run_dir = str(tmp_path / "killed")
-    cfg = _config_file(tmp_path, run_dir, runs["tok"])
+    cfg = _config_file(run_dir, runs["tok"])
     marker = str(tmp_path / "in_save_window")
     proc = subprocess.Popen([sys.executable, "-m", "tests.train.kill_window", marker, "4", "--config", cfg], cwd=ROOT,
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
