@@ -38,19 +38,30 @@ class DamagedStep(Exception):
 
 
 def failure_reason(e: BaseException, limit: int = 300) -> str:
-    """A short one-line reason for a failed restore (TensorStore messages run to kilobytes)."""
+    """A short one-line reason for a failed restore: the innermost cause, which names the file and byte range.
+
+    (Orbax's own message is "Encountered error while reading array index ..." followed by kilobytes
+    of TensorStore spec; TensorStore's error underneath says what is wrong where.)
+    """
+    while (inner := _cause(e)) is not None and str(inner).strip():
+        e = inner
     text = " ".join(str(e).split()) or type(e).__name__
     text = text.split(" See full TensorStore details")[0]
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def set_aside(checkpoint_dir: str, step: int) -> str:
-    """Renames ``checkpoint_dir/<step>`` to ``<step>.corrupt`` (``.corrupt.2`` ... if taken); returns the new path.
+def _cause(e: BaseException) -> BaseException | None:
+    """What ``e`` was raised from, as Python prints it (``raise ... from None`` hides the context)."""
+    return e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+
+
+def set_aside(directory: str, step: int) -> str:
+    """Renames ``directory/<step>`` to ``<step>.corrupt`` (``.corrupt.2`` ... if taken); returns the new path.
 
     Never deletes: the files stay for inspection, and renaming the folder back makes the step
     visible again.
     """
-    src = os.path.join(checkpoint_dir, str(int(step)))
+    src = os.path.join(directory, str(int(step)))
     dst, n = src + CORRUPT_SUFFIX, 1
     while os.path.exists(dst):
         n += 1

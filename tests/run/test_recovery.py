@@ -65,6 +65,25 @@ def test_set_aside_renames_and_never_overwrites(tmp_path):
     assert (tmp_path / "6.corrupt" / "f").read_text() == "6.corrupt" and not (tmp_path / "6").exists()
 
 
+def test_failure_reason_is_the_innermost_cause():
+    cause = 'OUT_OF_RANGE: Error reading "embed/0.0" in OCDBT database at local file "x/6/params/"'
+    try:
+        try:
+            raise ValueError(cause)
+        except ValueError as inner:
+            raise Exception("Encountered error while reading array index: (slice(0, 2, 1),). See full "
+                            "TensorStore details: <spec>") from inner
+    except Exception as e:
+        assert failure_reason(e) == cause
+    try:
+        try:
+            raise ValueError(cause)
+        except ValueError:
+            raise Exception("params: cannot restore") from None  # a deliberate summary: kept
+    except Exception as e:
+        assert failure_reason(e) == "params: cannot restore"
+
+
 def test_failure_reason_is_one_short_line():
     assert failure_reason(Exception("a\n  b " + "x" * 500), limit=20) == "a b xxxxxxxxxxxxxxxx ..."
     assert failure_reason(KeyError()) == "KeyError"
