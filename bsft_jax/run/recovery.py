@@ -43,7 +43,7 @@ def failure_reason(e: BaseException, limit: int = 300) -> str:
     (Orbax's own message is "Encountered error while reading array index ..." followed by kilobytes
     of TensorStore spec; TensorStore's error underneath says what is wrong where.)
     """
-    while (inner := _cause(e)) is not None and str(inner).strip():
+    while (inner := _cause(e)) is not None and _is_message(inner):
         e = inner
     text = " ".join(str(e).split()) or type(e).__name__
     text = text.split(" See full TensorStore details")[0]
@@ -53,6 +53,12 @@ def failure_reason(e: BaseException, limit: int = 300) -> str:
 def _cause(e: BaseException) -> BaseException | None:
     """What ``e`` was raised from, as Python prints it (``raise ... from None`` hides the context)."""
     return e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+
+
+def _is_message(e: BaseException) -> bool:
+    """A cause worth showing: not empty, and not a worker thread's formatted traceback (_RemoteTraceback)."""
+    text = str(e).strip()
+    return bool(text) and "Traceback (most recent call last)" not in text
 
 
 def set_aside(directory: str, step: int) -> str:

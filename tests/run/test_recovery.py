@@ -82,6 +82,13 @@ def test_failure_reason_is_the_innermost_cause():
             raise Exception("params: cannot restore") from None  # a deliberate summary: kept
     except Exception as e:
         assert failure_reason(e) == "params: cannot restore"
+    try:
+        try:
+            raise RuntimeError('Traceback (most recent call last):\n  File "pool.py", line 1\nValueError: x')
+        except RuntimeError as remote:  # what concurrent.futures attaches as the cause of a worker's error
+            raise ValueError(cause) from remote
+    except ValueError as e:
+        assert failure_reason(e) == cause  # never a traceback in the one-line reason
 
 
 def test_failure_reason_is_one_short_line():
