@@ -14,9 +14,13 @@ is more likely the code or the config than the disk, and the error names each st
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import inspect
 import logging
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from bsft_jax.errors import UserError
@@ -45,8 +49,8 @@ def failure_reason(e: BaseException, limit: int = 300) -> str:
     """
     while (inner := _cause(e)) is not None and _is_message(inner):
         e = inner
-    text = " ".join(str(e).split()) or type(e).__name__
-    text = text.split(" See full TensorStore details")[0]
+    text = str(e).split("Traceback (most recent call last)")[0]  # never a traceback in the one line
+    text = " ".join(text.split(" See full TensorStore details")[0].split()) or type(e).__name__
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
@@ -59,6 +63,37 @@ def _is_message(e: BaseException) -> bool:
     """A cause worth showing: not empty, and not a worker thread's formatted traceback (_RemoteTraceback)."""
     text = str(e).strip()
     return bool(text) and "Traceback (most recent call last)" not in text
+
+
+def _try_load(load: Callable[[int], T], step: int) -> tuple[bool, T | None, str]:
+    """``(ok, value, reason)``; a :class:`UserError` propagates. The exception is freed on return."""
+    try:
+        return True, load(step), ""
+    except UserError:
+        raise
+    except Exception as e:  # TensorStore / Orbax / JSON errors: this step's files are damaged
+        return False, None, failure_reason(e)
+
+
+@contextlib.contextmanager
+def _quiet_sibling_reads() -> Iterator[None]:
+    """While one step is tried: the other array reads Orbax abandons after the first failure raise too,
+    and Python prints each as "Exception ignored in: <coroutine ...>" with a traceback. The first
+    error is the reason we report; the others go to the debug log."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_value is not None and inspect.iscoroutine(unraisable.object):
+            log.debug("another read of the same step failed too: %s", failure_reason(unraisable.exc_value))
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()  # abandoned reads are collected here, under the hook
+        sys.unraisablehook = previous
 
 
 def set_aside(directory: str, step: int) -> str:
@@ -89,18 +124,11 @@ def newest_that_loads(steps: list[int], load: Callable[[int], T], *, what: str, 
     """
     failures: list[tuple[int, str]] = []
     for step in sorted(steps, reverse=True):
-        value: Any = None
-        reason = "another process could not restore it"
-        try:
-            value = load(step)
-            ok = True
-        except UserError:
-            raise
-        except Exception as e:  # TensorStore / Orbax / JSON errors: this step's files are damaged
-            reason, ok = failure_reason(e), False
+        with _quiet_sibling_reads():
+            ok, value, reason = _try_load(load, step)
         if all_agree(ok):
             return step, value, failures
-        failures.append((step, reason))
+        failures.append((step, reason or "another process could not restore it"))
         log.warning("%s: step %d %s failed (%s); trying the previous step", where, step, what, reason)
     if not failures:
         raise CheckpointError(f"{where}: no complete checkpoint step")

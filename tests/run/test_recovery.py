@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import types
 
 import pytest
 
@@ -138,3 +140,30 @@ def test_other_processes_do_not_rename(tmp_path):
     ckpt = _FakeCheckpointer(tmp_path, [2, 4], bad={4})
     assert restore_newest(ckpt, abstract_state=None, primary=False)[1] == 2
     assert sorted(os.listdir(tmp_path)) == ["2", "4"]  # process 0 renames; this one only reloads
+
+
+
+@types.coroutine
+def _suspend():
+    yield
+
+
+async def _sibling_read():
+    try:
+        await _suspend()
+    finally:  # closed when collected: raises, as Orbax's abandoned array reads do
+        raise ValueError("OUT_OF_RANGE reading layers.post_attn_norm.scale")
+
+
+def test_abandoned_sibling_reads_do_not_print_tracebacks(monkeypatch):
+    printed = []  # what Python would print as "Exception ignored in: <coroutine ...>" + traceback
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+
+    def load(step):
+        sibling = _sibling_read()
+        sibling.send(None)  # started, then abandoned when the first read fails
+        raise Exception("Encountered error while reading array index") from ValueError("OUT_OF_RANGE reading embed")
+
+    with pytest.raises(CheckpointError, match=r"step 2: OUT_OF_RANGE reading embed\)"):
+        newest_that_loads([2], load, what="restore", where="d")
+    assert printed == []
