@@ -182,15 +182,13 @@ def newest_readable(run_dir: str, load: Callable[[int], T], step: int | None = N
     ckpt_dir = checkpoint_dir(run_dir)
     if step is not None:
         step = resolve_step(run_dir, step)
-        try:
-            return step, load(step)
-        except UserError:
-            raise
-        except Exception as e:
-            others = [s for s in steps_on_disk(ckpt_dir) if s != step]
-            offer = f"choose another step with --step (available: {others})" if others else "no other step is saved"
-            raise CheckpointError(f"{ckpt_dir}/{step}: step {step} cannot be restored ({failure_reason(e)}); "
-                                  f"{offer}") from None
+        with _quiet_sibling_reads():
+            ok, value, reason = _try_load(load, step)
+        if ok:
+            return step, value
+        others = [s for s in steps_on_disk(ckpt_dir) if s != step]
+        offer = f"choose another step with --step (available: {others})" if others else "no other step is saved"
+        raise CheckpointError(f"{ckpt_dir}/{step}: step {step} cannot be restored ({reason}); {offer}")
     steps = steps_on_disk(ckpt_dir) if os.path.isdir(ckpt_dir) else []
     if not steps:
         resolve_step(run_dir)  # raises, naming what is missing
