@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from absl import flags
 from flax import nnx, traverse_util
 
+from bsft_jax.errors import UserError, cli_boundary
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.hf import save_hf
@@ -44,9 +45,9 @@ from bsft_jax.run.checkpoint import (
     checkpoint_dir,
     decoder_config_from_dict,
     read_meta,
-    resolve_step,
 )
 from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.run.recovery import DamagedStep, failure_reason, newest_readable
 from bsft_jax.units import parse_size
 
 log = logging.getLogger("bsft_jax.export")
@@ -54,7 +55,7 @@ log = logging.getLogger("bsft_jax.export")
 # Orbax items a step must hold for an export (the trainer writes more: opt_state, train, data, config).
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The export cannot proceed (bad arguments, mismatching tokenizer, existing output folder)."""
 
 
@@ -65,7 +66,7 @@ def _load_meta(run_dir: str, step: int) -> dict[str, Any]:
     except CheckpointError:
         raise
     except Exception as e:  # a corrupt meta item: Orbax raises many types
-        raise CheckpointError(f"{checkpoint_dir(run_dir)}/{step}/meta: unreadable ({type(e).__name__}: {e})") from None
+        raise DamagedStep(f"{checkpoint_dir(run_dir)}/{step}/meta: unreadable ({type(e).__name__}: {e})") from None
     for key in ("model_config", "stop_token_ids"):
         if key not in meta:
             raise CheckpointError(f"{checkpoint_dir(run_dir)}/{step}/meta: no {key!r} field (format {FORMAT})")
@@ -133,13 +134,41 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
 
 
 # ----------------------------------------------------------------------------- export
+def _restore_step(run_dir: str, step: int, dtype: str | None, tokenizer_dir: str | None
+                  ) -> tuple[Decoder, DecoderConfig, str, Any]:
+    """``(model on host, config, export dtype, tokenizer)`` of one step, after checking its meta and tokenizer.
+
+    A damaged meta or params item raises :class:`DamagedStep` (the caller may try an older step);
+    a wrong tokenizer or format raises :class:`ExportError` / :class:`CheckpointError`.
+    """
+    meta = _load_meta(run_dir, step)
+    config = decoder_config_from_dict(meta["model_config"])
+    if list(config.stop_token_ids) != list(meta["stop_token_ids"]):
+        raise CheckpointError(f"{checkpoint_dir(run_dir)}/{step}/meta: stop_token_ids {meta['stop_token_ids']} "
+                              f"disagree with model_config {list(config.stop_token_ids)}")
+    export_dtype = dtype or canonical_dtype(config.source_dtype, field="model_config.source_dtype")
+    tok_path = os.path.abspath(tokenizer_dir or os.path.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR)))
+    tokenizer = _load_tokenizer(tok_path)
+    check_tokenizer(tokenizer, config, meta, tok_path)
+    restore_dtype = _restore_dtype(config, export_dtype)
+    try:
+        model = restore_params_on_host(run_dir, step, config, restore_dtype)
+    except CheckpointError:
+        raise
+    except Exception as e:  # a damaged params item (truncated or missing array files)
+        raise DamagedStep(f"{checkpoint_dir(run_dir)}/{step}/params: cannot restore the parameters "
+                          f"({type(e).__name__}: {failure_reason(e)})") from None
+    return model, config, export_dtype, tokenizer
+
+
 def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype: str | None = None,
                       max_shard_size: int | str = "5GB", overwrite: bool = False,
                       tokenizer_dir: str | None = None) -> str:
     """Writes the Hugging Face folder ``out`` from a run's checkpoint; returns its absolute path.
 
     run_dir:        a ``python -m bsft_jax.train`` run directory (``config.run_dir``).
-    step:           the checkpoint step (default: the latest complete one).
+    step:           the checkpoint step (default: the newest that restores; a newer damaged step is
+                    skipped with a warning, and left on disk as it is).
     dtype:          weight dtype of the export (default: the source model's, ``config.source_dtype``).
     max_shard_size: safetensors shard size limit ("5GB", "500MB" or bytes).
     overwrite:      replace a non-empty ``out`` (the old folder is removed only after the new one is complete).
@@ -151,28 +180,15 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     run_dir, out = os.path.abspath(run_dir), os.path.abspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
         raise ExportError(f"{out}: exists and is not empty; pass --overwrite (overwrite=True) to replace it")
-    parse_size(max_shard_size)  # fail on a bad size before the (long) restore
-    step = resolve_step(run_dir, step)
-    meta = _load_meta(run_dir, step)
-    config = decoder_config_from_dict(meta["model_config"])
-    if list(config.stop_token_ids) != list(meta["stop_token_ids"]):
-        raise CheckpointError(f"{checkpoint_dir(run_dir)}/{step}/meta: stop_token_ids {meta['stop_token_ids']} "
-                              f"disagree with model_config {list(config.stop_token_ids)}")
-    export_dtype = canonical_dtype(dtype or config.source_dtype, field="--dtype")
-    tok_path = os.path.abspath(tokenizer_dir or os.path.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR)))
-    tokenizer = _load_tokenizer(tok_path)
-    check_tokenizer(tokenizer, config, meta, tok_path)
-
-    t0 = time.perf_counter()
-    restore_dtype = _restore_dtype(config, export_dtype)
     try:
-        model = restore_params_on_host(run_dir, step, config, restore_dtype)
-    except CheckpointError:
-        raise
-    except Exception as e:  # a damaged params item (missing array files, wrong shapes)
-        raise CheckpointError(f"{checkpoint_dir(run_dir)}/{step}/params: cannot restore the parameters "
-                              f"({type(e).__name__}: {str(e)[:500]})") from None
-    log.info("restored step %d of %s (%s) in %.1fs", step, run_dir, restore_dtype, time.perf_counter() - t0)
+        parse_size(max_shard_size)  # fail on a bad size before the (long) restore
+        export_dtype = canonical_dtype(dtype, field="--dtype") if dtype else None
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    t0 = time.perf_counter()
+    step, (model, config, export_dtype, tokenizer) = newest_readable(
+        run_dir, lambda s: _restore_step(run_dir, s, export_dtype, tokenizer_dir), step)
+    log.info("restored step %d of %s in %.1fs", step, run_dir, time.perf_counter() - t0)
     t0 = time.perf_counter()
     path = save_hf(model, config, out, tokenizer=tokenizer, dtype=export_dtype, max_shard_size=max_shard_size,
                    overwrite=overwrite)
@@ -191,7 +207,7 @@ a training run's checkpoint."""
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("checkpoint", None, "training run directory (config.run_dir)", flag_values=fv)
     flags.DEFINE_string("out", None, "output Hugging Face folder", flag_values=fv)
-    flags.DEFINE_integer("step", None, "checkpoint step (default: the latest complete one)", flag_values=fv)
+    flags.DEFINE_integer("step", None, "checkpoint step (default: the newest one that restores)", flag_values=fv)
     flags.DEFINE_string("dtype", None, "float32 | bfloat16 | float16 (default: the source model's dtype)",
                         flag_values=fv)
     flags.DEFINE_string("max_shard_size", "5GB", "safetensors shard size limit", flag_values=fv)
@@ -212,14 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     for noisy in ("orbax",):  # Orbax warns that the read-only folder is read-only
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        path = export_checkpoint(fv.checkpoint, fv.out, step=fv.step, dtype=fv.dtype, max_shard_size=fv.max_shard_size,
-                                 overwrite=fv.overwrite, tokenizer_dir=fv.tokenizer)
-    except (CheckpointError, ExportError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+
+    def export() -> None:
+        print(export_checkpoint(fv.checkpoint, fv.out, step=fv.step, dtype=fv.dtype, max_shard_size=fv.max_shard_size,
+                                overwrite=fv.overwrite, tokenizer_dir=fv.tokenizer))
+
+    return cli_boundary(export)  # missing/damaged checkpoint, bad flag, existing --out: one line, exit 2
 
 
 if __name__ == "__main__":

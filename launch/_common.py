@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout: bsft_jax.errors
+from bsft_jax.errors import UserError, cli_boundary  # pure Python: launching needs no JAX
+
+
+class LaunchError(UserError):
+    """A launcher cannot go on: a bad argument, a missing tool (gcloud, sbatch, xpk) or a failed command."""
+
+
+def launcher_main(work: Callable[[], int | None]) -> int:
+    """Runs a launcher's work behind the shared CLI boundary: a :class:`LaunchError` is one line, exit 2."""
+    return cli_boundary(work)
 
 
 def train_command(config: str, overrides: Sequence[str], *, python: str = "python3", module: str = "bsft_jax.train"
@@ -33,11 +46,21 @@ class Runner:
         print(("[dry-run] " if self.dry_run else "+ ") + shlex.join(argv), file=self.out, flush=True)
         if self.dry_run:
             return 0
-        return subprocess.run(list(argv), check=check).returncode
+        try:
+            return subprocess.run(list(argv), check=check).returncode
+        except FileNotFoundError:
+            raise LaunchError(f"{argv[0]}: not found on PATH; install it (gcloud: the Google Cloud SDK, sbatch: "
+                              "SLURM, xpk: pip install xpk) or run from a machine that has it") from None
+        except subprocess.CalledProcessError as e:
+            raise LaunchError(f"{shlex.join(argv)[:300]} failed with exit status {e.returncode} (its output is "
+                              "above); fix that and rerun") from None
 
     def probe(self, argv: Sequence[str]) -> bool:
         """Runs a read-only check (e.g. 'does the TPU exist?'); in dry-run mode prints it and assumes False."""
         print(("[dry-run] " if self.dry_run else "+ ") + shlex.join(argv), file=self.out, flush=True)
         if self.dry_run:
             return False
-        return subprocess.run(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        try:
+            return subprocess.run(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        except FileNotFoundError:
+            raise LaunchError(f"{argv[0]}: not found on PATH; install it or run from a machine that has it") from None

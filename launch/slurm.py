@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Runner, add_common_args, train_command
+from _common import LaunchError, Runner, add_common_args, launcher_main, train_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,9 +74,14 @@ def sbatch_script(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; a missing sbatch, failed submission or bad argument is one ``error:`` line, exit 2."""
     args = build_parser().parse_args(argv)
+    return launcher_main(lambda: _submit(args))
+
+
+def _submit(args: argparse.Namespace) -> int:
     if "'" in args.setup or any("'" in o for o in args.overrides):
-        raise SystemExit("--setup and overrides must not contain single quotes")
+        raise LaunchError("--setup and overrides must not contain single quotes")
     script = sbatch_script(args)
     run = Runner(args.dry_run)
     if args.dry_run:
@@ -87,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
             f.write(script)
     run(["sbatch", args.script_out])
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,7 +23,7 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Runner, add_common_args, train_command
+from _common import LaunchError, Runner, add_common_args, launcher_main, train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Default TPU VM software per accelerator generation (Cloud TPU docs' JAX images).
@@ -36,7 +36,7 @@ def runtime_version(args: argparse.Namespace) -> str:
         return args.runtime_version
     generation = args.accelerator_type.rsplit("-", 1)[0]
     if generation not in RUNTIME_VERSIONS:
-        raise SystemExit(f"--accelerator-type {args.accelerator_type!r}: no default runtime for {generation!r}; "
+        raise LaunchError(f"--accelerator-type {args.accelerator_type!r}: no default runtime for {generation!r}; "
                          "pass --runtime-version")
     return RUNTIME_VERSIONS[generation]
 
@@ -69,7 +69,7 @@ def commands(args: argparse.Namespace, run: Runner) -> None:
     exists = run.probe(gcloud_tpu(args, "describe", args.tpu))
     if not exists:
         if args.reuse_only and not run.dry_run:
-            raise SystemExit(f"TPU {args.tpu!r} does not exist in {args.zone} and --reuse-only was given")
+            raise LaunchError(f"TPU {args.tpu!r} does not exist in {args.zone} and --reuse-only was given")
         create = gcloud_tpu(args, "create", args.tpu, f"--accelerator-type={args.accelerator_type}",
                             f"--version={runtime_version(args)}")
         if args.spot:
@@ -89,7 +89,12 @@ def commands(args: argparse.Namespace, run: Runner) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; a missing tool, failed command or bad argument is one ``error:`` line, exit 2."""
     args = build_parser().parse_args(argv)
+    return launcher_main(lambda: _launch(args))
+
+
+def _launch(args: argparse.Namespace) -> int:
     commands(args, Runner(args.dry_run))
     if args.dry_run:
         print(f"# per-worker logs would be in ~/{args.log_dir}/worker-<hostname>.log on each worker; fetch with:")

@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Runner, add_common_args, train_command
+from _common import Runner, add_common_args, launcher_main, train_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,9 +44,9 @@ def xpk_command(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; a missing xpk or a failed command is one ``error:`` line, exit 2."""
     args = build_parser().parse_args(argv)
-    Runner(args.dry_run)(xpk_command(args))
-    return 0
+    return launcher_main(lambda: Runner(args.dry_run)(xpk_command(args)))
 
 
 if __name__ == "__main__":

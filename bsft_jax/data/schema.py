@@ -23,11 +23,12 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from bsft_jax.behavior import taxonomy
 from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.errors import UserError
 from bsft_jax.files import atomic_write
 
 NO_INTERVENTION = "none"  # the label of scenes where holding back is the right behavior
@@ -36,7 +37,7 @@ _OPTION_KEY_RE = re.compile(r"^[A-Z]$")
 _FIELDS = ("id", "case_id", "category", "group", "turns", "options", "behavior", "label", "response", "hard")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file (or record) does not match the BehaviorBench schema. The message names where and what."""
 
 
@@ -257,6 +258,33 @@ def record_from_dict(
                   label=label, response=response, options=options, hard=bool(hard))
 
 
+# Byte-order marks of encodings other than UTF-8: named in the error instead of decoded as garbage.
+_FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32-LE"), (b"\x00\x00\xfe\xff", "UTF-32-BE"),
+                 (b"\xff\xfe", "UTF-16-LE"), (b"\xfe\xff", "UTF-16-BE"))
+
+
+def _utf8_lines(path: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file; a UTF-8 byte-order mark (Excel, Notepad) is dropped.
+
+    Raises :class:`DataError` naming ``file:line`` and the column of the first byte that is not
+    UTF-8, or the encoding whose byte-order mark starts the file (UTF-16/32 exports).
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:
+                for bom, encoding in _FOREIGN_BOMS:
+                    if raw.startswith(bom):
+                        raise DataError(f"{path}:1: the file is {encoding} (it starts with that byte-order mark); "
+                                        "save it as UTF-8")
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                column = len(raw[:e.start].decode("utf-8", "replace")) + 1
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column}); "
+                                "save the file as UTF-8") from None
+
+
 def read_jsonl(
     path: str | os.PathLike,
     *,
@@ -273,23 +301,22 @@ def read_jsonl(
     path = os.fspath(path)
     records: list[Record] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); expected one JSON "
-                                "object per line") from None
-            rec = record_from_dict(obj, spec=spec, field_map=field_map, category_aliases=category_aliases,
-                                   where=where)
-            if rec.id in seen:
-                raise DataError(f"{where}: field 'id' is {rec.id!r}, already used on line {seen[rec.id]}; ids must "
-                                "be unique within a file")
-            seen[rec.id] = lineno
-            records.append(rec)
+    for lineno, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); expected one JSON "
+                            "object per line") from None
+        rec = record_from_dict(obj, spec=spec, field_map=field_map, category_aliases=category_aliases,
+                               where=where)
+        if rec.id in seen:
+            raise DataError(f"{where}: field 'id' is {rec.id!r}, already used on line {seen[rec.id]}; ids must "
+                            "be unique within a file")
+        seen[rec.id] = lineno
+        records.append(rec)
     return records
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import jax
 
-from bsft_jax.data import DataError, FewShotPool, Record, label_space, record_from_dict
+from bsft_jax.data import FewShotPool, Record, label_space, record_from_dict
+from bsft_jax.errors import cli_boundary
 from bsft_jax.evaluate.core import MODES, EvalResult, evaluate_model, write_comparison
 from bsft_jax.evaluate.report import markdown_table
 from bsft_jax.models.hf import load_hf
@@ -35,6 +36,7 @@ from bsft_jax.run.checkpoint import CheckpointError, load_params
 from bsft_jax.run.cli import parse_flags, setup_logging
 from bsft_jax.run.config import ConfigError, config_from_dict, resolve_mesh_shape
 from bsft_jax.run.model_setup import init_sharded, load_tokenizer, scratch_config, tokenizer_path
+from bsft_jax.run.recovery import newest_readable
 from bsft_jax.run.settings import Settings
 from bsft_jax.run.sources import load_split
 
@@ -78,7 +80,8 @@ def load_run(run_dir: str, step: int | None, dtype: str, mesh: Any) -> tuple[Any
         raise CheckpointError(f"{run_dir}: no config.json (is this a bsft_jax run directory?)")
     with open(path) as f:
         run_cfg = config_from_dict(json.load(f))
-    model, _, meta = load_params(run_dir, step, mesh=mesh, dtype=dtype)
+    _, (model, _, meta) = newest_readable(run_dir, lambda s: load_params(run_dir, s, mesh=mesh, dtype=dtype),
+                                          step)  # a damaged newest step: the previous one, with a warning
     tok_dir = os.path.join(run_dir, meta.get("tokenizer_dir", "tokenizer"))
     if not os.path.isdir(tok_dir):
         raise CheckpointError(f"{run_dir}: no tokenizer folder {tok_dir!r} beside the checkpoints")
@@ -211,16 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     setup_logging()
-    try:
+
+    def evaluate() -> None:
         run_comparison(fv.config, checkpoint=fv.checkpoint, general_checkpoint=fv.general_checkpoint,
                        step=None if fv.step < 0 else fv.step, baselines=[b for b in fv.baselines if b],
                        splits=fv.splits, mode=fv.mode, out_dir=fv.out_dir, max_new_tokens=fv.max_new_tokens,
                        batch_size=fv.batch_size, limit=fv.limit, few_shot_k=fv.few_shot_k,
                        force_behavior=fv.force_behavior)
-    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli_boundary(evaluate)  # bad config, data, run folder or step: one line, exit 2
 
 
 if __name__ == "__main__":

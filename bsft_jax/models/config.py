@@ -15,6 +15,7 @@ import json
 import os
 from typing import Any
 
+from bsft_jax.errors import UserError
 from bsft_jax.models.families import (
     FAMILY_MODEL_TYPES,
     FAMILY_PRESETS,
@@ -42,7 +43,7 @@ CUDNN_ATTENTION_DTYPES = ("bfloat16", "float16")  # what cuDNN flash attention c
 REMAT_MODES = ("none", "full", "dots")  # per-block rematerialisation (the decoder keys its policies by these)
 
 
-class UnsupportedConfigError(ValueError):
+class UnsupportedConfigError(UserError, ValueError):
     """A Hugging Face config asks for something this port does not implement."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from bsft_jax.errors import UserError
 from bsft_jax.files import replace_dir, write_json
 from bsft_jax.models import safetensors_io
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
@@ -44,7 +45,7 @@ SAFETENSORS_SINGLE = "model.safetensors"
 _IGNORED_HF_KEYS = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
 
 
-class WeightLoadError(ValueError):
+class WeightLoadError(UserError, ValueError):
     """A checkpoint's tensors do not match the architecture in its config.json."""
 
 

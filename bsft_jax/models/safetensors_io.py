@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from bsft_jax.errors import UserError
+
 _DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -31,7 +33,7 @@ _DTYPES: dict[str, np.dtype] = {
 _CODES = {v: k for k, v in _DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(UserError, ValueError):
     """A safetensors file is malformed or holds something we cannot read."""
 
 

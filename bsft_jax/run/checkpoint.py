@@ -47,6 +47,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
+from bsft_jax.errors import UserError
 from bsft_jax.models.config import DecoderConfig, Llama3RopeScaling
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.sharding import state_shardings
@@ -59,7 +60,7 @@ REQUIRED_ITEMS = ("params", "meta")  # what a reader needs of a step
 TOKENIZER_SUBDIR = "tokenizer"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, partial or of another format."""
 
 
@@ -228,6 +229,11 @@ def _open_read_only(run_dir: str) -> Checkpointer:
     return ckpt
 
 
+def steps_on_disk(ckpt_dir: str) -> list[int]:
+    """The committed step folders of ``RUN_DIR/checkpoints`` (``<step>/``), oldest first."""
+    return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n)))
+
+
 def resolve_step(run_dir: str, step: int | None = None) -> int:
     """The step to read (default: the latest complete one) after checking the folder holds it.
 
@@ -243,7 +249,7 @@ def resolve_step(run_dir: str, step: int | None = None) -> int:
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"{run_dir}: no checkpoints/ folder (is this a bsft_jax run directory? "
                               "python -m bsft_jax.train writes RUN_DIR/checkpoints/<step>/)")
-    steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n)))
+    steps = steps_on_disk(ckpt_dir)
     if not steps:
         partial = sorted(n for n in os.listdir(ckpt_dir) if "tmp" in n)
         hint = f" (only unfinished saves: {partial})" if partial else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +27,11 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], usage: str) -> int | 
         print(usage.strip() + "\n")
         print(fv.get_help())
         return 0
+    missing = _missing_config_file(argv)
+    if missing:
+        print(f"error: --config {missing}: no such file (looked in {os.getcwd()}); the recipes are in configs/",
+              file=sys.stderr)
+        return 2
     try:
         fv(argv)
         if "config" in fv:  # ml_collections defers a config file's load error to first use: surface it here
@@ -35,6 +41,14 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], usage: str) -> int | 
         print(f"error: bad command line / config{_config_file_of(argv)}: {text}".replace("\n", "; "), file=sys.stderr)
         return 2
     return None
+
+
+def _missing_config_file(argv: Sequence[str]) -> str | None:
+    """The ``--config`` file named in ``argv`` if it does not exist (``FILE:ARG`` allowed), else None."""
+    path = _config_file_of(argv)[2:-1]
+    if not path or os.path.isfile(path) or os.path.isfile(path.split(":", 1)[0]):
+        return None
+    return path
 
 
 def _config_file_of(argv: Sequence[str]) -> str:

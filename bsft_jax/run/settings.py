@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.errors import UserError
 from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, REMAT_MODES, canonical_dtype
 
 MODEL_SOURCES = ("hf", "scratch")
@@ -23,7 +24,7 @@ TRAIN_STYLES = ("behavior_sft", "general_sft", "explicit_instruction")
 BEHAVIOR_INITS = ("mean_cov", "mean_std")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config field has a bad value; the message names the field."""
 
 

@@ -32,7 +32,12 @@ def load_split(data: DataSettings, spec: BehaviorSpec, split: str) -> Any:
     if data.source == "demo":
         return load_demo([split], config=demo_config(data), spec=spec)[split]
     if data.source == "jsonl":
-        return read_jsonl(os.path.join(data.path, f"{split}.jsonl"), field_map=dict(data.field_map) or None, spec=spec)
+        path = os.path.join(data.path, f"{split}.jsonl")
+        if not os.path.isfile(path):
+            from bsft_jax.data import DataError
+
+            raise DataError(f"{path}: no such file (config.data.path={data.path!r} needs one <split>.jsonl per split)")
+        return read_jsonl(path, field_map=dict(data.field_map) or None, spec=spec)
     if data.source == "tfds":
         from bsft_jax.data.tfds_builder import data_source
 

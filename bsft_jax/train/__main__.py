@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from bsft_jax.run.checkpoint import CheckpointError
+from bsft_jax.errors import cli_boundary
 from bsft_jax.run.cli import parse_flags, setup_logging
-from bsft_jax.run.config import ConfigError
 from bsft_jax.train import distributed
 from bsft_jax.train.distributed import is_primary
 from bsft_jax.train.loop import NonFiniteLossError, run
@@ -36,19 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     setup_logging()
-    try:
+
+    def train() -> int:
         distributed.maybe_initialize(flags_def.config.distributed)
         if not is_primary():  # one progress log per job: the other processes report only problems
             logging.getLogger().setLevel(logging.WARNING)
         result = run(flags_def.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (NonFiniteLossError, CheckpointError) as e:
+        log.info("finished at step %d%s", result.final_step, " (preempted)" if result.preempted else "")
+        return 0
+
+    try:
+        return cli_boundary(train)  # bad config, data or checkpoint: one line, exit 2
+    except NonFiniteLossError as e:  # the run diverged: not bad input, but no traceback helps either
         print(f"error: {e}", file=sys.stderr)
         return 1
-    log.info("finished at step %d%s", result.final_step, " (preempted)" if result.preempted else "")
-    return 0
 
 
 if __name__ == "__main__":

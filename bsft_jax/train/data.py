@@ -85,22 +85,39 @@ def _pipeline_kwargs(data: DataSettings, spec: BehaviorSpec, shard: DataShard) -
                 packing=data.packing, process_index=shard.index, process_count=shard.count)
 
 
-def train_iterator(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard: DataShard
+def load_splits(data: DataSettings, spec: BehaviorSpec, *, with_eval: bool) -> dict[str, Any]:
+    """The records of the splits a run reads (train, and the eval split when ``with_eval``).
+
+    Called before the run directory is touched, so a bad data file (:class:`bsft_jax.data.DataError`
+    naming ``file:line``) stops the run with nothing written. Empty for ``synthetic`` data.
+    """
+    if data.source == "synthetic":
+        return {}
+    names = [data.train_split] + ([data.eval_split] if with_eval else [])
+    return {name: load_split(data, spec, name) for name in dict.fromkeys(names)}
+
+
+def train_iterator(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard: DataShard, records: Any = None
                    ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's endless, shuffled training iterator (a Grain DatasetIterator: checkpointable)."""
+    """This process's endless, shuffled training iterator (a Grain DatasetIterator: checkpointable).
+
+    ``records``: the training split already loaded (:func:`load_splits`); default: load it here.
+    """
     if data.source == "synthetic":
         return iter(synthetic_dataset(data.shuffle_seed, shard, data.seq_len, data.synthetic_vocab))
     from bsft_jax.data.pipeline import make_train_iterator as data_iterator
 
     # Epochs repeat forever and the run stops by step count: with several processes the shards
     # can differ by one example, and every process must produce a batch at every step.
-    return data_iterator(load_split(data, spec, data.train_split), tokenizer, num_epochs=None, shuffle=True,
-                         **_pipeline_kwargs(data, spec, shard))
+    records = load_split(data, spec, data.train_split) if records is None else records
+    return data_iterator(records, tokenizer, num_epochs=None, shuffle=True, **_pipeline_kwargs(data, spec, shard))
 
 
-def make_eval_batches(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard: DataShard
+def make_eval_batches(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard: DataShard, records: Any = None
                       ) -> list[dict[str, np.ndarray]]:
     """This process's held-out batches: one pass over ``data.eval_split`` in order (a fixed list).
+
+    ``records``: the eval split already loaded (:func:`load_splits`); default: load it here.
 
     Every process returns the same number of batches (empty rows pad the shorter ones), so that
     the collective evaluation step runs in lock step across processes.
@@ -113,8 +130,8 @@ def make_eval_batches(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, sh
         return list(ds)
     from bsft_jax.data.pipeline import make_train_iterator as data_iterator
 
-    it = data_iterator(load_split(d, spec, d.eval_split), tokenizer, num_epochs=1, shuffle=False,
-                       **_pipeline_kwargs(d, spec, shard))
+    records = load_split(d, spec, d.eval_split) if records is None else records
+    it = data_iterator(records, tokenizer, num_epochs=1, shuffle=False, **_pipeline_kwargs(d, spec, shard))
     batches = list(itertools.islice(it, limit))
     count = int(reduce_over_processes(np.asarray(len(batches), np.int32), np.max))
     empty = {k: np.zeros((shard.rows, d.seq_len), np.int32) for k in BATCH_KEYS}

@@ -31,9 +31,10 @@ from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, make_meta
 from bsft_jax.run.config import config_to_dict, validate_config
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
+from bsft_jax.run.recovery import newest_meta, restore_newest
 from bsft_jax.run.settings import BehaviorSettings, Settings
 from bsft_jax.train import distributed
-from bsft_jax.train.data import make_eval_batches, train_iterator
+from bsft_jax.train.data import load_splits, make_eval_batches, train_iterator
 from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_primary
 from bsft_jax.train.log import MetricsLogger, Progress, format_duration
 from bsft_jax.train.loss import LossSums, first_target_mask
@@ -135,6 +136,11 @@ def _check_finite(step: int, metrics: dict[str, Any], last_saved: int | None) ->
             "or inspect the batch of this step.")
 
 
+def _all_processes_agree(ok: bool) -> bool:
+    """True only if ``ok`` on every process (a checkpoint step counts as restored when all read it)."""
+    return bool(distributed.reduce_over_processes(np.asarray(int(ok), np.int32), np.min))
+
+
 def _batch_crc(local: dict[str, np.ndarray]) -> int:
     """Fingerprint of this process's batch (lets tests and users check data order across resumes)."""
     return zlib.crc32(np.ascontiguousarray(local["tokens"]).tobytes())
@@ -202,27 +208,32 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     run_dir, primary = os.path.abspath(cfg.run_dir), is_primary()
     settings = Settings.from_config(cfg)  # the typed pieces (validate_config has checked them)
     t = settings.train
-    ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    splits = load_splits(settings.data, settings.behavior.spec, with_eval=t.eval_every >= 0)  # bad data: stop
+    ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)  # before writing
     stack.callback(ckpt.close)  # waits for pending saves even when a step fails
-    resume_step = ckpt.latest_step()
-    if resume_step is None:
+    newest = newest_meta(ckpt)  # the model config of the run (the same in every step)
+    resume_step = None if newest is None else newest[0]
+    if newest is None:
         bundle = build_fresh(settings, mesh)
     else:
-        log.info("resuming %s from step %d", run_dir, resume_step)
-        bundle = build_for_resume(settings.model, settings.behavior, run_dir, ckpt.read_json(resume_step, "meta"))
+        bundle = build_for_resume(settings.model, settings.behavior, run_dir, newest[1])
     config_dict = config_to_dict(cfg)
-    if primary:
-        write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
     tx, schedule = make_optimizer(settings.optimizer, t.steps)
     trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
     shard = data_shard(trainer.batch_sharding, t.global_batch_size)
-    data_iter = train_iterator(settings.data, settings.behavior.spec, bundle.tokenizer, shard)
+    data_iter = train_iterator(settings.data, settings.behavior.spec, bundle.tokenizer, shard,
+                               splits.get(settings.data.train_split))
     num_params = count_params(bundle.model)
     if resume_step is None:
         state = trainer.init_state(bundle.model, settings.seed)  # takes over (donates) the model's buffers
     else:
         restore_iter = data_iter if cfg.checkpoint.restore_data else None
-        state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=restore_iter)
+        # The newest step that restores; damaged newer ones are set aside as <step>.corrupt.
+        state, resume_step = restore_newest(ckpt, trainer.abstract_with_shardings(), data_iterator=restore_iter,
+                                            all_agree=_all_processes_agree, primary=primary)
+        log.info("resuming %s from step %d", run_dir, resume_step)
+    if primary:  # after the restore: a run that cannot resume leaves its files as they were
+        write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
     bundle.model = None  # the state owns the parameters now (donated every step)
     trainer.compile(t.global_batch_size, cfg.data.seq_len)
     startup = trainer.report(num_params) | {"per_process_batch": shard.rows, "num_processes": jax.process_count()}
@@ -231,7 +242,8 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
         write_json(os.path.join(run_dir, "startup.json"), startup)
     metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
     stack.callback(metrics_log.close)
-    eval_batches = (make_eval_batches(settings.data, settings.behavior.spec, bundle.tokenizer, shard)
+    eval_batches = (make_eval_batches(settings.data, settings.behavior.spec, bundle.tokenizer, shard,
+                                      splits.get(settings.data.eval_split))
                     if t.eval_every >= 0 else [])
     meta_base = dict(behavior=_behavior_meta(settings.behavior, bundle), num_params=num_params, mesh=startup["mesh"])
     return _Session(cfg, ckpt, bundle, trainer, state, data_iter, eval_batches, metrics_log, config_dict, meta_base,

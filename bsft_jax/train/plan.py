@@ -351,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
+    from bsft_jax.errors import cli_boundary
     from bsft_jax.run.cli import parse_flags
-    from bsft_jax.run.config import ConfigError
 
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", "configs/demo.py", "ml_collections config file", flag_values=fv)
@@ -370,22 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s] %(message)s", force=True)
-    try:
+
+    def plan_and_print() -> None:
         plan = plan_memory(fv.config, mesh=parse_mesh(fv.mesh) if fv.mesh else None,
                            num_devices=fv.plan_devices or None, target=fv.plan_target or None,
                            compiler=fv.plan_compiler, hbm_bytes=parse_bytes(fv.plan_hbm) if fv.plan_hbm else None,
                            model_preset=fv.plan_model or None)
-    except (PlanError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    if config_path is None and "--config" in argv:
-        config_path = argv[argv.index("--config") + 1]
-    print(format_plan(plan, config_path or ""))
-    if fv.plan_json:
-        with open(fv.plan_json, "w") as f:
-            json.dump(plan, f, indent=2)
-    return 0
+        config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        if config_path is None and "--config" in argv:
+            config_path = argv[argv.index("--config") + 1]
+        print(format_plan(plan, config_path or ""))
+        if fv.plan_json:
+            with open(fv.plan_json, "w") as f:
+                json.dump(plan, f, indent=2)
+
+    return cli_boundary(plan_and_print)  # PlanError, ConfigError: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import re
 from typing import Any
 
+from bsft_jax.errors import UserError
 from bsft_jax.units import parse_size
 
 GiB = 1024**3
@@ -51,7 +52,7 @@ ALIASES = {"v5litepod": "v5e", "v6e-lite": "v6e", "h100x8": "8xh100", "h200x8": 
 
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """The plan cannot be made (unknown target, mesh that does not fit, missing architecture)."""
 
 

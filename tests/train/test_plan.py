@@ -126,7 +126,7 @@ def _run_plan_cli(*args: str) -> tuple[subprocess.CompletedProcess, int]:
 
     VmHWM, not ru_maxrss: Linux carries the parent's (pytest's) peak RSS into ru_maxrss across exec.
     """
-    code = ("import sys\nfrom bsft_jax.train.loop import main\nrc = main(sys.argv)\n"
+    code = ("import sys\nfrom bsft_jax.train.__main__ import main\nrc = main(sys.argv)\n"
             "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]\n"
             "print('MAXRSS', int(hwm) * 1024)\nsys.exit(rc)\n")
     env = dict(os.environ, PYTHONPATH=ROOT, BSFT_QWEN2_5_7B="/nonexistent/Qwen2.5-7B-Instruct")
