@@ -23,7 +23,6 @@ def get_config():
     c.behavior.scheme = "item"
     c.behavior.names = ("answer", "intervene", "hold")
 
-    c.data.seq_len = 256
     c.data.eval_batches = 2
 
     c.train.steps = 48
@@ -42,5 +41,4 @@ def get_config():
     c.checkpoint.every_steps = 12
     c.checkpoint.keep = 1
     c.checkpoint.keep_best_metric = "overall_f1"
-    c.logging.tensorboard = True
     return c
