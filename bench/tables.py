@@ -229,7 +229,9 @@ def _pct(x: float | None) -> str:
 def render_demo(records: list[dict[str, Any]]) -> str:
     """The `make demo` comparison: macro-F1 per group and overall, behavior selection, intervention rates."""
     rec = records[-1]["results"]
-    runs = [rec["generalsft"], rec["behaviorsft"]]
+    columns = [(k, label) for k, label in (("few_shot", "few-shot (k=3)"), ("explicit_instruction",
+               "explicit instruction"), ("generalsft", "GeneralSFT"), ("behaviorsft", "BehaviorSFT")) if k in rec]
+    runs = [rec[k] for k, _ in columns]
     groups = (("reactive", "reactive (4 multiple-choice categories)"),
               ("balanced", "balanced (4 categories: flag or hold back)"), ("proactive", "proactive (5 categories)"))
     rows = [[label, *(_pct(r["macro_f1_pct"][key]) for r in runs)] for key, label in groups]
@@ -241,7 +243,12 @@ def render_demo(records: list[dict[str, Any]]) -> str:
                  *(f"{_pct(r['over_intervention_pct'])} / {_pct(r['missed_intervention_pct'])}" for r in runs)])
     wall = rec.get("wall_seconds")
     tail = f"\nWall time of the whole `make demo`: {wall / 60:.0f} min.\n" if wall else ""
-    return markdown(["macro-F1 (%)", "GeneralSFT", "BehaviorSFT"], rows) + tail
+    probe = rec.get("steering_probe_pct")
+    if probe:
+        tail += "\nSteering probe (BehaviorSFT, each token forced; % of open items with a flag / 'none', " \
+                "% unparsed): " + "; ".join(f"{b}: {r['flag_rate']} / {r['none_rate']} / {r['unparsed_rate']}"
+                                            for b, r in probe.items()) + ".\n"
+    return markdown(["macro-F1 (%)", *(label for _, label in columns)], rows) + tail
 
 
 def render_ablation(records: list[dict[str, Any]]) -> str:

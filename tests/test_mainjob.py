@@ -14,10 +14,10 @@ ARMS = ["few-shot (k=3)", "explicit instruction", "GeneralSFT", "BehaviorSFT"]
 
 def test_main_job_four_arms_probe_and_resume(tmp_path, monkeypatch, caplog, toy_cache):
     monkeypatch.setenv("BSFT_JAX_CACHE", toy_cache)
-    behavior = toy_demo_config(str(tmp_path / "bsft"), steps=4)
-    general = toy_demo_config(str(tmp_path / "gsft"), "demo_scratch_generalsft.py", steps=4)
+    behavior = toy_demo_config(str(tmp_path / "bsft"), steps=2)
+    general = toy_demo_config(str(tmp_path / "gsft"), "demo_scratch_generalsft.py", steps=2)
     out = str(tmp_path / "report")
-    opts = EvalOptions(limit=13, max_new_tokens=8, batch_size=16)
+    opts = EvalOptions(limit=13, max_new_tokens=6, batch_size=16)
     caplog.set_level("INFO")
     seconds = main_job(behavior, general, out, opts)
     assert list(seconds) == ["train BehaviorSFT", "train GeneralSFT", "evaluate"]

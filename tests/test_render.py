@@ -174,6 +174,23 @@ def test_demo_record_from_a_report():
         demo_results.demo_record({"runs": ["x"], "metrics": {"x": {}}}, seed=0, wall_seconds=None, machine={})
 
 
+def test_demo_record_with_four_arms_and_probe_renders():
+    def run(f1, behavior=None):
+        return {"per_group": {"reactive": f1, "balanced": f1, "proactive": f1}, "overall_f1": f1,
+                "over_intervention": {"rate": 0.1}, "missed_intervention": {"rate": 0.2}, "behavior": behavior}
+
+    names = ["few-shot (k=3)", "explicit instruction", "GeneralSFT", "BehaviorSFT"]
+    report = {"runs": names, "metrics": {n: run(0.1 * (i + 1)) for i, n in enumerate(names)},
+              "steering_probe": {"BehaviorSFT": {"hold": {"flag_rate": 0.0, "none_rate": 1.0, "unparsed_rate": 0.0}}}}
+    rec = demo_results.demo_record(report, seed=0, wall_seconds=1800.0, machine={"git": "abc1234"})
+    assert rec["results"]["few_shot"]["macro_f1_pct"]["overall"] == 10.0
+    assert rec["results"]["steering_probe_pct"]["hold"] == {"flag_rate": 0.0, "none_rate": 100.0, "unparsed_rate": 0.0}
+    table = tables.render_demo([rec])
+    assert "| macro-F1 (%) | few-shot (k=3) | explicit instruction | GeneralSFT | BehaviorSFT |" in table
+    assert "| **overall** | **10.0** | **20.0** | **30.0** | **40.0** |" in table
+    assert "hold: 0.0 / 100.0 / 0.0" in table and "30 min" in table
+
+
 def test_plan_table_records_rows_that_render(tmp_path, monkeypatch, capsys):
     from bench import plan_table
 

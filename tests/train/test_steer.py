@@ -22,12 +22,12 @@ def _eval_lines(run_dir: str) -> list[dict]:
 
 def test_steer_metrics_logged_and_best_checkpoint_kept(tmp_path, monkeypatch, toy_cache):
     monkeypatch.setenv("BSFT_JAX_CACHE", toy_cache)
-    cfg = toy_demo_config(str(tmp_path / "run"))
+    cfg = toy_demo_config(str(tmp_path / "run"), steps=4)
     cfg.checkpoint.keep_best_metric = "overall_f1"
     result = run(cfg)
-    assert result.final_step == 6
+    assert result.final_step == 4
     lines = _eval_lines(cfg.run_dir)
-    assert [r["step"] for r in lines] == [2, 4, 6]  # every eval_every steps, and the final one
+    assert [r["step"] for r in lines] == [2, 4]  # every eval_every steps, and the final one
     for r in lines:
         for key in ("steer/overall_f1", "steer/behavior_accuracy", "steer/proactive_f1", "steer/unparsed"):
             assert 0.0 <= r[key] <= 1.0, (key, r)
