@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo demo_scratch ablation test lint clean
 
 $(STAMP): requirements.txt requirements-test.txt requirements-nodeps.txt setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,16 +17,23 @@ $(STAMP): requirements.txt requirements-test.txt requirements-nodeps.txt setup.p
 
 install: $(STAMP)
 
-# The main job on the embedded demo data: BehaviorSFT and its GeneralSFT counterpart (same data, no
-# behavior tokens), then the evaluator's comparison table on the demo test split. Rerunning resumes
-# from the runs' checkpoints. (The prompting baselines need a pretrained base model: the demo has none.)
+# The main job (bsft_jax/mainjob.py): BehaviorSFT and GeneralSFT fine-tunes of the real SmolLM2-135M-Instruct
+# on demo v2, then the evaluator's four arms (few-shot k=3 and explicit-instruction prompting of the base
+# model, GeneralSFT, BehaviorSFT) and the steering probe in one report. Rerunning skips finished stages.
 DEMO_REPORT ?= runs/demo_report
 demo: $(STAMP)
-	$(BIN)/python -m bsft_jax.train --config configs/demo.py
-	$(BIN)/python -m bsft_jax.train --config configs/demo_generalsft.py
-	$(BIN)/python -m bsft_jax.evaluate --config configs/demo.py --checkpoint runs/demo \
-	  --general_checkpoint runs/demo_generalsft --baselines= --out_dir $(DEMO_REPORT)
-	@echo "Report: $(DEMO_REPORT)/report.md (radar.png, report.json, predictions_*.jsonl beside it)"
+	$(BIN)/python -m bsft_jax.mainjob --out_dir $(DEMO_REPORT)
+
+# The from-scratch 1.1M-parameter demo of earlier versions (no prompting baselines: no pretrained model).
+demo_scratch: $(STAMP)
+	$(BIN)/python -m bsft_jax.train --config configs/demo_scratch.py
+	$(BIN)/python -m bsft_jax.train --config configs/demo_scratch_generalsft.py
+	$(BIN)/python -m bsft_jax.evaluate --config configs/demo_scratch.py --checkpoint runs/demo_scratch \
+	  --general_checkpoint runs/demo_scratch_generalsft --baselines= --out_dir runs/demo_scratch_report
+
+# The seeded ablation (hours on 2 cores): seeds x schemes x {GeneralSFT, BehaviorSFT}, bootstrap CIs.
+ablation: $(STAMP)
+	$(BIN)/python -m bench.ablation
 
 # pytest's exit code 5 (nothing collected) counts as a failure: an empty run tested nothing.
 test: $(STAMP)

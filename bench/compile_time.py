@@ -30,7 +30,7 @@ DEMO_VOCAB = 3200  # the demo tokenizer (3072 BPE + specials + behavior tokens) 
 
 def demo_recipe() -> tuple[dict, int, int]:
     """(arch, global batch, seq len) of configs/demo.py (the vocabulary is the demo tokenizer's size)."""
-    spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "demo.py"))
+    spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "demo_scratch.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()

@@ -21,6 +21,8 @@ from bench.common import machine_info
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "demo_results.json")
 RUN_KEYS = {"GeneralSFT": "generalsft", "BehaviorSFT": "behaviorsft"}
+# The prompting baselines of the base model, recorded when the report has them (the v2 main job does).
+BASELINE_KEYS = {"few-shot (k=3)": "few_shot", "explicit instruction": "explicit_instruction"}
 
 
 def _pct(x: float | None) -> float | None:
@@ -49,9 +51,14 @@ def demo_record(report: dict[str, Any], *, seed: int, wall_seconds: float | None
     missing = [name for name in RUN_KEYS if name not in report["metrics"]]
     if missing:
         raise ValueError(f"report.json has no run named {', '.join(missing)} (runs: {report['runs']})")
-    return {"bench": "demo", "machine": machine, "config": {"seed": seed, "command": "make demo"},
-            "results": {"wall_seconds": wall_seconds,
-                        **{key: summarize_run(report["metrics"][name]) for name, key in RUN_KEYS.items()}}}
+    runs = {**{k: v for k, v in BASELINE_KEYS.items() if k in report["metrics"]}, **RUN_KEYS}
+    results: dict[str, Any] = {"wall_seconds": wall_seconds,
+                               **{key: summarize_run(report["metrics"][name]) for name, key in runs.items()}}
+    probe = report.get("steering_probe", {}).get("BehaviorSFT")
+    if probe:
+        results["steering_probe_pct"] = {b: {k: _pct(r[k]) for k in ("flag_rate", "none_rate", "unparsed_rate")}
+                                         for b, r in probe.items()}
+    return {"bench": "demo", "machine": machine, "config": {"seed": seed, "command": "make demo"}, "results": results}
 
 
 def demo_seed() -> int:

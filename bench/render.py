@@ -43,6 +43,7 @@ class Table:
     depends: tuple[str, ...]
     command: str
     seeded: bool = True  # False where nothing random enters the numbers (compile-only plans)
+    pending: bool = False  # a table that may have no record yet: rendered as "not yet measured"
 
 
 def measured_commit(machine: dict[str, Any]) -> str:
@@ -93,6 +94,8 @@ def stamp(table: Table, records: Sequence[dict[str, Any]]) -> str:
 def rendered(table: Table, records: list[dict[str, Any]]) -> str:
     """The full text between a table's markers."""
     chosen = table.select(records)
+    if not chosen and table.pending:
+        return f"_Not yet measured. Command: `{table.command}`, then `python -m bench.render`._\n\n"
     if not chosen:
         raise ValueError(f"table {table.name!r}: no record in {table.source} matches")
     try:
@@ -146,12 +149,18 @@ def render_docs(root: str = ROOT, tables: Sequence[Table] | None = None) -> dict
         with open(os.path.join(root, doc)) as f:
             text = f.read()
         mine = [t for t in tables if t.doc == doc]
-        bodies = {t.name: rendered(t, load_records(os.path.join(root, t.source))) for t in mine}
+        bodies = {t.name: rendered(t, _records(t, root, load_records)) for t in mine}
         missing = [t.name for t in mine if f"<!-- table:{t.name} -->" not in text]
         if missing:
             raise ValueError(f"{doc}: no <!-- table:NAME --> marker for {', '.join(missing)}")
         out[doc] = (text, apply(text, bodies, doc))
     return out
+
+
+def _records(table: Table, root: str, load: Callable[[str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The records of a table's source; none for a pending table whose source does not exist yet."""
+    path = os.path.join(root, table.source)
+    return [] if table.pending and not os.path.exists(path) else load(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for t in TABLES:
-        for w in staleness_warnings(t, load_records(os.path.join(args.root, t.source)), args.root):
+        for w in staleness_warnings(t, _records(t, args.root, load_records), args.root):
             print(w, file=sys.stderr)
     differ = [doc for doc, (old, new) in docs.items() if old != new]
     if args.check:

@@ -17,6 +17,7 @@ from bench.render import GiB, Table
 
 RESULTS = "bench/results.jsonl"
 DEMO_RESULTS = "bench/demo_results.json"
+ABLATION_RESULTS = "bench/ablation_results.json"
 # What the numbers measure: the library without its data package, and the bench harness itself.
 LIBRARY = ("bsft_jax", ":(exclude)bsft_jax/data")
 TARGET_LABELS = {"8xh100": "8x H100"}
@@ -228,7 +229,9 @@ def _pct(x: float | None) -> str:
 def render_demo(records: list[dict[str, Any]]) -> str:
     """The `make demo` comparison: macro-F1 per group and overall, behavior selection, intervention rates."""
     rec = records[-1]["results"]
-    runs = [rec["generalsft"], rec["behaviorsft"]]
+    columns = [(k, label) for k, label in (("few_shot", "few-shot (k=3)"), ("explicit_instruction",
+               "explicit instruction"), ("generalsft", "GeneralSFT"), ("behaviorsft", "BehaviorSFT")) if k in rec]
+    runs = [rec[k] for k, _ in columns]
     groups = (("reactive", "reactive (4 multiple-choice categories)"),
               ("balanced", "balanced (4 categories: flag or hold back)"), ("proactive", "proactive (5 categories)"))
     rows = [[label, *(_pct(r["macro_f1_pct"][key]) for r in runs)] for key, label in groups]
@@ -240,7 +243,32 @@ def render_demo(records: list[dict[str, Any]]) -> str:
                  *(f"{_pct(r['over_intervention_pct'])} / {_pct(r['missed_intervention_pct'])}" for r in runs)])
     wall = rec.get("wall_seconds")
     tail = f"\nWall time of the whole `make demo`: {wall / 60:.0f} min.\n" if wall else ""
-    return markdown(["macro-F1 (%)", "GeneralSFT", "BehaviorSFT"], rows) + tail
+    probe = rec.get("steering_probe_pct")
+    if probe:
+        tail += "\nSteering probe (BehaviorSFT, each token forced; % of open items with a flag / 'none', " \
+                "% unparsed): " + "; ".join(f"{b}: {r['flag_rate']} / {r['none_rate']} / {r['unparsed_rate']}"
+                                            for b, r in probe.items()) + ".\n"
+    return markdown(["macro-F1 (%)", *(label for _, label in columns)], rows) + tail
+
+
+def render_ablation(records: list[dict[str, Any]]) -> str:
+    """The seeded ablation: macro-F1 mean ± std over seeds per scheme and arm, and the paired bootstrap CIs."""
+    rec = records[-1]
+    rows = []
+    for scheme in rec["config"]["schemes"]:
+        r = rec["results"][scheme]
+        for arm in ("GeneralSFT", "BehaviorSFT"):
+            f1 = r["macro_f1"][arm]
+            rows.append([scheme, arm, *(f"{100 * f1[k]['mean']:.1f} ± {100 * f1[k]['std']:.1f}" if k in f1 else "n/a"
+                                        for k in ("reactive", "balanced", "proactive", "overall"))])
+        cis = [f"{100 * c['mean']:+.1f} [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]"
+               for c in (r["diff_ci"]["proactive"], r["diff_ci"]["overall"])]
+        rows.append([scheme, "**BehaviorSFT - GeneralSFT** (95% CI)", "", "", *cis])
+    seeds = ", ".join(map(str, rec["config"]["seeds"]))
+    items = rec["results"][rec["config"]["schemes"][0]]["test_items"]
+    return markdown(["scheme", "arm", "reactive", "balanced", "proactive", "overall"], rows) + (
+        f"\nmacro-F1 (%) mean ± sample std over seeds {seeds}; {items} test items; "
+        f"wall time {rec['results']['wall_seconds'] / 3600:.1f} h.\n")
 
 
 def _deps(*scripts: str) -> tuple[str, ...]:
@@ -274,4 +302,6 @@ TABLES = [
           _deps("bench/decode.py"), "python -m bench.decode --size qwen2_5_0_5b --dtype bfloat16"),
     Table("demo", "README.md", DEMO_RESULTS, lambda rs: rs[-1:], render_demo,
           ("bsft_jax", "configs/demo*.py"), "make demo; python -m bench.demo_results"),
+    Table("ablation", "README.md", ABLATION_RESULTS, lambda rs: rs[-1:], render_ablation,
+          ("bsft_jax", "configs/demo*.py", "bench/ablation.py"), "make ablation", pending=True),
 ]

@@ -1,7 +1,7 @@
 """Start N training processes on this machine, as a multi-host job would, with a loopback coordinator.
 
     python launch/local.py --num_processes 2 --devices_per_process 2 -- \\
-        --config configs/demo.py --config.run_dir=/tmp/run2p
+        --config configs/demo_scratch.py --config.run_dir=/tmp/run2p
 
 Each process gets its own process id and ``devices_per_process`` fake CPU devices
 (``JAX_NUM_CPU_DEVICES``), and the coordinator settings as config overrides

@@ -21,3 +21,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory):
+    """One BSFT_JAX_CACHE for the toy end-to-end tests (the demo set and tokenizer are built once)."""
+    return str(tmp_path_factory.mktemp("toy_cache"))

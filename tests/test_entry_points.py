@@ -43,7 +43,7 @@ BROKEN = {
 }
 
 
-@pytest.mark.parametrize("module", ["bsft_jax.train", "bsft_jax.evaluate"])
+@pytest.mark.parametrize("module", ["bsft_jax.train", "bsft_jax.evaluate", "bsft_jax.mainjob"])
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_missing_or_broken_config_file_is_one_line_and_exit_2(tmp_path, module, kind):
     path = tmp_path / "nope.py"

@@ -80,7 +80,7 @@ def _cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 def demo_export(tmp_path_factory):
     """The demo config trained 4 steps (1 device), exported in fp32 into several 1 MB shards."""
     tmp = tmp_path_factory.mktemp("demo")
-    cfg = load_config_file(os.path.join(ROOT, "configs", "demo.py"), "demo.py")
+    cfg = load_config_file(os.path.join(ROOT, "configs", "demo_scratch.py"), "demo_scratch.py")
     cfg.run_dir = str(tmp / "run")
     _set(cfg, **{"train.steps": 4, "train.global_batch_size": 8, "data.seq_len": 128, "train.eval_every": -1,
                  "checkpoint.every_steps": 4, "optimizer.warmup_steps": 2, "logging.tensorboard": False,

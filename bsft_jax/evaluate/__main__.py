@@ -26,9 +26,10 @@ from typing import Any
 
 import jax
 
-from bsft_jax.data import FewShotPool, Record, label_space, record_from_dict
+from bsft_jax.data import FewShotPool, Record, label_space
 from bsft_jax.errors import cli_boundary
-from bsft_jax.evaluate.core import MODES, EvalResult, evaluate_model, write_comparison
+from bsft_jax.evaluate.core import MODES, EvalResult, as_records, evaluate_model, stratified_subset, write_comparison
+from bsft_jax.evaluate.probe import add_probe_to_report, run_probe
 from bsft_jax.evaluate.report import markdown_table
 from bsft_jax.models.hf import load_hf
 from bsft_jax.models.sharding import make_mesh
@@ -45,32 +46,6 @@ log = logging.getLogger("bsft_jax.evaluate")
 BASELINES = {"few_shot": "few-shot (k=3)", "explicit_instruction": "explicit instruction"}
 STYLE_NAMES = {"behavior_sft": "BehaviorSFT", "general_sft": "GeneralSFT",
                "explicit_instruction": "SFT (explicit instruction)"}
-
-
-def as_records(source: Any, spec: Any) -> list[Record]:
-    """A split as a list of records (a TFDS data source's elements are validated dicts)."""
-    if isinstance(source, list) and all(isinstance(r, Record) for r in source):
-        return source
-    return [record_from_dict(source[i], spec=spec, where=f"example {i}") for i in range(len(source))]
-
-
-def stratified_subset(records: Sequence[Record], limit: int) -> list[Record]:
-    """The first ``limit`` records taking categories in turn (all of them when limit <= 0)."""
-    if limit <= 0 or limit >= len(records):
-        return list(records)
-    by_category: dict[str, list[Record]] = {}
-    for r in records:
-        by_category.setdefault(r.category, []).append(r)
-    out: list[Record] = []
-    queues = [iter(v) for v in by_category.values()]
-    while len(out) < limit and queues:
-        for q in list(queues):
-            r = next(q, None)
-            if r is None:
-                queues.remove(q)
-            elif len(out) < limit:
-                out.append(r)
-    return out
 
 
 def load_run(run_dir: str, step: int | None, dtype: str, mesh: Any) -> tuple[Any, Any, Any, str, int]:
@@ -114,8 +89,13 @@ def run_comparison(
     limit: int = 0,
     few_shot_k: int = 3,
     force_behavior: str = "",
+    steering_probe: bool = False,
 ) -> dict[str, dict[str, str]]:
-    """Evaluates every run on every split and writes the reports; returns split -> written paths."""
+    """Evaluates every run on every split and writes the reports; returns split -> written paths.
+
+    steering_probe: also generate the BehaviorSFT run's replies with each behavior token forced and
+    add the rates to the report (:mod:`bsft_jax.evaluate.probe`).
+    """
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
     unknown = sorted(set(baselines) - set(BASELINES))
@@ -137,11 +117,11 @@ def run_comparison(
     results: dict[str, list[EvalResult]] = {s: [] for s in splits}
     if baselines:
         _evaluate_baselines(settings, mesh, baselines, train_records, tests, few_shot_k, common, results)
-    step_seen = None
+    step_seen, probes = None, {}
     for run_dir, run_step in ((general_checkpoint, None), (checkpoint, step)):
         if run_dir:
             step_seen = _evaluate_run(run_dir, run_step, settings.model.runtime.dtype, tests, force_behavior, common,
-                                      results)
+                                      results, probes if steering_probe else None)
     if not out_dir:
         base = checkpoint or general_checkpoint or cfg.run_dir
         out_dir = os.path.join(base, "eval", f"step_{step_seen}" if step_seen is not None else "base")
@@ -151,6 +131,8 @@ def run_comparison(
         written[split] = write_comparison(runs, folder, title=f"BehaviorBench evaluation: {split} split")
         print(f"\n## {split} ({len(tests[split])} items) -> {folder}\n")
         print(markdown_table({r.name: r.metrics for r in runs}, {r.name: r.info for r in runs}))
+        for run_name, probe in probes.get(split, {}).items():
+            print(add_probe_to_report(folder, run_name, probe))
     return written
 
 
@@ -169,8 +151,12 @@ def _evaluate_baselines(s: Settings, mesh: Any, baselines: Sequence[str], train_
 
 
 def _evaluate_run(run_dir: str, step: int | None, dtype: str, tests: dict[str, list[Record]], force_behavior: str,
-                  common: dict[str, Any], results: dict[str, list[EvalResult]]) -> int:
-    """One training run's checkpoint on every split, appended to ``results``; returns the step it read."""
+                  common: dict[str, Any], results: dict[str, list[EvalResult]],
+                  probes: dict[str, dict[str, Any]] | None = None) -> int:
+    """One training run's checkpoint on every split, appended to ``results``; returns the step it read.
+
+    ``probes``: when given (a dict), a BehaviorSFT run's steering probe per split is stored in it.
+    """
     model, tokenizer, run_cfg, style, step_seen = load_run(run_dir, step, dtype, common["mesh"])
     name = STYLE_NAMES.get(style, style)
     force = force_behavior if style == "behavior_sft" and force_behavior else None
@@ -183,6 +169,12 @@ def _evaluate_run(run_dir: str, step: int | None, dtype: str, tests: dict[str, l
                                 **{**common, "spec": spec})
         result.info.update(checkpoint=f"{run_dir}@{step_seen}")
         results[split].append(result)
+        if probes is not None and style == "behavior_sft":
+            log.info("%s: steering probe, forcing each of %s", unique, list(spec.names))
+            probes.setdefault(split, {})[unique] = run_probe(
+                lambda b, records=records: evaluate_model(model, tokenizer, records, name=f"forced {b}", style=style,
+                                                          force_behavior=b, **{**common, "spec": spec}),
+                spec.names)
     return step_seen
 
 
@@ -210,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_integer("few_shot_k", 3, "solved examples in few-shot prompts", flag_values=fv)
     flags.DEFINE_string("force_behavior", "", "force BehaviorSFT replies to start with this behavior token",
                         flag_values=fv)
+    flags.DEFINE_bool("steering_probe", False, "also force each behavior token on the BehaviorSFT run and report "
+                      "the rates (flag / none / unparsed)", flag_values=fv)
     code = parse_flags(fv, sys.argv if argv is None else argv, __doc__)
     if code is not None:
         return code
@@ -220,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                        step=None if fv.step < 0 else fv.step, baselines=[b for b in fv.baselines if b],
                        splits=fv.splits, mode=fv.mode, out_dir=fv.out_dir, max_new_tokens=fv.max_new_tokens,
                        batch_size=fv.batch_size, limit=fv.limit, few_shot_k=fv.few_shot_k,
-                       force_behavior=fv.force_behavior)
+                       force_behavior=fv.force_behavior, steering_probe=fv.steering_probe)
 
     return cli_boundary(evaluate)  # bad config, data, run folder or step: one line, exit 2
 

@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.format import FewShotPool, Formatter
 from bsft_jax.data.reply import candidate_labels, parse_label, reply_head
-from bsft_jax.data.schema import Record
+from bsft_jax.data.schema import Record, record_from_dict
 from bsft_jax.decode.sampler import Sampler, SamplerOutput
 from bsft_jax.decode.scoring import continuation_logprobs
 from bsft_jax.evaluate.metrics import UNPARSED, ScoredItem, compute_metrics
@@ -211,6 +211,32 @@ def _rank_candidates(records, prompts, behaviors, labels, behavior_token_ids, sc
     for i, (_, key) in best.items():
         labels[i] = key
     return labels
+
+
+def as_records(source: Any, spec: Any) -> list[Record]:
+    """A split as a list of records (a TFDS data source's elements are validated dicts)."""
+    if isinstance(source, list) and all(isinstance(r, Record) for r in source):
+        return source
+    return [record_from_dict(source[i], spec=spec, where=f"example {i}") for i in range(len(source))]
+
+
+def stratified_subset(records: Sequence[Record], limit: int) -> list[Record]:
+    """The first ``limit`` records taking categories in turn (all of them when limit <= 0)."""
+    if limit <= 0 or limit >= len(records):
+        return list(records)
+    by_category: dict[str, list[Record]] = {}
+    for r in records:
+        by_category.setdefault(r.category, []).append(r)
+    out: list[Record] = []
+    queues = [iter(v) for v in by_category.values()]
+    while len(out) < limit and queues:
+        for q in list(queues):
+            r = next(q, None)
+            if r is None:
+                queues.remove(q)
+            elif len(out) < limit:
+                out.append(r)
+    return out
 
 
 def evaluate_model(

@@ -19,6 +19,8 @@ from bsft_jax.behavior import taxonomy
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"
 RADAR_NAME = "radar.png"
+# The paper's Figure 5 colours the categories by group.
+GROUP_COLORS = {"reactive": "#1f77b4", "balanced": "#2ca02c", "proactive": "#d62728"}
 
 
 def _pct(x: float | None) -> str:
@@ -111,12 +113,32 @@ def radar_plot(runs: Mapping[str, Mapping[str, Any]], path: str, *, title: str =
         ax.fill([*angles, angles[0]], [*values, values[0]], alpha=0.08)
     ax.set_xticks(angles)
     ax.set_xticklabels([textwrap.fill(c, 18) for c in categories], fontsize=8)
+    _colour_by_group(ax, categories, angles)
     ax.set_ylim(0, 100)
     ax.set_yticks([20, 40, 60, 80, 100])
     ax.set_title(title, pad=24)
     ax.legend(loc="upper right", bbox_to_anchor=(1.25, 1.12), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def group_colors(categories: list[str]) -> list[str]:
+    """The colour of each category's group (grey for categories outside the taxonomy)."""
+    return [GROUP_COLORS.get(taxonomy.group_of(c) if c in taxonomy.CATEGORY_BY_NAME else "", "#7f7f7f")
+            for c in categories]
+
+
+def _colour_by_group(ax: Any, categories: list[str], angles: list[float]) -> None:
+    """Colours the spoke labels by group and shades each group's sector (the paper's Figure 5)."""
+    from matplotlib.patches import Patch
+
+    colors = group_colors(categories)
+    width = 2 * math.pi / max(len(categories), 1)
+    for label, color in zip(ax.get_xticklabels(), colors):
+        label.set_color(color)
+    ax.bar(angles, [100] * len(angles), width=width, color=colors, alpha=0.06, linewidth=0, zorder=0)
+    handles = [Patch(color=c, alpha=0.4, label=f"{g} categories") for g, c in GROUP_COLORS.items() if c in colors]
+    ax.figure.legend(handles=handles, loc="lower right", fontsize=8)
 
 
 def write_report(

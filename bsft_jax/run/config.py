@@ -39,6 +39,12 @@ train.microbatches       gradient-accumulation microbatches per update (divides 
 train.z_loss             weight of the z-loss term (0 disables it)
 train.log_every          progress line / metrics interval in steps
 train.eval_every         held-out evaluation interval in steps (0: only at the end; -1: never)
+train.steer_eval_items   at each held-out evaluation also decode this many items of train.steer_eval_split
+                         (categories in turn) and log generation-based macro-F1 and behavior-selection
+                         accuracy as steer/* (0: off; see bsft_jax.train.steer)
+train.steer_max_new_tokens  reply budget of the steering evaluation
+train.early_stop_patience  stop after this many steering evaluations without a new best
+                         checkpoint.keep_best_metric (0: never)
 optimizer.*              AdamW, warmup + cosine (see bsft_jax.train.optim)
 mesh.data/fsdp/tensor    device mesh sizes; exactly one may be -1 ("the remaining devices")
 checkpoint.every_steps   save interval (a save also happens at the end and on SIGTERM)
@@ -137,6 +143,10 @@ def _add_training(c: ml_collections.ConfigDict) -> None:
     c.train.z_loss = 0.0
     c.train.log_every = 10
     c.train.eval_every = 0
+    c.train.steer_eval_items = 0
+    c.train.steer_eval_split = "validation"
+    c.train.steer_max_new_tokens = 24
+    c.train.early_stop_patience = 0
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 1e-5
@@ -154,6 +164,7 @@ def _add_training(c: ml_collections.ConfigDict) -> None:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 500
     c.checkpoint.keep = 3
+    c.checkpoint.keep_best_metric = ""
     c.checkpoint.async_save = True
     c.checkpoint.restore_data = True
 

@@ -166,10 +166,15 @@ class TrainSettings:
     z_loss: float
     log_every: int
     eval_every: int
+    steer_eval_items: int = 0  # validation items decoded at each eval (0: no steering eval)
+    steer_eval_split: str = "validation"
+    steer_max_new_tokens: int = 24
+    early_stop_patience: int = 0  # steering evals without a new best before stopping (0: never stop)
 
     def __post_init__(self) -> None:
         _positive("train", self, "steps", "global_batch_size", "microbatches", "log_every")
-        _positive("train", self, "z_loss", allow_zero=True)
+        _positive("train", self, "z_loss", "steer_eval_items", "early_stop_patience", allow_zero=True)
+        _positive("train", self, "steer_max_new_tokens")
         if self.eval_every < -1:
             raise fail("train.eval_every", f"must be -1 (never), 0 (at the end) or a step interval, "
                                            f"got {self.eval_every}")

@@ -39,6 +39,7 @@ from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_p
 from bsft_jax.train.log import MetricsLogger, Progress, format_duration
 from bsft_jax.train.loss import LossSums, first_target_mask
 from bsft_jax.train.optim import make_optimizer
+from bsft_jax.train.steer import BestKeeper, SteerEval, check_best_metric
 from bsft_jax.train.step import Trainer, TrainState
 from bsft_jax.units import human_bytes
 
@@ -168,6 +169,8 @@ class _Session:
     meta_base: dict[str, Any]
     startup: dict[str, Any]
     resume_step: int | None
+    steer: SteerEval | None = None
+    best: BestKeeper | None = None
 
 
 @dataclasses.dataclass
@@ -208,6 +211,7 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     run_dir, primary = os.path.abspath(cfg.run_dir), is_primary()
     settings = Settings.from_config(cfg)  # the typed pieces (validate_config has checked them)
     t = settings.train
+    check_best_metric(cfg.checkpoint.keep_best_metric, t.steer_eval_items, t.eval_every, t.early_stop_patience)
     splits = load_splits(settings.data, settings.behavior.spec, with_eval=t.eval_every >= 0)  # bad data: stop
     ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)  # before writing
     stack.callback(ckpt.close)  # waits for pending saves even when a step fails
@@ -246,8 +250,13 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
                                       splits.get(settings.data.eval_split))
                     if t.eval_every >= 0 else [])
     meta_base = dict(behavior=_behavior_meta(settings.behavior, bundle), num_params=num_params, mesh=startup["mesh"])
+    steer = SteerEval(settings, bundle.tokenizer, mesh) if t.steer_eval_items and t.eval_every >= 0 else None
+    best = None
+    if cfg.checkpoint.keep_best_metric:
+        best = BestKeeper(run_dir, cfg.checkpoint.keep_best_metric, t.early_stop_patience, primary=primary)
+        stack.callback(best.close)
     return _Session(cfg, ckpt, bundle, trainer, state, data_iter, eval_batches, metrics_log, config_dict, meta_base,
-                    startup, resume_step)
+                    startup, resume_step, steer, best)
 
 
 def _loop(s: _Session, stop: _StopSignal, on_step: Callable[[int, dict[str, float]], None] | None) -> _Outcome:
@@ -258,22 +267,28 @@ def _loop(s: _Session, stop: _StopSignal, on_step: Callable[[int, dict[str, floa
     last_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     progress = Progress(t.steps, start_step)
+    early_stop = False
     for step in range(start_step + 1, t.steps + 1):
         last_metrics = _one_step(s, step, last_saved, progress)
         if on_step is not None:
             on_step(step, last_metrics)
+        early_stop = False
         if t.eval_every > 0 and step % t.eval_every == 0 and step != t.steps:
             eval_metrics = _held_out(s, step, "eval")
+            early_stop = _track_best(s, step, eval_metrics)
         preempted = stop.should_stop(step)
-        if step % s.cfg.checkpoint.every_steps == 0 or step == t.steps or preempted:
+        if step % s.cfg.checkpoint.every_steps == 0 or step == t.steps or preempted or early_stop:
             s.ckpt.save(step, s.state, data_iterator=s.data_iter, config=s.config_dict,
                         meta=make_meta(step, s.bundle.config, **s.meta_base))
             last_saved = step
         if preempted:
             log.warning("SIGTERM: saved step %d, exiting cleanly", step)
             break
-    if not preempted and t.eval_every >= 0 and s.eval_batches:
+        if early_stop:
+            break
+    if not preempted and not early_stop and t.eval_every >= 0 and (s.eval_batches or s.steer):
         eval_metrics = _held_out(s, step, "final eval")
+        _track_best(s, step, eval_metrics)
     return _Outcome(start_step, step, preempted, last_metrics, eval_metrics)
 
 
@@ -298,9 +313,23 @@ def _one_step(s: _Session, step: int, last_saved: int | None, progress: Progress
 def _held_out(s: _Session, step: int, what: str) -> dict[str, float]:
     metrics = held_out_metrics(s.trainer, s.state.params, s.eval_batches, s.cfg.train.global_batch_size,
                                s.bundle.behavior_ids)
+    if s.steer is not None:
+        metrics |= s.steer(s.trainer.model_graphdef, s.state.params)
     s.metrics_log.write(step, metrics, split="eval")
     log.info("%s at step %d: %s", what, step, _fmt(metrics))
     return metrics
+
+
+def _track_best(s: _Session, step: int, metrics: dict[str, float]) -> bool:
+    """Saves a new best step to RUN_DIR/best (checkpoint.keep_best_metric); True when patience ran out."""
+    if s.best is None:
+        return False
+
+    def save(ckpt: Checkpointer) -> None:
+        meta = make_meta(step, s.bundle.config, **s.meta_base) | {"tokenizer_dir": os.path.join("..", "tokenizer")}
+        ckpt.save(step, s.state, data_iterator=None, config=s.config_dict, meta=meta)
+
+    return s.best.update(step, metrics, save)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

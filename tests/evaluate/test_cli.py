@@ -30,10 +30,10 @@ def run(module: str, *args: str, cache: str, timeout: float = 300) -> subprocess
 def test_demo_train_then_evaluate_comparison(tmp_path):
     cache = str(tmp_path / "cache")
     behavior, general, out = (str(tmp_path / n) for n in ("behavior", "general", "eval"))
-    for config, run_dir in (("configs/demo.py", behavior), ("configs/demo_generalsft.py", general)):
+    for config, run_dir in (("configs/demo_scratch.py", behavior), ("configs/demo_scratch_generalsft.py", general)):
         done = run("bsft_jax.train", "--config", config, *TRAIN, f"--config.run_dir={run_dir}", cache=cache)
         assert done.returncode == 0, done.stderr[-3000:]
-    done = run("bsft_jax.evaluate", "--config", "configs/demo.py", *DEMO, "--checkpoint", behavior,
+    done = run("bsft_jax.evaluate", "--config", "configs/demo_scratch.py", *DEMO, "--checkpoint", behavior,
                "--general_checkpoint", general, "--limit", "26", "--max_new_tokens", "16", "--batch_size", "16",
                "--out_dir", out, cache=cache)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -60,7 +60,7 @@ def test_demo_train_then_evaluate_comparison(tmp_path):
 
 
 def test_evaluate_cli_names_a_missing_checkpoint(tmp_path):
-    done = run("bsft_jax.evaluate", "--config", "configs/demo.py", "--checkpoint", str(tmp_path / "nope"),
+    done = run("bsft_jax.evaluate", "--config", "configs/demo_scratch.py", "--checkpoint", str(tmp_path / "nope"),
                cache=str(tmp_path / "cache"), timeout=120)
     assert done.returncode == 2
     assert "--checkpoint=" in done.stderr and "nope" in done.stderr and "not a folder" in done.stderr

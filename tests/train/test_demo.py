@@ -9,7 +9,7 @@ from bsft_jax.run.checkpoint import Checkpointer, read_meta
 
 from .test_cli import cli
 
-SHORT = ["--config", "configs/demo.py", "--config.train.global_batch_size=8", "--config.data.seq_len=128",
+SHORT = ["--config", "configs/demo_scratch.py", "--config.train.global_batch_size=8", "--config.data.seq_len=128",
          "--config.optimizer.warmup_steps=3", "--config.checkpoint.every_steps=4", "--config.train.log_every=4",
          "--config.data.eval_batches=2"]
 

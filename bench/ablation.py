@@ -1,0 +1,194 @@
+"""The seeded ablation (``make ablation``): GeneralSFT vs BehaviorSFT over seeds and both token schemes.
+
+    python -m bench.ablation [--seeds 0,1,2] [--schemes group,item] [--limit 130] [--bootstrap 2000]
+    python -m bench.render                          # README's "ablation" table from the results file
+
+For every scheme (``group``: reactive / balanced / proactive tokens; ``item``: answer / intervene /
+hold) and seed, both recipes of ``--config`` / ``--general_config`` (default the ``make demo``
+recipes) are trained (``seed`` sets the initialisation of the behavior rows, the data order and
+the RNG) and evaluated by the evaluator's one command on the same test items (``--limit``,
+categories in turn). Reported: mean ± sample std over seeds of macro-F1 per group and overall, and
+a paired bootstrap CI of BehaviorSFT - GeneralSFT on proactive and overall macro-F1 (test items
+resampled with replacement, the same resample for both arms and every seed; the difference is
+averaged over seeds). Runs go to ``--runs_dir`` and are resumed/skipped like any training run.
+Hours on 2 CPU cores at the default sizes: not part of ``make demo`` or the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "bench", "ablation_results.json")
+SCHEME_NAMES = {"group": ("reactive", "balanced", "proactive"), "item": ("answer", "intervene", "hold")}
+ARMS = ("GeneralSFT", "BehaviorSFT")
+CI_METRICS = ("proactive", "overall")
+
+
+def scheme_config(cfg: Any, scheme: str, seed: int, run_dir: str) -> Any:
+    """A copy of a recipe with the behavior-token scheme, the seed and the run directory set."""
+    c = cfg.copy_and_resolve_references()
+    c.behavior.scheme = scheme
+    c.behavior.names = SCHEME_NAMES[scheme]
+    c.seed = seed
+    c.data.shuffle_seed = seed
+    c.run_dir = run_dir
+    return c
+
+
+def macro_scores(items: Sequence[Any]) -> dict[str, float]:
+    """Overall and per-group macro-F1 of scored items (the evaluator's metrics)."""
+    from bsft_jax.evaluate.metrics import compute_metrics
+
+    m = compute_metrics(items)
+    return {"overall": m["overall_f1"], **{g: v for g, v in m["per_group"].items() if v is not None}}
+
+
+def paired_bootstrap(pairs: Sequence[tuple[Sequence[Any], Sequence[Any]]], metric: str, *, samples: int,
+                     seed: int = 0, score: Callable[[Sequence[Any]], dict[str, float]] = macro_scores
+                     ) -> dict[str, float]:
+    """Mean over seeds of (BehaviorSFT - GeneralSFT) ``metric`` and its 95% percentile bootstrap CI.
+
+    ``pairs``: per seed, (GeneralSFT items, BehaviorSFT items) on the same test items in the same order.
+    """
+    n = len(pairs[0][0])
+    if any(len(g) != n or len(b) != n for g, b in pairs):
+        raise ValueError("paired_bootstrap: every run must score the same test items")
+    if any([i.id for i in g] != [i.id for i in b] for g, b in pairs):
+        raise ValueError("paired_bootstrap: the arms' items are not in the same order")
+
+    def diff(index: Sequence[int]) -> float:
+        return statistics.fmean(score([b[i] for i in index])[metric] - score([g[i] for i in index])[metric]
+                                for g, b in pairs)
+
+    rng = random.Random(seed)
+    draws = sorted(diff([rng.randrange(n) for _ in range(n)]) for _ in range(samples))
+    lo, hi = draws[int(0.025 * (samples - 1))], draws[round(0.975 * (samples - 1))]
+    return {"mean": diff(range(n)), "ci_low": lo, "ci_high": hi, "samples": samples}
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def run_pair(behavior_cfg: Any, general_cfg: Any, out_dir: str, limit: int, max_new_tokens: int) -> dict[str, list]:
+    """Trains both arms (resuming / skipping finished runs) and evaluates them; returns arm -> scored items."""
+    from bsft_jax.evaluate.__main__ import run_comparison
+    from bsft_jax.evaluate.metrics import ScoredItem
+    from bsft_jax.train.loop import run as train
+
+    for c in (behavior_cfg, general_cfg):
+        train(c)
+    run_comparison(behavior_cfg, checkpoint=behavior_cfg.run_dir, general_checkpoint=general_cfg.run_dir,
+                   baselines=(), out_dir=out_dir, limit=limit, max_new_tokens=max_new_tokens)
+    out = {}
+    for arm in ARMS:
+        with open(os.path.join(out_dir, f"predictions_{arm}.jsonl")) as f:
+            out[arm] = [ScoredItem(**json.loads(line)) for line in f]
+    return out
+
+
+def ablation(behavior_cfg: Any, general_cfg: Any, *, seeds: Sequence[int], schemes: Sequence[str], runs_dir: str,
+             limit: int, max_new_tokens: int = 24, bootstrap: int = 2000) -> dict[str, Any]:
+    """Every (scheme, seed, arm) run, then the per-scheme summary; returns the results dict."""
+    results: dict[str, Any] = {}
+    for scheme in schemes:
+        pairs, scores = [], {arm: [] for arm in ARMS}
+        for seed in seeds:
+            name = f"{scheme}_seed{seed}"
+            items = run_pair(scheme_config(behavior_cfg, scheme, seed, os.path.join(runs_dir, name + "_bsft")),
+                             scheme_config(general_cfg, scheme, seed, os.path.join(runs_dir, name + "_gsft")),
+                             os.path.join(runs_dir, name + "_eval"), limit, max_new_tokens)
+            pairs.append((items["GeneralSFT"], items["BehaviorSFT"]))
+            for arm in ARMS:
+                scores[arm].append(macro_scores(items[arm]))
+        results[scheme] = {
+            "macro_f1": {arm: {k: _summary([s[k] for s in scores[arm]]) for k in scores[arm][0]} for arm in ARMS},
+            "per_seed": {arm: scores[arm] for arm in ARMS},
+            "diff_ci": {m: paired_bootstrap(pairs, m, samples=bootstrap) for m in CI_METRICS},
+            "test_items": len(pairs[0][0]),
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: runs the ablation and writes the results file (exit 2 with one line on a bad argument)."""
+    from bsft_jax.run.cli import setup_logging
+    from bsft_jax.run.config import ConfigError, load_config_file
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="configs/demo.py")
+    p.add_argument("--general_config", default="configs/demo_generalsft.py")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--schemes", default="group,item")
+    p.add_argument("--limit", type=int, default=130, help="test items, categories in turn (0: all)")
+    p.add_argument("--max_new_tokens", type=int, default=24)
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--runs_dir", default="runs/ablation")
+    p.add_argument("--out", default=OUT)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a field of both recipes, e.g. --set train.steps=24 (repeatable)")
+    args = p.parse_args(argv)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+        schemes = [s for s in args.schemes.split(",") if s]
+        bad = sorted(set(schemes) - set(SCHEME_NAMES))
+        if bad or len(seeds) < 1:
+            raise ConfigError(f"--schemes must be among {sorted(SCHEME_NAMES)} (got {bad}) and --seeds non-empty")
+        cfgs = [load_config_file(os.path.abspath(path), os.path.basename(path))
+                for path in (args.config, args.general_config)]
+        for c in cfgs:
+            apply_overrides(c, args.set)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    setup_logging()
+    t0 = time.perf_counter()
+    results = ablation(*cfgs, seeds=seeds, schemes=schemes, runs_dir=args.runs_dir, limit=args.limit,
+                       max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap)
+    from bench.common import machine_info
+
+    record = {"bench": "ablation", "machine": machine_info(),
+              "config": {"seeds": seeds, "schemes": schemes, "limit": args.limit, "recipes": [args.config,
+                         args.general_config], "overrides": args.set, "command": "make ablation"},
+              "results": {**results, "wall_seconds": round(time.perf_counter() - t0, 1)}}
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"wrote {args.out}; render README with: python -m bench.render")
+    return 0
+
+
+def apply_overrides(cfg: Any, overrides: Sequence[str]) -> None:
+    """``FIELD=VALUE`` strings onto a ConfigDict (VALUE parsed as JSON when it parses, else a string)."""
+    from bsft_jax.run.config import ConfigError
+
+    for item in overrides:
+        field, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = field.split(".")
+        node = cfg
+        for part in parents:
+            if part not in node:
+                raise ConfigError(f"--set {item!r}: unknown config field {field!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"--set {item!r}: unknown config field {field!r}")
+        node[leaf] = value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
