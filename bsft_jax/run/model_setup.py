@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh
 
+from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.behavior.surgery import add_behavior_tokens, round_up
 from bsft_jax.behavior.tokenizer import behavior_token_ids
@@ -68,10 +68,11 @@ def tokenizer_path(cfg: Any) -> str:
 
 
 def load_tokenizer(path: str) -> Any:
-    """An HF tokenizer from a local folder (never the Hub)."""
+    """An HF tokenizer from a local folder or a ``gs://`` prefix (never the Hub)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    with storage.local_copy(path) as folder:  # a URL's small files, downloaded (weights skipped)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
@@ -156,8 +157,8 @@ def build_fresh(cfg: Any, mesh: Mesh) -> ModelBundle:
 def build_for_resume(cfg: Any, run_dir: str, meta: dict[str, Any]) -> ModelBundle:
     """Abstract model + the run's saved tokenizer and model config (the checkpoint has the weights)."""
     config = decoder_config_from_dict(meta["model_config"], **runtime_fields(cfg))
-    tok_dir = os.path.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR))
-    tokenizer = load_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
+    tok_dir = storage.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR))
+    tokenizer = load_tokenizer(tok_dir) if storage.isdir(tok_dir) else None
     ids = dict(meta.get("behavior", {}).get("token_ids", {}))
     if tokenizer is not None and cfg.behavior.enabled:
         ids = behavior_token_ids(tokenizer, behavior_spec(cfg))  # checks the saved tokenizer still has them
@@ -169,8 +170,8 @@ def write_run_files(run_dir: str, bundle: ModelBundle, config_dict: dict[str, An
     from bsft_jax.models.hf import save_tokenizer
     from bsft_jax.run.checkpoint import decoder_config_to_dict
 
-    os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, "config.json"), config_dict)
-    write_json(os.path.join(run_dir, "model_config.json"), decoder_config_to_dict(bundle.config))
+    storage.makedirs(run_dir)
+    write_json(storage.join(run_dir, "config.json"), config_dict)
+    write_json(storage.join(run_dir, "model_config.json"), decoder_config_to_dict(bundle.config))
     if fresh and bundle.tokenizer is not None:
-        save_tokenizer(bundle.tokenizer, os.path.join(run_dir, TOKENIZER_SUBDIR))
+        save_tokenizer(bundle.tokenizer, storage.join(run_dir, TOKENIZER_SUBDIR))

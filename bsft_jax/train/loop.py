@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -26,6 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from bsft_jax import storage
+from bsft_jax.files import write_json
 from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, make_meta
@@ -37,6 +37,7 @@ from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_p
 from bsft_jax.train.log import MetricsLogger, Progress, format_duration
 from bsft_jax.train.loss import LossSums, first_target_mask
 from bsft_jax.train.optim import make_optimizer
+from bsft_jax.train.shared_storage import check_shared_run_dir
 from bsft_jax.train.step import Trainer
 from bsft_jax.units import human_bytes
 
@@ -159,7 +160,8 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
     devices = list(devices if devices is not None else jax.devices())
     mesh_shape = validate_config(cfg, num_devices=len(devices), num_processes=jax.process_count())
     mesh = make_mesh(mesh_shape, devices)
-    run_dir = os.path.abspath(cfg.run_dir)
+    run_dir = storage.abspath(cfg.run_dir)
+    check_shared_run_dir(run_dir)  # multi-host: every process must see one run directory
     primary = is_primary()
     config_dict = config_to_dict(cfg)
     t, global_batch = cfg.train, cfg.train.global_batch_size
@@ -193,8 +195,7 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
         startup["num_processes"] = jax.process_count()
         _log_startup(startup)
         if primary:
-            with open(os.path.join(run_dir, "startup.json"), "w") as f:
-                json.dump(startup, f, indent=2)
+            write_json(storage.join(run_dir, "startup.json"), startup)
         meta_base = dict(behavior=_behavior_meta(cfg, bundle), num_params=num_params, mesh=startup["mesh"])
         metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
         stack.callback(metrics_log.close)
