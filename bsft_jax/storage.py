@@ -180,8 +180,12 @@ def walk_files(path: str | os.PathLike) -> list[str]:
             rel = os.path.relpath(root, path)
             out += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files]
         return sorted(out)
-    root = _epath(path)
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    base = os.fspath(path).split("://", 1)[1].rstrip("/")
+    out = []
+    for folder, _, files in _epath(path).walk():
+        rel = os.fspath(folder).split("://", 1)[-1].rstrip("/")[len(base):].strip("/")
+        out += [f"{rel}/{f}" if rel else f for f in files]
+    return sorted(out)
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:

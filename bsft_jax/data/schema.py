@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from bsft_jax import storage
 from bsft_jax.behavior import taxonomy
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.files import atomic_write
@@ -273,7 +274,7 @@ def read_jsonl(
     path = os.fspath(path)
     records: list[Record] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
+    with storage.open_file(path) as f:  # a local path or gs://
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -309,13 +310,13 @@ def read_dir(
 ) -> list[Record]:
     """All ``*.jsonl`` files of a directory, in name order; ids must be unique across files."""
     directory = os.fspath(directory)
-    files = sorted(f for f in os.listdir(directory) if f.endswith(".jsonl"))
+    files = sorted(f for f in storage.listdir(directory) if f.endswith(".jsonl"))
     if not files:
         raise DataError(f"{directory}: no *.jsonl files found")
     records: list[Record] = []
     seen: dict[str, str] = {}
     for name in files:
-        path = os.path.join(directory, name)
+        path = storage.join(directory, name)
         for rec in read_jsonl(path, field_map=field_map, spec=spec, category_aliases=category_aliases):
             if rec.id in seen:
                 raise DataError(f"{path}: record id {rec.id!r} also appears in {seen[rec.id]}; ids must be unique")

@@ -57,6 +57,8 @@ FORMAT = "bsft_jax.train/1"
 CHECKPOINT_SUBDIR = "checkpoints"
 REQUIRED_ITEMS = ("params", "meta")  # what a reader needs of a step
 TOKENIZER_SUBDIR = "tokenizer"
+# On an object store Orbax cannot rename a finished step into place; it writes this marker last.
+ORBAX_COMMIT_MARKER = "commit_success.txt"
 
 
 class CheckpointError(RuntimeError):
@@ -244,7 +246,7 @@ def resolve_step(run_dir: str, step: int | None = None) -> int:
         raise CheckpointError(f"{run_dir}: no checkpoints/ folder (is this a bsft_jax run directory? "
                               "python -m bsft_jax.train writes RUN_DIR/checkpoints/<step>/)")
     names = storage.listdir(ckpt_dir)
-    steps = sorted(int(n) for n in names if n.isdigit() and storage.isdir(storage.join(ckpt_dir, n)))
+    steps = sorted(int(n) for n in names if n.isdigit() and _step_complete(storage.join(ckpt_dir, n)))
     if not steps:
         partial = sorted(n for n in names if "tmp" in n)
         hint = f" (only unfinished saves: {partial})" if partial else ""
@@ -260,6 +262,13 @@ def resolve_step(run_dir: str, step: int | None = None) -> int:
                               f"(readers need {', '.join(i + '/' for i in REQUIRED_ITEMS)}); "
                               f"choose another step with --step (available: {steps})")
     return int(step)
+
+
+def _step_complete(step_dir: str) -> bool:
+    """Locally a step folder exists only once complete (renamed into place); on gs:// it needs Orbax's marker."""
+    if storage.is_url(step_dir):
+        return storage.isfile(storage.join(step_dir, ORBAX_COMMIT_MARKER))
+    return storage.isdir(step_dir)
 
 
 def load_params(run_dir: str, step: int | None = None, *, mesh: Mesh | None = None,

@@ -57,6 +57,7 @@ from typing import Any
 
 import ml_collections
 
+from bsft_jax import storage
 from bsft_jax.models import sharding
 from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, canonical_dtype
 
@@ -276,10 +277,10 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
     if m.source == "hf":
         if not m.hf_path:
             raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")
-        if not os.path.isdir(m.hf_path):
+        if not storage.isdir(m.hf_path):
             raise _fail("model.hf_path", f"{m.hf_path!r} is not a folder (missing HF checkpoint); download the model "
                                          "there or fix the path")
-        if not os.path.isfile(os.path.join(m.hf_path, "config.json")):
+        if not storage.isfile(storage.join(m.hf_path, "config.json")):
             raise _fail("model.hf_path", f"{m.hf_path!r} has no config.json; is it a Hugging Face model folder?")
     else:
         _one_of(cfg, "model.arch.model_type", ("qwen2", "llama"))
@@ -292,7 +293,7 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
     if cfg.data.source != "synthetic" or cfg.behavior.enabled or tok_path:
         if not tok_path:
             raise _fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder (or 'demo')")
-        if tok_path != "demo" and not os.path.isdir(tok_path):
+        if tok_path != "demo" and not storage.isdir(tok_path):
             raise _fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
 
     b = cfg.behavior
@@ -313,10 +314,10 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
                                   "(behavior tokens are trained only with the 'behavior_sft' style)")
     if cfg.data.source == "jsonl":
         for split in (cfg.data.train_split, cfg.data.eval_split):
-            path = os.path.join(cfg.data.path, f"{split}.jsonl")
-            if not os.path.isfile(path):
+            path = storage.join(cfg.data.path, f"{split}.jsonl")
+            if not storage.isfile(path):
                 raise _fail("data.path", f"{path!r} does not exist (expected a folder with <split>.jsonl files)")
-    if cfg.data.source == "tfds" and not os.path.isdir(cfg.data.path):
+    if cfg.data.source == "tfds" and not storage.isdir(cfg.data.path):
         raise _fail("data.path", f"{cfg.data.path!r} is not a TFDS data_dir (build it with bsft_jax.data.tfds_builder)")
     _positive(cfg, "data.seq_len", "data.demo.num_train", "data.demo.num_test", "data.demo.tokenizer_vocab")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 
 
@@ -32,7 +32,7 @@ def load_split(cfg: Any, split: str) -> Any:
     if d.source == "demo":
         return load_demo([split], config=demo_config(cfg), spec=spec)[split]
     if d.source == "jsonl":
-        return read_jsonl(os.path.join(d.path, f"{split}.jsonl"), field_map=dict(d.field_map) or None, spec=spec)
+        return read_jsonl(storage.join(d.path, f"{split}.jsonl"), field_map=dict(d.field_map) or None, spec=spec)
     if d.source == "tfds":
         from bsft_jax.data.tfds_builder import data_source
 

