@@ -16,6 +16,7 @@ environment, yields ``"gs://test-bucket"`` and stops the server at the end.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -27,6 +28,33 @@ import uuid
 import pytest
 
 BUCKET = "test-bucket"  # tensorstore rejects too-short bucket names
+
+# The emulator's object download omits the ``x-goog-generation`` header real GCS sends; tensorstore
+# reads the generation of an existing object from it ("Malformed StorageGeneration" otherwise: seen
+# when Orbax's OCDBT writer re-reads a manifest another array of the same item just wrote). So the
+# server runs with its download handler wrapped to add the headers, then the emulator's own CLI.
+_SERVER = """
+import sys
+from gcp_storage_emulator.handlers import objects
+
+_download = objects.download
+
+
+def download(request, response, storage, *args, **kwargs):
+    try:
+        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj["metageneration"])
+    except Exception:
+        pass
+    return _download(request, response, storage, *args, **kwargs)
+
+
+objects.download = download
+from gcp_storage_emulator.__main__ import main  # noqa: E402
+
+sys.exit(main())
+"""
 
 
 def _free_port() -> int:
@@ -46,8 +74,8 @@ def gcs_server():
     """(base URL, environment) of a running in-memory emulator; stopped after the session."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                             f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER, "start", "--host=127.0.0.1", f"--port={port}",
+                             "--in-memory", f"--default-bucket={BUCKET}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while True:
@@ -65,6 +93,9 @@ def gcs_server():
     try:
         yield url, env
     finally:
+        # tensorboardX's GCS writer uploads again when garbage-collected: let that happen while the
+        # server still runs (at interpreter exit it would retry a dead port for 120 s).
+        gc.collect()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -89,7 +89,8 @@ def runs(gcs_server, tmp_path_factory):  # noqa: F811
         capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-3000:]
     saved = Checkpointer(remote_dir).all_steps()
-    assert saved and set(saved) <= {2, 4}, saved  # step 4's async save may or may not have committed
+    # step 4's async save may not have committed: then a half-written step 4 is left and saved over
+    assert saved in ([2], [2, 4]), saved
 
     resumed = run(demo_config(remote_dir), devices=one)
     assert resumed.start_step == max(saved) and resumed.final_step == STEPS
