@@ -69,6 +69,19 @@ def emulator_env(url: str) -> dict[str, str]:
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
 
+def _quiet_tensorboard_writers() -> None:
+    """tensorboardX keeps every FileWriter alive in an atexit hook, and its GCS record writer uploads
+    its buffer again when deleted: at interpreter exit, after this server is gone, that retries a
+    dead port for 120 s. The runs closed their writers already; silence the leftover re-uploads."""
+    try:
+        from tensorboardX.record_writer import GCSRecordWriter
+    except ImportError:
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, GCSRecordWriter):
+            obj.flush = lambda: None
+
+
 @pytest.fixture(scope="session")
 def gcs_server():
     """(base URL, environment) of a running in-memory emulator; stopped after the session."""
@@ -93,9 +106,7 @@ def gcs_server():
     try:
         yield url, env
     finally:
-        # tensorboardX's GCS writer uploads again when garbage-collected: let that happen while the
-        # server still runs (at interpreter exit it would retry a dead port for 120 s).
-        gc.collect()
+        _quiet_tensorboard_writers()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
