@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.request
 import uuid
+import warnings
 
 import pytest
 
@@ -77,9 +78,11 @@ def _quiet_tensorboard_writers() -> None:
         from tensorboardX.record_writer import GCSRecordWriter
     except ImportError:
         return
-    for obj in gc.get_objects():
-        if isinstance(obj, GCSRecordWriter):
-            obj.flush = lambda: None
+    with warnings.catch_warnings():  # isinstance() on every object wakes lazy modules' deprecation warnings
+        warnings.simplefilter("ignore")
+        for obj in gc.get_objects():
+            if isinstance(obj, GCSRecordWriter):
+                obj.flush = lambda: None
 
 
 @pytest.fixture(scope="session")
