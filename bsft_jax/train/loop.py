@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from bsft_jax import storage
 from bsft_jax.files import write_json
 from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
@@ -39,6 +39,7 @@ from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_p
 from bsft_jax.train.log import MetricsLogger, Progress, format_duration
 from bsft_jax.train.loss import LossSums, first_target_mask
 from bsft_jax.train.optim import make_optimizer
+from bsft_jax.train.shared_storage import check_shared_run_dir
 from bsft_jax.train.step import Trainer, TrainState
 from bsft_jax.units import human_bytes
 
@@ -192,20 +193,21 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
     devices = list(devices if devices is not None else jax.devices())
     mesh_shape = validate_config(cfg, num_devices=len(devices), num_processes=jax.process_count())
     mesh = make_mesh(mesh_shape, devices)
+    check_shared_run_dir(storage.abspath(cfg.run_dir))  # multi-host: every process must see one run directory
     with jax.set_mesh(mesh), contextlib.ExitStack() as stack:
         session = _start(cfg, mesh, stack)
         out = _loop(session, stack.enter_context(_StopSignal()), on_step)
         session.metrics_log.flush()
     seconds = time.perf_counter() - t_start
     log.info("done: step %d in %s%s", out.final_step, format_duration(seconds), " (preempted)" if out.preempted else "")
-    return TrainResult(run_dir=os.path.abspath(cfg.run_dir), start_step=out.start_step, final_step=out.final_step,
+    return TrainResult(run_dir=storage.abspath(cfg.run_dir), start_step=out.start_step, final_step=out.final_step,
                        preempted=out.preempted, last_metrics=out.last_metrics, eval_metrics=out.eval_metrics,
                        startup=session.startup, seconds=seconds)
 
 
 def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     """Set-up: the checkpointer, the model (fresh or for resume), the trainer, data, state, compile."""
-    run_dir, primary = os.path.abspath(cfg.run_dir), is_primary()
+    run_dir, primary = storage.abspath(cfg.run_dir), is_primary()
     settings = Settings.from_config(cfg)  # the typed pieces (validate_config has checked them)
     t = settings.train
     splits = load_splits(settings.data, settings.behavior.spec, with_eval=t.eval_every >= 0)  # bad data: stop
@@ -239,7 +241,7 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     startup = trainer.report(num_params) | {"per_process_batch": shard.rows, "num_processes": jax.process_count()}
     _log_startup(startup)
     if primary:
-        write_json(os.path.join(run_dir, "startup.json"), startup)
+        write_json(storage.join(run_dir, "startup.json"), startup)
     metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
     stack.callback(metrics_log.close)
     eval_batches = (make_eval_batches(settings.data, settings.behavior.spec, bundle.tokenizer, shard,
