@@ -19,6 +19,8 @@ setup(
         "flax>=0.12.8,<0.14",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.12.8",
+        "etils[epath]>=1.7",  # the path layer for local and gs:// paths (bsft_jax.storage)
+        "fsspec>=2024.2",  # gcsfs's listing cache is configured through it
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "numpy>=1.26",
@@ -43,9 +45,14 @@ setup(
             "psutil>=5.9",  # bench/ memory readings
             "pytest>=8",
             "ruff>=0.6",
+            "gcp-storage-emulator>=2024.8",  # local GCS server for the gs:// tests
+            "gcsfs>=2024.2",
+            "google-cloud-storage>=2.14",
         ],
         "audit": ["scikit-learn>=1.5"],  # python -m bsft_jax.data.audit (the demo set's surface probe)
         "tpu": ["jax[tpu]>=0.10.2"],
+        # gs:// run directories, data, models and exports (etils.epath -> gcsfs; tensorboardX -> google-cloud-storage)
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
         "gpu": ["jax[cuda12]>=0.10.2"],
     },
     entry_points={

@@ -15,6 +15,9 @@ them tensor by tensor. Peak host memory is the parameters plus about one paramet
 read; layers are stacked, so that is one weight of all layers (Qwen2.5-7B: an MLP matrix, 7.6 GB
 in fp32). Measured (``python -m bench.export_memory``, 243M parameters): 1.31x the fp32
 parameters for an fp32 export. The folder appears only when complete (temp folder, then rename).
+``--checkpoint`` and ``--out`` may be ``gs://`` URLs: an export to a bucket is written to a
+staging prefix beside ``--out``, then committed with server-side copies, ``config.json`` last
+(:func:`bsft_jax.storage.commit_dir`), so no half-written export is ever loadable.
 
 Run it as one process (on any one host of a pod, or a workstation that sees the checkpoint).
 """
@@ -22,7 +25,6 @@ Run it as one process (on any one host of a pod, or a workstation that sees the 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from typing import Any
@@ -34,6 +36,7 @@ import orbax.checkpoint as ocp
 from absl import flags
 from flax import nnx, traverse_util
 
+from bsft_jax import storage
 from bsft_jax.errors import UserError, cli_boundary
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
 from bsft_jax.models.decoder import Decoder, abstract_decoder
@@ -76,7 +79,7 @@ def _load_meta(run_dir: str, step: int) -> dict[str, Any]:
 def _load_tokenizer(path: str) -> Any:
     from bsft_jax.run.model_setup import load_tokenizer
 
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise CheckpointError(f"{path}: tokenizer folder missing (the trainer writes RUN_DIR/{TOKENIZER_SUBDIR}/ at "
                               "the start of a run); pass --tokenizer DIR to use another one")
     return load_tokenizer(path)
@@ -113,7 +116,7 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
     way, 1.31x here (the parameters plus about one stacked [L, ...] array being read).
     """
     graphdef, abstract = nnx.split(abstract_decoder(config.replace(param_dtype=dtype)))
-    item_dir = os.path.join(checkpoint_dir(run_dir), str(step), "params")
+    item_dir = storage.join(checkpoint_dir(run_dir), str(step), "params")
     checkpointer = ocp.PyTreeCheckpointer()
     values: dict[tuple[str, ...], np.ndarray] = {}
     for path, target in traverse_util.flatten_dict(nnx.to_pure_dict(abstract)).items():
@@ -147,7 +150,7 @@ def _restore_step(run_dir: str, step: int, dtype: str | None, tokenizer_dir: str
         raise CheckpointError(f"{checkpoint_dir(run_dir)}/{step}/meta: stop_token_ids {meta['stop_token_ids']} "
                               f"disagree with model_config {list(config.stop_token_ids)}")
     export_dtype = dtype or canonical_dtype(config.source_dtype, field="model_config.source_dtype")
-    tok_path = os.path.abspath(tokenizer_dir or os.path.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR)))
+    tok_path = storage.abspath(tokenizer_dir or storage.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR)))
     tokenizer = _load_tokenizer(tok_path)
     check_tokenizer(tokenizer, config, meta, tok_path)
     restore_dtype = _restore_dtype(config, export_dtype)
@@ -177,8 +180,8 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     Raises :class:`CheckpointError` for a missing/partial checkpoint and :class:`ExportError` for
     an existing ``out`` or a mismatching tokenizer, before anything is written.
     """
-    run_dir, out = os.path.abspath(run_dir), os.path.abspath(out)
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and not overwrite:
+    run_dir, out = storage.abspath(run_dir), storage.abspath(out)
+    if storage.exists(out) and (not storage.isdir(out) or storage.listdir(out)) and not overwrite:
         raise ExportError(f"{out}: exists and is not empty; pass --overwrite (overwrite=True) to replace it")
     try:
         parse_size(max_shard_size)  # fail on a bad size before the (long) restore
@@ -206,7 +209,8 @@ a training run's checkpoint."""
 
 def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("checkpoint", None, "training run directory (config.run_dir)", flag_values=fv)
-    flags.DEFINE_string("out", None, "output Hugging Face folder", flag_values=fv)
+    flags.DEFINE_string("out", None, "output Hugging Face folder (a local path or gs://bucket/prefix)",
+                        flag_values=fv)
     flags.DEFINE_integer("step", None, "checkpoint step (default: the newest one that restores)", flag_values=fv)
     flags.DEFINE_string("dtype", None, "float32 | bfloat16 | float16 (default: the source model's dtype)",
                         flag_values=fv)

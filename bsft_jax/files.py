@@ -1,23 +1,34 @@
 """Atomic file and folder writes: the one home (no JAX, so the data schema can use it).
 
 A reader never sees a half-written file or folder: content goes to a temporary sibling first, then
-``os.replace`` moves it into place (atomic on POSIX within one file system).
+``os.replace`` moves it into place (atomic on POSIX within one file system). On an object store
+(``gs://``) a file is buffered and uploaded once (an object appears whole), and a folder is
+committed from a staging prefix by :func:`bsft_jax.storage.commit_dir`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from typing import IO, Any
 
+from bsft_jax import storage
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """``with atomic_write(path) as f: ...``: ``path`` appears only if the block finishes without error."""
     path = os.fspath(path)
+    if storage.is_url(path):
+        buf = io.BytesIO() if "b" in mode else io.StringIO()
+        yield buf
+        data = buf.getvalue()
+        storage.write_bytes(path, data if isinstance(data, bytes) else data.encode(encoding or "utf-8"))
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
@@ -38,6 +49,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def replace_dir(src: str, dst: str) -> None:
     """Moves the finished folder ``src`` to ``dst``; an existing ``dst`` is removed only after the move."""
+    if storage.is_url(dst):
+        storage.commit_dir(src, dst)
+        return
     old = None
     if os.path.exists(dst):
         old = f"{dst}.old-{os.getpid()}"

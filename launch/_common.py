@@ -28,8 +28,30 @@ def train_command(config: str, overrides: Sequence[str], *, python: str = "pytho
     return shlex.join([python, "-m", module, "--config", config, *overrides])
 
 
+def storage_overrides(run_dir: str | None, model: str | None) -> list[str]:
+    """``--config.run_dir`` / ``--config.model.hf_path`` for ``--run-dir`` / ``--model``.
+
+    A multi-host run needs one run directory that every host reads and writes (a bucket or NFS):
+    a relative path would be each worker's own disk, so it is refused here already.
+    """
+    out = []
+    for flag, value, field in (("--run-dir", run_dir, "run_dir"), ("--model", model, "model.hf_path")):
+        if not value:
+            continue
+        if "://" not in value and not value.startswith("/"):
+            raise LaunchError(f"{flag} {value!r}: give a bucket (gs://bucket/path) or a shared absolute path (NFS); "
+                             "a relative path is each worker's own disk")
+        out.append(f"--config.{field}={value}")
+    return out
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="config file, e.g. configs/qwen2_5_7b_behaviorsft.py")
+    parser.add_argument("--run-dir", default=None,
+                        help="run directory every host shares, e.g. gs://my-bucket/runs/qwen7b (sets config.run_dir)")
+    parser.add_argument("--model", default=None,
+                        help="HF model folder every host reads, e.g. gs://my-bucket/models/Qwen2.5-7B-Instruct "
+                             "(sets config.model.hf_path)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*",
                         help="passed to bsft_jax.train after '--', e.g. -- --config.optimizer.learning_rate=1e-5")
@@ -54,6 +76,13 @@ class Runner:
         except subprocess.CalledProcessError as e:
             raise LaunchError(f"{shlex.join(argv)[:300]} failed with exit status {e.returncode} (its output is "
                               "above); fix that and rerun") from None
+
+    def capture(self, argv: Sequence[str]) -> str:
+        """Runs ``argv`` and returns its stdout (printed first; in dry-run mode returns '')."""
+        print(("[dry-run] " if self.dry_run else "+ ") + shlex.join(argv), file=self.out, flush=True)
+        if self.dry_run:
+            return ""
+        return subprocess.run(list(argv), stdout=subprocess.PIPE, text=True).stdout
 
     def probe(self, argv: Sequence[str]) -> bool:
         """Runs a read-only check (e.g. 'does the TPU exist?'); in dry-run mode prints it and assumes False."""

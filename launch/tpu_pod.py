@@ -1,7 +1,8 @@
 """Run bsft_jax training on every worker of a Cloud TPU VM slice (v4 / v5e / v5p / v6e pods).
 
     python launch/tpu_pod.py --tpu my-v5p-32 --zone us-east5-a --accelerator-type v5p-32 \
-        --config configs/qwen2_5_7b_behaviorsft.py -- --config.optimizer.learning_rate=1e-5
+        --config configs/qwen2_5_7b_behaviorsft.py --run-dir gs://my-bucket/runs/qwen7b \
+        --model gs://my-bucket/models/Qwen2.5-7B-Instruct -- --config.optimizer.learning_rate=1e-5
 
 Steps (each printed; ``--dry-run`` prints them and runs nothing):
   1. create the TPU VM slice unless it exists (``--reuse-only`` refuses to create);
@@ -10,9 +11,13 @@ Steps (each printed; ``--dry-run`` prints them and runs nothing):
   4. run ``python -m bsft_jax.train --config ...`` on all workers at once (``ssh --worker=all``):
      JAX's multi-controller runtime makes each worker one process of the job; every worker
      writes its own log to ``<log_dir>/worker-<hostname>.log`` (on its VM) while the combined
-     output streams here.
-Data and HF checkpoints must be readable by every worker (a GCS bucket via gcsfuse, or a copy on
-each VM); point the config at that path.
+     output streams here. The remote command runs under ``set -o pipefail``, so ``... | tee``
+     keeps the training's exit status, which each worker also records in ``<log_dir>/exit_status``;
+  5. read every worker's exit status back: the launcher fails (exit 1) if any worker failed,
+     whatever ``gcloud ... ssh --worker=all`` itself returned.
+The run directory, data and HF model must be storage every worker shares: give ``--run-dir`` and
+``--model`` as gs:// URLs (bsft_jax reads and writes buckets itself, with the VM's default
+credentials; the training checks at start that all hosts see one run directory).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import LaunchError, Runner, add_common_args, launcher_main, train_command
+from _common import LaunchError, Runner, add_common_args, launcher_main, storage_overrides, train_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Default TPU VM software per accelerator generation (Cloud TPU docs' JAX images).
@@ -80,12 +85,26 @@ def commands(args: argparse.Namespace, run: Runner) -> None:
         run(["tar", "czf", tarball, "-C", REPO, "--exclude=.venv", "--exclude=.git", "--exclude=runs", "."])
         run(gcloud_tpu(args, "scp", tarball, f"{args.tpu}:~/bsft_jax_src.tar.gz", "--worker=all"))
         install = (f"mkdir -p ~/{args.remote_dir} && tar xzf ~/bsft_jax_src.tar.gz -C ~/{args.remote_dir} && "
-                   f"cd ~/{args.remote_dir} && python3 -m pip install -q -e '.[tpu]'")
+                   f"cd ~/{args.remote_dir} && python3 -m pip install -q -e '.[tpu,gcs]'")
         run(gcloud_tpu(args, "ssh", args.tpu, "--worker=all", f"--command={install}"))
-    train = train_command(args.config, args.overrides)
-    remote = (f"mkdir -p ~/{args.log_dir} && cd ~/{args.remote_dir} && "
-              f"{train} 2>&1 | tee ~/{args.log_dir}/worker-$(hostname).log")
-    run(gcloud_tpu(args, "ssh", args.tpu, "--worker=all", f"--command={remote}"))
+    train = train_command(args.config, [*storage_overrides(args.run_dir, args.model), *args.overrides])
+    status_file = f"~/{args.log_dir}/exit_status"
+    # pipefail: `train | tee` exits with the training's status, not tee's; each worker records it.
+    remote = (f"set -o pipefail; mkdir -p ~/{args.log_dir} && rm -f {status_file} && cd ~/{args.remote_dir} && "
+              f"{train} 2>&1 | tee ~/{args.log_dir}/worker-$(hostname).log; status=$?; "
+              f"echo $status > {status_file}; exit $status")
+    code = run(gcloud_tpu(args, "ssh", args.tpu, "--worker=all", f"--command={remote}"), check=False)
+    report = run.capture(gcloud_tpu(args, "ssh", args.tpu, "--worker=all",
+                                    f"--command=echo \"worker $(hostname) exit $(cat {status_file} 2>/dev/null "
+                                    "|| echo missing)\""))
+    failed = failed_workers(report)
+    if code or failed:
+        raise SystemExit(f"training failed (ssh exit status {code}); failed workers: {failed or 'see the log'}")
+
+
+def failed_workers(report: str) -> list[str]:
+    """``worker <host> exit <status>`` lines whose status is not 0 (or missing)."""
+    return [line.strip() for line in report.splitlines() if line.startswith("worker ") and not line.endswith(" exit 0")]
 
 
 def main(argv: list[str] | None = None) -> int:

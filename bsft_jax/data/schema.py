@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from bsft_jax import storage
 from bsft_jax.behavior import taxonomy
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.errors import UserError
@@ -269,7 +270,7 @@ def _utf8_lines(path: str) -> Iterator[tuple[int, str]]:
     Raises :class:`DataError` naming ``file:line`` and the column of the first byte that is not
     UTF-8, or the encoding whose byte-order mark starts the file (UTF-16/32 exports).
     """
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:  # a local path or gs://
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1:
                 for bom, encoding in _FOREIGN_BOMS:
@@ -336,13 +337,13 @@ def read_dir(
 ) -> list[Record]:
     """All ``*.jsonl`` files of a directory, in name order; ids must be unique across files."""
     directory = os.fspath(directory)
-    files = sorted(f for f in os.listdir(directory) if f.endswith(".jsonl"))
+    files = sorted(f for f in storage.listdir(directory) if f.endswith(".jsonl"))
     if not files:
         raise DataError(f"{directory}: no *.jsonl files found")
     records: list[Record] = []
     seen: dict[str, str] = {}
     for name in files:
-        path = os.path.join(directory, name)
+        path = storage.join(directory, name)
         for rec in read_jsonl(path, field_map=field_map, spec=spec, category_aliases=category_aliases):
             if rec.id in seen:
                 raise DataError(f"{path}: record id {rec.id!r} also appears in {seen[rec.id]}; ids must be unique")

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 
+from bsft_jax import storage
 from bsft_jax.data import FewShotPool, Record, label_space
 from bsft_jax.errors import cli_boundary
 from bsft_jax.evaluate.core import MODES, EvalResult, as_records, evaluate_model, stratified_subset, write_comparison
@@ -50,15 +50,14 @@ STYLE_NAMES = {"behavior_sft": "BehaviorSFT", "general_sft": "GeneralSFT",
 
 def load_run(run_dir: str, step: int | None, dtype: str, mesh: Any) -> tuple[Any, Any, Any, str, int]:
     """(model, tokenizer, run config, style, step) of a training run directory's checkpoint."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.join(run_dir, "config.json")
+    if not storage.isfile(path):
         raise CheckpointError(f"{run_dir}: no config.json (is this a bsft_jax run directory?)")
-    with open(path) as f:
-        run_cfg = config_from_dict(json.load(f))
+    run_cfg = config_from_dict(json.loads(storage.read_text(path)))
     _, (model, _, meta) = newest_readable(run_dir, lambda s: load_params(run_dir, s, mesh=mesh, dtype=dtype),
                                           step)  # a damaged newest step: the previous one, with a warning
-    tok_dir = os.path.join(run_dir, meta.get("tokenizer_dir", "tokenizer"))
-    if not os.path.isdir(tok_dir):
+    tok_dir = storage.join(run_dir, meta.get("tokenizer_dir", "tokenizer"))
+    if not storage.isdir(tok_dir):
         raise CheckpointError(f"{run_dir}: no tokenizer folder {tok_dir!r} beside the checkpoints")
     return model, load_tokenizer(tok_dir), run_cfg, run_cfg.data.style, int(meta["step"])
 
@@ -104,7 +103,7 @@ def run_comparison(
     if not (checkpoint or general_checkpoint or baselines):
         raise ConfigError("nothing to evaluate: give --checkpoint, --general_checkpoint or --baselines")
     for flag, run_dir in (("--checkpoint", checkpoint), ("--general_checkpoint", general_checkpoint)):
-        if run_dir and not os.path.isdir(run_dir):
+        if run_dir and not storage.isdir(run_dir):
             raise CheckpointError(f"{flag}={run_dir!r} is not a folder; point it at a training run directory")
     mesh = make_mesh(resolve_mesh_shape(cfg.mesh, jax.device_count()))
     settings = Settings.from_config(cfg)
@@ -124,10 +123,10 @@ def run_comparison(
                                       results, probes if steering_probe else None)
     if not out_dir:
         base = checkpoint or general_checkpoint or cfg.run_dir
-        out_dir = os.path.join(base, "eval", f"step_{step_seen}" if step_seen is not None else "base")
+        out_dir = storage.join(base, "eval", f"step_{step_seen}" if step_seen is not None else "base")
     written = {}
     for split, runs in results.items():
-        folder = os.path.join(out_dir, split) if len(splits) > 1 else out_dir
+        folder = storage.join(out_dir, split) if len(splits) > 1 else out_dir
         written[split] = write_comparison(runs, folder, title=f"BehaviorBench evaluation: {split} split")
         print(f"\n## {split} ({len(tests[split])} items) -> {folder}\n")
         print(markdown_table({r.name: r.metrics for r in runs}, {r.name: r.info for r in runs}))
@@ -163,7 +162,7 @@ def _evaluate_run(run_dir: str, step: int | None, dtype: str, tests: dict[str, l
     spec = Settings.from_config(run_cfg).behavior.spec  # the run's own behavior tokens
     for split, records in tests.items():
         taken = {r.name for r in results[split]}
-        unique = name if name not in taken else f"{name} ({os.path.basename(os.path.normpath(run_dir))})"
+        unique = name if name not in taken else f"{name} ({storage.basename(run_dir)})"
         log.info("%s: step %d of %s on %d %s items", unique, step_seen, run_dir, len(records), split)
         result = evaluate_model(model, tokenizer, records, name=unique, style=style, force_behavior=force,
                                 **{**common, "spec": spec})
@@ -195,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_list("splits", ["test"], "splits to evaluate", flag_values=fv)
     flags.DEFINE_enum("mode", "generate", list(MODES), "label scoring: parse replies, or rank options by "
                       "log-likelihood for multiple-choice items", flag_values=fv)
-    flags.DEFINE_string("out_dir", "", "report folder (default <checkpoint>/eval/step_<N>)", flag_values=fv)
+    flags.DEFINE_string("out_dir", "", "report folder, local or gs:// (default <checkpoint>/eval/step_<N>)",
+                        flag_values=fv)
     flags.DEFINE_integer("max_new_tokens", 64, "reply budget", flag_values=fv)
     flags.DEFINE_integer("batch_size", 32, "prompts per decode call", flag_values=fv)
     flags.DEFINE_integer("limit", 0, "items per split, categories in turn (0: all)", flag_values=fv)

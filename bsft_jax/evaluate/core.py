@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from jax.sharding import Mesh
 
+from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.format import FewShotPool, Formatter
 from bsft_jax.data.reply import candidate_labels, parse_label, reply_head
@@ -38,6 +39,7 @@ from bsft_jax.decode.sampler import Sampler, SamplerOutput
 from bsft_jax.decode.scoring import continuation_logprobs
 from bsft_jax.evaluate.metrics import UNPARSED, ScoredItem, compute_metrics
 from bsft_jax.evaluate.report import write_report
+from bsft_jax.files import atomic_write
 from bsft_jax.models.decoder import Decoder
 
 MODES = ("generate", "loglik")
@@ -310,8 +312,8 @@ def write_comparison(results: Sequence[EvalResult], out_dir: str | os.PathLike, 
     paths = write_report({r.name: r.metrics for r in results}, out_dir, {r.name: r.info for r in results},
                          title=title)
     for r in results:
-        path = os.path.join(os.fspath(out_dir), f"predictions_{_slug(r.name)}.jsonl")
-        with open(path, "w") as f:
+        path = storage.join(os.fspath(out_dir), f"predictions_{_slug(r.name)}.jsonl")
+        with atomic_write(path) as f:
             for row in r.predictions():
                 f.write(json.dumps(row) + "\n")
         paths[f"predictions:{r.name}"] = path

@@ -14,7 +14,9 @@ import textwrap
 from collections.abc import Mapping
 from typing import Any
 
+from bsft_jax import storage
 from bsft_jax.behavior import taxonomy
+from bsft_jax.files import atomic_write
 
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"
@@ -119,7 +121,8 @@ def radar_plot(runs: Mapping[str, Mapping[str, Any]], path: str, *, title: str =
     ax.set_title(title, pad=24)
     ax.legend(loc="upper right", bbox_to_anchor=(1.25, 1.12), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path, "wb") as f:  # a file object: local or gs://
+        fig.savefig(f, format="png", dpi=110)
 
 
 def group_colors(categories: list[str]) -> list[str]:
@@ -152,13 +155,13 @@ def write_report(
     if not runs:
         raise ValueError("write_report: no runs to report")
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {"json": os.path.join(out_dir, JSON_NAME), "markdown": os.path.join(out_dir, MARKDOWN_NAME),
-             "radar": os.path.join(out_dir, RADAR_NAME)}
+    storage.makedirs(out_dir)
+    paths = {"json": storage.join(out_dir, JSON_NAME), "markdown": storage.join(out_dir, MARKDOWN_NAME),
+             "radar": storage.join(out_dir, RADAR_NAME)}
     payload = {"runs": list(runs), "metrics": dict(runs), "info": dict(info or {})}
-    with open(paths["json"], "w") as f:
+    with atomic_write(paths["json"]) as f:
         json.dump(payload, f, indent=2, sort_keys=False)
-    with open(paths["markdown"], "w") as f:
+    with atomic_write(paths["markdown"]) as f:
         f.write(markdown_report(runs, info, title=title))
     radar_plot(runs, paths["radar"])
     return paths

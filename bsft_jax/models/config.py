@@ -239,20 +239,22 @@ class DecoderConfig:
         if isinstance(source, dict):
             hf = dict(source)
         else:
+            from bsft_jax import storage
+
             path = os.fspath(source)
-            if os.path.isdir(path):
-                path = os.path.join(path, "config.json")
+            if storage.isdir(path):
+                path = storage.join(path, "config.json")
             where = path
-            if not os.path.isfile(path):
+            if not storage.isfile(path):
                 raise FileNotFoundError(f"{path}: no config.json (is this a Hugging Face model folder?)")
-            with open(path) as f:
+            with storage.open_file(path) as f:
                 try:
                     hf = json.load(f)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-            gen_path = os.path.join(os.path.dirname(path), "generation_config.json")
-            if os.path.isfile(gen_path):
-                with open(gen_path) as f:
+            gen_path = storage.join(storage.dirname(path), "generation_config.json")
+            if storage.isfile(gen_path):
+                with storage.open_file(gen_path) as f:
                     generation = json.load(f)
         return cls._from_hf_dict(hf, generation, where, runtime)
 

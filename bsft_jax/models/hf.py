@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from bsft_jax import storage
 from bsft_jax.errors import UserError
 from bsft_jax.files import replace_dir, write_json
 from bsft_jax.models import safetensors_io
@@ -157,24 +157,24 @@ def _match(table: list[WeightRule], key: str) -> tuple[WeightRule, int | None] |
 def checkpoint_files(path: str | os.PathLike) -> list[str]:
     """The safetensors files of an HF folder (index order), or a clear error."""
     path = os.fspath(path)
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory (expected a Hugging Face model folder)")
-    index = os.path.join(path, SAFETENSORS_INDEX)
-    if os.path.isfile(index):
-        with open(index) as f:
+    index = storage.join(path, SAFETENSORS_INDEX)
+    if storage.isfile(index):
+        with storage.open_file(index) as f:
             try:
                 weight_map = json.load(f)["weight_map"]
             except (json.JSONDecodeError, KeyError) as e:
                 raise WeightLoadError(f"{index}: not a valid safetensors index ({e})") from None
         files = list(dict.fromkeys(weight_map.values()))
-        missing = [fn for fn in files if not os.path.isfile(os.path.join(path, fn))]
+        missing = [fn for fn in files if not storage.isfile(storage.join(path, fn))]
         if missing:
             raise WeightLoadError(f"{index}: lists shard(s) that do not exist: {missing}")
-        return [os.path.join(path, fn) for fn in files]
-    single = os.path.join(path, SAFETENSORS_SINGLE)
-    if os.path.isfile(single):
+        return [storage.join(path, fn) for fn in files]
+    single = storage.join(path, SAFETENSORS_SINGLE)
+    if storage.isfile(single):
         return [single]
-    others = sorted(fn for fn in os.listdir(path) if fn.endswith((".bin", ".pt", ".pth", ".msgpack", ".h5")))
+    others = sorted(fn for fn in storage.listdir(path) if fn.endswith((".bin", ".pt", ".pth", ".msgpack", ".h5")))
     hint = f" (found {others}: convert them to safetensors first)" if others else ""
     raise WeightLoadError(f"{path}: no weights: neither {SAFETENSORS_SINGLE} nor {SAFETENSORS_INDEX}{hint}")
 
@@ -341,7 +341,15 @@ def generation_config_dict(config: DecoderConfig) -> dict[str, Any]:
 
 
 def save_tokenizer(tokenizer: Any, path: str) -> None:
-    """Saves an HF tokenizer with its chat template in both tokenizer_config.json and chat_template.jinja."""
+    """Saves an HF tokenizer with its chat template in both tokenizer_config.json and chat_template.jinja.
+
+    A URL ``path`` (``gs://...``): written to a local temporary folder, then uploaded file by file.
+    """
+    if storage.is_url(path):
+        with tempfile.TemporaryDirectory(prefix="bsft_tokenizer_") as local:
+            save_tokenizer(tokenizer, local)
+            storage.upload_dir(local, path)
+        return
     tokenizer.save_pretrained(path)
     template = getattr(tokenizer, "chat_template", None)
     if not template or not isinstance(template, str):
@@ -377,25 +385,23 @@ def save_hf(
 
     Multi-host: call on every process (parameters are gathered collectively); process 0 writes.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = storage.abspath(path)
     dtype = canonical_dtype(dtype or config.source_dtype)
     writer = jax.process_index() == 0
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)) and not overwrite:
+    if storage.exists(path) and (not storage.isdir(path) or storage.listdir(path)) and not overwrite:
         raise FileExistsError(f"{path}: exists and is not empty; pass overwrite=True (or --overwrite) to replace it")
     tensors = list(iter_hf_tensors(model, config, dtype))
     shards = _shard_plan(tensors, parse_size(max_shard_size))
     tmp = None
-    if writer:
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+    if writer:  # a staging sibling: a local folder, or a prefix in the same bucket
+        tmp = storage.temp_sibling(path)
     try:
         weight_map: dict[str, str] = {}
         total = 0
         for k, shard in enumerate(shards, start=1):
             fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
             if writer:
-                safetensors_io.write_file(os.path.join(tmp, fname), shard, {"format": "pt"})
+                safetensors_io.write_file(storage.join(tmp, fname), shard, {"format": "pt"})
             else:
                 for t in shard:  # take part in the collective gathers
                     t.produce()
@@ -403,16 +409,16 @@ def save_hf(
                 weight_map[t.name] = fname
                 total += t.nbytes
         if writer:
-            write_json(os.path.join(tmp, SAFETENSORS_INDEX),
+            write_json(storage.join(tmp, SAFETENSORS_INDEX),
                         {"metadata": {"total_size": total}, "weight_map": weight_map})
-            write_json(os.path.join(tmp, "config.json"), config.to_hf(dtype=dtype))
-            write_json(os.path.join(tmp, "generation_config.json"), generation_config_dict(config))
+            write_json(storage.join(tmp, "config.json"), config.to_hf(dtype=dtype))
+            write_json(storage.join(tmp, "generation_config.json"), generation_config_dict(config))
             if tokenizer is not None:
                 save_tokenizer(tokenizer, tmp)
             replace_dir(tmp, path)
             tmp = None
     finally:
         if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            storage.remove(tmp)
     return path
 

@@ -1,8 +1,10 @@
 """Minimal streaming safetensors reader/writer on numpy (bf16 via ml_dtypes).
 
 Reading memory-maps the file and yields one tensor at a time, so peak host memory while loading
-is one tensor beyond what the caller keeps. Writing takes the tensor list up front (names, shapes
-and dtypes fix the header) and asks for each tensor's bytes only when it is written.
+is one tensor beyond what the caller keeps. A file on an object store (``gs://``) is streamed the
+same way without touching local disk: the header is read first, then each tensor with one ranged
+read of its bytes (a 5 GB shard is never downloaded whole). Writing takes the tensor list up front
+(names, shapes and dtypes fix the header) and asks for each tensor's bytes only when it is written.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from bsft_jax import storage
 from bsft_jax.errors import UserError
 
 _DTYPES: dict[str, np.dtype] = {
@@ -51,12 +54,12 @@ class TensorInfo:
 def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
     """Parses the header: (tensors by name, metadata, byte offset of the data section)."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
             raise SafetensorsError(f"{path}: file too short to be safetensors")
         (n,) = struct.unpack("<Q", raw)
-        size = os.path.getsize(path)
+        size = storage.size(path)
         if n > size - 8:
             raise SafetensorsError(f"{path}: header length {n} exceeds the file size {size}")
         try:
@@ -76,18 +79,27 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
 def iter_tensors(path: str | os.PathLike, names: Sequence[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (name, array) in file order; arrays are read-only views of a memory map."""
     tensors, _, data_start = read_header(path)
-    mm = np.memmap(os.fspath(path), dtype=np.uint8, mode="r")
+    remote = storage.is_url(path)
+    source = storage.open_file(path, "rb") if remote else np.memmap(os.fspath(path), dtype=np.uint8, mode="r")
     wanted = set(names) if names is not None else None
-    for info in sorted(tensors.values(), key=lambda t: t.start):
-        if wanted is not None and info.name not in wanted:
-            continue
-        dtype = _DTYPES[info.dtype]
-        count = int(np.prod(info.shape, dtype=np.int64))
-        if info.end - info.start != count * dtype.itemsize:
-            raise SafetensorsError(f"{path}: tensor {info.name!r} byte range does not match its shape {info.shape}")
-        buf = mm[data_start + info.start : data_start + info.end]
-        yield info.name, buf.view(dtype).reshape(info.shape)
-    del mm
+    try:
+        for info in sorted(tensors.values(), key=lambda t: t.start):
+            if wanted is not None and info.name not in wanted:
+                continue
+            dtype = _DTYPES[info.dtype]
+            count = int(np.prod(info.shape, dtype=np.int64))
+            if info.end - info.start != count * dtype.itemsize:
+                raise SafetensorsError(f"{path}: tensor {info.name!r} byte range does not match its shape {info.shape}")
+            lo, hi = data_start + info.start, data_start + info.end
+            if remote:  # one ranged read of this tensor's bytes
+                buf = np.frombuffer(storage.read_range(source, lo, hi), np.uint8)
+            else:
+                buf = source[lo:hi]
+            yield info.name, buf.view(dtype).reshape(info.shape)
+    finally:
+        if remote:
+            source.close()
+        del source
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ def write_file(path: str | os.PathLike, tensors: Sequence[PendingTensor], metada
         offset += t.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
+    with storage.open_file(path, "wb") as f:  # a URL: streamed upload, object visible on close
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for t in tensors:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any
 
 import grain
@@ -47,6 +46,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
+from bsft_jax import storage
 from bsft_jax.errors import UserError
 from bsft_jax.models.config import DecoderConfig, Llama3RopeScaling
 from bsft_jax.models.decoder import Decoder, abstract_decoder
@@ -58,6 +58,8 @@ FORMAT = "bsft_jax.train/1"
 CHECKPOINT_SUBDIR = "checkpoints"
 REQUIRED_ITEMS = ("params", "meta")  # what a reader needs of a step
 TOKENIZER_SUBDIR = "tokenizer"
+# On an object store Orbax cannot rename a finished step into place; it writes this marker last.
+ORBAX_COMMIT_MARKER = "commit_success.txt"
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -66,7 +68,7 @@ class CheckpointError(UserError, RuntimeError):
 
 def checkpoint_dir(run_dir: str) -> str:
     """``RUN_DIR/checkpoints``."""
-    return os.path.join(os.path.abspath(run_dir), CHECKPOINT_SUBDIR)
+    return storage.join(storage.abspath(run_dir), CHECKPOINT_SUBDIR)
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -184,8 +186,8 @@ class Checkpointer:
 
     def _check_data_processes(self, step: int) -> None:
         """The data position is per process: restoring it needs the process count it was saved with."""
-        folder = os.path.join(self.directory, str(step), "data")
-        files = [f for f in os.listdir(folder) if f.endswith(".json")] if os.path.isdir(folder) else []
+        folder = storage.join(self.directory, str(step), "data")
+        files = [f for f in storage.listdir(folder) if f.endswith(".json")] if storage.isdir(folder) else []
         if not files:
             raise CheckpointError(f"{folder}: no data-iterator state; set --config.checkpoint.restore_data=false "
                                   "to restart the data order instead")
@@ -220,7 +222,7 @@ def read_meta(run_dir: str, step: int | None = None) -> dict[str, Any]:
 
 def _open_read_only(run_dir: str) -> Checkpointer:
     directory = checkpoint_dir(run_dir)
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
         raise CheckpointError(f"{run_dir}: no {CHECKPOINT_SUBDIR}/ folder (is this a bsft_jax run directory?)")
     ckpt = Checkpointer.__new__(Checkpointer)
     ckpt.directory = directory
@@ -230,8 +232,9 @@ def _open_read_only(run_dir: str) -> Checkpointer:
 
 
 def steps_on_disk(ckpt_dir: str) -> list[int]:
-    """The committed step folders of ``RUN_DIR/checkpoints`` (``<step>/``), oldest first."""
-    return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit() and os.path.isdir(os.path.join(ckpt_dir, n)))
+    """The committed step folders of ``RUN_DIR/checkpoints`` (``<step>/``), oldest first; local or gs://."""
+    names = storage.listdir(ckpt_dir)
+    return sorted(int(n) for n in names if n.isdigit() and _step_complete(storage.join(ckpt_dir, n)))
 
 
 def resolve_step(run_dir: str, step: int | None = None) -> int:
@@ -242,29 +245,36 @@ def resolve_step(run_dir: str, step: int | None = None) -> int:
     Raises :class:`CheckpointError` naming the folder and what is missing: no run directory, no
     ``checkpoints/``, no complete step, the step absent, or a step without ``params/`` / ``meta/``.
     """
-    run_dir = os.path.abspath(run_dir)
-    if not os.path.isdir(run_dir):
+    run_dir = storage.abspath(run_dir)
+    if not storage.isdir(run_dir):
         raise CheckpointError(f"{run_dir}: no such run directory")
     ckpt_dir = checkpoint_dir(run_dir)
-    if not os.path.isdir(ckpt_dir):
+    if not storage.isdir(ckpt_dir):
         raise CheckpointError(f"{run_dir}: no checkpoints/ folder (is this a bsft_jax run directory? "
                               "python -m bsft_jax.train writes RUN_DIR/checkpoints/<step>/)")
     steps = steps_on_disk(ckpt_dir)
     if not steps:
-        partial = sorted(n for n in os.listdir(ckpt_dir) if "tmp" in n)
+        partial = sorted(n for n in storage.listdir(ckpt_dir) if "tmp" in n)
         hint = f" (only unfinished saves: {partial})" if partial else ""
         raise CheckpointError(f"{ckpt_dir}: no complete checkpoint step{hint}")
     if step is None:
         step = steps[-1]
     elif int(step) not in steps:
         raise CheckpointError(f"{ckpt_dir}: no complete checkpoint for step {step} (available: {steps})")
-    step_dir = os.path.join(ckpt_dir, str(int(step)))
-    missing = [item + "/" for item in REQUIRED_ITEMS if not os.path.isdir(os.path.join(step_dir, item))]
+    step_dir = storage.join(ckpt_dir, str(int(step)))
+    missing = [item + "/" for item in REQUIRED_ITEMS if not storage.isdir(storage.join(step_dir, item))]
     if missing:
         raise CheckpointError(f"{step_dir}: partial checkpoint, missing {', '.join(missing)} "
                               f"(readers need {', '.join(i + '/' for i in REQUIRED_ITEMS)}); "
                               f"choose another step with --step (available: {steps})")
     return int(step)
+
+
+def _step_complete(step_dir: str) -> bool:
+    """Locally a step folder exists only once complete (renamed into place); on gs:// it needs Orbax's marker."""
+    if storage.is_url(step_dir):
+        return storage.isfile(storage.join(step_dir, ORBAX_COMMIT_MARKER))
+    return storage.isdir(step_dir)
 
 
 def load_params(run_dir: str, step: int | None = None, *, mesh: Mesh | None = None,

@@ -66,6 +66,7 @@ from typing import Any
 
 import ml_collections
 
+from bsft_jax import storage
 from bsft_jax.models import sharding
 from bsft_jax.models.builtin import BuiltinModelError, check_available, is_builtin
 from bsft_jax.models.config import SUPPORTED_MODEL_TYPES
@@ -319,10 +320,10 @@ def _check_model_source(cfg: Any) -> None:
             raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")
         if is_builtin(m.hf_path):
             _check_builtin("model.hf_path", m.hf_path)
-        elif not os.path.isdir(m.hf_path):
+        elif not storage.isdir(m.hf_path):
             raise _fail("model.hf_path", f"{m.hf_path!r} is not a folder (missing HF checkpoint); download the model "
                                          "there or fix the path")
-        elif not os.path.isfile(os.path.join(m.hf_path, "config.json")):
+        elif not storage.isfile(storage.join(m.hf_path, "config.json")):
             raise _fail("model.hf_path", f"{m.hf_path!r} has no config.json; is it a Hugging Face model folder?")
         return
     _one_of(cfg, "model.arch.model_type", SUPPORTED_MODEL_TYPES)
@@ -340,7 +341,7 @@ def _check_tokenizer(cfg: Any) -> None:
             raise _fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder (or 'demo')")
         if is_builtin(tok_path):
             _check_builtin("tokenizer.path" if cfg.tokenizer.path else "model.hf_path", tok_path)
-        elif tok_path != "demo" and not os.path.isdir(tok_path):
+        elif tok_path != "demo" and not storage.isdir(tok_path):
             raise _fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
 
 
@@ -357,8 +358,8 @@ def _check_data_files(cfg: Any) -> None:
     d = cfg.data
     if d.source == "jsonl":
         for split in (d.train_split, d.eval_split):
-            path = os.path.join(d.path, f"{split}.jsonl")
-            if not os.path.isfile(path):
+            path = storage.join(d.path, f"{split}.jsonl")
+            if not storage.isfile(path):
                 raise _fail("data.path", f"{path!r} does not exist (expected a folder with <split>.jsonl files)")
-    if d.source == "tfds" and not os.path.isdir(d.path):
+    if d.source == "tfds" and not storage.isdir(d.path):
         raise _fail("data.path", f"{d.path!r} is not a TFDS data_dir (build it with bsft_jax.data.tfds_builder)")

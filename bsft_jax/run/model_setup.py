@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
+from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.behavior.surgery import add_behavior_tokens, round_up
 from bsft_jax.behavior.tokenizer import behavior_token_ids
@@ -58,12 +58,14 @@ def tokenizer_path(model: ModelSettings, data: DataSettings, spec: BehaviorSpec)
 
 
 def load_tokenizer(path: str) -> Any:
-    """An HF tokenizer from a local folder or ``builtin:<name>`` (never the Hub)."""
+    """An HF tokenizer from a local folder, a ``gs://`` prefix or ``builtin:<name>`` (never the Hub)."""
     from transformers import AutoTokenizer
 
     from bsft_jax.models.builtin import resolve_model_path
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(path), local_files_only=True)
+    # builtin:<name> -> its cached local folder; a URL's small files are downloaded (weights skipped)
+    with storage.local_copy(resolve_model_path(path)) as folder:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def stop_token_ids(tokenizer: Any) -> tuple[int, ...]:
@@ -151,8 +153,8 @@ def build_for_resume(model: ModelSettings, behavior: BehaviorSettings, run_dir: 
                      ) -> ModelBundle:
     """Abstract model + the run's saved tokenizer and model config (the checkpoint has the weights)."""
     config = decoder_config_from_dict(meta["model_config"], **model.runtime.fields())
-    tok_dir = os.path.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR))
-    tokenizer = load_tokenizer(tok_dir) if os.path.isdir(tok_dir) else None
+    tok_dir = storage.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR))
+    tokenizer = load_tokenizer(tok_dir) if storage.isdir(tok_dir) else None
     ids = dict(meta.get("behavior", {}).get("token_ids", {}))
     if tokenizer is not None and behavior.enabled:
         ids = behavior_token_ids(tokenizer, behavior.spec)  # checks the saved tokenizer still has them
@@ -164,8 +166,8 @@ def write_run_files(run_dir: str, bundle: ModelBundle, config_dict: dict[str, An
     from bsft_jax.models.hf import save_tokenizer
     from bsft_jax.run.checkpoint import decoder_config_to_dict
 
-    os.makedirs(run_dir, exist_ok=True)
-    write_json(os.path.join(run_dir, "config.json"), config_dict)
-    write_json(os.path.join(run_dir, "model_config.json"), decoder_config_to_dict(bundle.config))
+    storage.makedirs(run_dir)
+    write_json(storage.join(run_dir, "config.json"), config_dict)
+    write_json(storage.join(run_dir, "model_config.json"), decoder_config_to_dict(bundle.config))
     if fresh and bundle.tokenizer is not None:
-        save_tokenizer(bundle.tokenizer, os.path.join(run_dir, TOKENIZER_SUBDIR))
+        save_tokenizer(bundle.tokenizer, storage.join(run_dir, TOKENIZER_SUBDIR))

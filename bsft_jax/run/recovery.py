@@ -18,11 +18,11 @@ import contextlib
 import gc
 import inspect
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from bsft_jax import storage
 from bsft_jax.errors import UserError
 from bsft_jax.run.checkpoint import CheckpointError, checkpoint_dir, resolve_step, steps_on_disk
 
@@ -97,17 +97,21 @@ def _quiet_sibling_reads() -> Iterator[None]:
 
 
 def set_aside(directory: str, step: int) -> str:
-    """Renames ``directory/<step>`` to ``<step>.corrupt`` (``.corrupt.2`` ... if taken); returns the new path.
+    """Moves ``directory/<step>`` to ``<step>.corrupt`` (``.corrupt.2`` ... if taken); returns the new path.
+
+    ``directory`` may be local or a ``gs://`` prefix.
 
     Never deletes: the files stay for inspection, and renaming the folder back makes the step
     visible again.
     """
-    src = os.path.join(directory, str(int(step)))
+    src = storage.join(directory, str(int(step)))
     dst, n = src + CORRUPT_SUFFIX, 1
-    while os.path.exists(dst):
+    while storage.exists(dst):
         n += 1
         dst = f"{src}{CORRUPT_SUFFIX}.{n}"
-    os.rename(src, dst)
+    # Locally a rename; GCS has no rename, so there the step's objects are copied server-side and the
+    # originals deleted (storage.move). Either way the step stops being an integer-named, visible step.
+    storage.move(src, dst)
     return dst
 
 
@@ -153,7 +157,7 @@ def restore_newest(ckpt: Any, abstract_state: Any, *, data_iterator: Any = None,
         if primary:
             moved = set_aside(ckpt.directory, bad)
             log.warning("set aside damaged checkpoint step %d as %s (%s); resuming from step %d",
-                        bad, os.path.basename(moved), reason, step)
+                        bad, storage.basename(moved), reason, step)
     if failures:
         all_agree(True)  # a collective: every process waits here until the primary has moved the steps
         ckpt.manager.reload()  # forget the steps that were moved away
@@ -189,7 +193,7 @@ def newest_readable(run_dir: str, load: Callable[[int], T], step: int | None = N
         others = [s for s in steps_on_disk(ckpt_dir) if s != step]
         offer = f"choose another step with --step (available: {others})" if others else "no other step is saved"
         raise CheckpointError(f"{ckpt_dir}/{step}: step {step} cannot be restored ({reason}); {offer}")
-    steps = steps_on_disk(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+    steps = steps_on_disk(ckpt_dir) if storage.isdir(ckpt_dir) else []
     if not steps:
         resolve_step(run_dir)  # raises, naming what is missing
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.run.settings import DataSettings
 
@@ -32,8 +32,8 @@ def load_split(data: DataSettings, spec: BehaviorSpec, split: str) -> Any:
     if data.source == "demo":
         return load_demo([split], config=demo_config(data), spec=spec)[split]
     if data.source == "jsonl":
-        path = os.path.join(data.path, f"{split}.jsonl")
-        if not os.path.isfile(path):
+        path = storage.join(data.path, f"{split}.jsonl")
+        if not storage.isfile(path):
             from bsft_jax.data import DataError
 
             raise DataError(f"{path}: no such file (config.data.path={data.path!r} needs one <split>.jsonl per split)")

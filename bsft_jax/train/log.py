@@ -1,6 +1,7 @@
 """Progress lines and metric files of a training run (process 0 only).
 
-``RUN_DIR/metrics.jsonl`` gets one JSON object per training step (``{"split": "train", "step":
+``RUN_DIR/metrics.jsonl`` (on a ``gs://`` run directory: re-uploaded every 30 s and at the end,
+see :class:`bsft_jax.storage.AppendLog`) gets one JSON object per training step (``{"split": "train", "step":
 ..., "loss": ..., ...}``) and one per evaluation (``"split": "eval"``): a user plots loss curves
 from it with a few lines of pandas/matplotlib. ``RUN_DIR/tensorboard/`` holds the same scalars as
 TensorBoard event files (``tensorboard --logdir RUN_DIR/tensorboard``).
@@ -11,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from typing import Any
+
+from bsft_jax import storage
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +41,12 @@ class MetricsLogger:
         self._tb = None
         if not enabled:
             return
-        os.makedirs(run_dir, exist_ok=True)
-        self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
-        if tensorboard:
+        storage.makedirs(run_dir)
+        self._jsonl = storage.AppendLog(storage.join(run_dir, "metrics.jsonl"))
+        if tensorboard:  # tensorboardX writes gs:// itself (needs google-cloud-storage: the gcs extra)
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            self._tb = SummaryWriter(storage.join(run_dir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, Any], *, split: str = "train") -> None:
         """Appends one record; scalars also go to TensorBoard as ``split/name``."""
@@ -59,7 +61,9 @@ class MetricsLogger:
                     self._tb.add_scalar(f"{split}/{k}", v, int(step))
 
     def flush(self) -> None:
-        """Pushes buffered TensorBoard events to disk."""
+        """Pushes buffered metrics and TensorBoard events to disk (or the bucket)."""
+        if self._jsonl is not None:
+            self._jsonl.flush()
         if self._tb is not None:
             self._tb.flush()
 

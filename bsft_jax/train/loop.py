@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from bsft_jax import storage
 from bsft_jax.files import write_json
 from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
@@ -39,6 +39,7 @@ from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_p
 from bsft_jax.train.log import MetricsLogger, Progress, format_duration
 from bsft_jax.train.loss import LossSums, first_target_mask
 from bsft_jax.train.optim import make_optimizer
+from bsft_jax.train.shared_storage import check_shared_run_dir
 from bsft_jax.train.steer import BestKeeper, SteerEval, check_best_metric
 from bsft_jax.train.step import Trainer, TrainState
 from bsft_jax.units import human_bytes
@@ -195,20 +196,21 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
     devices = list(devices if devices is not None else jax.devices())
     mesh_shape = validate_config(cfg, num_devices=len(devices), num_processes=jax.process_count())
     mesh = make_mesh(mesh_shape, devices)
+    check_shared_run_dir(storage.abspath(cfg.run_dir))  # multi-host: every process must see one run directory
     with jax.set_mesh(mesh), contextlib.ExitStack() as stack:
         session = _start(cfg, mesh, stack)
         out = _loop(session, stack.enter_context(_StopSignal()), on_step)
         session.metrics_log.flush()
     seconds = time.perf_counter() - t_start
     log.info("done: step %d in %s%s", out.final_step, format_duration(seconds), " (preempted)" if out.preempted else "")
-    return TrainResult(run_dir=os.path.abspath(cfg.run_dir), start_step=out.start_step, final_step=out.final_step,
+    return TrainResult(run_dir=storage.abspath(cfg.run_dir), start_step=out.start_step, final_step=out.final_step,
                        preempted=out.preempted, last_metrics=out.last_metrics, eval_metrics=out.eval_metrics,
                        startup=session.startup, seconds=seconds)
 
 
 def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     """Set-up: the checkpointer, the model (fresh or for resume), the trainer, data, state, compile."""
-    run_dir, primary = os.path.abspath(cfg.run_dir), is_primary()
+    run_dir, primary = storage.abspath(cfg.run_dir), is_primary()
     settings = Settings.from_config(cfg)  # the typed pieces (validate_config has checked them)
     t = settings.train
     check_best_metric(cfg.checkpoint.keep_best_metric, t.steer_eval_items, t.eval_every, t.early_stop_patience)
@@ -243,7 +245,7 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     startup = trainer.report(num_params) | {"per_process_batch": shard.rows, "num_processes": jax.process_count()}
     _log_startup(startup)
     if primary:
-        write_json(os.path.join(run_dir, "startup.json"), startup)
+        write_json(storage.join(run_dir, "startup.json"), startup)
     metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
     stack.callback(metrics_log.close)
     eval_batches = (make_eval_batches(settings.data, settings.behavior.spec, bundle.tokenizer, shard,
@@ -326,7 +328,7 @@ def _track_best(s: _Session, step: int, metrics: dict[str, float]) -> bool:
         return False
 
     def save(ckpt: Checkpointer) -> None:
-        meta = make_meta(step, s.bundle.config, **s.meta_base) | {"tokenizer_dir": os.path.join("..", "tokenizer")}
+        meta = make_meta(step, s.bundle.config, **s.meta_base) | {"tokenizer_dir": "../tokenizer"}
         ckpt.save(step, s.state, data_iterator=None, config=s.config_dict, meta=meta)
 
     return s.best.update(step, metrics, save)

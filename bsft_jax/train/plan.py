@@ -97,6 +97,7 @@ def model_config_for_plan(cfg: Any, model_preset: str | None = None) -> tuple[An
     preset named by ``model_preset`` or guessed from ``model.hf_path``'s folder name. Returns
     ``(config, how)`` where ``how`` says where the architecture came from.
     """
+    from bsft_jax import storage
     from bsft_jax.behavior.surgery import grown_vocab_size
     from bsft_jax.models.config import DecoderConfig, preset
     from bsft_jax.run.model_setup import load_tokenizer, scratch_config, tokenizer_path
@@ -106,14 +107,14 @@ def model_config_for_plan(cfg: Any, model_preset: str | None = None) -> tuple[An
     rt, spec = s.model.runtime.fields(), s.behavior.spec
     tokenizer, preset_name = None, None
     tok_path = tokenizer_path(s.model, s.data, spec) if (cfg.model.source == "scratch" or not model_preset) else ""
-    if tok_path and os.path.isdir(tok_path):
+    if tok_path and storage.isdir(tok_path):
         tokenizer = load_tokenizer(tok_path)
-    hf_json = os.path.join(cfg.model.hf_path or "", "config.json")
+    hf_json = storage.join(cfg.model.hf_path or "", "config.json")
     if cfg.model.source == "scratch":
         if tokenizer is None:
             raise PlanError(f"config.tokenizer.path={cfg.tokenizer.path!r}: a from-scratch model needs its tokenizer")
         config, how = scratch_config(s.model, tokenizer), "config.model.arch (from scratch)"
-    elif not model_preset and os.path.isfile(hf_json):
+    elif not model_preset and storage.isfile(hf_json):
         config, how = DecoderConfig.from_hf(cfg.model.hf_path, param_dtype=rt["param_dtype"], dtype=rt["dtype"],
                                             logits_dtype=rt["logits_dtype"], remat=rt["remat"]), hf_json
     else:

@@ -27,14 +27,14 @@ def test_tpu_pod_dry_run_creates_installs_and_runs_on_all_workers():
                   "--accelerator-type", "v5p-32", "--spot", "--config", "configs/qwen2_5_7b_behaviorsft.py",
                   "--dry-run", "--", "--config.optimizer.learning_rate=1e-5", "--config.train.steps=100")
     cmds = commands(out)
-    describe, create, tar, scp, install, train = cmds
+    describe, create, tar, scp, install, train, _status = cmds
     assert describe[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"] and "bsft-v5p" in describe
     assert create[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "bsft-v5p"]
     assert {"--accelerator-type=v5p-32", "--version=v2-alpha-tpuv5", "--spot", "--zone=us-east5-a",
             "--project=proj"} <= set(create)
     assert tar[0] == "tar" and scp[4] == "scp" and "--worker=all" in scp
     assert install[4] == "ssh" and "--worker=all" in install
-    assert "pip install -q -e '.[tpu]'" in next(a for a in install if a.startswith("--command="))
+    assert "pip install -q -e '.[tpu,gcs]'" in next(a for a in install if a.startswith("--command="))
     assert train[4] == "ssh" and "--worker=all" in train
     remote = next(a for a in train if a.startswith("--command=")).removeprefix("--command=")
     assert ("python3 -m bsft_jax.train --config configs/qwen2_5_7b_behaviorsft.py "
@@ -72,3 +72,46 @@ def test_xpk_dry_run():
     assert {"--cluster=c1", "--workload=bsft-7b", "--tpu-type=v5p-128", "--num-slices=2",
             "--docker-image=gcr.io/p/bsft:1"} <= set(cmd)
     assert "--command=python3 -m bsft_jax.train --config configs/qwen2_5_7b_behaviorsft.py" in cmd
+
+
+def test_tpu_pod_runs_on_buckets_keeps_the_exit_status_and_collects_every_workers():
+    out = dry_run("tpu_pod.py", "--tpu", "bsft-v5p", "--zone", "us-east5-a", "--config",
+                  "configs/qwen2_5_7b_behaviorsft.py", "--run-dir", "gs://b/runs/q7", "--model", "gs://b/models/q7",
+                  "--skip-install", "--dry-run")
+    *_, train, status = commands(out)
+    remote = next(a for a in train if a.startswith("--command=")).removeprefix("--command=")
+    assert remote.startswith("set -o pipefail;")  # `train | tee` keeps the training's exit status
+    assert "--config.run_dir=gs://b/runs/q7 --config.model.hf_path=gs://b/models/q7" in remote
+    assert "| tee ~/bsft_logs/worker-$(hostname).log; status=$?; echo $status > ~/bsft_logs/exit_status; exit $status" \
+        in remote
+    assert status[4] == "ssh" and "--worker=all" in status
+    assert "cat ~/bsft_logs/exit_status" in next(a for a in status if a.startswith("--command="))
+
+
+def test_tpu_pod_fails_when_any_worker_failed():
+    sys.path.insert(0, os.path.join(REPO, "launch"))
+    from tpu_pod import failed_workers
+
+    report = "worker t-w-0 exit 0\nworker t-w-1 exit 1\nworker t-w-2 exit missing\nWarning: noise\n"
+    assert failed_workers(report) == ["worker t-w-1 exit 1", "worker t-w-2 exit missing"]
+    assert failed_workers("worker a exit 0\nworker b exit 0\n") == []
+
+
+def test_launchers_refuse_a_run_dir_local_to_each_worker():
+    for script, extra in (("tpu_pod.py", ["--tpu", "t", "--zone", "z"]),
+                          ("xpk.py", ["--cluster", "c", "--workload", "w", "--tpu-type", "v5p-8", "--docker-image",
+                                      "i"])):
+        out = subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *extra, "--config", "c.py",
+                              "--run-dir", "runs/x", "--dry-run"], capture_output=True, text=True, cwd=REPO)
+        assert out.returncode == 2 and "gs://bucket/path" in out.stderr, script  # a user error: one line
+        assert out.stderr.startswith("error: --run-dir 'runs/x'") and "Traceback" not in out.stderr, script
+
+
+def test_xpk_passes_buckets_and_waits_for_the_workload():
+    out = dry_run("xpk.py", "--cluster", "c1", "--workload", "bsft-7b", "--tpu-type", "v5p-128", "--docker-image",
+                  "gcr.io/p/bsft:1", "--config", "configs/qwen2_5_7b_behaviorsft.py", "--run-dir", "gs://b/runs/q7",
+                  "--model", "gs://b/models/q7", "--wait", "--timeout", "3600", "--dry-run")
+    create, wait = commands(out)
+    command = next(a for a in create if a.startswith("--command="))
+    assert "--config.run_dir=gs://b/runs/q7 --config.model.hf_path=gs://b/models/q7" in command
+    assert wait == ["xpk", "workload", "list", "--cluster=c1", "--wait-for-job-completion=bsft-7b", "--timeout=3600"]

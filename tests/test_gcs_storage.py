@@ -1,0 +1,108 @@
+"""gs:// paths against a real GCS-compatible server on localhost (tests/gcs_emulator.py).
+
+The storage layer itself (atomic single-object writes, append log, folder commit) and
+``load_hf`` streaming a model from a bucket prefix, one ranged read per tensor.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from bsft_jax import storage
+from bsft_jax.files import atomic_write, write_json
+from bsft_jax.models import safetensors_io
+from bsft_jax.models.hf import load_hf
+
+from .gcs_emulator import gcs_bucket, gcs_server  # noqa: F401  (pytest fixtures)
+from .helpers import save_tiny
+
+
+def test_atomic_write_uploads_only_a_finished_file(gcs_bucket):  # noqa: F811
+    path = storage.join(gcs_bucket, "a", "x.json")
+    with pytest.raises(RuntimeError):
+        with atomic_write(path) as f:
+            f.write("half")
+            raise RuntimeError("crash")
+    assert not storage.exists(path)  # an aborted write leaves no object
+    write_json(path, {"k": 1})
+    assert storage.read_text(path) == '{\n  "k": 1\n}\n'
+    assert storage.listdir(storage.join(gcs_bucket, "a")) == ["x.json"]
+    assert storage.isdir(storage.join(gcs_bucket, "a")) and storage.isfile(path)
+
+
+def test_append_log_keeps_earlier_lines_across_reopen(gcs_bucket):  # noqa: F811
+    path = storage.join(gcs_bucket, "metrics.jsonl")
+    log = storage.AppendLog(path)
+    log.write("1\n")
+    log.close()
+    log = storage.AppendLog(path)  # a resumed run appends after what the first one wrote
+    log.write("2\n")
+    log.flush()
+    assert storage.read_text(path) == "1\n2\n"
+    log.close()
+
+
+def test_commit_dir_replaces_a_folder_and_drops_the_staging_prefix(gcs_bucket):  # noqa: F811
+    final = storage.join(gcs_bucket, "export")
+    for name in ("config.json", "old.safetensors"):
+        storage.write_bytes(storage.join(final, name), b"old")
+    tmp = storage.temp_sibling(final)
+    assert storage.basename(tmp).startswith(".export.partial-")
+    for name, data in (("config.json", b"new"), ("model.safetensors", b"w"), ("tok/a.json", b"t")):
+        storage.write_bytes(storage.join(tmp, name), data)
+    storage.commit_dir(tmp, final)
+    assert storage.walk_files(final) == ["config.json", "model.safetensors", "tok/a.json"]
+    assert storage.read_text(storage.join(final, "config.json")) == "new"
+    assert storage.listdir(gcs_bucket) == ["export"]  # no staging prefix left
+
+
+def test_load_hf_streams_a_model_from_a_bucket_prefix(gcs_bucket, tmp_path, monkeypatch):  # noqa: F811
+    folder, _ = save_tiny(tmp_path, "qwen2", tie=False)
+    remote = storage.join(gcs_bucket, "models", "tiny")
+    storage.upload_dir(folder, remote)
+    local_model, local_cfg = load_hf(folder)
+
+    reads: list[int] = []
+    real = storage.read_range
+    monkeypatch.setattr(storage, "read_range", lambda f, a, b: reads.append(b - a) or real(f, a, b))
+    remote_model, remote_cfg = load_hf(remote)
+
+    assert remote_cfg == local_cfg
+    a, b = nnx.state(local_model, nnx.Param), nnx.state(remote_model, nnx.Param)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # one ranged read per tensor, each exactly that tensor's bytes: never the whole file at once
+    (st,) = [f for f in os.listdir(folder) if f.endswith(".safetensors")]
+    tensors, _, _ = safetensors_io.read_header(os.path.join(folder, st))
+    assert sorted(reads) == sorted(t.end - t.start for t in tensors.values())
+    assert max(reads) < os.path.getsize(os.path.join(folder, st)) / 2
+
+
+def test_set_aside_moves_a_damaged_step_on_a_bucket(gcs_bucket):  # noqa: F811
+    from bsft_jax.run.checkpoint import steps_on_disk
+    from bsft_jax.run.recovery import set_aside
+
+    ckpt = storage.join(gcs_bucket, "run", "checkpoints")
+    for step in (1, 2):
+        for name in ("commit_success.txt", "params/a", "meta/b"):
+            storage.write_bytes(storage.join(ckpt, str(step), name), f"{step}{name}".encode())
+    storage.write_bytes(storage.join(ckpt, "2.corrupt", "x"), b"an earlier set-aside")
+    assert steps_on_disk(ckpt) == [1, 2]
+    moved = set_aside(ckpt, 2)  # no rename on GCS: copied server-side, then the originals deleted
+    assert moved == storage.join(ckpt, "2.corrupt.2")
+    assert steps_on_disk(ckpt) == [1]
+    assert not storage.exists(storage.join(ckpt, "2"))
+    assert storage.walk_files(moved) == ["commit_success.txt", "meta/b", "params/a"]
+    assert storage.read_text(storage.join(moved, "params", "a")) == "2params/a"
+
+
+def test_move_renames_locally(tmp_path):
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "f").write_text("x")
+    storage.move(str(tmp_path / "3"), str(tmp_path / "3.corrupt"))
+    assert sorted(os.listdir(tmp_path)) == ["3.corrupt"] and (tmp_path / "3.corrupt" / "f").read_text() == "x"
