@@ -22,6 +22,9 @@ model.scan_unroll        decoder layers per lax.scan step in training (1: compil
 model.attention_impl     "einsum" (XLA einsums, fp32 softmax) | "cudnn" (fused flash attention, GPU, bf16)
                          | "auto" (default: cudnn where it applies, else einsum)
 model.vocab_pad_multiple embedding rows are padded to a multiple of this when the vocab grows
+model.lora.*             LoRA (rank 0 = off, full fine-tuning): rank, alpha (scale alpha/rank), dropout,
+                         targets ("q,k,v,o,gate,up,down" or a subset), base_dtype ("" = param_dtype; e.g.
+                         "bfloat16" holds the frozen base in the compute dtype). See bsft_jax.lora_run
 tokenizer.path           base tokenizer folder ("" = model.hf_path; "demo" = the demo set's small BPE)
 behavior.enabled         BehaviorSFT (True) or GeneralSFT (False: no behavior tokens)
 behavior.names / token_format / category_map / init   see bsft_jax.behavior.BehaviorSpec
@@ -90,6 +93,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.scan_unroll = 1
     c.model.attention_impl = "auto"
     c.model.vocab_pad_multiple = 128
+    c.model.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets="q,k,v,o,gate,up,down",
+                                                  base_dtype=""))
     c.model.arch = ml_collections.ConfigDict(dict(
         model_type="qwen2", hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, num_kv_heads=2,
         head_dim=64, rope_theta=10_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
@@ -266,6 +271,24 @@ def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
     return sizes
 
 
+def _check_lora(cfg: ml_collections.ConfigDict) -> None:
+    from bsft_jax.models.lora import TARGETS
+
+    lc = cfg.model.lora
+    _positive(cfg, "model.lora.rank", "model.lora.alpha", allow_zero=True)
+    if not 0.0 <= lc.dropout < 1.0:
+        raise _fail("model.lora.dropout", f"must be in [0, 1), got {lc.dropout}")
+    targets = [t.strip() for t in str(lc.targets).split(",") if t.strip()]
+    bad = [t for t in targets if t not in TARGETS]
+    if bad:
+        raise _fail("model.lora.targets", f"unknown {bad}; use a comma-separated subset of {','.join(TARGETS)}")
+    if lc.base_dtype:
+        try:
+            canonical_dtype(lc.base_dtype, field="config.model.lora.base_dtype")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
 def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> dict[str, int]:
     """Checks the resolved config; returns the resolved mesh shape. Raises :class:`ConfigError`."""
     _check_known(cfg, default_config(), "")
@@ -282,6 +305,7 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
         except ValueError as e:
             raise ConfigError(str(e)) from None
     _positive(cfg, "model.vocab_pad_multiple", "model.scan_unroll")
+    _check_lora(cfg)
     # head_dim is checked by DecoderConfig once the architecture is known (it may come from an HF folder)
     if m.attention_impl == "cudnn" and canonical_dtype(m.dtype) not in CUDNN_ATTENTION_DTYPES:
         raise _fail("model.attention_impl", f"is 'cudnn' but model.dtype={m.dtype!r}; cuDNN flash attention "

@@ -179,7 +179,7 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- export
 def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype: str | None = None,
                       max_shard_size: int | str = "5GB", overwrite: bool = False,
-                      tokenizer_dir: str | None = None) -> str:
+                      tokenizer_dir: str | None = None, adapter: bool = False) -> str:
     """Writes the Hugging Face folder ``out`` from a run's checkpoint; returns its absolute path.
 
     run_dir:        a ``python -m bsft_jax.train`` run directory (``config.run_dir``).
@@ -188,6 +188,8 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     max_shard_size: safetensors shard size limit ("5GB", "500MB" or bytes).
     overwrite:      replace a non-empty ``out`` (the old folder is removed only after the new one is complete).
     tokenizer_dir:  tokenizer to ship (default: ``RUN_DIR/tokenizer``); its behavior-token ids must match.
+    adapter:        LoRA runs only: write an HF PEFT adapter instead of the merged model
+                    (:mod:`bsft_jax.lora_export`; LoRA checkpoints are merged by default).
 
     Raises :class:`CheckpointError` for a missing/partial checkpoint and :class:`ExportError` for
     an existing ``out`` or a mismatching tokenizer, before anything is written.
@@ -206,6 +208,18 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     tok_path = os.path.abspath(tokenizer_dir or os.path.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR)))
     tokenizer = _load_tokenizer(tok_path)
     check_tokenizer(tokenizer, config, meta, tok_path)
+    if adapter and "lora" not in meta:
+        raise ExportError(f"{run_dir}: step {step} is a full fine-tuning checkpoint; --adapter needs a LoRA run "
+                          "(model.lora.rank > 0)")
+    if "lora" in meta:  # adapters + rows only: the base is rebuilt from the checkpoint's reference
+        from bsft_jax.lora_export import export_lora
+
+        t0 = time.perf_counter()
+        path = export_lora(run_dir, step, meta, out, tokenizer=tokenizer, dtype=export_dtype, adapter=adapter,
+                           max_shard_size=max_shard_size, overwrite=overwrite)
+        log.info("wrote %s (LoRA %s, %s, step %d) in %.1fs", path, "adapter" if adapter else "merged",
+                 export_dtype, step, time.perf_counter() - t0)
+        return path
 
     t0 = time.perf_counter()
     restore_dtype = _restore_dtype(config, export_dtype)
@@ -235,6 +249,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max_shard_size", default="5GB", help="safetensors shard size limit (default 5GB)")
     p.add_argument("--tokenizer", default=None, metavar="DIR", help="tokenizer folder (default: RUN_DIR/tokenizer)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--adapter", action="store_true",
+                   help="LoRA runs: write an HF PEFT adapter (adapter_config.json + adapter_model.safetensors) "
+                        "instead of the merged model")
     return p
 
 
@@ -250,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = export_checkpoint(args.checkpoint, args.out, step=args.step, dtype=args.dtype,
                                  max_shard_size=args.max_shard_size, overwrite=args.overwrite,
-                                 tokenizer_dir=args.tokenizer)
+                                 tokenizer_dir=args.tokenizer, adapter=args.adapter)
     except (CheckpointError, ExportError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ from bsft_jax.checkpoint import Checkpointer, CheckpointError, make_meta
 from bsft_jax.cli import parse_flags, setup_logging
 from bsft_jax.config_schema import ConfigError, config_to_dict, validate_config
 from bsft_jax.distributed import data_shard, global_batch_from_local, is_primary
+from bsft_jax.lora_run import base_reference, lora_from_config, lora_meta, make_trainer, rebuild_base
 from bsft_jax.loss import LossSums, first_target_mask
 from bsft_jax.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
 from bsft_jax.models.decoder import count_params
@@ -177,8 +178,16 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
         ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
         stack.callback(ckpt.close)  # waits for pending saves even when a step fails
         resume_step = ckpt.latest_step()
+        lora = lora_from_config(cfg)
         if resume_step is None:
             bundle = build_fresh(cfg, mesh)
+        elif lora is not None:  # the checkpoint has the adapters only: rebuild (and check) the frozen base
+            log.info("resuming LoRA run %s from step %d", run_dir, resume_step)
+            resume_meta = ckpt.read_json(resume_step, "meta")
+            if "lora" not in resume_meta:
+                raise CheckpointError(f"{run_dir}: step {resume_step} is a full fine-tuning checkpoint but "
+                                      "model.lora.rank > 0; resume it with model.lora.rank=0")
+            bundle = rebuild_base(cfg, resume_meta["lora"], mesh, f"{run_dir} step {resume_step}")
         else:
             log.info("resuming %s from step %d", run_dir, resume_step)
             bundle = build_for_resume(cfg, run_dir, ckpt.read_json(resume_step, "meta"))
@@ -186,7 +195,7 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
             write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
 
         tx, schedule = make_optimizer(cfg.optimizer, t.steps)
-        trainer = Trainer(bundle.model, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
+        trainer = make_trainer(cfg, bundle, tx, schedule, mesh)
         shard = data_shard(trainer.batch_sharding, global_batch)
         data_iter = make_train_iterator(cfg, bundle.tokenizer, shard)
         num_params = count_params(bundle.model)
@@ -194,6 +203,8 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
             state = trainer.init_state(bundle.model, cfg.seed)  # takes over (donates) the model's buffers
         else:
             restore_iter = data_iter if cfg.checkpoint.restore_data else None
+            if lora is not None:
+                trainer.set_base(bundle.model)
             state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=restore_iter)
         bundle.model = None  # the state owns the parameters now (donated every step)
         trainer.compile(global_batch, cfg.data.seq_len)
@@ -205,6 +216,10 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
             with open(os.path.join(run_dir, "startup.json"), "w") as f:
                 json.dump(startup, f, indent=2)
         meta_base = dict(behavior=_behavior_meta(cfg, bundle), num_params=num_params, mesh=startup["mesh"])
+        if lora is not None:
+            startup["trainable_params"] = trainer.num_trainable()
+            meta_base["lora"] = lora_meta(lora, trainer.row_ids, base_reference(cfg, bundle),
+                                          str(trainer.base_dtype))
         metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
         stack.callback(metrics_log.close)
         eval_batches = make_eval_batches(cfg, bundle.tokenizer, shard) if t.eval_every >= 0 else []

@@ -100,6 +100,9 @@ class DecoderConfig:
     # "auto":   "cudnn" where it applies (GPU backend, bf16/fp16, head_dim <= 128), else "einsum".
     # KV-cache steps always use the einsums (one query row: bandwidth-bound, no flash benefit).
     attention_impl: str = "auto"
+    # LoRA adapters on the block projections (bsft_jax.models.lora.LoraConfig); None: no adapters,
+    # the decoder is exactly the plain one. Not part of the HF architecture (to_hf ignores it).
+    lora: Any = None
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
