@@ -122,17 +122,17 @@ class LoraTrainer(Trainer):
         embed = model.embed.value
         head = None if config.tie_word_embeddings else model.lm_head.value
 
-        def make(embed: jax.Array, head: jax.Array | None, key_data: jax.Array) -> TrainState:
-            lora_init = nnx.state(Decoder(config, rngs=nnx.Rngs(params=seed)), LoraParam)
+        def make(lora_init: Any, embed: jax.Array, head: jax.Array | None, key_data: jax.Array) -> TrainState:
             rows = {"embed": embed[ids].astype(config.param_dtype)}
             if head is not None:
                 rows["lm_head"] = head[:, ids].astype(config.param_dtype)
-            params = {"lora": nnx.to_pure_dict(lora_init), "rows": rows}
+            params = {"lora": lora_init, "rows": rows}
             return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
                               rng=key_data)
 
         key_data = jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32)
-        return jax.jit(make, out_shardings=self.state_shardings)(embed, head, key_data)
+        lora_init = _init_factors(self.abstract_state.params["lora"], self.state_shardings.params["lora"], seed)
+        return jax.jit(make, out_shardings=self.state_shardings)(lora_init, embed, head, key_data)
 
     def full_params(self, params: dict[str, Any], frozen: dict[str, Any]) -> nnx.State:
         """The decoder's whole parameter State: the frozen base with the rows scattered in, plus the adapters."""
@@ -210,6 +210,26 @@ class LoraTrainer(Trainer):
     def num_trainable(self) -> int:
         """Number of trained parameters (adapters + behavior rows)."""
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params)))
+
+
+def _init_factors(abstract: dict[str, Any], shardings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Initial adapter factors: A ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PEFT's default bound), B = 0.
+
+    Drawn on the host with numpy from ``seed`` (the same values on every process and mesh), then
+    placed shard by shard; generating them under jit costs seconds of compile time for nothing.
+    """
+    rng = np.random.default_rng([int(seed), 0x10A])
+
+    def one(path: Any, a: jax.ShapeDtypeStruct, sharding: Any) -> jax.Array:
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name.endswith("_lora_b"):
+            value = np.zeros(a.shape, a.dtype)
+        else:  # [L, *in, r]
+            bound = 1.0 / np.sqrt(np.prod(a.shape[1:-1]))
+            value = rng.uniform(-bound, bound, a.shape).astype(a.dtype)
+        return jax.make_array_from_callback(a.shape, sharding, lambda idx: value[idx])
+
+    return jax.tree_util.tree_map_with_path(one, abstract, shardings)
 
 
 def _merge_dicts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
