@@ -105,6 +105,8 @@ class DecoderConfig:
     lora: Any = None
 
     def __post_init__(self) -> None:
+        if self.lora is not None and not self.lora.enabled:  # rank 0 / no targets: exactly no adapters
+            object.__setattr__(self, "lora", None)
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedConfigError(
                 f"model_type={self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"

@@ -151,7 +151,7 @@ def merged_weight(w: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float, dty
     is handled layer by layer, so only one layer's product is alive at a time). The product and sum
     are taken in fp32, then cast once.
     """
-    if w.ndim == a.ndim + b.ndim - 2 + 1:  # stacked: w [L, *in, *out]
+    if w.ndim == a.ndim + b.ndim - 3:  # stacked: w [L, *in, *out], a [L, *in, r], b [L, r, *out]
         out = np.empty(w.shape, dtype)
         for i in range(w.shape[0]):
             out[i] = merged_weight(w[i], a[i], b[i], scale, dtype)

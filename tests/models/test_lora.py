@@ -1,0 +1,73 @@
+"""LoRA in the decoder: off is the unchanged program, a fresh adapter is the base, adapters == merged weights."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bsft_jax.models import DecoderConfig
+from bsft_jax.models.decoder import init_decoder
+from bsft_jax.models.lora import LoraConfig, LoraParam, lora_config_from, merged_weight, projection_owner
+
+
+def _config(**kw) -> DecoderConfig:
+    base = dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                num_kv_heads=2, head_dim=8, qkv_bias=True)
+    base.update(kw)
+    return DecoderConfig(**base)
+
+
+IDS = jnp.asarray(np.random.RandomState(0).randint(0, 64, (2, 7)))
+
+
+def test_rank_zero_is_off_and_the_program_is_unchanged():
+    assert lora_config_from({"rank": 0}) is None and lora_config_from({"rank": 4, "targets": ""}) is None
+    off = _config(lora=LoraConfig(rank=0))
+    assert off.lora is None and off == _config()
+    plain = init_decoder(_config())
+    jaxpr = str(jax.make_jaxpr(lambda ids: plain(ids))(IDS))
+    off_model = init_decoder(off)
+    assert jaxpr == str(jax.make_jaxpr(lambda ids: off_model(ids))(IDS))
+    assert not jax.tree.leaves(nnx.state(init_decoder(off), LoraParam))
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama"])
+def test_fresh_adapter_is_the_base_bitwise(model_type):
+    lora = LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "o", "down"))
+    base = init_decoder(_config(model_type=model_type, qkv_bias=model_type == "qwen2"), seed=1)
+    adapted = init_decoder(base.config.replace(lora=lora), seed=1)
+    # base weights do not depend on LoRA being on (factors are drawn after every base weight)
+    np.testing.assert_array_equal(np.asarray(adapted.layers.attn.q_proj.value),
+                                  np.asarray(base.layers.attn.q_proj.value))
+    assert adapted.layers.attn.q_lora_a.value.shape == (2, 32, 4)
+    assert adapted.layers.attn.o_lora_a.value.shape == (2, 4, 8, 4)
+    assert adapted.layers.attn.q_lora_a.get_metadata()["logical_axes"] == ("layers", "embed", "lora_rank")
+    assert not hasattr(adapted.layers.attn, "k_lora_a")
+    np.testing.assert_array_equal(np.asarray(adapted(IDS)), np.asarray(base(IDS)))
+
+
+@pytest.mark.parametrize("scan_unroll", [1, 2])
+def test_adapters_equal_merged_weights(scan_unroll):
+    lora = LoraConfig(rank=3, alpha=6.0)
+    config = _config(lora=lora, scan_unroll=scan_unroll)
+    model = init_decoder(config, seed=2)
+    rng = np.random.RandomState(3)
+    for name in lora.targets:  # random B so every adapter contributes
+        owner = getattr(model.layers, "attn" if projection_owner(name) == "attn" else "mlp")
+        b = getattr(owner, f"{name}_lora_b")
+        b.value = jnp.asarray(rng.normal(0, 0.1, b.value.shape), jnp.float32)
+    ours = np.asarray(model(IDS))
+    merged = init_decoder(_config(scan_unroll=scan_unroll), seed=2)
+    for name in lora.targets:
+        owner_name = projection_owner(name)
+        src, dst = getattr(model.layers, owner_name), getattr(merged.layers, owner_name)
+        w = merged_weight(np.asarray(getattr(src, f"{name}_proj").value),
+                          np.asarray(getattr(src, f"{name}_lora_a").value),
+                          np.asarray(getattr(src, f"{name}_lora_b").value), lora.scale, np.float32)
+        getattr(dst, f"{name}_proj").value = jnp.asarray(w)
+    got = np.asarray(merged(IDS))
+    assert np.abs(ours - np.asarray(init_decoder(_config(), seed=2)(IDS))).max() > 1e-3
+    np.testing.assert_allclose(got, ours, atol=1e-5, rtol=0)
