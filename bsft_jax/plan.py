@@ -280,6 +280,8 @@ def analytic_bytes(trainer: Any, global_batch: int, seq_len: int) -> dict[str, i
         "gradients": params * (2 if trainer.microbatches > 1 else 1),
         "batch": 5 * 4 * global_batch * seq_len // shards,  # 5 int32 [B, T] arrays (BATCH_KEYS)
     }
+    if hasattr(trainer, "abstract_frozen"):  # LoRA: params/opt_state/gradients are the adapters + rows only
+        out["frozen_base"] = _shard_bytes(trainer.abstract_frozen, trainer.frozen_shardings)
     c = trainer.config
     rows = global_batch // trainer.microbatches // shards
     act_bytes = 2 if c.dtype in ("bfloat16", "float16") else 4
@@ -303,9 +305,21 @@ def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str
 
     mesh = make_mesh(mesh_sizes, devices)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.train.steps)
+    from bsft_jax.lora_run import base_dtype, lora_from_config
+
+    lora = lora_from_config(cfg)
     with jax.set_mesh(mesh):
-        trainer = Trainer(abstract_decoder(config), tx, schedule, mesh, microbatches=cfg.train.microbatches,
-                          z_loss=cfg.train.z_loss)
+        if lora is not None:  # the LoRA step: frozen base (optionally in the compute dtype), no AdamW for it
+            from bsft_jax.lora_trainer import LoraTrainer
+
+            n = len(cfg.behavior.names) if cfg.behavior.enabled else 0
+            rows = range(config.num_valid_tokens - n, config.num_valid_tokens)
+            trainer = LoraTrainer(abstract_decoder(config), tx, schedule, mesh, lora=lora, behavior_ids=list(rows),
+                                  base_dtype=base_dtype(cfg), microbatches=cfg.train.microbatches,
+                                  z_loss=cfg.train.z_loss)
+        else:
+            trainer = Trainer(abstract_decoder(config), tx, schedule, mesh, microbatches=cfg.train.microbatches,
+                              z_loss=cfg.train.z_loss)
         t0 = time.perf_counter()
         compiled = trainer.compile(cfg.train.global_batch_size, cfg.data.seq_len)
     return trainer, compiled, time.perf_counter() - t0
@@ -379,7 +393,9 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
         "hbm_bytes_per_device": hbm,
         "model": {"architecture": how, "model_type": config.model_type,
                   "num_params": count_params(abstract_decoder(config)), "vocab_rows": config.vocab_size,
-                  "dtype": config.dtype, "param_dtype": config.param_dtype, "remat": config.remat},
+                  "dtype": config.dtype, "param_dtype": config.param_dtype, "remat": config.remat,
+                  "lora": trainer.lora.to_dict() if hasattr(trainer, "lora") else None,
+                  "trainable_params": trainer.num_trainable() if hasattr(trainer, "lora") else None},
         "batch": {"global_batch_size": t.global_batch_size, "seq_len": cfg.data.seq_len,
                   "microbatches": t.microbatches,
                   "rows_per_device_per_microbatch": t.global_batch_size // t.microbatches
@@ -463,7 +479,10 @@ def format_plan(plan: dict[str, Any], config_name: str = "") -> str:
         f"  batch: {b['global_batch_size']} rows x {b['seq_len']} tokens, {b['microbatches']} microbatch(es), "
         f"{b['rows_per_device_per_microbatch']} row(s) per device per microbatch",
         "  per device, analytic (exact from shapes x dtype / shards):",
-        f"    parameters                      {_gib(a['params'])}",
+        *([f"  LoRA rank {m['lora']['rank']} on {','.join(m['lora']['targets'])}: {m['trainable_params']:,} "
+           "trainable parameters (adapters + behavior rows); the base is frozen (no gradients, no AdamW state)",
+           f"    frozen base                     {_gib(a['frozen_base'])}"] if m.get("lora") else []),
+        f"    {'trainable parameters' if m.get('lora') else 'parameters':<32}{_gib(a['params'])}",
         f"    optimizer state (AdamW m, v)    {_gib(a['opt_state'])}",
         f"    gradients{' (accumulator + micro)' if b['microbatches'] > 1 else '                      '}"
         f" {_gib(a['gradients'])}",
