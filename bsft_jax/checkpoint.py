@@ -267,6 +267,10 @@ def load_params(run_dir: str, step: int | None = None, *, mesh: Mesh | None = No
               were trained in (``param_dtype`` of the run).
     """
     meta = read_meta(run_dir, step)
+    if "lora" in meta:  # adapters + rows only: rebuild the base and merge (bsft_jax.lora_export)
+        from bsft_jax.lora_export import load_merged
+
+        return load_merged(run_dir, meta, mesh=mesh, **runtime)
     config = decoder_config_from_dict(meta["model_config"], **runtime)
     graphdef, abstract = nnx.split(abstract_decoder(config))
     if mesh is not None:

@@ -198,3 +198,45 @@ def export_lora(run_dir: str, step: int, meta: dict[str, Any], out: str, *, toke
     model = merged_model(bundle, lora, trainable, meta["lora"]["row_ids"], dtype)
     return save_hf(model, config, out, tokenizer=tokenizer, dtype=dtype, max_shard_size=max_shard_size,
                    overwrite=overwrite)
+
+
+def load_merged(run_dir: str, meta: dict[str, Any], *, mesh: Mesh | None = None,
+                **runtime: Any) -> tuple[Any, DecoderConfig, dict[str, Any]]:
+    """A LoRA checkpoint as a plain (merged) Decoder, for evaluation and decoding: ``(model, config, meta)``.
+
+    What :func:`bsft_jax.checkpoint.load_params` returns for LoRA runs: the base is rebuilt and
+    checked, the adapters merged on the host in ``model.param_dtype`` (fp32 products), and the
+    parameters placed by the rules table on ``mesh`` (default: the first device).
+    """
+    from bsft_jax.checkpoint import Checkpointer
+    from bsft_jax.config_schema import config_from_dict
+    from bsft_jax.models.decoder import abstract_decoder
+    from bsft_jax.sharding import state_shardings
+
+    step = int(meta["step"])
+    reader = Checkpointer.__new__(Checkpointer)
+    reader.manager = ocp.CheckpointManager(checkpoint_dir(run_dir), options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False))
+    cfg = config_from_dict(reader.read_json(step, "config"))
+    bundle, lora, trainable = load_lora_step(run_dir, step, meta, cfg)
+    config = decoder_config_from_dict(meta["model_config"], **runtime)
+    host = merged_model(bundle, lora, trainable, meta["lora"]["row_ids"], config.param_dtype)
+    graphdef, abstract = nnx.split(abstract_decoder(config))
+    if mesh is not None:
+        shardings = nnx.to_pure_dict(state_shardings(abstract, mesh))
+    else:
+        single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: single, nnx.to_pure_dict(abstract))
+    values = {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(host, nnx.Param))}
+    flat_sh = _flat(shardings)
+
+    def place(path: tuple[str, ...]) -> jax.Array:
+        v = values[path]
+        arr = np.stack([v[i] for i in range(v.shape[0])]) if isinstance(v, _MergedLayers) else np.asarray(v)
+        return jax.device_put(arr.astype(config.param_dtype), flat_sh[path])
+
+    state = jax.tree.map(lambda x: x, abstract)
+    from bsft_jax.export import _unflatten
+
+    nnx.replace_by_pure_dict(state, _unflatten({p: place(p) for p in flat_sh}))
+    return nnx.merge(graphdef, state), config, meta

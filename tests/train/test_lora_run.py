@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bsft_jax.checkpoint import read_meta
+from bsft_jax.checkpoint import load_params, read_meta
 from bsft_jax.export import _unflatten, export_checkpoint
 from bsft_jax.lora_export import load_lora_step
 from bsft_jax.lora_trainer import LoraTrainer
@@ -90,8 +90,9 @@ def _hf_run(tmp_path, kind: str, tie: bool):
         "model.source": "hf", "model.hf_path": folder, "data.source": "jsonl", "data.path": str(data),
         "data.seq_len": 96, "train.steps": 3, "checkpoint.every_steps": 3, "optimizer.learning_rate": 2e-2,
         "optimizer.warmup_steps": 0, "model.lora.rank": 4, "model.lora.alpha": 8.0,
-        "model.lora.targets": "q,k,v,o,gate,up,down"})
-    run(cfg, devices=jax.devices()[:1])
+        "model.lora.targets": "q,k,v,o,gate,up,down", "train.eval_every": 0, "data.eval_batches": 1})
+    result = run(cfg, devices=jax.devices()[:1])
+    assert np.isfinite(result.eval_metrics["loss"])  # the LoRA eval step (base passed to it) ran
     return cfg, folder
 
 
@@ -122,6 +123,11 @@ def test_lora_exports_merged_and_peft_adapter_with_our_logits(tmp_path, kind, ti
     valid = meta["model_config"]["valid_vocab_size"] or meta["model_config"]["vocab_size"]
     (_, _, trainable), _ = _trainable(cfg.run_dir)
     assert np.abs(trainable[("lora", "layers", "mlp", "down_lora_b")]).max() > 0  # adapters really trained
+
+    # what the evaluator and decoder load: the merged model, placed on a device
+    model, _, _ = load_params(cfg.run_dir)
+    np.testing.assert_allclose(np.asarray(model(jax.numpy.asarray(ids)))[..., :valid], ours[..., :valid], atol=TOL,
+                               rtol=0)
 
     merged = export_checkpoint(cfg.run_dir, str(tmp_path / "merged"), dtype="float32")
     hf = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
