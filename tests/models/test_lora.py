@@ -71,3 +71,14 @@ def test_adapters_equal_merged_weights(scan_unroll):
     got = np.asarray(merged(IDS))
     assert np.abs(ours - np.asarray(init_decoder(_config(), seed=2)(IDS))).max() > 1e-3
     np.testing.assert_allclose(got, ours, atol=1e-5, rtol=0)
+
+
+def test_config_validation_names_the_lora_field(tmp_path):
+    from bsft_jax.config_schema import ConfigError, validate_config
+    from tests.train.common import tiny_config
+
+    for field, value, match in (("targets", "q,qq", "model.lora.targets"), ("dropout", 1.5, "model.lora.dropout"),
+                                ("rank", -1, "model.lora.rank"), ("base_dtype", "int8", "model.lora.base_dtype")):
+        cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"), **{f"model.lora.{field}": value})
+        with pytest.raises(ConfigError, match=match):
+            validate_config(cfg, num_devices=1)
