@@ -148,9 +148,20 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
     """
     graphdef, abstract = nnx.split(abstract_decoder(config.replace(param_dtype=dtype)))
     item_dir = os.path.join(checkpoint_dir(run_dir), str(step), "params")
+    values = restore_tree_on_host(item_dir, nnx.to_pure_dict(abstract))
+    state = jax.tree.map(lambda x: x, abstract)
+    nnx.replace_by_pure_dict(state, _unflatten(values))
+    return nnx.merge(graphdef, state)
+
+
+def restore_tree_on_host(item_dir: str, abstract: Any) -> dict[tuple[str, ...], np.ndarray]:
+    """Every array of an Orbax item as host numpy (``{key path: array}``), one array at a time.
+
+    ``abstract``: nested dict of ShapeDtypeStructs (the expected shapes; ``dtype`` casts while reading).
+    """
     checkpointer = ocp.PyTreeCheckpointer()
     values: dict[tuple[str, ...], np.ndarray] = {}
-    for path, target in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(abstract))[0]:
+    for path, target in jax.tree_util.tree_flatten_with_path(abstract)[0]:
         keys = tuple(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
         args = ocp.args.PyTreeRestore(item=_nest(keys, target), partial_restore=True, restore_args=_nest(
             keys, ocp.RestoreArgs(restore_type=np.ndarray, dtype=target.dtype)))
@@ -161,9 +172,7 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
             raise CheckpointError(f"{item_dir}: parameter {'/'.join(keys)} has shape {tuple(restored.shape)} but "
                                   f"meta/model_config implies {tuple(target.shape)}")
         values[keys] = restored
-    state = jax.tree.map(lambda x: x, abstract)
-    nnx.replace_by_pure_dict(state, _unflatten(values))
-    return nnx.merge(graphdef, state)
+    return values
 
 
 def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:

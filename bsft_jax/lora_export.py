@@ -29,7 +29,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from bsft_jax.checkpoint import CheckpointError, checkpoint_dir, decoder_config_from_dict
+from bsft_jax.checkpoint import checkpoint_dir, decoder_config_from_dict
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.lora import LoraConfig, lora_config_from, merged_weight, projection_owner
 
@@ -59,21 +59,9 @@ def _flat(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str,
 
 def read_trainable(run_dir: str, step: int, abstract: dict[str, Any]) -> dict[tuple[str, ...], np.ndarray]:
     """The step's ``params`` item (adapters + rows) as host numpy arrays, whatever mesh saved them."""
-    from bsft_jax.export import _nest
+    from bsft_jax.export import restore_tree_on_host
 
-    item_dir = os.path.join(checkpoint_dir(run_dir), str(step), "params")
-    checkpointer, out = ocp.PyTreeCheckpointer(), {}
-    for keys, target in _flat(abstract).items():
-        args = ocp.args.PyTreeRestore(item=_nest(keys, target), partial_restore=True, restore_args=_nest(
-            keys, ocp.RestoreArgs(restore_type=np.ndarray, dtype=target.dtype)))
-        value = checkpointer.restore(item_dir, args=args)
-        for k in keys:
-            value = value[k]
-        if tuple(value.shape) != tuple(target.shape):
-            raise CheckpointError(f"{item_dir}: {'/'.join(keys)} has shape {tuple(value.shape)}, expected "
-                                  f"{tuple(target.shape)} from meta")
-        out[keys] = value
-    return out
+    return restore_tree_on_host(os.path.join(checkpoint_dir(run_dir), str(step), "params"), abstract)
 
 
 def load_lora_step(run_dir: str, step: int, meta: dict[str, Any], cfg: Any) -> tuple[Any, LoraConfig, dict]:
