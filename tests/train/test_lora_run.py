@@ -163,7 +163,7 @@ def test_lora_peft_adapter_on_real_smollm2(tmp_path):
     write_jsonl(generate_split("test", 4, seed=2), str(data / "test.jsonl"))
     cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"), **{
         "model.source": "hf", "model.hf_path": folder, "tokenizer.path": folder, "data.source": "jsonl",
-        "data.path": str(data), "data.seq_len": 128, "train.steps": 2, "train.global_batch_size": 2,
+        "data.path": str(data), "data.seq_len": 256, "train.steps": 2, "train.global_batch_size": 2,
         "checkpoint.every_steps": 2, "optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 0,
         "model.lora.rank": 8, "model.lora.targets": "q,v", "model.vocab_pad_multiple": 64})
     run(cfg, devices=jax.devices()[:1])
