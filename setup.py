@@ -39,7 +39,7 @@ setup(
             "torch==2.13.0",
             "tiktoken>=0.9",
             "gguf>=0.10",
-            "peft>=0.17",  # LoRA adapter export is checked by loading it with peft
+            "peft>=0.21",  # LoRA adapter export is checked by loading it with peft
             "accelerate>=1.0",
             "scikit-learn>=1.5",
             "pytest>=8",
