@@ -113,9 +113,20 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
     """
     graphdef, abstract = nnx.split(abstract_decoder(config.replace(param_dtype=dtype)))
     item_dir = os.path.join(checkpoint_dir(run_dir), str(step), "params")
+    values = restore_tree_on_host(item_dir, nnx.to_pure_dict(abstract))
+    state = jax.tree.map(lambda x: x, abstract)
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
+    return nnx.merge(graphdef, state)
+
+
+def restore_tree_on_host(item_dir: str, abstract: Any) -> dict[tuple[str, ...], np.ndarray]:
+    """Every array of an Orbax item as host numpy (``{key path: array}``), one array at a time.
+
+    ``abstract``: nested dict of ShapeDtypeStructs (the expected shapes; ``dtype`` casts while reading).
+    """
     checkpointer = ocp.PyTreeCheckpointer()
     values: dict[tuple[str, ...], np.ndarray] = {}
-    for path, target in traverse_util.flatten_dict(nnx.to_pure_dict(abstract)).items():
+    for path, target in traverse_util.flatten_dict(abstract).items():
         keys = tuple(map(str, path))
         restore_as = ocp.RestoreArgs(restore_type=np.ndarray, dtype=target.dtype)
         args = ocp.args.PyTreeRestore(item=traverse_util.unflatten_dict({keys: target}), partial_restore=True,
@@ -127,15 +138,13 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
             raise CheckpointError(f"{item_dir}: parameter {'/'.join(keys)} has shape {tuple(restored.shape)} but "
                                   f"meta/model_config implies {tuple(target.shape)}")
         values[keys] = restored
-    state = jax.tree.map(lambda x: x, abstract)
-    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
-    return nnx.merge(graphdef, state)
+    return values
 
 
 # ----------------------------------------------------------------------------- export
 def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype: str | None = None,
                       max_shard_size: int | str = "5GB", overwrite: bool = False,
-                      tokenizer_dir: str | None = None) -> str:
+                      tokenizer_dir: str | None = None, adapter: bool = False) -> str:
     """Writes the Hugging Face folder ``out`` from a run's checkpoint; returns its absolute path.
 
     run_dir:        a ``python -m bsft_jax.train`` run directory (``config.run_dir``).
@@ -144,6 +153,8 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     max_shard_size: safetensors shard size limit ("5GB", "500MB" or bytes).
     overwrite:      replace a non-empty ``out`` (the old folder is removed only after the new one is complete).
     tokenizer_dir:  tokenizer to ship (default: ``RUN_DIR/tokenizer``); its behavior-token ids must match.
+    adapter:        LoRA runs only: write an HF PEFT adapter instead of the merged model
+                    (:mod:`bsft_jax.export_lora`; LoRA checkpoints are merged by default).
 
     Raises :class:`CheckpointError` for a missing/partial checkpoint and :class:`ExportError` for
     an existing ``out`` or a mismatching tokenizer, before anything is written.
@@ -162,6 +173,14 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     tok_path = os.path.abspath(tokenizer_dir or os.path.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR)))
     tokenizer = _load_tokenizer(tok_path)
     check_tokenizer(tokenizer, config, meta, tok_path)
+    if adapter and "lora" not in meta:
+        raise ExportError(f"{run_dir}: step {step} is a full fine-tuning checkpoint; --adapter needs a LoRA run "
+                          "(model.lora.rank > 0)")
+    if "lora" in meta:  # adapters + rows only: the base is rebuilt from the checkpoint's reference
+        from bsft_jax.export_lora import export_lora
+
+        return export_lora(run_dir, step, meta, out, tokenizer=tokenizer, dtype=export_dtype, adapter=adapter,
+                           max_shard_size=max_shard_size, overwrite=overwrite)
 
     t0 = time.perf_counter()
     restore_dtype = _restore_dtype(config, export_dtype)
@@ -182,10 +201,10 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
 
 # ----------------------------------------------------------------------------- CLI
 _USAGE = """python -m bsft_jax.export --checkpoint RUN_DIR --out HF_DIR [--step N] [--dtype bfloat16]
-       [--max_shard_size 5GB] [--tokenizer DIR] [--overwrite]
+       [--max_shard_size 5GB] [--tokenizer DIR] [--overwrite] [--adapter]
 
 Writes a Hugging Face folder (safetensors, config, generation config, tokenizer, chat template) from
-a training run's checkpoint."""
+a training run's checkpoint; for a LoRA run, the merged model or (--adapter) an HF PEFT adapter."""
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -197,6 +216,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("max_shard_size", "5GB", "safetensors shard size limit", flag_values=fv)
     flags.DEFINE_string("tokenizer", None, "tokenizer folder (default: RUN_DIR/tokenizer)", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "replace a non-empty output folder", flag_values=fv)
+    flags.DEFINE_bool("adapter", False, "LoRA runs: write an HF PEFT adapter (adapter_config.json + "
+                      "adapter_model.safetensors) instead of the merged model", flag_values=fv)
     flags.mark_flags_as_required(["checkpoint", "out"], flag_values=fv)
 
 
@@ -214,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         path = export_checkpoint(fv.checkpoint, fv.out, step=fv.step, dtype=fv.dtype, max_shard_size=fv.max_shard_size,
-                                 overwrite=fv.overwrite, tokenizer_dir=fv.tokenizer)
+                                 overwrite=fv.overwrite, tokenizer_dir=fv.tokenizer, adapter=fv.adapter)
     except (CheckpointError, ExportError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -28,8 +28,9 @@ import numpy as np
 from bsft_jax.files import write_json
 from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
-from bsft_jax.run.checkpoint import Checkpointer, make_meta
+from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, make_meta
 from bsft_jax.run.config import config_to_dict, validate_config
+from bsft_jax.run.lora import base_reference, lora_meta, make_trainer, rebuild_base
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
 from bsft_jax.run.settings import BehaviorSettings, Settings
 from bsft_jax.train import distributed
@@ -205,16 +206,12 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     stack.callback(ckpt.close)  # waits for pending saves even when a step fails
     resume_step = ckpt.latest_step()
-    if resume_step is None:
-        bundle = build_fresh(settings, mesh)
-    else:
-        log.info("resuming %s from step %d", run_dir, resume_step)
-        bundle = build_for_resume(settings.model, settings.behavior, run_dir, ckpt.read_json(resume_step, "meta"))
+    bundle = _bundle(settings, ckpt, run_dir, resume_step, mesh)
     config_dict = config_to_dict(cfg)
     if primary:
         write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
     tx, schedule = make_optimizer(settings.optimizer, t.steps)
-    trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
+    trainer = make_trainer(settings, bundle, tx, schedule, mesh)  # the LoRA trainer when model.lora is on
     shard = data_shard(trainer.batch_sharding, t.global_batch_size)
     data_iter = train_iterator(settings.data, settings.behavior.spec, bundle.tokenizer, shard)
     num_params = count_params(bundle.model)
@@ -222,6 +219,8 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
         state = trainer.init_state(bundle.model, settings.seed)  # takes over (donates) the model's buffers
     else:
         restore_iter = data_iter if cfg.checkpoint.restore_data else None
+        if settings.model.lora.config is not None:
+            trainer.set_base(bundle.model)  # the frozen base is the step's argument, not part of the state
         state = ckpt.restore(resume_step, trainer.abstract_with_shardings(), data_iterator=restore_iter)
     bundle.model = None  # the state owns the parameters now (donated every step)
     trainer.compile(t.global_batch_size, cfg.data.seq_len)
@@ -234,8 +233,26 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     eval_batches = (make_eval_batches(settings.data, settings.behavior.spec, bundle.tokenizer, shard)
                     if t.eval_every >= 0 else [])
     meta_base = dict(behavior=_behavior_meta(settings.behavior, bundle), num_params=num_params, mesh=startup["mesh"])
+    if settings.model.lora.config is not None:
+        meta_base["lora"] = lora_meta(trainer.lora, trainer.row_ids, base_reference(settings, bundle),
+                                      str(trainer.base_dtype))
     return _Session(cfg, ckpt, bundle, trainer, state, data_iter, eval_batches, metrics_log, config_dict, meta_base,
                     startup, resume_step)
+
+
+def _bundle(settings: Settings, ckpt: Checkpointer, run_dir: str, resume_step: int | None, mesh: Any) -> ModelBundle:
+    """The run's model: fresh, abstract for a resume, or (LoRA resume) the frozen base rebuilt and checked."""
+    if resume_step is None:
+        return build_fresh(settings, mesh)
+    meta = ckpt.read_json(resume_step, "meta")
+    if settings.model.lora.config is None:
+        log.info("resuming %s from step %d", run_dir, resume_step)
+        return build_for_resume(settings.model, settings.behavior, run_dir, meta)
+    log.info("resuming LoRA run %s from step %d", run_dir, resume_step)
+    if "lora" not in meta:  # the checkpoint has the whole model, not adapters
+        raise CheckpointError(f"{run_dir}: step {resume_step} is a full fine-tuning checkpoint but "
+                              "model.lora.rank > 0; resume it with model.lora.rank=0")
+    return rebuild_base(settings, meta["lora"], mesh, f"{run_dir} step {resume_step}")
 
 
 def _loop(s: _Session, stop: _StopSignal, on_step: Callable[[int, dict[str, float]], None] | None) -> _Outcome:
