@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(f"LoRA bench: {os.path.basename(folder.rstrip('/'))}, batch {args.batch} x {args.seq}, rank "
                 f"{args.rank} on {args.targets}", ["impl", "trainable params", "s/step median (min-max)",
                                                    "speed vs jax-full", "peak RSS MiB", "XLA step MiB"], rows)
-    config = {k: v for k, v in vars(args).items() if k not in ("memory", "results")}
+    config = {k: v for k, v in vars(args).items() if k != "memory"}
     config["hf_path"] = folder
     append_result("lora", config, results, args.results)
     return results
