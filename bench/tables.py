@@ -9,6 +9,7 @@ files) so that modules moving inside ``bsft_jax`` do not need edits here.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -201,6 +202,37 @@ def render_memory(records: list[dict[str, Any]]) -> str:
         rows.append([label, f"{model_mb:.0f}", f"{v['extra_mb']:.0f}", f"{v['extra_over_model']:.2f}x",
                      f"{v['seconds']:.3g}", note])
     return markdown(["operation", "model MB", "peak extra MB", "x model", "seconds", "notes"], rows)
+
+
+LORA_LABELS = {"jax-full": "bsft_jax full fine-tuning", "jax-lora": "bsft_jax LoRA (+ behavior rows)",
+               "peft-lora": "transformers + peft LoRA (+ trainable tokens)",
+               "torch-full": "transformers full fine-tuning"}
+
+
+def render_lora(records: list[dict[str, Any]]) -> str:
+    """LoRA vs full fine-tuning (bsft_jax) vs transformers + peft: step time (interleaved) and peak memory.
+
+    Not in TABLES yet: no real-model record exists (the SmolLM2 run did not finish on the shared dev
+    machine). Add ``Table("lora", "BENCHMARKS.md", RESULTS, _newest(_bench("lora")), render_lora,
+    _deps("bench/lora.py"), ...)`` and a ``table:lora`` marker once ``bench/results.jsonl`` has one.
+    """
+    rec = records[-1]
+    res, cfg = rec["results"], rec["config"]
+    ref = res["impls"].get("jax-full", {}).get("seconds_per_step", {}).get("median")
+    rows = []
+    for impl, r in res["impls"].items():
+        s = r["seconds_per_step"]
+        xla = f"{r['xla_bytes'] / 2**20:.0f}" if r.get("xla_bytes") else "-"
+        rows.append([LORA_LABELS.get(impl, impl), f"{r['trainable']:,}", f"{s['median']:.3f} ({_spread(s, '{:.3f}')})",
+                     f"{ref / s['median']:.2f}x" if ref else "-",
+                     f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") is not None else "-", xla])
+    head = (f"{os.path.basename(str(cfg['hf_path']).rstrip('/'))}, fp32, batch {cfg['batch']} x {cfg['seq']}, "
+            f"LoRA rank {cfg['rank']} (alpha {cfg['alpha']:g}) on {cfg['targets']}, "
+            f"{cfg['rows']} trainable token rows; "
+            f"{cfg['blocks']} interleaved blocks of {cfg['steps']} steps; load average "
+            f"{res['load_avg_start']:.2f} at start, {res['load_avg_end']:.2f} at the end.\n\n")
+    return head + markdown(["implementation", "trainable params", "s/step median (min-max)", "speed vs bsft_jax full",
+                            "peak RSS MB", "XLA step MB"], rows)
 
 
 # -- GPU --------------------------------------------------------------------------------------------------

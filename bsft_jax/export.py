@@ -48,6 +48,7 @@ from bsft_jax.run.checkpoint import (
     checkpoint_dir,
     decoder_config_from_dict,
     read_meta,
+    resolve_step,
 )
 from bsft_jax.run.cli import parse_flags, setup_logging
 from bsft_jax.run.recovery import DamagedStep, failure_reason, newest_readable
@@ -117,9 +118,20 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
     """
     graphdef, abstract = nnx.split(abstract_decoder(config.replace(param_dtype=dtype)))
     item_dir = storage.join(checkpoint_dir(run_dir), str(step), "params")
+    values = restore_tree_on_host(item_dir, nnx.to_pure_dict(abstract))
+    state = jax.tree.map(lambda x: x, abstract)
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
+    return nnx.merge(graphdef, state)
+
+
+def restore_tree_on_host(item_dir: str, abstract: Any) -> dict[tuple[str, ...], np.ndarray]:
+    """Every array of an Orbax item as host numpy (``{key path: array}``), one array at a time.
+
+    ``abstract``: nested dict of ShapeDtypeStructs (the expected shapes; ``dtype`` casts while reading).
+    """
     checkpointer = ocp.PyTreeCheckpointer()
     values: dict[tuple[str, ...], np.ndarray] = {}
-    for path, target in traverse_util.flatten_dict(nnx.to_pure_dict(abstract)).items():
+    for path, target in traverse_util.flatten_dict(abstract).items():
         keys = tuple(map(str, path))
         restore_as = ocp.RestoreArgs(restore_type=np.ndarray, dtype=target.dtype)
         args = ocp.args.PyTreeRestore(item=traverse_util.unflatten_dict({keys: target}), partial_restore=True,
@@ -131,9 +143,7 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
             raise CheckpointError(f"{item_dir}: parameter {'/'.join(keys)} has shape {tuple(restored.shape)} but "
                                   f"meta/model_config implies {tuple(target.shape)}")
         values[keys] = restored
-    state = jax.tree.map(lambda x: x, abstract)
-    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
-    return nnx.merge(graphdef, state)
+    return values
 
 
 # ----------------------------------------------------------------------------- export
@@ -166,7 +176,7 @@ def _restore_step(run_dir: str, step: int, dtype: str | None, tokenizer_dir: str
 
 def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype: str | None = None,
                       max_shard_size: int | str = "5GB", overwrite: bool = False,
-                      tokenizer_dir: str | None = None) -> str:
+                      tokenizer_dir: str | None = None, adapter: bool = False) -> str:
     """Writes the Hugging Face folder ``out`` from a run's checkpoint; returns its absolute path.
 
     run_dir:        a ``python -m bsft_jax.train`` run directory (``config.run_dir``).
@@ -176,6 +186,8 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     max_shard_size: safetensors shard size limit ("5GB", "500MB" or bytes).
     overwrite:      replace a non-empty ``out`` (the old folder is removed only after the new one is complete).
     tokenizer_dir:  tokenizer to ship (default: ``RUN_DIR/tokenizer``); its behavior-token ids must match.
+    adapter:        LoRA runs only: write an HF PEFT adapter instead of the merged model
+                    (:mod:`bsft_jax.export_lora`; LoRA checkpoints are merged by default).
 
     Raises :class:`CheckpointError` for a missing/partial checkpoint and :class:`ExportError` for
     an existing ``out`` or a mismatching tokenizer, before anything is written.
@@ -183,6 +195,10 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     run_dir, out = storage.abspath(run_dir), storage.abspath(out)
     if storage.exists(out) and (not storage.isdir(out) or storage.listdir(out)) and not overwrite:
         raise ExportError(f"{out}: exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+    lora_step = _lora_step(run_dir, step, adapter)
+    if lora_step is not None:  # adapters + rows only: the base is rebuilt from the checkpoint's reference
+        return _export_lora_step(run_dir, lora_step, out, dtype=dtype, tokenizer_dir=tokenizer_dir, adapter=adapter,
+                                 max_shard_size=max_shard_size, overwrite=overwrite)
     try:
         parse_size(max_shard_size)  # fail on a bad size before the (long) restore
         export_dtype = canonical_dtype(dtype, field="--dtype") if dtype else None
@@ -199,12 +215,46 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     return path
 
 
+def _lora_step(run_dir: str, step: int | None, adapter: bool) -> int | None:
+    """The step to export when the run is a LoRA run (its meta has ``lora``), else None.
+
+    LoRA checkpoints take the step as asked (or the newest); the damaged-step fallback covers full
+    fine-tuning checkpoints only.
+    """
+    chosen = resolve_step(run_dir, step)
+    try:
+        meta = _load_meta(run_dir, chosen)
+    except Exception:  # a damaged meta: the full-checkpoint path below reports it or falls back
+        return None
+    if "lora" in meta:
+        return chosen
+    if adapter:
+        raise ExportError(f"{run_dir}: step {chosen} is a full fine-tuning checkpoint; --adapter needs a LoRA run "
+                          "(model.lora.rank > 0)")
+    return None
+
+
+def _export_lora_step(run_dir: str, step: int, out: str, *, dtype: str | None, tokenizer_dir: str | None,
+                      adapter: bool, max_shard_size: str, overwrite: bool) -> str:
+    """Merged model or PEFT adapter of one LoRA step (:func:`bsft_jax.export_lora.export_lora`)."""
+    from bsft_jax.export_lora import export_lora
+
+    meta = _load_meta(run_dir, step)
+    config = decoder_config_from_dict(meta["model_config"])
+    export_dtype = canonical_dtype(dtype or config.source_dtype, field="--dtype")
+    tok_path = storage.abspath(tokenizer_dir or storage.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR)))
+    tokenizer = _load_tokenizer(tok_path)
+    check_tokenizer(tokenizer, config, meta, tok_path)
+    return export_lora(run_dir, step, meta, out, tokenizer=tokenizer, dtype=export_dtype, adapter=adapter,
+                       max_shard_size=max_shard_size, overwrite=overwrite)
+
+
 # ----------------------------------------------------------------------------- CLI
 _USAGE = """python -m bsft_jax.export --checkpoint RUN_DIR --out HF_DIR [--step N] [--dtype bfloat16]
-       [--max_shard_size 5GB] [--tokenizer DIR] [--overwrite]
+       [--max_shard_size 5GB] [--tokenizer DIR] [--overwrite] [--adapter]
 
 Writes a Hugging Face folder (safetensors, config, generation config, tokenizer, chat template) from
-a training run's checkpoint."""
+a training run's checkpoint; for a LoRA run, the merged model or (--adapter) an HF PEFT adapter."""
 
 
 def _define_flags(fv: flags.FlagValues) -> None:
@@ -217,6 +267,8 @@ def _define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("max_shard_size", "5GB", "safetensors shard size limit", flag_values=fv)
     flags.DEFINE_string("tokenizer", None, "tokenizer folder (default: RUN_DIR/tokenizer)", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "replace a non-empty output folder", flag_values=fv)
+    flags.DEFINE_bool("adapter", False, "LoRA runs: write an HF PEFT adapter (adapter_config.json + "
+                      "adapter_model.safetensors) instead of the merged model", flag_values=fv)
     flags.mark_flags_as_required(["checkpoint", "out"], flag_values=fv)
 
 
@@ -235,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def export() -> None:
         print(export_checkpoint(fv.checkpoint, fv.out, step=fv.step, dtype=fv.dtype, max_shard_size=fv.max_shard_size,
-                                overwrite=fv.overwrite, tokenizer_dir=fv.tokenizer))
+                                overwrite=fv.overwrite, tokenizer_dir=fv.tokenizer, adapter=fv.adapter))
 
     return cli_boundary(export)  # missing/damaged checkpoint, bad flag, existing --out: one line, exit 2
 

@@ -137,3 +137,19 @@ def test_model_flops_per_token_counts_every_projection():
     matmul_params = layers * per_layer + d * c.vocab_size
     attention = 6 * 2 * layers * d * 1024 / 2
     assert model_flops_per_token(c, 1024) == pytest.approx(6 * matmul_params + attention)
+
+
+def test_lora_tiny_records_and_renders(results):
+    """bench.lora on the tiny Qwen2: LoRA trains far fewer parameters than full fine-tuning, in both
+    libraries alike (the same adapters and token rows), and its record renders as the LoRA table."""
+    from bench import lora
+    from bench.tables import render_lora
+
+    r = lora.main(["--tiny", "--impls", "jax-full,jax-lora,peft-lora", "--steps", "1", "--blocks", "1",
+                   "--rank", "4", "--no-memory", "--results", results])
+    _check_record(results, "lora")
+    impls = r["impls"]
+    assert impls["jax-lora"]["trainable"] == impls["peft-lora"]["trainable"] < impls["jax-full"]["trainable"] / 4
+    assert all(math.isfinite(v["last_loss"]) for v in impls.values())
+    table = render_lora(_records(results))
+    assert "| bsft_jax LoRA (+ behavior rows) |" in table and "rank 4" in table

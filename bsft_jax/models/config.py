@@ -125,8 +125,13 @@ class DecoderConfig:
     layer_types: tuple[str, ...] | None = None
     sliding_window: int | None = None
     rope_local_theta: float | None = None  # RoPE base of sliding layers (None: rope_theta)
+    # LoRA adapters on the block projections (bsft_jax.models.lora.LoraConfig); None: no adapters,
+    # the decoder is exactly the plain one. Not part of the HF architecture (to_hf ignores it).
+    lora: Any = None
 
     def __post_init__(self) -> None:
+        if self.lora is not None and not self.lora.enabled:  # rank 0 / no targets: exactly no adapters
+            object.__setattr__(self, "lora", None)
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedConfigError(
                 f"model_type={self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"

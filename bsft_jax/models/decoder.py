@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bsft_jax.models import lora as lora_lib
 from bsft_jax.models.config import DecoderConfig, LinearRopeScaling
 from bsft_jax.models.sharding import constrain
 
@@ -208,12 +209,12 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(h, c.rms_norm_eps, **kw)
             self.k_norm = RMSNorm(h, c.rms_norm_eps, **kw)
 
-    def _project(self, x_btd: Array, name: str) -> Array:
+    def _project(self, x_btd: Array, name: str, lora_rng: Array | None = None) -> Array:
         w = getattr(self, f"{name}_proj").value.astype(x_btd.dtype)
         y = project(x_btd, w)
         if self.config.qkv_bias:
             y = y + getattr(self, f"{name}_bias").value.astype(y.dtype)
-        return y
+        return _add_lora(self, name, x_btd, y, 1, lora_rng)
 
     def __call__(
         self,
@@ -225,6 +226,7 @@ class Attention(nnx.Module):
         cache_index: Array | None = None,
         layer: Array | None = None,
         is_local: Array | None = None,
+        lora_rng: Array | None = None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
         """Returns the attention output [B, T, D] and, with a cache, the updated (k, v).
 
@@ -235,12 +237,13 @@ class Attention(nnx.Module):
         the cuDNN path also gets it as the kernel's static ``local_window_size``.
         """
         c = self.config
-        q_btnh, k_btkh = self._project(x_btd, "q"), self._project(x_btd, "k")
+        rng = _lora_rngs(lora_rng, 4)
+        q_btnh, k_btkh = self._project(x_btd, "q", rng[0]), self._project(x_btd, "k", rng[1])
         if c.qk_norm:
             q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
         q_btnh = apply_rope(q_btnh, cos_bth, sin_bth)
         k_btkh = apply_rope(k_btkh, cos_bth, sin_bth)
-        v_btkh = self._project(x_btd, "v")
+        v_btkh = self._project(x_btd, "v", rng[2])
         q_btnh = constrain(q_btnh, ("batch", "length", "act_heads", None))
         if kv is None:
             k_bskh, v_bskh, new_kv = k_btkh, v_btkh, None
@@ -275,7 +278,7 @@ class Attention(nnx.Module):
         y_btd = project(out_btnh, self.o_proj.value.astype(x_btd.dtype), 2)
         if c.o_bias:
             y_btd = y_btd + self.o_bias.value.astype(y_btd.dtype)
-        return y_btd, new_kv
+        return _add_lora(self, "o", out_btnh, y_btd, 2, rng[3]), new_kv
 
 
 def dot_product_attention(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
@@ -338,18 +341,21 @@ class MLP(nnx.Module):
             self.up_bias = _param(rngs, zeros, (f,), ("mlp",), pd, stack)
             self.down_bias = _param(rngs, zeros, (d,), ("embed",), pd, stack)
 
-    def __call__(self, x_btd: Array) -> Array:
+    def __call__(self, x_btd: Array, lora_rng: Array | None = None) -> Array:
         dt = x_btd.dtype
+        rng = _lora_rngs(lora_rng, 3)
         gate_btf = project(x_btd, self.gate_proj.value.astype(dt))
         up_btf = project(x_btd, self.up_proj.value.astype(dt))
         if self.config.mlp_bias:
             gate_btf = gate_btf + self.gate_bias.value.astype(dt)
             up_btf = up_btf + self.up_bias.value.astype(dt)
+        gate_btf = _add_lora(self, "gate", x_btd, gate_btf, 1, rng[0])
+        up_btf = _add_lora(self, "up", x_btd, up_btf, 1, rng[1])
         h_btf = constrain(_ACTIVATIONS[self.config.activation](gate_btf) * up_btf, ("batch", "length", "act_mlp"))
         y_btd = project(h_btf, self.down_proj.value.astype(dt))
         if self.config.mlp_bias:
             y_btd = y_btd + self.down_bias.value.astype(dt)
-        return y_btd
+        return _add_lora(self, "down", h_btf, y_btd, 1, rng[2])
 
 
 class Block(nnx.Module):
@@ -370,12 +376,14 @@ class Block(nnx.Module):
             self.attn_out_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
             self.mlp_out_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
 
-    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts, kv=None, cache_index=None, layer=None, is_local=None):
+    def __call__(self, x_btd, cos_bth, sin_bth, mask_bts, kv=None, cache_index=None, layer=None, is_local=None,
+                 lora_rng=None):
+        rng = _lora_rngs(lora_rng, 2)
         attn_btd, new_kv = self.attn(self.input_norm(x_btd), cos_bth, sin_bth, mask_bts, kv, cache_index, layer,
-                                     is_local)
+                                     is_local, rng[0])
         post = self.attn.config.post_norms
         x_btd = x_btd + (self.attn_out_norm(attn_btd) if post else attn_btd)
-        mlp_btd = self.mlp(self.post_attn_norm(x_btd))
+        mlp_btd = self.mlp(self.post_attn_norm(x_btd), rng[1])
         x_btd = x_btd + (self.mlp_out_norm(mlp_btd) if post else mlp_btd)
         return constrain(x_btd, ("batch", "length", "act_embed")), new_kv
 
@@ -404,6 +412,8 @@ class Decoder(nnx.Module):
         if not config.tie_word_embeddings:
             self.lm_head = _param(rngs, _normal(), (config.hidden_size, config.vocab_size), ("embed", "vocab"),
                                   pd, None)
+        if config.lora is not None:  # after every base weight: the base init does not depend on LoRA
+            lora_lib.add_decoder_factors(self.layers, config, rngs)
 
     def __call__(
         self,
@@ -414,6 +424,7 @@ class Decoder(nnx.Module):
         segment_ids: Array | None = None,
         cache: KVCache | None = None,
         return_hidden: bool = False,
+        dropout_rng: Array | None = None,
     ) -> Any:
         """Logits [B, T, V] (``logits_dtype``); with ``cache``, ``(logits, updated cache)``.
 
@@ -422,6 +433,7 @@ class Decoder(nnx.Module):
                         (correct for left and right padding, and continuing a cache).
         segment_ids:    [B, T] packed-sequence ids (0 = padding); overrides ``attention_mask``.
         return_hidden:  return the final normed hidden states [B, T, D] instead of logits.
+        dropout_rng:    key for LoRA dropout (training); None or no LoRA dropout: deterministic.
         """
         c = self.config
         dtype = jnp.dtype(c.dtype)
@@ -461,15 +473,20 @@ class Decoder(nnx.Module):
         graphdef, layer_state = nnx.split(self.layers)
 
         if cache is None:
+            # LoRA dropout keys, one per layer (None without dropout: the exact plain program)
+            use_dropout = dropout_rng is not None and c.lora is not None and c.lora.dropout > 0
+            keys = jax.random.split(dropout_rng, c.num_layers) if use_dropout else None
+
             def body(x, layer_in):
-                state_l, is_local = layer_in
+                state_l, is_local, key = layer_in
                 block = nnx.merge(graphdef, state_l)
                 cos, sin, mask, is_local = inputs_of(is_local)
-                return block(x, cos, sin, mask, is_local=is_local)[0], None
+                return block(x, cos, sin, mask, is_local=is_local, lora_rng=key)[0], None
 
             if c.remat != "none":
                 body = jax.checkpoint(body, policy=_REMAT_POLICIES[c.remat], prevent_cse=False)
-            x_btd, _ = jax.lax.scan(body, x_btd, (layer_state, local_flags), unroll=min(c.scan_unroll, c.num_layers))
+            x_btd, _ = jax.lax.scan(body, x_btd, (layer_state, local_flags, keys),
+                                    unroll=min(c.scan_unroll, c.num_layers))
         else:
             # Never unrolled (scan_unroll is for training): the in-place cache update needs the loop.
             # The stacked cache rides in the carry and each layer writes only its new slots, so a
@@ -530,6 +547,20 @@ def _per_layer_inputs(c: DecoderConfig, positions_bt: Array, mask_bts: Array, q_
         return pick(cos_l, cos_bth), pick(sin_l, sin_bth), pick(mask_l, mask_bts), flag
 
     return inputs_of, jnp.asarray(c.sliding_layer_mask)
+
+
+def _lora_rngs(key: Array | None, n: int) -> list[Array | None]:
+    """``n`` independent dropout keys from ``key`` (or ``n`` Nones when there is no dropout)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def _add_lora(module: nnx.Module, name: str, x: Array, y: Array, n_in: int, rng: Array | None) -> Array:
+    """``y`` plus projection ``name``'s LoRA term when the module has one (else ``y`` untouched)."""
+    lora = module.config.lora
+    if lora is None:
+        return y
+    d = lora_lib.delta(module, name, x, n_in, lora.scale, lora.dropout, rng)
+    return y if d is None else y + d
 
 
 def _positions_from_segments(segment_ids_bt: Array) -> Array:

@@ -40,6 +40,7 @@ DEFAULT_RULES: Rules = (
     ("mlp", "tensor"),
     ("norm", None),
     ("layers", None),
+    ("lora_rank", None),  # LoRA factors: the rank axis is small, replicated
     # activations
     ("batch", ("data", "fsdp")),
     ("length", None),

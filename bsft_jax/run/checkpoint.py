@@ -75,6 +75,8 @@ def checkpoint_dir(run_dir: str) -> str:
 def decoder_config_to_dict(config: DecoderConfig) -> dict[str, Any]:
     """All DecoderConfig fields, JSON-ready."""
     d = dataclasses.asdict(config)
+    if config.lora is None:
+        d.pop("lora")  # readable by versions without LoRA
     for k, v in d.items():
         if isinstance(v, tuple):
             d[k] = list(v)
@@ -86,6 +88,10 @@ def decoder_config_from_dict(d: dict[str, Any], **runtime: Any) -> DecoderConfig
     d = dict(d)
     if d.get("rope_scaling") is not None:
         d["rope_scaling"] = Llama3RopeScaling(**d["rope_scaling"])
+    if d.get("lora") is not None:
+        from bsft_jax.models.lora_config import lora_config_from
+
+        d["lora"] = lora_config_from(d["lora"])
     for k in ("eos_token_id", "generation_eos_token_ids"):
         if isinstance(d.get(k), list):
             d[k] = tuple(d[k])
@@ -98,9 +104,9 @@ def decoder_config_from_dict(d: dict[str, Any], **runtime: Any) -> DecoderConfig
 
 
 def make_meta(step: int, config: DecoderConfig, *, behavior: dict[str, Any], num_params: int,
-              mesh: dict[str, int]) -> dict[str, Any]:
-    """The ``meta`` item of a step (see the module docstring)."""
-    return {
+              mesh: dict[str, int], lora: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``meta`` item of a step (see the module docstring; LoRA runs add ``lora``: bsft_jax.run.lora)."""
+    meta = {
         "format": FORMAT,
         "step": int(step),
         "model_config": decoder_config_to_dict(config),
@@ -111,6 +117,9 @@ def make_meta(step: int, config: DecoderConfig, *, behavior: dict[str, Any], num
         "num_params": int(num_params),
         "mesh": dict(mesh),
     }
+    if lora is not None:
+        meta["lora"] = lora
+    return meta
 
 
 # ----------------------------------------------------------------------------- pure-dict helpers
@@ -119,7 +128,9 @@ def _to_pure(state: Any) -> Any:
 
 
 def _fill(template: nnx.State, pure: Any) -> nnx.State:
-    """A new nnx.State shaped like ``template`` holding the arrays of ``pure``."""
+    """A new nnx.State shaped like ``template`` holding the arrays of ``pure`` (a plain template: ``pure``)."""
+    if not isinstance(template, nnx.State):
+        return pure
     state = jax.tree.map(lambda x: x, template)
     nnx.replace_by_pure_dict(state, pure)
     return state
@@ -286,6 +297,10 @@ def load_params(run_dir: str, step: int | None = None, *, mesh: Mesh | None = No
               were trained in (``param_dtype`` of the run).
     """
     meta = read_meta(run_dir, step)
+    if "lora" in meta:  # adapters + rows only: rebuild the base and merge (bsft_jax.export_lora)
+        from bsft_jax.export_lora import load_merged
+
+        return load_merged(run_dir, meta, mesh=mesh, **runtime)
     config = decoder_config_from_dict(meta["model_config"], **runtime)
     graphdef, abstract = nnx.split(abstract_decoder(config))
     if mesh is not None:

@@ -23,6 +23,9 @@ model.scan_unroll        decoder layers per lax.scan step in training (1: compil
 model.attention_impl     "einsum" (XLA einsums, fp32 softmax) | "cudnn" (fused flash attention, GPU, bf16)
                          | "auto" (default: cudnn where it applies, else einsum)
 model.vocab_pad_multiple embedding rows are padded to a multiple of this when the vocab grows
+model.lora.*             LoRA (rank 0 = off, full fine-tuning): rank, alpha (scale alpha/rank), dropout,
+                         targets ("q,k,v,o,gate,up,down" or a subset), base_dtype ("" = param_dtype; e.g.
+                         "bfloat16" holds the frozen base in the compute dtype). See bsft_jax.run.lora
 tokenizer.path           base tokenizer folder ("" = model.hf_path; "demo" = the demo set's small BPE)
 behavior.enabled         BehaviorSFT (True) or GeneralSFT (False: no behavior tokens)
 behavior.names / token_format / category_map / init   see bsft_jax.behavior.BehaviorSpec
@@ -102,6 +105,8 @@ def _add_model_and_data(c: ml_collections.ConfigDict) -> None:
     c.model.scan_unroll = 1
     c.model.attention_impl = "auto"
     c.model.vocab_pad_multiple = 128
+    c.model.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets="q,k,v,o,gate,up,down",
+                                                  base_dtype=""))
     c.model.arch = ml_collections.ConfigDict(dict(
         model_type="qwen2", hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4, num_kv_heads=2,
         head_dim=64, rope_theta=10_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
@@ -343,14 +348,6 @@ def _check_tokenizer(cfg: Any) -> None:
             _check_builtin("tokenizer.path" if cfg.tokenizer.path else "model.hf_path", tok_path)
         elif tok_path != "demo" and not storage.isdir(tok_path):
             raise _fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
-
-
-def _check_builtin(field: str, path: str) -> None:
-    """``builtin:<name>``: a known name whose package is installed (converted later, on load)."""
-    try:
-        check_available(path)
-    except BuiltinModelError as e:
-        raise _fail(field, str(e)) from None
 
 
 def _check_data_files(cfg: Any) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.errors import UserError
 from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, REMAT_MODES, canonical_dtype
+from bsft_jax.models.lora_config import TARGETS as LORA_TARGETS
+from bsft_jax.models.lora_config import LoraConfig
 
 MODEL_SOURCES = ("hf", "scratch")
 DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
@@ -76,6 +78,50 @@ class ModelRuntime:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    """``config.model.lora``: LoRA adapters on the block projections (rank 0: off, full fine-tuning).
+
+    ``targets`` are the projections' logical names (q, k, v, o, gate, up, down); ``base_dtype`` holds
+    the frozen base in another dtype ("" = ``model.param_dtype``; e.g. "bfloat16", the compute dtype).
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = LORA_TARGETS
+    base_dtype: str = ""
+
+    @classmethod
+    def from_block(cls, block: Any) -> LoraSettings:
+        """From the ``model.lora`` block (``targets`` a comma-separated string or a sequence)."""
+        targets = block.targets
+        if isinstance(targets, str):
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        return cls(rank=block.rank, alpha=block.alpha, dropout=block.dropout, targets=tuple(targets),
+                   base_dtype=block.base_dtype)
+
+    def __post_init__(self) -> None:
+        _positive("model.lora", self, "rank", "alpha", allow_zero=True)
+        if not 0.0 <= self.dropout < 1.0:
+            raise fail("model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        bad = [t for t in self.targets if t not in LORA_TARGETS]
+        if bad:
+            raise fail("model.lora.targets", f"unknown {bad}; use a comma-separated subset of {','.join(LORA_TARGETS)}")
+        if self.base_dtype:
+            try:
+                object.__setattr__(self, "base_dtype", canonical_dtype(self.base_dtype,
+                                                                       field="config.model.lora.base_dtype"))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+
+    @property
+    def config(self) -> LoraConfig | None:
+        """The decoder's :class:`LoraConfig`, or None when LoRA is off (rank 0 or no targets)."""
+        lc = LoraConfig(rank=int(self.rank), alpha=float(self.alpha), dropout=float(self.dropout), targets=self.targets)
+        return lc if lc.enabled else None
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSettings:
     """``config.model`` and ``config.tokenizer``: where the weights and the base tokenizer come from, and
     the decoder's runtime fields. Existence of folders is checked by validate_config (a cross-field rule)."""
@@ -86,6 +132,7 @@ class ModelSettings:
     vocab_pad_multiple: int
     tokenizer_path: str  # "" = the HF folder's; "demo" = the demo set's BPE
     runtime: ModelRuntime
+    lora: LoraSettings = LoraSettings()
 
     @classmethod
     def from_config(cls, cfg: Any) -> ModelSettings:
@@ -94,7 +141,7 @@ class ModelSettings:
         runtime = ModelRuntime(dtype=m.dtype, param_dtype=m.param_dtype, logits_dtype=m.logits_dtype, remat=m.remat,
                                scan_unroll=m.scan_unroll, attention_impl=m.attention_impl)
         settings = cls(source=m.source, hf_path=m.hf_path, arch=_plain(m.arch), vocab_pad_multiple=m.vocab_pad_multiple,
-                       tokenizer_path=cfg.tokenizer.path, runtime=runtime)
+                       tokenizer_path=cfg.tokenizer.path, runtime=runtime, lora=LoraSettings.from_block(m.lora))
         _one_of("model", "source", settings.source, MODEL_SOURCES)
         _positive("model", settings, "vocab_pad_multiple")
         return settings

@@ -28,8 +28,9 @@ from bsft_jax import storage
 from bsft_jax.files import write_json
 from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
-from bsft_jax.run.checkpoint import Checkpointer, make_meta
+from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, make_meta
 from bsft_jax.run.config import config_to_dict, validate_config
+from bsft_jax.run.lora import base_reference, lora_meta, make_trainer, rebuild_base
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
 from bsft_jax.run.recovery import newest_meta, restore_newest
 from bsft_jax.run.settings import BehaviorSettings, Settings
@@ -219,13 +220,10 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     stack.callback(ckpt.close)  # waits for pending saves even when a step fails
     newest = newest_meta(ckpt)  # the model config of the run (the same in every step)
     resume_step = None if newest is None else newest[0]
-    if newest is None:
-        bundle = build_fresh(settings, mesh)
-    else:
-        bundle = build_for_resume(settings.model, settings.behavior, run_dir, newest[1])
+    bundle = _bundle(settings, None if newest is None else newest[1], run_dir, resume_step, mesh)
     config_dict = config_to_dict(cfg)
     tx, schedule = make_optimizer(settings.optimizer, t.steps)
-    trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
+    trainer = make_trainer(settings, bundle, tx, schedule, mesh)  # the LoRA trainer when model.lora is on
     shard = data_shard(trainer.batch_sharding, t.global_batch_size)
     data_iter = train_iterator(settings.data, settings.behavior.spec, bundle.tokenizer, shard,
                                splits.get(settings.data.train_split))
@@ -234,6 +232,8 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
         state = trainer.init_state(bundle.model, settings.seed)  # takes over (donates) the model's buffers
     else:
         restore_iter = data_iter if cfg.checkpoint.restore_data else None
+        if settings.model.lora.config is not None:
+            trainer.set_base(bundle.model)  # the frozen base is the step's argument, not part of the state
         # The newest step that restores; damaged newer ones are set aside as <step>.corrupt.
         state, resume_step = restore_newest(ckpt, trainer.abstract_with_shardings(), data_iterator=restore_iter,
                                             all_agree=_all_processes_agree, primary=primary)
@@ -257,8 +257,26 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     if cfg.checkpoint.keep_best_metric:
         best = BestKeeper(run_dir, cfg.checkpoint.keep_best_metric, t.early_stop_patience, primary=primary)
         stack.callback(best.close)
+    if settings.model.lora.config is not None:
+        meta_base["lora"] = lora_meta(trainer.lora, trainer.row_ids, base_reference(settings, bundle),
+                                      str(trainer.base_dtype))
     return _Session(cfg, ckpt, bundle, trainer, state, data_iter, eval_batches, metrics_log, config_dict, meta_base,
                     startup, resume_step, steer, best)
+
+
+def _bundle(settings: Settings, meta: dict[str, Any] | None, run_dir: str, resume_step: int | None, mesh: Any
+            ) -> ModelBundle:
+    """The run's model: fresh, abstract for a resume, or (LoRA resume) the frozen base rebuilt and checked."""
+    if meta is None:
+        return build_fresh(settings, mesh)
+    if settings.model.lora.config is None:
+        log.info("resuming %s from step %d", run_dir, resume_step)
+        return build_for_resume(settings.model, settings.behavior, run_dir, meta)
+    log.info("resuming LoRA run %s from step %d", run_dir, resume_step)
+    if "lora" not in meta:  # the checkpoint has the whole model, not adapters
+        raise CheckpointError(f"{run_dir}: step {resume_step} is a full fine-tuning checkpoint but "
+                              "model.lora.rank > 0; resume it with model.lora.rank=0")
+    return rebuild_base(settings, meta["lora"], mesh, f"{run_dir} step {resume_step}")
 
 
 def _loop(s: _Session, stop: _StopSignal, on_step: Callable[[int, dict[str, float]], None] | None) -> _Outcome:

@@ -180,6 +180,8 @@ def analytic_bytes(trainer: Any, global_batch: int, seq_len: int) -> dict[str, i
         "gradients": params * (2 if trainer.microbatches > 1 else 1),
         "batch": 5 * 4 * global_batch * seq_len // shards,  # 5 int32 [B, T] arrays (BATCH_KEYS)
     }
+    if hasattr(trainer, "abstract_frozen"):  # LoRA: params/opt_state/gradients are the adapters + rows only
+        out["frozen_base"] = _shard_bytes(trainer.abstract_frozen, trainer.frozen_shardings)
     c = trainer.config
     rows = global_batch // trainer.microbatches // shards
     act_bytes = 2 if c.dtype in ("bfloat16", "float16") else 4
@@ -202,10 +204,21 @@ def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str
     from bsft_jax.train.step import Trainer
 
     mesh = make_mesh(mesh_sizes, devices)
-    tx, schedule = make_optimizer(Settings.from_config(cfg).optimizer, cfg.train.steps)
+    settings = Settings.from_config(cfg)
+    tx, schedule = make_optimizer(settings.optimizer, cfg.train.steps)
+    lora = settings.model.lora
     with jax.set_mesh(mesh):
-        trainer = Trainer(config, tx, schedule, mesh, microbatches=cfg.train.microbatches,
-                          z_loss=cfg.train.z_loss)
+        if lora.config is not None:  # the LoRA step: frozen base (optionally in the compute dtype), no AdamW for it
+            from bsft_jax.train.lora import LoraTrainer
+
+            n = len(settings.behavior.spec.names) if settings.behavior.enabled else 0
+            rows = range(config.num_valid_tokens - n, config.num_valid_tokens)
+            trainer = LoraTrainer(config, tx, schedule, mesh, lora=lora.config, behavior_ids=list(rows),
+                                  base_dtype=lora.base_dtype or None, microbatches=cfg.train.microbatches,
+                                  z_loss=cfg.train.z_loss)
+        else:
+            trainer = Trainer(config, tx, schedule, mesh, microbatches=cfg.train.microbatches,
+                              z_loss=cfg.train.z_loss)
         t0 = time.perf_counter()
         compiled = trainer.compile(cfg.train.global_batch_size, cfg.data.seq_len)
     return trainer, compiled, time.perf_counter() - t0
@@ -269,7 +282,9 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
         "hbm_bytes_per_device": hbm,
         "model": {"architecture": how, "model_type": config.model_type,
                   "num_params": count_params(abstract_decoder(config)), "vocab_rows": config.vocab_size,
-                  "dtype": config.dtype, "param_dtype": config.param_dtype, "remat": config.remat},
+                  "dtype": config.dtype, "param_dtype": config.param_dtype, "remat": config.remat,
+                  "lora": trainer.lora.to_dict() if hasattr(trainer, "lora") else None,
+                  "trainable_params": trainer.num_trainable() if hasattr(trainer, "lora") else None},
         "batch": {"global_batch_size": t.global_batch_size, "seq_len": cfg.data.seq_len,
                   "microbatches": t.microbatches,
                   "rows_per_device_per_microbatch": t.global_batch_size // t.microbatches

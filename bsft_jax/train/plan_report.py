@@ -23,7 +23,10 @@ def format_plan(plan: dict[str, Any], config_name: str = "") -> str:
         f"  batch: {b['global_batch_size']} rows x {b['seq_len']} tokens, {b['microbatches']} microbatch(es), "
         f"{b['rows_per_device_per_microbatch']} row(s) per device per microbatch",
         "  per device, analytic (exact from shapes x dtype / shards):",
-        f"    parameters                      {_gib(a['params'])}",
+        *([f"  LoRA rank {m['lora']['rank']} on {','.join(m['lora']['targets'])}: {m['trainable_params']:,} "
+           "trainable parameters (adapters + behavior rows); the base is frozen (no gradients, no AdamW state)",
+           f"    frozen base                     {_gib(a['frozen_base'])}"] if m.get("lora") else []),
+        f"    {'trainable parameters' if m.get('lora') else 'parameters':<32}{_gib(a['params'])}",
         f"    optimizer state (AdamW m, v)    {_gib(a['opt_state'])}",
         f"    gradients{' (accumulator + micro)' if b['microbatches'] > 1 else '                      '}"
         f" {_gib(a['gradients'])}",

@@ -113,9 +113,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ step
     def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        graphdef = self.model_graphdef
+
+        def logits_fn(params: nnx.State, mb: dict[str, jax.Array], _: jax.Array) -> jax.Array:
+            model = nnx.merge(graphdef, params)
+            return model(mb["tokens"], positions=mb["positions"], segment_ids=mb["segment_ids"])
+
+        grads, sums = self._grads(state.params, batch, logits_fn)
+        model = nnx.merge(graphdef, state.params)
+        optimizer = nnx.merge(self.opt_graphdef, state.opt_state)
+        optimizer.update(model, grads)
+        key, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
+        new_state = TrainState(
+            params=nnx.state(model, nnx.Param),
+            opt_state=nnx.state(optimizer),
+            step=state.step + 1,
+            rng=jax.random.key_data(key),
+        )
+        return new_state, self._metrics(state, batch, grads, sums)
+
+    def _grads(self, params: Any, batch: dict[str, jax.Array], logits_fn: Any) -> tuple[Any, LossSums]:
+        """Gradient of the loss w.r.t. ``params`` and the loss sums, accumulated over the microbatches.
+
+        ``logits_fn(params, microbatch, index) -> logits``: the forward pass (``index`` is the
+        microbatch's number, e.g. to fold into a dropout key).
+        """
         m = self.microbatches
         valid_vocab = self.config.valid_vocab_size
-        graphdef = self.model_graphdef
         param_shardings = self.state_shardings.params
 
         def split(x_bt: jax.Array) -> jax.Array:
@@ -128,33 +152,26 @@ class Trainer:
         micro = {k: split(batch[k]) for k in BATCH_KEYS}
         total_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
 
-        def loss_fn(params: nnx.State, mb: dict[str, jax.Array]) -> tuple[jax.Array, LossSums]:
-            model = nnx.merge(graphdef, params)
-            logits = model(mb["tokens"], positions=mb["positions"], segment_ids=mb["segment_ids"])
+        def loss_fn(params: Any, mb: dict[str, jax.Array], index: jax.Array) -> tuple[jax.Array, LossSums]:
+            logits = logits_fn(params, mb, index)
             sums = loss_sums(logits, mb["targets"], mb["loss_mask"], mb["segment_ids"], valid_vocab_size=valid_vocab)
             return objective(sums, total_tokens, self.z_loss), sums
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
 
-        def body(carry: tuple[nnx.State, LossSums], mb: dict[str, jax.Array]):
+        def body(carry: tuple[Any, LossSums], xs: tuple[dict[str, jax.Array], jax.Array]):
             grads_acc, sums_acc = carry
-            grads, sums = grad_fn(state.params, mb)
+            grads, sums = grad_fn(params, *xs)
             grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
             return (jax.lax.with_sharding_constraint(grads_acc, param_shardings), sums_acc + sums), None
 
-        zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, state.params), param_shardings)
-        (grads, sums), _ = jax.lax.scan(body, (zeros, LossSums.zeros()), micro)
+        zeros = jax.lax.with_sharding_constraint(jax.tree.map(jnp.zeros_like, params), param_shardings)
+        (grads, sums), _ = jax.lax.scan(body, (zeros, LossSums.zeros()), (micro, jnp.arange(m)))
+        return grads, sums
 
-        model = nnx.merge(graphdef, state.params)
-        optimizer = nnx.merge(self.opt_graphdef, state.opt_state)
-        optimizer.update(model, grads)
-        key, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
-        new_state = TrainState(
-            params=nnx.state(model, nnx.Param),
-            opt_state=nnx.state(optimizer),
-            step=state.step + 1,
-            rng=jax.random.key_data(key),
-        )
+    def _metrics(self, state: TrainState, batch: dict[str, jax.Array], grads: Any,
+                 sums: LossSums) -> dict[str, jax.Array]:
+        """The step's logged metrics (loss, accuracy, gradient norm, learning rate, token counts)."""
         denom = jnp.maximum(sums.tokens, 1.0)
         metrics = {
             "loss": sums.ce / denom,
@@ -166,7 +183,7 @@ class Trainer:
             "accuracy": sums.correct / denom,
             "first_token_accuracy": sums.first_correct / jnp.maximum(sums.first_tokens, 1.0),
         }
-        return new_state, metrics
+        return metrics
 
     def abstract_batch(self, global_batch: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
         """Shapes and shardings of one global batch."""

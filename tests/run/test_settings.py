@@ -46,3 +46,23 @@ def test_pieces_validate_when_built_directly():
     ok = OptimizerSettings(learning_rate=1e-3, warmup_steps=0, min_lr_ratio=1.0, b1=0.0, b2=0.5, eps=1e-8,
                            weight_decay=0.0, grad_clip_norm=0.0, decay_embeddings=False)
     assert ok.min_lr_ratio == 1.0  # the floor may equal the peak; b1/b2 may not reach 1
+
+
+def test_lora_is_a_typed_piece_of_the_model_settings():
+    from bsft_jax.models.lora_config import LoraConfig
+    from bsft_jax.run.settings import LoraSettings
+
+    assert Settings.from_config(default_config()).model.lora.config is None  # rank 0: full fine-tuning
+    cfg = default_config()
+    cfg.model.lora.update(rank=8, alpha=32, targets=" q, v ", base_dtype="bfloat16")
+    lora = Settings.from_config(cfg).model.lora
+    assert lora == LoraSettings(rank=8, alpha=32.0, targets=("q", "v"), base_dtype="bfloat16")
+    assert lora.config == LoraConfig(rank=8, alpha=32.0, targets=("q", "v")) and lora.config.scale == 4.0
+    for field, value, message in (("targets", "q,qq", r"config.model.lora.targets: unknown \['qq'\]"),
+                                  ("dropout", 1.0, r"config.model.lora.dropout: must be in \[0, 1\)"),
+                                  ("rank", -1, "config.model.lora.rank: must be >= 0"),
+                                  ("base_dtype", "int8", "config.model.lora.base_dtype")):
+        bad = default_config()
+        bad.model.lora[field] = value
+        with pytest.raises(ConfigError, match=message):
+            Settings.from_config(bad)
