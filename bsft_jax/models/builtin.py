@@ -225,7 +225,8 @@ def _convert(model: BuiltinModel, parts: list[str], folder: str, dtype: str) -> 
     from gguf import GGUFReader
 
     from bsft_jax.models import gguf_convert, safetensors_io
-    from bsft_jax.models.hf import SAFETENSORS_SINGLE, _write_json, generation_config_dict, save_tokenizer
+    from bsft_jax.files import write_json
+    from bsft_jax.models.hf import SAFETENSORS_SINGLE, generation_config_dict, save_tokenizer
 
     work = tempfile.mkdtemp(prefix=".gguf-", dir=folder)
     try:
@@ -242,8 +243,8 @@ def _convert(model: BuiltinModel, parts: list[str], folder: str, dtype: str) -> 
         np_dtype = np.dtype(jnp.dtype(dtype))
         tensors = gguf_convert.pending_tensors(reader, config, np_dtype)
         safetensors_io.write_file(os.path.join(folder, SAFETENSORS_SINGLE), tensors, {"format": "pt"})
-        _write_json(os.path.join(folder, "config.json"), config.to_hf(dtype=dtype))
-        _write_json(os.path.join(folder, "generation_config.json"), generation_config_dict(config))
+        write_json(os.path.join(folder, "config.json"), config.to_hf(dtype=dtype))
+        write_json(os.path.join(folder, "generation_config.json"), generation_config_dict(config))
         del reader
     finally:
         shutil.rmtree(work, ignore_errors=True)
