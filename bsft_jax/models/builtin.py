@@ -224,8 +224,8 @@ def _convert(model: BuiltinModel, parts: list[str], folder: str, dtype: str) -> 
     import jax.numpy as jnp
     from gguf import GGUFReader
 
-    from bsft_jax.models import gguf_convert, safetensors_io
     from bsft_jax.files import write_json
+    from bsft_jax.models import gguf_convert, safetensors_io
     from bsft_jax.models.hf import SAFETENSORS_SINGLE, generation_config_dict, save_tokenizer
 
     work = tempfile.mkdtemp(prefix=".gguf-", dir=folder)
