@@ -114,9 +114,12 @@ def _hf_tokenizer(hf_dir: str):
 
 def _demo_prompts(tokenizer, n: int = 3) -> list[list[int]]:
     from bsft_jax.data import load_demo, render_prompt
+    from bsft_jax.run.settings import Settings
 
-    records = load_demo(["test"])["test"][:n]
-    return [list(render_prompt(r, tokenizer)) for r in records]
+    # the demo config's behavior tokens (not BehaviorSpec's defaults): the ones the export's tokenizer has
+    spec = Settings.from_config(load_config_file(os.path.join(ROOT, "configs", "demo.py"), "demo.py")).behavior.spec
+    records = load_demo(["test"], spec=spec)["test"][:n]
+    return [list(render_prompt(r, tokenizer, spec=spec)) for r in records]
 
 
 # ----------------------------------------------------------------------------- parity
