@@ -193,9 +193,9 @@ def builtin_model_path(name: str, *, dtype: str = "float32", out: str | None = N
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
     try:
         _convert(model, parts, tmp, dtype)
-        from bsft_jax.models.hf import _replace_dir
+        from bsft_jax.files import replace_dir
 
-        _replace_dir(tmp, folder)
+        replace_dir(tmp, folder)
         tmp = None
     finally:
         if tmp is not None:
