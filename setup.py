@@ -28,6 +28,7 @@ setup(
         "grain>=0.2.12",
         "tensorflow-datasets>=4.9.9",
         "array-record>=0.8",  # the TFDS builder's file format (imported by tensorflow-datasets)
+        "safetensors>=0.4",  # the PEFT adapter file (bsft_jax.export_lora)
         "tokenizers>=0.21",
         "transformers>=4.51",
         "huggingface-hub>=0.23",  # state-dict shard splitting in save_hf

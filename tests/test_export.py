@@ -117,7 +117,8 @@ def _demo_prompts(tokenizer, n: int = 3) -> list[list[int]]:
     from bsft_jax.run.settings import Settings
 
     # the demo config's behavior tokens (not BehaviorSpec's defaults): the ones the export's tokenizer has
-    spec = Settings.from_config(load_config_file(os.path.join(ROOT, "configs", "demo.py"), "demo.py")).behavior.spec
+    demo_cfg = load_config_file(os.path.join(ROOT, "configs", "demo_scratch.py"), "demo_scratch.py")
+    spec = Settings.from_config(demo_cfg).behavior.spec
     records = load_demo(["test"], spec=spec)["test"][:n]
     return [list(render_prompt(r, tokenizer, spec=spec)) for r in records]
 

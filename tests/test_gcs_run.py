@@ -39,7 +39,7 @@ _KILLED = """
 import os, signal, sys, json
 from bsft_jax.run.config import load_config_file
 from bsft_jax.train.loop import run
-cfg = load_config_file(sys.argv[1], "demo.py")
+cfg = load_config_file(sys.argv[1], "demo_scratch.py")
 cfg.run_dir = sys.argv[2]
 for key, value in json.loads(sys.argv[3]).items():
     section, *rest = key.split(".")
@@ -55,7 +55,7 @@ run(cfg, on_step=kill)
 
 
 def demo_config(run_dir: str):
-    cfg = load_config_file(os.path.join(ROOT, "configs", "demo.py"), "demo.py")
+    cfg = load_config_file(os.path.join(ROOT, "configs", "demo_scratch.py"), "demo_scratch.py")
     cfg.run_dir = run_dir
     for key, value in OVERRIDES.items():
         section, *rest = key.split(".")
@@ -84,7 +84,8 @@ def runs(gcs_server, tmp_path_factory):  # noqa: F811
     run(demo_config(local_dir), devices=one)
 
     killed = subprocess.run(
-        [sys.executable, "-c", _KILLED, os.path.join(ROOT, "configs", "demo.py"), remote_dir, json.dumps(OVERRIDES)],
+        [sys.executable, "-c", _KILLED, os.path.join(ROOT, "configs", "demo_scratch.py"), remote_dir,
+         json.dumps(OVERRIDES)],
         cwd=ROOT, env=dict(os.environ, **env, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1"),
         capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-3000:]

@@ -33,7 +33,7 @@ OVERRIDES = {"train.steps": STEPS, "train.global_batch_size": BATCH, "data.seq_l
 
 
 def _reference_losses(run_dir: str) -> list[float]:
-    cfg = load_config_file(os.path.join(ROOT, "configs", "demo.py"), "demo.py")
+    cfg = load_config_file(os.path.join(ROOT, "configs", "demo_scratch.py"), "demo_scratch.py")
     cfg.run_dir = run_dir
     for key, value in OVERRIDES.items():
         *parents, field = key.split(".")
@@ -62,7 +62,7 @@ def _reference_losses(run_dir: str) -> list[float]:
 
 def test_lora_two_processes_match_one_and_export_from_one(tmp_path):
     run_dir = str(tmp_path / "run")
-    args = ["--config", "configs/demo.py", f"--config.run_dir={run_dir}"]
+    args = ["--config", "configs/demo_scratch.py", f"--config.run_dir={run_dir}"]
     args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("JAX_NUM_CPU_DEVICES", None)

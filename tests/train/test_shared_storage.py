@@ -48,7 +48,7 @@ def _two(cmds: list[list[str]]) -> list[subprocess.CompletedProcess]:
 
 def test_training_stops_on_every_process_when_run_dirs_differ(tmp_path):
     port = free_port()
-    cmds = [[sys.executable, "-m", "bsft_jax.train", "--config", "configs/demo.py",
+    cmds = [[sys.executable, "-m", "bsft_jax.train", "--config", "configs/demo_scratch.py",
              f"--config.run_dir={tmp_path / f'host{i}' / 'run'}", "--config.mesh.data=-1", "--config.mesh.fsdp=1",
              f"--config.distributed.coordinator_address=127.0.0.1:{port}", "--config.distributed.num_processes=2",
              f"--config.distributed.process_id={i}"] for i in range(2)]
