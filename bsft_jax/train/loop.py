@@ -214,7 +214,8 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     if primary:
         write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
     tx, schedule = make_optimizer(settings.optimizer, t.steps)
-    trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
+    trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss,
+                      loss_impl=t.loss_impl, loss_chunk=t.loss_chunk, loss_budget=t.loss_budget)
     shard = data_shard(trainer.batch_sharding, t.global_batch_size)
     data_iter = train_iterator(settings.data, settings.behavior.spec, bundle.tokenizer, shard)
     num_params = count_params(bundle.model)

@@ -91,7 +91,9 @@ def _low_level(model, prompts, *, max_new_tokens, eos, pad_id=0, force=None):
     """Runs prefill + decode_loop directly on left-padded arrays; returns the final DecodeState."""
     from flax import nnx
 
-    graphdef, params = nnx.split(model)
+    from bsft_jax.decode.layered import unstack_layers
+
+    graphdef, params = nnx.split(unstack_layers(model))  # the decode phases take the per-layer model
     t = max(map(len, prompts))
     prompt_bt = np.full((len(prompts), t), pad_id, np.int32)
     mask_bt = np.zeros_like(prompt_bt)
