@@ -53,7 +53,8 @@ def make_loop(impl: str, size: str, batch: int, seq: int, args: argparse.Namespa
     import jax
 
     options = dict(loss_impl=impl, loss_chunk=args.chunk, loss_budget=args.budget if impl == "chunked" else 1.0)
-    loop = JaxTrainLoop(decoder_config(SIZES[size]), batch, seq, trainer_options=options)
+    remat = getattr(args, "remat", "none")
+    loop = JaxTrainLoop(decoder_config(SIZES[size], remat=remat), batch, seq, trainer_options=options)
     loop.batch["loss_mask"] = jax.device_put(mask, loop.trainer.batch_sharding)
     return loop
 
@@ -94,7 +95,7 @@ def train(args: argparse.Namespace) -> dict:
 
 _MEMORY_CHILD = r"""
 import json, sys, argparse
-impl, size, batch, seq, steps, fraction, chunk, budget = sys.argv[1:9]
+impl, size, batch, seq, steps, fraction, chunk, budget, remat = sys.argv[1:10]
 import jax, numpy as np, torch, transformers  # imports first: they are not the model
 from bench.common import current_rss_mb, peak_rss_mb
 from bench.round2 import make_loop
@@ -102,7 +103,7 @@ from bench.train_step import available_cores
 torch.set_num_threads(available_cores())
 jax.numpy.zeros(1).block_until_ready()
 base = current_rss_mb()
-args = argparse.Namespace(loss_fraction=float(fraction), chunk=int(chunk), budget=float(budget))
+args = argparse.Namespace(loss_fraction=float(fraction), chunk=int(chunk), budget=float(budget), remat=remat)
 loop = make_loop(impl, size, int(batch), int(seq), args)
 extra = {}
 if impl != "torch":
@@ -119,7 +120,7 @@ def memory(args: argparse.Namespace) -> dict:
     results, rows = {}, []
     for impl in args.impls.split(","):
         r = run_child(_MEMORY_CHILD, impl, args.size, str(args.batch), str(args.seq), str(args.steps),
-                      str(args.loss_fraction), str(args.chunk), str(args.budget))
+                      str(args.loss_fraction), str(args.chunk), str(args.budget), args.remat)
         r["extra_mb"] = r["peak_mb"] - r["base_mb"]
         results[impl] = r
     torch_mb = results.get("torch", {}).get("extra_mb")
@@ -141,8 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {IMPLS}")
     p.add_argument("--loss-fraction", type=float, default=0.15, help="share of positions with loss")
-    p.add_argument("--chunk", type=int, default=1024, help="chunked loss: rows of logits at a time")
+    p.add_argument("--chunk", type=int, default=256, help="chunked loss: rows of logits at a time")
     p.add_argument("--budget", type=float, default=0.5, help="chunked loss: share of positions gathered")
+    p.add_argument("--remat", default="none", choices=["none", "dots", "full"], help="bsft_jax: model.remat")
     p.add_argument("--steps", type=int, default=2, help="updates per timed block")
     p.add_argument("--blocks", type=int, default=3, help="interleaved timed blocks per implementation")
     p.add_argument("--new", type=int, default=64, help="decode: new tokens per prompt")

@@ -134,7 +134,7 @@ def _add_training(c: ml_collections.ConfigDict) -> None:
     c.train.microbatches = 1
     c.train.z_loss = 0.0
     c.train.loss_impl = "chunked"
-    c.train.loss_chunk = 1024
+    c.train.loss_chunk = 256
     c.train.loss_budget = 0.5
     c.train.log_every = 10
     c.train.eval_every = 0

@@ -166,7 +166,7 @@ class TrainSettings:
     log_every: int
     eval_every: int
     loss_impl: str = "chunked"
-    loss_chunk: int = 1024
+    loss_chunk: int = 256
     loss_budget: float = 0.5
 
     def __post_init__(self) -> None:

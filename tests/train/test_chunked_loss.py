@@ -119,3 +119,10 @@ def test_compiled_temp_memory_is_smaller_for_a_large_vocab():
     assert full > 2 * logits_bytes  # the full path keeps [B, T, V] logits and their gradient
     assert chunked < full / 2, (chunked, full)
     assert gathered < full / 2, (gathered, full)
+
+
+def test_settings_know_the_same_loss_impls():
+    from bsft_jax.run.settings import LOSS_IMPLS as SETTINGS_IMPLS
+    from bsft_jax.train.chunked_loss import LOSS_IMPLS
+
+    assert SETTINGS_IMPLS == LOSS_IMPLS
