@@ -17,6 +17,8 @@ from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.errors import UserError
 from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, REMAT_MODES, canonical_dtype
 
+# bsft_jax.train.chunked_loss.LOSS_IMPLS, repeated so this module stays free of JAX (a test checks both agree).
+LOSS_IMPLS = ("full", "chunked")
 MODEL_SOURCES = ("hf", "scratch")
 DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
 # Training styles of bsft_jax.data.format ("few_shot" is a prompting baseline of the evaluator only).
@@ -166,10 +168,16 @@ class TrainSettings:
     z_loss: float
     log_every: int
     eval_every: int
+    loss_impl: str = "chunked"
+    loss_chunk: int = 256
+    loss_budget: float = 0.5
 
     def __post_init__(self) -> None:
-        _positive("train", self, "steps", "global_batch_size", "microbatches", "log_every")
+        _positive("train", self, "steps", "global_batch_size", "microbatches", "log_every", "loss_chunk")
         _positive("train", self, "z_loss", allow_zero=True)
+        _one_of("train", "loss_impl", self.loss_impl, LOSS_IMPLS)
+        if not 0.0 < self.loss_budget <= 1.0:
+            raise fail("train.loss_budget", f"must be in (0, 1], got {self.loss_budget}")
         if self.eval_every < -1:
             raise fail("train.eval_every", f"must be -1 (never), 0 (at the end) or a step interval, "
                                            f"got {self.eval_every}")

@@ -219,7 +219,8 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
         bundle = build_for_resume(settings.model, settings.behavior, run_dir, newest[1])
     config_dict = config_to_dict(cfg)
     tx, schedule = make_optimizer(settings.optimizer, t.steps)
-    trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
+    trainer = Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss,
+                      loss_impl=t.loss_impl, loss_chunk=t.loss_chunk, loss_budget=t.loss_budget)
     shard = data_shard(trainer.batch_sharding, t.global_batch_size)
     data_iter = train_iterator(settings.data, settings.behavior.spec, bundle.tokenizer, shard,
                                splits.get(settings.data.train_split))

@@ -203,8 +203,9 @@ def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str
     mesh = make_mesh(mesh_sizes, devices)
     tx, schedule = make_optimizer(Settings.from_config(cfg).optimizer, cfg.train.steps)
     with jax.set_mesh(mesh):
-        trainer = Trainer(config, tx, schedule, mesh, microbatches=cfg.train.microbatches,
-                          z_loss=cfg.train.z_loss)
+        t = cfg.train
+        trainer = Trainer(config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss,
+                          loss_impl=t.loss_impl, loss_chunk=t.loss_chunk, loss_budget=t.loss_budget)
         t0 = time.perf_counter()
         compiled = trainer.compile(cfg.train.global_batch_size, cfg.data.seq_len)
     return trainer, compiled, time.perf_counter() - t0

@@ -34,7 +34,8 @@ from bsft_jax.data.pipeline import BATCH_KEYS
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.sharding import batch_sharding, state_shardings
-from bsft_jax.train.loss import LossSums, loss_sums, objective
+from bsft_jax.train.chunked_loss import LOSS_IMPLS, model_loss_sums
+from bsft_jax.train.loss import LossSums, objective
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,13 @@ class Trainer:
     """
 
     def __init__(self, config: DecoderConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
-                 *, microbatches: int = 1, z_loss: float = 0.0):
+                 *, microbatches: int = 1, z_loss: float = 0.0, loss_impl: str = "full", loss_chunk: int = 1024,
+                 loss_budget: float = 1.0):
+        if loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
         self.mesh = mesh
+        # How the loss is computed (bsft_jax.train.chunked_loss): same sums, different memory and FLOPs.
+        self.loss_options = dict(impl=loss_impl, chunk=int(loss_chunk), budget=float(loss_budget))
         self.tx = tx
         self.schedule = schedule
         self.microbatches = int(microbatches)
@@ -114,7 +120,7 @@ class Trainer:
     # ------------------------------------------------------------------ step
     def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         m = self.microbatches
-        valid_vocab = self.config.valid_vocab_size
+        loss_options = self.loss_options
         graphdef = self.model_graphdef
         param_shardings = self.state_shardings.params
 
@@ -129,9 +135,7 @@ class Trainer:
         total_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
 
         def loss_fn(params: nnx.State, mb: dict[str, jax.Array]) -> tuple[jax.Array, LossSums]:
-            model = nnx.merge(graphdef, params)
-            logits = model(mb["tokens"], positions=mb["positions"], segment_ids=mb["segment_ids"])
-            sums = loss_sums(logits, mb["targets"], mb["loss_mask"], mb["segment_ids"], valid_vocab_size=valid_vocab)
+            sums = model_loss_sums(nnx.merge(graphdef, params), mb, **loss_options)
             return objective(sums, total_tokens, self.z_loss), sums
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -199,13 +203,10 @@ class Trainer:
         """A jitted ``(params, batch) -> LossSums`` for held-out batches (no gradient); built once."""
         if self._eval_step is not None:
             return self._eval_step
-        graphdef, valid_vocab = self.model_graphdef, self.config.valid_vocab_size
+        graphdef, loss_options = self.model_graphdef, self.loss_options
 
         def eval_step(params: nnx.State, batch: dict[str, jax.Array]) -> LossSums:
-            model = nnx.merge(graphdef, params)
-            logits = model(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-            return loss_sums(logits, batch["targets"], batch["loss_mask"], batch["segment_ids"],
-                             valid_vocab_size=valid_vocab)
+            return model_loss_sums(nnx.merge(graphdef, params), batch, **loss_options)
 
         self._eval_step = jax.jit(eval_step, in_shardings=(self.state_shardings.params, self.batch_sharding),
                                   out_shardings=self.replicated)
