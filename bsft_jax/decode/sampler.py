@@ -26,6 +26,7 @@ from bsft_jax.decode.batching import (
     mesh_context,
     split_and_place,
 )
+from bsft_jax.decode.layered import unstack_layers
 from bsft_jax.decode.loop import DecodeState, decode_loop, prefill
 from bsft_jax.decode.sampling import SamplingParams
 from bsft_jax.models.decoder import Decoder
@@ -62,7 +63,8 @@ class SamplerOutput:
 class Sampler:
     """Batched generation for one model (optionally sharded over a mesh).
 
-    model:          a :class:`Decoder`; it is split once (``nnx.split``) and its weights are placed on
+    model:          a :class:`Decoder`; its weights are copied once into one buffer per layer
+                    (:func:`~bsft_jax.decode.layered.unstack_layers`), split, and placed on
                     ``mesh`` with the rules table (heads over ``tensor``) when a mesh is given.
     mesh:           optional; the batch is sharded over the mesh axes of the ``batch`` rule (data, fsdp).
     pad_id:         id written after a row is done and used for left padding (default: the config's
@@ -87,7 +89,8 @@ class Sampler:
         sort_by_length: bool = True,
     ):
         self.config = model.config
-        self.graphdef, self.params = split_and_place(model, mesh)
+        # Decoding reads one buffer per layer (bsft_jax.decode.layered): the weights are split once here.
+        self.graphdef, self.params = split_and_place(unstack_layers(model), mesh)
         self.mesh = mesh
         self.pad_id = int(pad_id if pad_id is not None else (self.config.pad_token_id or 0))
         self.prompt_buckets = tuple(prompt_buckets) if prompt_buckets else None
