@@ -23,6 +23,7 @@ from bsft_jax.decode.batching import (
     batch_arrays,
     bucket_size,
     data_parallel_size,
+    fetch,
     mesh_context,
     split_and_place,
 )
@@ -194,8 +195,8 @@ class Sampler:
             run_decode = self._compiled("decode_loop", key, out, lambda: decode_loop.lower(
                 self.graphdef, self.params, state, eos_e, sampling=sampling, pad_id=self.pad_id))
             state = run_decode(self.params, state, eos_e)
-            tokens_bn, logprobs_bn, steps = jax.device_get((state.tokens_bn, state.logprobs_bn, state.step))
-            logits_bnv = jax.device_get(state.logits_bnv) if keep_logits else None
+            tokens_bn, logprobs_bn, steps = fetch((state.tokens_bn, state.logprobs_bn, state.step))
+            logits_bnv = fetch(state.logits_bnv) if keep_logits else None
         eos = set(eos_e.tolist())
         for i in range(n):
             row = tokens_bn[i, : int(steps)].tolist()
