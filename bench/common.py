@@ -28,7 +28,15 @@ QWEN2_DEMO = dict(model_type="qwen2", vocab_size=4_096, hidden_size=256, interme
 QWEN2_TINY = dict(model_type="qwen2", vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=16, qkv_bias=True, tie_word_embeddings=True,
                   rope_theta=10_000.0, rms_norm_eps=1e-6)
-SIZES = {"100m": QWEN2_100M, "demo": QWEN2_DEMO, "tiny": QWEN2_TINY}
+# Real architectures (random weights: step time and memory do not depend on the values).
+SMOLLM2_135M = dict(model_type="llama", vocab_size=49_152, hidden_size=576, intermediate_size=1536, num_layers=30,
+                    num_heads=9, num_kv_heads=3, head_dim=64, tie_word_embeddings=True, rope_theta=100_000.0,
+                    rms_norm_eps=1e-5)
+QWEN2_5_0_5B = dict(model_type="qwen2", vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_layers=24,
+                    num_heads=14, num_kv_heads=2, head_dim=64, qkv_bias=True, tie_word_embeddings=True,
+                    rope_theta=1_000_000.0, rms_norm_eps=1e-6)
+SIZES = {"100m": QWEN2_100M, "demo": QWEN2_DEMO, "tiny": QWEN2_TINY, "smollm2_135m": SMOLLM2_135M,
+         "qwen2_5_0_5b": QWEN2_5_0_5B}
 
 
 def hf_qwen2_config(arch: dict[str, Any]):

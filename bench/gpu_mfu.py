@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (after one warm-up step)")
     p.add_argument("--matmul-size", type=int, default=8192)
     p.add_argument("--allow-cpu", action="store_true", help="run on CPU anyway (tests; numbers mean nothing)")
+    p.add_argument("--loss-impl", default="full", choices=["full", "chunked"],
+                   help="bsft_jax: train.loss_impl (chunked: no [B, T, V] logits; all positions carry loss here)")
+    p.add_argument("--loss-chunk", type=int, default=1024, help="chunked loss: rows of logits at a time")
     p.add_argument("--results", default=None, help="JSONL file to append to (default bench/results.jsonl)")
     args = p.parse_args(argv)
     if args.impl == "torch":  # JAX only measures the matmul peak here: leave the GPU memory to torch
@@ -125,13 +128,15 @@ def main(argv: list[str] | None = None) -> dict:
                                   device="cuda" if on_gpu else "cpu", autocast="bfloat16" if on_gpu else None)
             loop.compile_seconds = 0.0
         else:
-            loop = JaxTrainLoop(config, args.batch, args.seq)
+            loop = JaxTrainLoop(config, args.batch, args.seq, trainer_options=dict(
+                loss_impl=args.loss_impl, loss_chunk=args.loss_chunk, loss_budget=1.0))
         loop.run(1)  # warm-up
         seconds = [loop.run(1) for _ in range(args.steps)]
         step = summary(seconds)
         flops = model_flops_per_token(config, args.seq) * loop.tokens_per_step
         mfu = [flops / s / peak for s in seconds]
-        impl = "torch (sdpa, bf16 autocast)" if args.impl == "torch" else f"bsft_jax ({args.attention})"
+        impl = ("torch (sdpa, bf16 autocast)" if args.impl == "torch"
+                else f"bsft_jax ({args.attention}, {args.loss_impl} loss)")
         remat = "none" if args.impl == "torch" else args.remat
         record = dict(model=name, impl=impl, params=loop.num_params, batch=args.batch, seq=args.seq, remat=remat,
                       step_seconds=step, model_flops_per_step=flops, mfu=summary(mfu),

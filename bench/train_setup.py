@@ -51,8 +51,9 @@ class JaxTrainLoop:
     """bsft_jax's Trainer on a one-device mesh: ``compile_seconds`` after construction, ``run(n)`` steps."""
 
     def __init__(self, config: Any, batch: int, seq_len: int, *, seed: int = 0, device: Any = None,
-                 model: Any = None):
-        """``model``: start from these (e.g. pretrained) weights instead of a random init of ``config``."""
+                 model: Any = None, trainer_options: dict[str, Any] | None = None):
+        """``model``: start from these (e.g. pretrained) weights instead of a random init of ``config``;
+        ``trainer_options``: extra keyword arguments of the Trainer (``loss_impl``, ``loss_budget``, ...)."""
         import jax
         import ml_collections
         from flax import nnx
@@ -69,7 +70,7 @@ class JaxTrainLoop:
         with jax.set_mesh(self.mesh):
             model = model if model is not None else Decoder(config, rngs=nnx.Rngs(params=seed))
             self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-            self.trainer = Trainer(model.config, tx, schedule, self.mesh)
+            self.trainer = Trainer(model.config, tx, schedule, self.mesh, **(trainer_options or {}))
             self.state = self.trainer.init_state(model, seed)
             del model
             t0 = time.perf_counter()

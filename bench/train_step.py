@@ -22,7 +22,8 @@ import statistics
 from bench.common import SIZES, append_result, print_table, summary
 from bench.train_setup import OPTIMIZER, JaxTrainLoop, TorchTrainLoop, decoder_config
 
-DEFAULT_SHAPES = {"100m": (4, 256), "demo": (16, 256), "tiny": (2, 32)}
+DEFAULT_SHAPES = {"100m": (4, 256), "demo": (16, 256), "tiny": (2, 32), "smollm2_135m": (4, 512),
+                  "qwen2_5_0_5b": (4, 512)}
 
 
 def available_cores() -> int:

@@ -153,3 +153,24 @@ def test_lora_tiny_records_and_renders(results):
     assert all(math.isfinite(v["last_loss"]) for v in impls.values())
     table = render_lora(_records(results))
     assert "| bsft_jax LoRA (+ behavior rows) |" in table and "rank 4" in table
+
+
+def test_round2_train_tiny(results, capsys):
+    from bench import round2
+
+    r = round2.main(["train", "--size", "tiny", "--batch", "2", "--seq", "32", "--steps", "1", "--blocks", "1",
+                     "--chunk", "16", "--budget", "0.5", "--results", results])
+    _check_record(results, "round2_train")
+    assert r["tokens_per_step"] == 64
+    for impl in ("full", "chunked"):
+        assert r[impl]["tokens_per_s"]["median"] > 0 and r[impl]["ratio_over_torch"]["median"] > 0
+    # Same init, same SFT batch, same updates: the chunked loss trains exactly as the full one.
+    assert abs(r["losses"]["full"] - r["losses"]["chunked"]) < 1e-4, r["losses"]
+    assert "| chunked" in capsys.readouterr().out
+
+
+def test_sft_loss_mask_covers_the_asked_fraction():
+    from bench.round2 import sft_loss_mask
+
+    mask = sft_loss_mask(64, 200, 0.15)
+    assert mask[:, -1].all() and 0.12 < mask.mean() < 0.18

@@ -6,6 +6,7 @@ The storage layer itself (atomic single-object writes, append log, folder commit
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -106,3 +107,23 @@ def test_move_renames_locally(tmp_path):
     (tmp_path / "3" / "f").write_text("x")
     storage.move(str(tmp_path / "3"), str(tmp_path / "3.corrupt"))
     assert sorted(os.listdir(tmp_path)) == ["3.corrupt"] and (tmp_path / "3.corrupt" / "f").read_text() == "x"
+
+
+def test_best_keeper_keeps_its_state_and_config_on_gs(gcs_bucket):  # noqa: F811
+    """Keep-best on a bucket run directory: best/config.json and best_state.json land on gs://, and a
+    restarted keeper reads its counts back from there."""
+    from bsft_jax.train.steer import BEST_STATE, BestKeeper
+
+    run_dir = storage.join(gcs_bucket, "run")
+    storage.write_bytes(storage.join(run_dir, "config.json"), b'{"seed": 3}\n')
+    saved = []
+    keeper = BestKeeper(run_dir, "overall_f1", patience=2)
+    assert keeper.directory == storage.join(run_dir, "best")
+    assert not keeper.update(4, {"steer/overall_f1": 0.5}, lambda c: saved.append(c.directory))
+    keeper.close()
+    assert storage.read_text(storage.join(run_dir, "best", "config.json")) == '{"seed": 3}\n'
+    assert json.loads(storage.read_text(storage.join(run_dir, BEST_STATE)))["step"] == 4
+    resumed = BestKeeper(run_dir, "overall_f1", patience=2)
+    assert not resumed.update(8, {"steer/overall_f1": 0.4}, lambda c: saved.append(8))
+    assert resumed.update(12, {"steer/overall_f1": 0.5}, lambda c: saved.append(12))  # 2 evals without a new best
+    assert len(saved) == 1

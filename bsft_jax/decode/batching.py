@@ -71,6 +71,21 @@ def batch_arrays(arrays: Sequence[np.ndarray], mesh: Mesh | None) -> tuple[Any, 
                                                                         mesh=mesh))) for a in arrays)
 
 
+def fetch(tree: Any) -> Any:
+    """The host values of a tree of arrays. On several processes a batch-sharded output spans devices
+    of other hosts: those arrays are all-gathered (every process gets the whole batch), the rest are
+    read as they are."""
+
+    def one(x: Any) -> Any:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
 def mesh_context(mesh: Mesh | None) -> Any:
     """``jax.set_mesh(mesh)``, or a no-op context without a mesh."""
     return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bsft_jax.decode.layered import LayerCache, LayeredDecoder
 from bsft_jax.decode.sampling import SamplingParams, sample_logits
-from bsft_jax.models.decoder import Decoder, KVCache
 from bsft_jax.models.logits import mask_padded_logits
 from bsft_jax.models.sharding import constrain
 
@@ -36,7 +36,7 @@ class DecodeState:
     tokens_bn:    [B, N] int32   generated tokens, ``pad_id`` after a row is done and beyond ``step``.
     logprobs_bn:  [B, N] f32     log p(token) under the model (masked vocabulary, before temperature /
                                  top-k / top-p); 0 where ``tokens_bn`` is padding.
-    cache:        KVCache        keys/values [L, B, S, K, H] of the prompt and every fed token.
+    cache:        LayerCache     per-layer keys/values [B, K, S, H] of the prompt and every fed token.
     rng:          PRNG key       split once per generated token.
     logits_bnv:   [B, N, V] f32  the masked logits each token was chosen from (only when asked: tests).
     """
@@ -45,23 +45,23 @@ class DecodeState:
     done_b: Array
     tokens_bn: Array
     logprobs_bn: Array
-    cache: KVCache
+    cache: LayerCache
     rng: Array
     logits_bnv: Array | None = None
 
 
-def constrain_cache(cache: KVCache) -> KVCache:
+def constrain_cache(cache: LayerCache) -> LayerCache:
     """Batch over the data axes, KV heads over ``tensor`` (a no-op without an active mesh)."""
-    kv_axes = ("layers", "batch", "cache_length", "act_kv_heads", None)
-    return KVCache(
-        k=constrain(cache.k, kv_axes),
-        v=constrain(cache.v, kv_axes),
+    kv_axes = ("batch", "act_kv_heads", "cache_length", None)
+    return LayerCache(
+        k=tuple(constrain(k, kv_axes) for k in cache.k),
+        v=tuple(constrain(v, kv_axes) for v in cache.v),
         segment_ids=constrain(cache.segment_ids, ("batch", "cache_length")),
         index=cache.index,
     )
 
 
-def choose(model: Decoder, logits_bv: Array, key: Array, sampling: SamplingParams) -> tuple[Array, Array, Array]:
+def choose(model: LayeredDecoder, logits_bv: Array, key: Array, sampling: SamplingParams) -> tuple[Array, Array, Array]:
     """(token [B], its log-prob [B], masked logits [B, V]) from raw last-position logits."""
     logits_bv = mask_padded_logits(logits_bv.astype(jnp.float32), model.config.valid_vocab_size)
     token_b = sample_logits(logits_bv, key, sampling)
@@ -88,7 +88,7 @@ def _prefill(
     model = nnx.merge(graphdef, params)
     b, t = prompt_bt.shape
     # Slots: t prompt tokens, then one per fed token (the last generated token is never fed).
-    cache = constrain_cache(KVCache.init(model.config, b, t + max_new_tokens))
+    cache = constrain_cache(LayerCache.init(model.config, b, t + max_new_tokens))
     hidden_btd, cache = model(prompt_bt, attention_mask=prompt_mask_bt, cache=cache, return_hidden=True)
     # Left padding: every row's last prompt token is in column t - 1; only its logits are needed.
     logits_bv = model.logits(hidden_btd[:, -1:])[:, 0]

@@ -23,9 +23,11 @@ from bsft_jax.decode.batching import (
     batch_arrays,
     bucket_size,
     data_parallel_size,
+    fetch,
     mesh_context,
     split_and_place,
 )
+from bsft_jax.decode.layered import unstack_layers
 from bsft_jax.decode.loop import DecodeState, decode_loop, prefill
 from bsft_jax.decode.sampling import SamplingParams
 from bsft_jax.models.decoder import Decoder
@@ -62,7 +64,8 @@ class SamplerOutput:
 class Sampler:
     """Batched generation for one model (optionally sharded over a mesh).
 
-    model:          a :class:`Decoder`; it is split once (``nnx.split``) and its weights are placed on
+    model:          a :class:`Decoder`; its weights are copied once into one buffer per layer
+                    (:func:`~bsft_jax.decode.layered.unstack_layers`), split, and placed on
                     ``mesh`` with the rules table (heads over ``tensor``) when a mesh is given.
     mesh:           optional; the batch is sharded over the mesh axes of the ``batch`` rule (data, fsdp).
     pad_id:         id written after a row is done and used for left padding (default: the config's
@@ -87,7 +90,8 @@ class Sampler:
         sort_by_length: bool = True,
     ):
         self.config = model.config
-        self.graphdef, self.params = split_and_place(model, mesh)
+        # Decoding reads one buffer per layer (bsft_jax.decode.layered): the weights are split once here.
+        self.graphdef, self.params = split_and_place(unstack_layers(model), mesh)
         self.mesh = mesh
         self.pad_id = int(pad_id if pad_id is not None else (self.config.pad_token_id or 0))
         self.prompt_buckets = tuple(prompt_buckets) if prompt_buckets else None
@@ -191,8 +195,8 @@ class Sampler:
             run_decode = self._compiled("decode_loop", key, out, lambda: decode_loop.lower(
                 self.graphdef, self.params, state, eos_e, sampling=sampling, pad_id=self.pad_id))
             state = run_decode(self.params, state, eos_e)
-            tokens_bn, logprobs_bn, steps = jax.device_get((state.tokens_bn, state.logprobs_bn, state.step))
-            logits_bnv = jax.device_get(state.logits_bnv) if keep_logits else None
+            tokens_bn, logprobs_bn, steps = fetch((state.tokens_bn, state.logprobs_bn, state.step))
+            logits_bnv = fetch(state.logits_bnv) if keep_logits else None
         eos = set(eos_e.tolist())
         for i in range(n):
             row = tokens_bn[i, : int(steps)].tolist()

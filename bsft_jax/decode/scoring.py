@@ -22,6 +22,7 @@ from bsft_jax.decode.batching import (
     batch_arrays,
     bucket_size,
     data_parallel_size,
+    fetch,
     mesh_context,
     split_and_place,
 )
@@ -90,7 +91,7 @@ def continuation_logprobs(
             tokens_bt[i, : len(seq)], mask_bt[i, : len(seq)] = seq, 1
         arrays = batch_arrays((tokens_bt, mask_bt), mesh)
         with mesh_context(mesh):
-            logprobs_bt = np.asarray(jax.device_get(token_logprobs(graphdef, params, *arrays)))
+            logprobs_bt = fetch(token_logprobs(graphdef, params, *arrays))
         for i, (p, c) in enumerate(pairs):
             scores.append(float(logprobs_bt[i, len(p): len(p) + len(c)].sum()))
     return scores

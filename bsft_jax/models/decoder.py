@@ -28,10 +28,10 @@ from bsft_jax.models.config import DecoderConfig, LinearRopeScaling
 from bsft_jax.models.sharding import constrain
 
 Array = jax.Array
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give no NaNs
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)  # finite: fully masked rows give no NaNs
 
 
-def _param(
+def param(
     rngs: nnx.Rngs | None,
     init: Callable[..., Array],
     shape: tuple[int, ...],
@@ -173,7 +173,7 @@ class RMSNorm(nnx.Module):
         self.eps = eps
         self.plus_one = plus_one
         init = jax.nn.initializers.zeros if plus_one else jax.nn.initializers.ones
-        self.scale = _param(rngs, init, (dim,), (axis,), param_dtype, stack)
+        self.scale = param(rngs, init, (dim,), (axis,), param_dtype, stack)
 
     def __call__(self, x: Array) -> Array:
         dtype = x.dtype
@@ -193,17 +193,17 @@ class Attention(nnx.Module):
         c, pd = config, config.param_dtype
         d, n, k, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
         self.config = config
-        self.q_proj = _param(rngs, _normal(), (d, n, h), ("embed", "q_heads", "head_dim"), pd, stack)
-        self.k_proj = _param(rngs, _normal(), (d, k, h), ("embed", "kv_heads", "head_dim"), pd, stack)
-        self.v_proj = _param(rngs, _normal(), (d, k, h), ("embed", "kv_heads", "head_dim"), pd, stack)
-        self.o_proj = _param(rngs, _normal(), (n, h, d), ("q_heads", "head_dim", "embed"), pd, stack)
+        self.q_proj = param(rngs, _normal(), (d, n, h), ("embed", "q_heads", "head_dim"), pd, stack)
+        self.k_proj = param(rngs, _normal(), (d, k, h), ("embed", "kv_heads", "head_dim"), pd, stack)
+        self.v_proj = param(rngs, _normal(), (d, k, h), ("embed", "kv_heads", "head_dim"), pd, stack)
+        self.o_proj = param(rngs, _normal(), (n, h, d), ("q_heads", "head_dim", "embed"), pd, stack)
         zeros = jax.nn.initializers.zeros
         if c.qkv_bias:
-            self.q_bias = _param(rngs, zeros, (n, h), ("q_heads", "head_dim"), pd, stack)
-            self.k_bias = _param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd, stack)
-            self.v_bias = _param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd, stack)
+            self.q_bias = param(rngs, zeros, (n, h), ("q_heads", "head_dim"), pd, stack)
+            self.k_bias = param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd, stack)
+            self.v_bias = param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd, stack)
         if c.o_bias:
-            self.o_bias = _param(rngs, zeros, (d,), ("embed",), pd, stack)
+            self.o_bias = param(rngs, zeros, (d,), ("embed",), pd, stack)
         if c.qk_norm:
             kw = dict(param_dtype=pd, stack=stack, rngs=rngs, plus_one=c.norm_plus_one, axis="head_dim")
             self.q_norm = RMSNorm(h, c.rms_norm_eps, **kw)
@@ -215,6 +215,24 @@ class Attention(nnx.Module):
         if self.config.qkv_bias:
             y = y + getattr(self, f"{name}_bias").value.astype(y.dtype)
         return _add_lora(self, name, x_btd, y, 1, lora_rng)
+
+    def qkv(self, x_btd: Array, cos_bth: Array, sin_bth: Array,
+            lora_rngs: tuple[Array | None, ...] = (None, None, None)) -> tuple[Array, Array, Array]:
+        """Queries [B, T, N, H], keys and values [B, T, K, H]: q/k normed (where configured), then rotated.
+
+        ``lora_rngs``: LoRA dropout keys for q, k, v (training only)."""
+        q_btnh, k_btkh = self._project(x_btd, "q", lora_rngs[0]), self._project(x_btd, "k", lora_rngs[1])
+        if self.config.qk_norm:
+            q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
+        v_btkh = self._project(x_btd, "v", lora_rngs[2])
+        return apply_rope(q_btnh, cos_bth, sin_bth), apply_rope(k_btkh, cos_bth, sin_bth), v_btkh
+
+    def output(self, out_btnh: Array, dtype: Any, lora_rng: Array | None = None) -> Array:
+        """The output projection (and bias, and LoRA delta) of the attended values: [B, T, N, H] -> [B, T, D]."""
+        y_btd = project(out_btnh, self.o_proj.value.astype(dtype), 2)
+        if self.config.o_bias:
+            y_btd = y_btd + self.o_bias.value.astype(y_btd.dtype)
+        return _add_lora(self, "o", out_btnh, y_btd, 2, lora_rng)
 
     def __call__(
         self,
@@ -238,12 +256,7 @@ class Attention(nnx.Module):
         """
         c = self.config
         rng = _lora_rngs(lora_rng, 4)
-        q_btnh, k_btkh = self._project(x_btd, "q", rng[0]), self._project(x_btd, "k", rng[1])
-        if c.qk_norm:
-            q_btnh, k_btkh = self.q_norm(q_btnh), self.k_norm(k_btkh)
-        q_btnh = apply_rope(q_btnh, cos_bth, sin_bth)
-        k_btkh = apply_rope(k_btkh, cos_bth, sin_bth)
-        v_btkh = self._project(x_btd, "v", rng[2])
+        q_btnh, k_btkh, v_btkh = self.qkv(x_btd, cos_bth, sin_bth, tuple(rng[:3]))
         q_btnh = constrain(q_btnh, ("batch", "length", "act_heads", None))
         if kv is None:
             k_bskh, v_bskh, new_kv = k_btkh, v_btkh, None
@@ -275,10 +288,7 @@ class Attention(nnx.Module):
                 out_btnh = fused(None)()
             else:  # the kernel's static window on sliding layers: it skips the blocks outside it
                 out_btnh = jax.lax.cond(is_local, fused((c.sliding_window - 1, 0)), fused(None))
-        y_btd = project(out_btnh, self.o_proj.value.astype(x_btd.dtype), 2)
-        if c.o_bias:
-            y_btd = y_btd + self.o_bias.value.astype(y_btd.dtype)
-        return _add_lora(self, "o", out_btnh, y_btd, 2, rng[3]), new_kv
+        return self.output(out_btnh, x_btd.dtype, rng[3]), new_kv
 
 
 def dot_product_attention(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts: Array,
@@ -290,7 +300,7 @@ def dot_product_attention(q_btkgh: Array, k_bskh: Array, v_bskh: Array, mask_bts
     if scale is None:
         scale = 1.0 / math.sqrt(q_btkgh.shape[-1])
     scores = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh, preferred_element_type=jnp.float32) * scale
-    scores = jnp.where(mask_bts[:, None, None, :, :], scores, _MASK_VALUE)
+    scores = jnp.where(mask_bts[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
     return jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)
 
@@ -332,14 +342,14 @@ class MLP(nnx.Module):
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None, stack: int | None = None):
         d, f, pd = config.hidden_size, config.intermediate_size, config.param_dtype
         self.config = config
-        self.gate_proj = _param(rngs, _normal(), (d, f), ("embed", "mlp"), pd, stack)
-        self.up_proj = _param(rngs, _normal(), (d, f), ("embed", "mlp"), pd, stack)
-        self.down_proj = _param(rngs, _normal(), (f, d), ("mlp", "embed"), pd, stack)
+        self.gate_proj = param(rngs, _normal(), (d, f), ("embed", "mlp"), pd, stack)
+        self.up_proj = param(rngs, _normal(), (d, f), ("embed", "mlp"), pd, stack)
+        self.down_proj = param(rngs, _normal(), (f, d), ("mlp", "embed"), pd, stack)
         if config.mlp_bias:
             zeros = jax.nn.initializers.zeros
-            self.gate_bias = _param(rngs, zeros, (f,), ("mlp",), pd, stack)
-            self.up_bias = _param(rngs, zeros, (f,), ("mlp",), pd, stack)
-            self.down_bias = _param(rngs, zeros, (d,), ("embed",), pd, stack)
+            self.gate_bias = param(rngs, zeros, (f,), ("mlp",), pd, stack)
+            self.up_bias = param(rngs, zeros, (f,), ("mlp",), pd, stack)
+            self.down_bias = param(rngs, zeros, (d,), ("embed",), pd, stack)
 
     def __call__(self, x_btd: Array, lora_rng: Array | None = None) -> Array:
         dt = x_btd.dtype
@@ -381,11 +391,16 @@ class Block(nnx.Module):
         rng = _lora_rngs(lora_rng, 2)
         attn_btd, new_kv = self.attn(self.input_norm(x_btd), cos_bth, sin_bth, mask_bts, kv, cache_index, layer,
                                      is_local, rng[0])
+        return self.after_attention(x_btd, attn_btd, rng[1]), new_kv
+
+    def after_attention(self, x_btd: Array, attn_btd: Array, mlp_lora_rng: Array | None = None) -> Array:
+        """The rest of the block once attention has run on ``input_norm(x)``: both residual adds
+        (with Gemma 3's output norms where configured) and the MLP sub-layer."""
         post = self.attn.config.post_norms
         x_btd = x_btd + (self.attn_out_norm(attn_btd) if post else attn_btd)
-        mlp_btd = self.mlp(self.post_attn_norm(x_btd), rng[1])
+        mlp_btd = self.mlp(self.post_attn_norm(x_btd), mlp_lora_rng)
         x_btd = x_btd + (self.mlp_out_norm(mlp_btd) if post else mlp_btd)
-        return constrain(x_btd, ("batch", "length", "act_embed")), new_kv
+        return constrain(x_btd, ("batch", "length", "act_embed"))
 
 
 _REMAT_POLICIES = {
@@ -405,12 +420,12 @@ class Decoder(nnx.Module):
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None = None):
         self.config = config
         pd = config.param_dtype
-        self.embed = _param(rngs, _normal(), (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd, None)
+        self.embed = param(rngs, _normal(), (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd, None)
         self.layers = Block(config, rngs=rngs, stack=config.num_layers)
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=pd, rngs=rngs,
                                   plus_one=config.norm_plus_one)
         if not config.tie_word_embeddings:
-            self.lm_head = _param(rngs, _normal(), (config.hidden_size, config.vocab_size), ("embed", "vocab"),
+            self.lm_head = param(rngs, _normal(), (config.hidden_size, config.vocab_size), ("embed", "vocab"),
                                   pd, None)
         if config.lora is not None:  # after every base weight: the base init does not depend on LoRA
             lora_lib.add_decoder_factors(self.layers, config, rngs)
@@ -459,16 +474,8 @@ class Decoder(nnx.Module):
             & (k_seg[:, None, :] != 0)
             & (k_slot[None, None, :] <= q_slot[None, :, None])
         )
-        inputs_of, local_flags = _per_layer_inputs(c, positions, mask_bts, q_slot, k_slot, dtype)
-
-        # FSDP-gather the table's embed dim before the lookup (as for every other weight): a gather
-        # from rows sharded over fsdp into a batch sharded over (data, fsdp) otherwise makes XLA
-        # fall back to a full rematerialisation. Vocab rows stay tensor-sharded (partial sums).
-        table_vd = constrain(self.embed.value, ("vocab", None))
-        x_btd = jnp.take(table_vd, input_ids, axis=0).astype(dtype)
-        if c.embed_scale:  # Gemma: sqrt(D), rounded to the compute dtype as transformers does
-            x_btd = x_btd * jnp.asarray(c.hidden_size**0.5, dtype)
-        x_btd = constrain(x_btd, ("batch", "length", "act_embed"))
+        inputs_of, local_flags = per_layer_inputs(c, positions, mask_bts, q_slot, k_slot, dtype)
+        x_btd = self.embed_tokens(input_ids)
 
         graphdef, layer_state = nnx.split(self.layers)
 
@@ -512,29 +519,46 @@ class Decoder(nnx.Module):
         new_cache = KVCache(k=kv_out[0], v=kv_out[1], segment_ids=k_seg, index=cache.index + t)
         return out, new_cache
 
+    def embed_tokens(self, input_ids: Array) -> Array:
+        """Token embeddings [B, T, D] in the compute dtype (times sqrt(D) where ``embed_scale``, Gemma)."""
+        c = self.config
+        dtype = jnp.dtype(c.dtype)
+        # FSDP-gather the table's embed dim before the lookup (as for every other weight): a gather
+        # from rows sharded over fsdp into a batch sharded over (data, fsdp) otherwise makes XLA
+        # fall back to a full rematerialisation. Vocab rows stay tensor-sharded (partial sums).
+        table_vd = constrain(self.embed.value, ("vocab", None))
+        x_btd = jnp.take(table_vd, input_ids, axis=0).astype(dtype)
+        if c.embed_scale:  # Gemma: sqrt(D), rounded to the compute dtype as transformers does
+            x_btd = x_btd * jnp.asarray(c.hidden_size**0.5, dtype)
+        return constrain(x_btd, ("batch", "length", "act_embed"))
+
+    def head_weight(self, dtype: Any) -> Array:
+        """The LM head as ``[D, V]`` in ``dtype``: the transposed embedding table when tied.
+
+        Tied heads use the raw table (Gemma's sqrt(D) scales the embedding lookup, not the head).
+        ``project()`` on the transposed table makes the weight gradient [D, V] from x and dlogits
+        (one V x D transpose back) instead of a transposed copy of dlogits [B*T, V].
+        """
+        if self.config.tie_word_embeddings:
+            return self.embed.value.astype(dtype).T
+        return self.lm_head.value.astype(dtype)
+
     def logits(self, x_btd: Array) -> Array:
         """LM head on final hidden states: [B, T, D] -> [B, T, V] in ``logits_dtype``."""
-        c = self.config
-        out_dtype = jnp.dtype(c.logits_dtype)
-        if c.tie_word_embeddings:
-            # project() on the transposed table: the weight gradient is then [D, V] from x and dlogits
-            # (one V x D transpose back) instead of a transposed copy of dlogits [B*T, V].
-            w_dv = self.embed.value.astype(x_btd.dtype).T
-            logits = project(x_btd, w_dv, 1, out_dtype)
-        else:
-            w_dv = self.lm_head.value.astype(x_btd.dtype)
-            logits = project(x_btd, w_dv, 1, out_dtype)
+        out_dtype = jnp.dtype(self.config.logits_dtype)
+        logits = project(x_btd, self.head_weight(x_btd.dtype), 1, out_dtype)
         return constrain(logits.astype(out_dtype), ("batch", "length", "act_vocab"))
 
 
-def _per_layer_inputs(c: DecoderConfig, positions_bt: Array, mask_bts: Array, q_slot: Array, k_slot: Array,
+def per_layer_inputs(c: DecoderConfig, positions_bt: Array, mask_bts: Array, q_slot: Array, k_slot: Array,
                       dtype: Any) -> tuple[Callable[[Array | None], tuple], Array | None]:
     """RoPE tables and masks of the layers, and the per-layer flags the layer scan carries.
 
     Returns ``(inputs_of, flags)``. ``flags`` [L] is True for sliding-window layers (None when every
     layer is global); ``inputs_of(flag)`` gives one layer's ``(cos, sin, mask, flag)``: the local
     RoPE base and the windowed mask (a query sees itself and the ``sliding_window - 1`` slots
-    before it, as transformers' sliding_window_overlay) where the traced flag is set.
+    before it, as transformers' sliding_window_overlay) where the flag (traced, or a Python bool
+    for an unrolled layer loop) is set.
     """
     cos_bth, sin_bth = rope_cos_sin(positions_bt, rope_inverse_frequencies(c), dtype)
     if not c.has_sliding_layers:

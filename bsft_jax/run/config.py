@@ -40,6 +40,9 @@ train.steps              optimizer updates in the whole run
 train.global_batch_size  rows per update, summed over all processes
 train.microbatches       gradient-accumulation microbatches per update (divides the batch)
 train.z_loss             weight of the z-loss term (0 disables it)
+train.loss_impl          "chunked" (never builds [B, T, V] logits) | "full" (see bsft_jax.train.chunked_loss)
+train.loss_chunk         chunked: rows of logits alive at a time ([chunk, V] fp32)
+train.loss_budget        chunked: fraction of positions gathered for the loss; more loss tokens: exact fallback
 train.log_every          progress line / metrics interval in steps
 train.eval_every         held-out evaluation interval in steps (0: only at the end; -1: never)
 train.steer_eval_items   at each held-out evaluation also decode this many items of train.steer_eval_split
@@ -147,6 +150,9 @@ def _add_training(c: ml_collections.ConfigDict) -> None:
     c.train.global_batch_size = 8
     c.train.microbatches = 1
     c.train.z_loss = 0.0
+    c.train.loss_impl = "chunked"
+    c.train.loss_chunk = 256
+    c.train.loss_budget = 0.5
     c.train.log_every = 10
     c.train.eval_every = 0
     c.train.steer_eval_items = 0

@@ -96,10 +96,11 @@ def make_trainer(s: Settings, bundle: Any, tx: Any, schedule: Any, mesh: Any) ->
     from bsft_jax.train.step import Trainer
 
     t, lora = s.train, s.model.lora
+    options = dict(microbatches=t.microbatches, z_loss=t.z_loss, loss_impl=t.loss_impl, loss_chunk=t.loss_chunk,
+                   loss_budget=t.loss_budget)
     if lora.config is None:
-        return Trainer(bundle.config, tx, schedule, mesh, microbatches=t.microbatches, z_loss=t.z_loss)
+        return Trainer(bundle.config, tx, schedule, mesh, **options)
     from bsft_jax.train.lora import LoraTrainer
 
     return LoraTrainer(bundle.config, tx, schedule, mesh, lora=lora.config,
-                       behavior_ids=list(bundle.behavior_ids.values()), base_dtype=lora.base_dtype or None,
-                       microbatches=t.microbatches, z_loss=t.z_loss)
+                       behavior_ids=list(bundle.behavior_ids.values()), base_dtype=lora.base_dtype or None, **options)

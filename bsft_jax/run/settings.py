@@ -19,6 +19,8 @@ from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, REMA
 from bsft_jax.models.lora_config import TARGETS as LORA_TARGETS
 from bsft_jax.models.lora_config import LoraConfig
 
+# bsft_jax.train.chunked_loss.LOSS_IMPLS, repeated so this module stays free of JAX (a test checks both agree).
+LOSS_IMPLS = ("full", "chunked")
 MODEL_SOURCES = ("hf", "scratch")
 DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
 # Training styles of bsft_jax.data.format ("few_shot" is a prompting baseline of the evaluator only).
@@ -217,11 +219,17 @@ class TrainSettings:
     steer_eval_split: str = "validation"
     steer_max_new_tokens: int = 24
     early_stop_patience: int = 0  # steering evals without a new best before stopping (0: never stop)
+    loss_impl: str = "chunked"
+    loss_chunk: int = 256
+    loss_budget: float = 0.5
 
     def __post_init__(self) -> None:
-        _positive("train", self, "steps", "global_batch_size", "microbatches", "log_every")
+        _positive("train", self, "steps", "global_batch_size", "microbatches", "log_every", "loss_chunk")
         _positive("train", self, "z_loss", "steer_eval_items", "early_stop_patience", allow_zero=True)
         _positive("train", self, "steer_max_new_tokens")
+        _one_of("train", "loss_impl", self.loss_impl, LOSS_IMPLS)
+        if not 0.0 < self.loss_budget <= 1.0:
+            raise fail("train.loss_budget", f"must be in (0, 1], got {self.loss_budget}")
         if self.eval_every < -1:
             raise fail("train.eval_every", f"must be -1 (never), 0 (at the end) or a step interval, "
                                            f"got {self.eval_every}")

@@ -33,7 +33,7 @@ from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.lora import LoraConfig, LoraParam
 from bsft_jax.models.sharding import batch_sharding, logical_to_spec, state_shardings
-from bsft_jax.train.loss import loss_sums
+from bsft_jax.train.chunked_loss import LOSS_IMPLS, model_loss_sums
 from bsft_jax.train.step import Trainer, TrainState
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,11 @@ class LoraTrainer(Trainer):
 
     def __init__(self, config: DecoderConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
                  *, lora: LoraConfig, behavior_ids: list[int] | tuple[int, ...], base_dtype: str | None = None,
-                 microbatches: int = 1, z_loss: float = 0.0):
+                 microbatches: int = 1, z_loss: float = 0.0, loss_impl: str = "full", loss_chunk: int = 1024,
+                 loss_budget: float = 1.0):
+        if loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
+        self.loss_options = dict(impl=loss_impl, chunk=int(loss_chunk), budget=float(loss_budget))
         self.mesh, self.tx, self.schedule = mesh, tx, schedule
         self.microbatches, self.z_loss = int(microbatches), float(z_loss)
         self.config = config.replace(lora=lora)
@@ -156,12 +160,12 @@ class LoraTrainer(Trainer):
         graphdef = self.model_graphdef
         key, dropout_key = jax.random.split(jax.random.wrap_key_data(state.rng))
 
-        def logits_fn(params: dict[str, Any], mb: dict[str, jax.Array], index: jax.Array) -> jax.Array:
+        def model_fn(params: dict[str, Any], mb: dict[str, jax.Array], index: jax.Array) -> tuple[Decoder, dict]:
             model = nnx.merge(graphdef, self.full_params(params, frozen))
             rng = jax.random.fold_in(dropout_key, index) if self.lora.dropout > 0 else None
-            return model(mb["tokens"], positions=mb["positions"], segment_ids=mb["segment_ids"], dropout_rng=rng)
+            return model, {"dropout_rng": rng}
 
-        grads, sums = self._grads(state.params, batch, logits_fn)
+        grads, sums = self._grads(state.params, batch, model_fn)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         new_state = TrainState(params=optax.apply_updates(state.params, updates), opt_state=opt_state,
                                step=state.step + 1, rng=jax.random.key_data(key))
@@ -193,13 +197,10 @@ class LoraTrainer(Trainer):
     def eval_step_fn(self) -> Any:
         """A ``(params, batch) -> LossSums`` for held-out batches (the base is passed to the jitted function)."""
         if self._eval_step is None:
-            graphdef, valid_vocab = self.model_graphdef, self.config.valid_vocab_size
+            graphdef, loss_options = self.model_graphdef, self.loss_options
 
             def eval_step(params: dict[str, Any], batch: dict[str, jax.Array], frozen: dict[str, Any]) -> Any:
-                model = nnx.merge(graphdef, self.full_params(params, frozen))
-                logits = model(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-                return loss_sums(logits, batch["targets"], batch["loss_mask"], batch["segment_ids"],
-                                 valid_vocab_size=valid_vocab)
+                return model_loss_sums(nnx.merge(graphdef, self.full_params(params, frozen)), batch, **loss_options)
 
             self._eval_step = jax.jit(eval_step, in_shardings=(self.state_shardings.params, self.batch_sharding,
                                                                self.frozen_shardings), out_shardings=self.replicated)

@@ -208,17 +208,18 @@ def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str
     tx, schedule = make_optimizer(settings.optimizer, cfg.train.steps)
     lora = settings.model.lora
     with jax.set_mesh(mesh):
+        t = cfg.train
+        options = dict(microbatches=t.microbatches, z_loss=t.z_loss, loss_impl=t.loss_impl, loss_chunk=t.loss_chunk,
+                       loss_budget=t.loss_budget)
         if lora.config is not None:  # the LoRA step: frozen base (optionally in the compute dtype), no AdamW for it
             from bsft_jax.train.lora import LoraTrainer
 
             n = len(settings.behavior.spec.names) if settings.behavior.enabled else 0
             rows = range(config.num_valid_tokens - n, config.num_valid_tokens)
             trainer = LoraTrainer(config, tx, schedule, mesh, lora=lora.config, behavior_ids=list(rows),
-                                  base_dtype=lora.base_dtype or None, microbatches=cfg.train.microbatches,
-                                  z_loss=cfg.train.z_loss)
+                                  base_dtype=lora.base_dtype or None, **options)
         else:
-            trainer = Trainer(config, tx, schedule, mesh, microbatches=cfg.train.microbatches,
-                              z_loss=cfg.train.z_loss)
+            trainer = Trainer(config, tx, schedule, mesh, **options)
         t0 = time.perf_counter()
         compiled = trainer.compile(cfg.train.global_batch_size, cfg.data.seq_len)
     return trainer, compiled, time.perf_counter() - t0

@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
 from flax import nnx
 
+from bsft_jax import storage
 from bsft_jax.behavior import taxonomy
 from bsft_jax.evaluate.core import as_records, evaluate_model, stratified_subset
 from bsft_jax.files import write_json
@@ -94,20 +93,20 @@ class BestKeeper:
     """Tracks the best value of one metric; saves each new best, counts evaluations since the last one."""
 
     def __init__(self, run_dir: str, metric: str, patience: int, *, primary: bool = True):
-        self.run_dir, self.metric, self.patience, self.primary = os.path.abspath(run_dir), metric, patience, primary
+        self.run_dir, self.metric, self.patience = storage.abspath(run_dir), metric, patience
+        self.primary = primary
         self.higher = STEER_METRICS.get(metric, HELD_OUT_METRICS.get(metric, True))
         self.key = PREFIX + metric if metric in STEER_METRICS else metric
         self.state: dict[str, Any] = {"metric": metric, "step": None, "value": None, "evals_since_best": 0}
-        path = os.path.join(self.run_dir, BEST_STATE)
-        if os.path.isfile(path):
-            with open(path) as f:
-                self.state.update(json.load(f))
+        path = storage.join(self.run_dir, BEST_STATE)
+        if storage.isfile(path):
+            self.state.update(json.loads(storage.read_text(path)))
         self._ckpt: Checkpointer | None = None
 
     @property
     def directory(self) -> str:
         """``RUN_DIR/best``: config.json and the best step's checkpoint (the tokenizer is the run's)."""
-        return os.path.join(self.run_dir, BEST_SUBDIR)
+        return storage.join(self.run_dir, BEST_SUBDIR)
 
     def is_better(self, value: float) -> bool:
         """Whether ``value`` beats the best so far (any finite value beats none)."""
@@ -126,14 +125,14 @@ class BestKeeper:
             if self._ckpt is None:
                 self._ckpt = Checkpointer(self.directory, keep=1, async_save=False)
                 if self.primary:
-                    shutil.copyfile(os.path.join(self.run_dir, "config.json"),
-                                    os.path.join(self.directory, "config.json"))
+                    storage.copy_file(storage.join(self.run_dir, "config.json"),
+                                      storage.join(self.directory, "config.json"))
             save(self._ckpt)
             log.info("new best %s %.4f at step %d (saved to %s)", self.metric, value, step, self.directory)
         else:
             self.state["evals_since_best"] += 1
         if self.primary:
-            write_json(os.path.join(self.run_dir, BEST_STATE), self.state)
+            write_json(storage.join(self.run_dir, BEST_STATE), self.state)
         stop = bool(self.patience) and self.state["evals_since_best"] >= self.patience
         if stop:
             log.info("early stop at step %d: %s has not improved on %.4f (step %d) for %d evaluations", step,

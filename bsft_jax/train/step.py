@@ -34,7 +34,8 @@ from bsft_jax.data.pipeline import BATCH_KEYS
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.sharding import batch_sharding, state_shardings
-from bsft_jax.train.loss import LossSums, loss_sums, objective
+from bsft_jax.train.chunked_loss import LOSS_IMPLS, model_loss_sums
+from bsft_jax.train.loss import LossSums, objective
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,13 @@ class Trainer:
     """
 
     def __init__(self, config: DecoderConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
-                 *, microbatches: int = 1, z_loss: float = 0.0):
+                 *, microbatches: int = 1, z_loss: float = 0.0, loss_impl: str = "full", loss_chunk: int = 1024,
+                 loss_budget: float = 1.0):
+        if loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
         self.mesh = mesh
+        # How the loss is computed (bsft_jax.train.chunked_loss): same sums, different memory and FLOPs.
+        self.loss_options = dict(impl=loss_impl, chunk=int(loss_chunk), budget=float(loss_budget))
         self.tx = tx
         self.schedule = schedule
         self.microbatches = int(microbatches)
@@ -115,11 +121,10 @@ class Trainer:
     def _train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         graphdef = self.model_graphdef
 
-        def logits_fn(params: nnx.State, mb: dict[str, jax.Array], _: jax.Array) -> jax.Array:
-            model = nnx.merge(graphdef, params)
-            return model(mb["tokens"], positions=mb["positions"], segment_ids=mb["segment_ids"])
+        def model_fn(params: nnx.State, mb: dict[str, jax.Array], _: jax.Array) -> tuple[Decoder, dict[str, Any]]:
+            return nnx.merge(graphdef, params), {}
 
-        grads, sums = self._grads(state.params, batch, logits_fn)
+        grads, sums = self._grads(state.params, batch, model_fn)
         model = nnx.merge(graphdef, state.params)
         optimizer = nnx.merge(self.opt_graphdef, state.opt_state)
         optimizer.update(model, grads)
@@ -132,14 +137,16 @@ class Trainer:
         )
         return new_state, self._metrics(state, batch, grads, sums)
 
-    def _grads(self, params: Any, batch: dict[str, jax.Array], logits_fn: Any) -> tuple[Any, LossSums]:
+    def _grads(self, params: Any, batch: dict[str, jax.Array], model_fn: Any) -> tuple[Any, LossSums]:
         """Gradient of the loss w.r.t. ``params`` and the loss sums, accumulated over the microbatches.
 
-        ``logits_fn(params, microbatch, index) -> logits``: the forward pass (``index`` is the
-        microbatch's number, e.g. to fold into a dropout key).
+        ``model_fn(params, microbatch, index) -> (model, call_kwargs)``: the Decoder the loss runs
+        (``bsft_jax.train.chunked_loss.model_loss_sums``, with the Trainer's loss path) and extra
+        keyword arguments of its call (``index`` is the microbatch's number, e.g. to fold into a
+        dropout key).
         """
         m = self.microbatches
-        valid_vocab = self.config.valid_vocab_size
+        loss_options = self.loss_options
         param_shardings = self.state_shardings.params
 
         def split(x_bt: jax.Array) -> jax.Array:
@@ -153,8 +160,8 @@ class Trainer:
         total_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
 
         def loss_fn(params: Any, mb: dict[str, jax.Array], index: jax.Array) -> tuple[jax.Array, LossSums]:
-            logits = logits_fn(params, mb, index)
-            sums = loss_sums(logits, mb["targets"], mb["loss_mask"], mb["segment_ids"], valid_vocab_size=valid_vocab)
+            model, call_kwargs = model_fn(params, mb, index)
+            sums = model_loss_sums(model, mb, **loss_options, **call_kwargs)
             return objective(sums, total_tokens, self.z_loss), sums
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -216,13 +223,10 @@ class Trainer:
         """A jitted ``(params, batch) -> LossSums`` for held-out batches (no gradient); built once."""
         if self._eval_step is not None:
             return self._eval_step
-        graphdef, valid_vocab = self.model_graphdef, self.config.valid_vocab_size
+        graphdef, loss_options = self.model_graphdef, self.loss_options
 
         def eval_step(params: nnx.State, batch: dict[str, jax.Array]) -> LossSums:
-            model = nnx.merge(graphdef, params)
-            logits = model(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-            return loss_sums(logits, batch["targets"], batch["loss_mask"], batch["segment_ids"],
-                             valid_vocab_size=valid_vocab)
+            return model_loss_sums(nnx.merge(graphdef, params), batch, **loss_options)
 
         self._eval_step = jax.jit(eval_step, in_shardings=(self.state_shardings.params, self.batch_sharding),
                                   out_shardings=self.replicated)

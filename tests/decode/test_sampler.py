@@ -91,7 +91,9 @@ def _low_level(model, prompts, *, max_new_tokens, eos, pad_id=0, force=None):
     """Runs prefill + decode_loop directly on left-padded arrays; returns the final DecodeState."""
     from flax import nnx
 
-    graphdef, params = nnx.split(model)
+    from bsft_jax.decode.layered import unstack_layers
+
+    graphdef, params = nnx.split(unstack_layers(model))  # the decode phases take the per-layer model
     t = max(map(len, prompts))
     prompt_bt = np.full((len(prompts), t), pad_id, np.int32)
     mask_bt = np.zeros_like(prompt_bt)
@@ -194,7 +196,7 @@ def test_sharded_equals_unsharded(qwen):
     mesh = make_mesh({"data": 4, "tensor": 2})
     single = Sampler(model)
     sharded = Sampler(model, mesh=mesh)
-    assert "tensor" in str(sharded.params["layers"]["attn"]["q_proj"].get_value().sharding.spec)
+    assert "tensor" in str(sharded.params["blocks"][0]["attn"]["q_proj"].get_value().sharding.spec)
     for kw in (dict(), dict(temperature=1.0, top_k=50, seed=7)):
         a = single(PROMPTS, max_new_tokens=8, keep_logits=True, **kw)
         b = sharded(PROMPTS, max_new_tokens=8, keep_logits=True, **kw)
@@ -208,4 +210,6 @@ def test_sharded_equals_unsharded(qwen):
         state = prefill(graphdef, sharded.params, prompt, prompt, np.ones(4, bool), -np.ones(4, np.int32),
                         np.zeros(0, np.int32), jax.random.key(0), max_new_tokens=4, sampling=SamplingParams(),
                         pad_id=0)
-    assert state.cache.k.sharding.spec[1:4] == ("data", None, "tensor")
+    # per-layer [B, K, S, H] buffers
+    assert len(state.cache.k) == model.config.num_layers
+    assert tuple(state.cache.k[0].sharding.spec)[:2] == ("data", "tensor")

@@ -47,7 +47,8 @@ def _batches(n: int) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def _train(mesh_shape, config, batches, *, lora=None, microbatches=1, devices=None, lr=1e-3, base_dtype=None):
+def _train(mesh_shape, config, batches, *, lora=None, microbatches=1, devices=None, lr=1e-3, base_dtype=None,
+           **loss_options):
     opt = default_config().optimizer
     opt.learning_rate, opt.warmup_steps, opt.eps = lr, 0, 1e-8
     tx, schedule = make_optimizer(opt, 10)
@@ -57,7 +58,7 @@ def _train(mesh_shape, config, batches, *, lora=None, microbatches=1, devices=No
         model = init_decoder(config, seed=3)
         base = jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
         trainer = LoraTrainer(config, tx, schedule, mesh, lora=lora, behavior_ids=ROWS, microbatches=microbatches,
-                              z_loss=1e-4, base_dtype=base_dtype)
+                              z_loss=1e-4, base_dtype=base_dtype, **loss_options)
         state = trainer.init_state(model, seed=0)
         trainer.compile(GLOBAL_BATCH, SEQ)
         metrics, first = [], None
@@ -134,3 +135,19 @@ def test_lora_microbatches_dropout_and_bf16_base():
     # step 1: B = 0, so dropout cannot change the loss yet; step 2 it does
     np.testing.assert_allclose(drop["metrics"][0]["loss"], nodrop["metrics"][0]["loss"], rtol=1e-6)
     assert abs(float(drop["metrics"][1]["loss"]) - float(nodrop["metrics"][1]["loss"])) > 1e-6
+
+
+def test_lora_chunked_loss_trains_as_the_full_loss():
+    """The LoRA step on the chunked, budgeted loss path (no [B, T, V] logits) gives the full path's
+    losses and adapter/row updates (fp32), over microbatches and with a budget small enough to fall back."""
+    config = _config(tie_word_embeddings=False)
+    batches = _batches(3)
+    one = jax.devices()[:1]
+    full = _train({"data": 1, "fsdp": 1, "tensor": 1}, config, batches, devices=one, lr=1e-2, microbatches=2)
+    for budget in (0.5, 0.05):
+        chunked = _train({"data": 1, "fsdp": 1, "tensor": 1}, config, batches, devices=one, lr=1e-2,
+                         microbatches=2, loss_impl="chunked", loss_chunk=16, loss_budget=budget)
+        for a, b in zip(full["metrics"], chunked["metrics"]):
+            np.testing.assert_allclose(float(a["loss"]), float(b["loss"]), rtol=1e-5)
+            np.testing.assert_allclose(float(a["grad_norm"]), float(b["grad_norm"]), rtol=1e-4)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=2e-5, rtol=0), full["last"], chunked["last"])

@@ -85,3 +85,30 @@ def test_two_processes_match_single_process_on_the_demo_model(tmp_path):
     reference = _reference_losses(str(tmp_path / "ref"))
     np.testing.assert_allclose([r["loss"] for r in records], reference, rtol=1e-5)
     assert reference[-1] < reference[0]
+
+
+def test_two_processes_run_the_steering_eval_and_keep_the_best(tmp_path):
+    """Steering evaluation and keep-best in a two-process run: every process decodes its share of the
+    batch (the Sampler's batch is sharded over the global mesh), process 0 writes the steer/ metrics
+    once, and best/ is one global checkpoint that the evaluator reads."""
+    run_dir = str(tmp_path / "run")
+    overrides = dict(OVERRIDES, **{"train.eval_every": 2, "train.steps": 4, "checkpoint.every_steps": 4,
+                                   "train.steer_eval_items": 4, "train.steer_max_new_tokens": 6,
+                                   "checkpoint.keep_best_metric": "overall_f1", "data.eval_batches": 1})
+    args = ["--config", "configs/demo_scratch.py", f"--config.run_dir={run_dir}"]
+    args += [f"--config.{k}={v}" for k, v in overrides.items()]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    out = subprocess.run([sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "1",
+                          "--timeout", "400", "--", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=450)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4]  # once per eval, by process 0
+    for r in evals:
+        assert 0.0 <= r["steer/overall_f1"] <= 1.0 and 0.0 <= r["steer/behavior_accuracy"] <= 1.0, r
+    with open(os.path.join(run_dir, "best.json")) as f:
+        best = json.load(f)
+    assert best["step"] in (2, 4)
+    assert Checkpointer(os.path.join(run_dir, "best")).all_steps() == [best["step"]]

@@ -40,14 +40,15 @@ def _batches(n: int) -> list[dict[str, np.ndarray]]:
     return [next(it) for _ in range(n)]
 
 
-def _train(mesh_shape, config, batches, *, microbatches=1, devices=None):
+def _train(mesh_shape, config, batches, *, microbatches=1, devices=None, **trainer_options):
     opt = default_config().optimizer
     opt.learning_rate, opt.warmup_steps, opt.eps = 1e-3, 0, 1e-8
     tx, schedule = make_optimizer(opt, 10)
     mesh = make_mesh(mesh_shape, devices)
     with jax.set_mesh(mesh):
         model = init_decoder(config, seed=3)
-        trainer = Trainer(model.config, tx, schedule, mesh, microbatches=microbatches, z_loss=1e-4)
+        trainer = Trainer(model.config, tx, schedule, mesh, microbatches=microbatches, z_loss=1e-4,
+                          **trainer_options)
         state = trainer.init_state(model, seed=0)
         trainer.compile(GLOBAL_BATCH, SEQ)
         metrics, params = [], None
@@ -98,3 +99,16 @@ def test_bf16_compute_keeps_fp32_master_weights():
     metrics, params, _ = _train({"data": 1, "fsdp": -1, "tensor": 1}, config, _batches(1), devices=jax.devices()[:2])
     assert np.isfinite(metrics[0]["loss"])
     assert {np.asarray(x).dtype for x in jax.tree.leaves(params)} == {np.dtype("float32")}
+
+
+def test_chunked_loss_on_a_mesh_with_accumulation_matches_the_full_loss():
+    """The gathered + chunked loss (bsft_jax.train.chunked_loss) under sharding and microbatches."""
+    config = _config(tie_word_embeddings=True)
+    batches = _batches(2)
+    ref, p_ref, _ = _train({"data": 1, "fsdp": 1, "tensor": 1}, config, batches, devices=jax.devices()[:1])
+    got, p_got, _ = _train({"data": 2, "fsdp": 2, "tensor": 2}, config, batches, microbatches=2,
+                           loss_impl="chunked", loss_chunk=48, loss_budget=0.5)
+    for a, b in zip(ref, got):
+        for key in ("loss", "z_loss", "grad_norm", "accuracy", "first_token_accuracy"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=key)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-6, rtol=0), p_got, p_ref)
