@@ -67,6 +67,11 @@ def _latest_session(select):
     return pick
 
 
+def _gpu_mfu(round2: bool):
+    """gpu_mfu records of the round-2 session (a ``loss_impl`` in the config: bench/gpu_round2.sh) or of the others."""
+    return lambda records: [r for r in _bench("gpu_mfu")(records) if ("loss_impl" in r["config"]) == round2]
+
+
 def _backend(name: str, backend: str):
     return lambda records: [r for r in _bench(name)(records) if r["results"].get("backend", "cpu") == backend]
 
@@ -326,9 +331,12 @@ TABLES = [
     Table("memory", "BENCHMARKS.md", RESULTS, _newest(_bench("memory", size="100m")), render_memory,
           _deps("bench/memory.py"),
           "python -m bench.memory --size 100m"),
-    Table("gpu-mfu", "BENCHMARKS.md", RESULTS, _latest_session(_bench("gpu_mfu")), render_gpu_mfu,
+    Table("gpu-mfu", "BENCHMARKS.md", RESULTS, _latest_session(_gpu_mfu(False)), render_gpu_mfu,
           _deps("bench/gpu_mfu.py"),
           "bench/gpu_session.sh OUT final"),
+    Table("gpu-mfu-round2", "BENCHMARKS.md", RESULTS, _latest_session(_gpu_mfu(True)), render_gpu_mfu,
+          _deps("bench/gpu_mfu.py", "bench/gpu_round2.sh"),
+          "bench/gpu_round2.sh OUT"),
     Table("gpu-decode", "BENCHMARKS.md", RESULTS,
           _newest(_backend("decode", "gpu")), render_gpu_decode,
           _deps("bench/decode.py"), "python -m bench.decode --size qwen2_5_0_5b --dtype bfloat16"),
