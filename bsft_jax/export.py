@@ -51,7 +51,7 @@ from bsft_jax.run.checkpoint import (
     resolve_step,
 )
 from bsft_jax.run.cli import parse_flags, setup_logging
-from bsft_jax.run.recovery import DamagedStep, failure_reason, newest_readable
+from bsft_jax.run.recovery import DamagedStep, failure_reason, newest_readable, steps_on_disk
 from bsft_jax.units import parse_size
 
 log = logging.getLogger("bsft_jax.export")
@@ -195,10 +195,9 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     run_dir, out = storage.abspath(run_dir), storage.abspath(out)
     if storage.exists(out) and (not storage.isdir(out) or storage.listdir(out)) and not overwrite:
         raise ExportError(f"{out}: exists and is not empty; pass --overwrite (overwrite=True) to replace it")
-    lora_step = _lora_step(run_dir, step, adapter)
-    if lora_step is not None:  # adapters + rows only: the base is rebuilt from the checkpoint's reference
-        return _export_lora_step(run_dir, lora_step, out, dtype=dtype, tokenizer_dir=tokenizer_dir, adapter=adapter,
-                                 max_shard_size=max_shard_size, overwrite=overwrite)
+    if _is_lora_run(run_dir, step, adapter):  # adapters + rows only: the base is rebuilt from the checkpoint
+        return _export_lora_run(run_dir, step, out, dtype=dtype, tokenizer_dir=tokenizer_dir, adapter=adapter,
+                                max_shard_size=max_shard_size, overwrite=overwrite)
     try:
         parse_size(max_shard_size)  # fail on a bad size before the (long) restore
         export_dtype = canonical_dtype(dtype, field="--dtype") if dtype else None
@@ -215,29 +214,32 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     return path
 
 
-def _lora_step(run_dir: str, step: int | None, adapter: bool) -> int | None:
-    """The step to export when the run is a LoRA run (its meta has ``lora``), else None.
+def _is_lora_run(run_dir: str, step: int | None, adapter: bool) -> bool:
+    """Whether the run is a LoRA run (its meta has ``lora``), read from the asked step's meta, or without
+    ``step`` from the newest step whose meta reads (every step of a run has the same kind)."""
+    ckpt_dir = checkpoint_dir(run_dir)
+    if step is not None:
+        candidates = [resolve_step(run_dir, step)]
+    else:  # none on disk: the full-checkpoint path below names what is missing
+        candidates = sorted(steps_on_disk(ckpt_dir), reverse=True) if storage.isdir(ckpt_dir) else []
+    for s in candidates:
+        try:
+            meta = _load_meta(run_dir, s)
+        except Exception:  # a damaged meta: try an older one; the export path reports it if none reads
+            continue
+        if "lora" in meta:
+            return True
+        if adapter:
+            raise ExportError(f"{run_dir}: step {s} is a full fine-tuning checkpoint; --adapter needs a LoRA run "
+                              "(model.lora.rank > 0)")
+        return False
+    return False
 
-    LoRA checkpoints take the step as asked (or the newest); the damaged-step fallback covers full
-    fine-tuning checkpoints only.
-    """
-    chosen = resolve_step(run_dir, step)
-    try:
-        meta = _load_meta(run_dir, chosen)
-    except Exception:  # a damaged meta: the full-checkpoint path below reports it or falls back
-        return None
-    if "lora" in meta:
-        return chosen
-    if adapter:
-        raise ExportError(f"{run_dir}: step {chosen} is a full fine-tuning checkpoint; --adapter needs a LoRA run "
-                          "(model.lora.rank > 0)")
-    return None
 
-
-def _export_lora_step(run_dir: str, step: int, out: str, *, dtype: str | None, tokenizer_dir: str | None,
-                      adapter: bool, max_shard_size: str, overwrite: bool) -> str:
-    """Merged model or PEFT adapter of one LoRA step (:func:`bsft_jax.export_lora.export_lora`)."""
-    from bsft_jax.export_lora import export_lora
+def _read_lora_step(run_dir: str, step: int, dtype: str | None, tokenizer_dir: str | None) -> tuple[Any, ...]:
+    """``(meta, export dtype, tokenizer, (bundle, lora, trainable))`` of one LoRA step; damaged files raise
+    :class:`DamagedStep` (the caller may try an older step)."""
+    from bsft_jax.export_lora import load_lora_step, run_settings
 
     meta = _load_meta(run_dir, step)
     config = decoder_config_from_dict(meta["model_config"])
@@ -245,8 +247,26 @@ def _export_lora_step(run_dir: str, step: int, out: str, *, dtype: str | None, t
     tok_path = storage.abspath(tokenizer_dir or storage.join(run_dir, meta.get("tokenizer_dir", TOKENIZER_SUBDIR)))
     tokenizer = _load_tokenizer(tok_path)
     check_tokenizer(tokenizer, config, meta, tok_path)
-    return export_lora(run_dir, step, meta, out, tokenizer=tokenizer, dtype=export_dtype, adapter=adapter,
-                       max_shard_size=max_shard_size, overwrite=overwrite)
+    try:
+        loaded = load_lora_step(run_dir, step, meta, run_settings(run_dir, step))
+    except (CheckpointError, ExportError):
+        raise
+    except Exception as e:  # a damaged params item (truncated or missing array files)
+        raise DamagedStep(f"{checkpoint_dir(run_dir)}/{step}/params: cannot restore the adapters "
+                          f"({type(e).__name__}: {failure_reason(e)})") from None
+    return meta, export_dtype, tokenizer, loaded
+
+
+def _export_lora_run(run_dir: str, step: int | None, out: str, *, dtype: str | None, tokenizer_dir: str | None,
+                     adapter: bool, max_shard_size: str, overwrite: bool) -> str:
+    """Merged model or PEFT adapter of a LoRA run's step (default: the newest that restores, as for full
+    checkpoints) through :func:`bsft_jax.export_lora.write_lora_export`."""
+    from bsft_jax.export_lora import write_lora_export
+
+    step, (meta, export_dtype, tokenizer, loaded) = newest_readable(
+        run_dir, lambda s: _read_lora_step(run_dir, s, dtype, tokenizer_dir), step)
+    return write_lora_export(loaded, meta, out, step=step, tokenizer=tokenizer, dtype=export_dtype, adapter=adapter,
+                             max_shard_size=max_shard_size, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- CLI

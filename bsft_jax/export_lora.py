@@ -176,10 +176,19 @@ def write_adapter(out: str, config: DecoderConfig, lora: LoraConfig, trainable: 
 def export_lora(run_dir: str, step: int, meta: dict[str, Any], out: str, *, tokenizer: Any, dtype: str,
                 adapter: bool, max_shard_size: int | str = "5GB", overwrite: bool = False) -> str:
     """Exports a LoRA checkpoint step as a merged HF folder, or a PEFT adapter with ``adapter=True``."""
+    loaded = load_lora_step(run_dir, step, meta, run_settings(run_dir, step))
+    return write_lora_export(loaded, meta, out, step=step, tokenizer=tokenizer, dtype=dtype, adapter=adapter,
+                             max_shard_size=max_shard_size, overwrite=overwrite)
+
+
+def write_lora_export(loaded: tuple[Any, LoraConfig, dict], meta: dict[str, Any], out: str, *, step: int,
+                      tokenizer: Any, dtype: str, adapter: bool, max_shard_size: int | str = "5GB",
+                      overwrite: bool = False) -> str:
+    """Writes what :func:`load_lora_step` read: the merged HF folder, or the PEFT adapter (``adapter=True``)."""
     from bsft_jax.models.hf import save_hf
 
     t0 = time.perf_counter()
-    bundle, lora, trainable = load_lora_step(run_dir, step, meta, run_settings(run_dir, step))
+    bundle, lora, trainable = loaded
     config = decoder_config_from_dict(meta["model_config"])
     if adapter:
         path = write_adapter(out, config, lora, trainable, meta["lora"], tokenizer, dtype, overwrite)

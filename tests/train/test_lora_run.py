@@ -175,3 +175,33 @@ def test_lora_peft_adapter_on_real_smollm2(tmp_path):
     with torch.no_grad():
         got = peft_model(input_ids=torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(got[..., :valid], ours[..., :valid], atol=TOL, rtol=0)
+
+
+def test_lora_export_skips_a_damaged_newest_step(tmp_path, caplog):
+    """A LoRA run whose newest step has a truncated adapter file: export falls back to the previous step
+    with a warning naming the damaged one (as for full checkpoints); ``step=`` of the damaged step is
+    one CheckpointError offering the others; nothing is written for it."""
+    import glob
+
+    from bsft_jax.run.checkpoint import CheckpointError
+
+    folder, _ = save_tiny(tmp_path, "qwen2", tie=False)
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"), **{
+        "model.source": "hf", "model.hf_path": folder, "data.seq_len": 64, "train.steps": 4,
+        "checkpoint.every_steps": 2, "checkpoint.keep": 2, "model.lora.rank": 4, "model.lora.alpha": 8.0,
+        "train.eval_every": -1, "optimizer.learning_rate": 2e-2, "optimizer.warmup_steps": 0})
+    run(cfg, devices=jax.devices()[:1])
+    files = glob.glob(os.path.join(cfg.run_dir, "checkpoints", "4", "params", "**", "d", "*"), recursive=True)
+    path = max(files, key=os.path.getsize)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+    with caplog.at_level("WARNING"):
+        out = export_checkpoint(cfg.run_dir, str(tmp_path / "merged"), dtype="float32")
+    assert "newer step(s) [4] cannot be restored" in caplog.text and "using step 2" in caplog.text
+    assert os.path.isfile(os.path.join(out, "config.json"))
+    adapter = export_checkpoint(cfg.run_dir, str(tmp_path / "adapter"), adapter=True)
+    assert os.path.isfile(os.path.join(adapter, "adapter_model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"step 4 cannot be restored .*available: \[2\]"):
+        export_checkpoint(cfg.run_dir, str(tmp_path / "bad"), step=4)
+    assert not os.path.exists(tmp_path / "bad")
