@@ -67,6 +67,11 @@ def _latest_session(select):
     return pick
 
 
+def _cpu_decode(*sizes: str):
+    """CPU decode records of these model sizes."""
+    return lambda records: [r for r in _backend("decode", "cpu")(records) if r["config"]["size"] in sizes]
+
+
 def _gpu_mfu(round2: bool):
     """gpu_mfu records of the round-2 session (a ``loss_impl`` in the config: bench/gpu_round2.sh) or of the others."""
     return lambda records: [r for r in _bench("gpu_mfu")(records) if ("loss_impl" in r["config"]) == round2]
@@ -177,6 +182,41 @@ def render_decode(records: list[dict[str, Any]]) -> str:
     return markdown(["model", "implementation", "generated tokens/s (median)", "min-max", "notes"], rows)
 
 
+def render_round2_train(records: list[dict[str, Any]]) -> str:
+    """bench.round2 train: full-logits loss ("before"), chunked loss ("after") and torch, interleaved."""
+    labels = {"full": "bsft_jax, full [B, T, V] loss (before)", "chunked": "bsft_jax, chunked loss (after)",
+              "torch": "transformers + torch eager"}
+    rows = []
+    for rec in records:
+        cfg, res = rec["config"], rec["results"]
+        shape = f"{cfg['size']}, {cfg['batch']} x {cfg['seq']}, loss on ~{cfg['loss_fraction']:.0%}"
+        for impl in cfg["impls"].split(","):
+            r = res[impl]
+            ratio = r.get("ratio_over_torch")
+            rows.append([shape, labels.get(impl, impl), f"{r['tokens_per_s']['median']:.0f}",
+                         _spread(r["tokens_per_s"]), f"{statistics.median(r['seconds_per_step']):.2f}",
+                         f"**{ratio['median']:.2f}x** ({_spread(ratio, '{:.2f}')})" if ratio else "1"])
+        rows.append([shape, "load average (start / end)", f"{res['load_avg_start']:.2f} / {res['load_avg_end']:.2f}",
+                     "", "", ""])
+    return markdown(["model, batch, SFT mask", "implementation", "tokens/s (median)", "min-max", "s/step",
+                     "vs torch (per block)"], rows)
+
+
+def render_round2_memory(records: list[dict[str, Any]]) -> str:
+    """bench.round2 memory: peak RSS above the post-import baseline, one fresh process per implementation."""
+    rows = []
+    for rec in records:
+        cfg, res = rec["config"], rec["results"]
+        torch_mb = res.get("torch", {}).get("extra_mb")
+        for impl in cfg["impls"].split(","):
+            r = res[impl]
+            xla = f"{r['xla_total_mb']:.0f} (temp {r['xla_temp_mb']:.0f})" if "xla_total_mb" in r else "-"
+            rows.append([f"{cfg['size']}, {cfg['batch']} x {cfg['seq']}, remat {cfg['remat']}", impl,
+                         f"{r['extra_mb']:.0f}", f"**{r['extra_mb'] / torch_mb:.2f}x**" if torch_mb else "-", xla])
+    return markdown(["model, batch", "implementation", "peak RSS above baseline, MB", "vs torch",
+                     "XLA step plan MB"], rows)
+
+
 def render_gpu_decode(records: list[dict[str, Any]]) -> str:
     rows = [row for rec in records for row in _decode_rows(rec, "{:,.0f}", False)]
     return markdown(["implementation", "generated tokens/s (median)", "min-max", "notes"], rows)
@@ -217,9 +257,7 @@ LORA_LABELS = {"jax-full": "bsft_jax full fine-tuning", "jax-lora": "bsft_jax Lo
 def render_lora(records: list[dict[str, Any]]) -> str:
     """LoRA vs full fine-tuning (bsft_jax) vs transformers + peft: step time (interleaved) and peak memory.
 
-    Not in TABLES yet: no real-model record exists (the SmolLM2 run did not finish on the shared dev
-    machine). Add ``Table("lora", "BENCHMARKS.md", RESULTS, _newest(_bench("lora")), render_lora,
-    _deps("bench/lora.py"), ...)`` and a ``table:lora`` marker once ``bench/results.jsonl`` has one.
+    The table shows the newest record on the real SmolLM2-135M (``--hf_path builtin:smollm2-135m-instruct``).
     """
     rec = records[-1]
     res, cfg = rec["results"], rec["config"]
@@ -324,7 +362,7 @@ TABLES = [
     Table("profile", "BENCHMARKS.md", RESULTS, _newest(_bench("profile_step", size="100m", threads=1)),
           render_profile, _deps("bench/profile_step.py"), "python -m bench.profile_step --size 100m --threads 1"),
     Table("decode", "BENCHMARKS.md", RESULTS,
-          _latest_session(_backend("decode", "cpu")), render_decode,
+          _latest_session(_cpu_decode("demo", "100m")), render_decode,
           _deps("bench/decode.py"), "python -m bench.decode --size demo; python -m bench.decode --size 100m"),
     Table("compile-time", "BENCHMARKS.md", RESULTS, _newest(_bench("compile_time")), render_compile_time,
           _deps("bench/compile_time.py"), "python -m bench.compile_time"),
@@ -340,6 +378,19 @@ TABLES = [
     Table("gpu-decode", "BENCHMARKS.md", RESULTS,
           _newest(_backend("decode", "gpu")), render_gpu_decode,
           _deps("bench/decode.py"), "python -m bench.decode --size qwen2_5_0_5b --dtype bfloat16"),
+    Table("round2-train", "BENCHMARKS.md", RESULTS, _newest(_bench("round2_train", size="smollm2_135m")),
+          render_round2_train, _deps("bench/round2.py", "bench/train_step.py"),
+          "python -m bench.round2 train --size smollm2_135m --batch 4 --seq 512 --blocks 3", pending=True),
+    Table("round2-decode", "BENCHMARKS.md", RESULTS,
+          _newest(_cpu_decode("smollm2_135m")), render_decode, _deps("bench/decode.py"),
+          "python -m bench.round2 decode --size smollm2_135m --batch 8 --new 128 --blocks 5", pending=True),
+    Table("round2-memory", "BENCHMARKS.md", RESULTS, _newest(_bench("round2_memory", size="qwen2_5_0_5b")),
+          render_round2_memory, _deps("bench/round2.py"),
+          "python -m bench.round2 memory --size qwen2_5_0_5b --batch 4 --seq 512", pending=True),
+    Table("lora", "BENCHMARKS.md", RESULTS, _newest(lambda rs: [r for r in _bench("lora")(rs)
+                                                                if "smollm2" in str(r["config"].get("hf_path"))]),
+          render_lora, _deps("bench/lora.py"),
+          "python -m bench.lora --hf_path builtin:smollm2-135m-instruct --blocks 2 --steps 2", pending=True),
     Table("demo", "README.md", DEMO_RESULTS, lambda rs: rs[-1:], render_demo,
           ("bsft_jax", "configs/demo*.py"), "make demo; python -m bench.demo_results"),
     Table("ablation", "README.md", ABLATION_RESULTS, lambda rs: rs[-1:], render_ablation,

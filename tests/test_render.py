@@ -28,7 +28,8 @@ def test_docs_hold_exactly_the_rendered_tables():
         text = docs[t.doc][0]
         assert text.count(f"<!-- table:{t.name} -->") == 1, t.name
         body = text.split(f"<!-- table:{t.name} -->\n", 1)[1].split("<!-- /table -->", 1)[0]
-        if t.pending and not os.path.exists(os.path.join(ROOT, t.source)):
+        source = os.path.join(ROOT, t.source)
+        if t.pending and (not os.path.exists(source) or not t.select(tables.load_records(source))):
             assert body.startswith("_Not yet measured. Command: `"), t.name  # says so, and how to measure it
             continue
         assert body.startswith("<sub>Measured at commit `") and "\n| " in body, t.name
