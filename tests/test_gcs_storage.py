@@ -127,3 +127,31 @@ def test_best_keeper_keeps_its_state_and_config_on_gs(gcs_bucket):  # noqa: F811
     assert not resumed.update(8, {"steer/overall_f1": 0.4}, lambda c: saved.append(8))
     assert resumed.update(12, {"steer/overall_f1": 0.5}, lambda c: saved.append(12))  # 2 evals without a new best
     assert len(saved) == 1
+
+
+def test_tfds_data_on_gs_is_read_through_a_local_mirror(gcs_bucket, tmp_path, monkeypatch):  # noqa: F811
+    """data.path=gs://... for a built TFDS dataset: array_record cannot open bucket paths (it blocks), so
+    the split files are mirrored once into the cache and read there; a second open reuses the mirror,
+    and a rebuilt dataset in the bucket (other files or sizes) is mirrored again."""
+    from bsft_jax.data import demo
+    from bsft_jax.data.schema import record_from_dict
+    from bsft_jax.data.tfds_builder import build, data_source
+
+    monkeypatch.setenv("BSFT_JAX_CACHE", str(tmp_path / "cache"))
+    cfg = demo.DemoConfig(num_train=20, num_validation=4, num_test=8, seed=5)
+    build(demo.demo_dir(cfg, cache_dir=str(tmp_path / "demo")), data_dir=str(tmp_path / "tfds"))
+    url = storage.join(gcs_bucket, "tfds")
+    storage.upload_dir(str(tmp_path / "tfds"), url)
+
+    def ids(data_dir):
+        return sorted(record_from_dict(ex).id for ex in data_source("train", data_dir=data_dir))
+
+    assert ids(url) == ids(str(tmp_path / "tfds")) and len(ids(url)) == 20
+    mirrors = os.listdir(tmp_path / "cache" / "tfds_mirror")
+    assert len(mirrors) == 1
+    manifest = tmp_path / "cache" / "tfds_mirror" / mirrors[0] / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    assert ids(url) and manifest.stat().st_mtime_ns == stamp  # reused, not copied again
+    extra = storage.join(url, "behavior_bench", "1.0.0", "extra.txt")
+    storage.write_bytes(extra, b"x")  # the bucket's dataset changed: mirrored again
+    assert ids(url) and json.loads(manifest.read_text()) != {} and manifest.stat().st_mtime_ns != stamp

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
+from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.schema import DataError, Record, read_dir, read_jsonl
 
@@ -159,5 +160,42 @@ def build(source_dir: str, *, data_dir: str, **builder_kwargs: Any) -> BehaviorB
 
 
 def data_source(split: str, *, data_dir: str) -> Any:
-    """Random-access ``tfds.data_source`` of a built split (elements are dicts of bytes / numpy)."""
+    """Random-access ``tfds.data_source`` of a built split (elements are dicts of bytes / numpy).
+
+    A ``gs://`` ``data_dir`` is read from a local mirror (:func:`local_mirror`): array_record's reader
+    opens only local files (on a bucket path it blocks in its native file layer).
+    """
+    if storage.is_url(data_dir):
+        data_dir = local_mirror(data_dir)
     return tfds.data_source(NAME, split=split, data_dir=data_dir, download=False)
+
+
+def local_mirror(url: str, cache_dir: str | None = None) -> str:
+    """A local copy of the built dataset under ``url`` (``<url>/behavior_bench/...``), made once per host.
+
+    It lives in ``<cache>/tfds_mirror/<hash of url>`` (cache: ``$BSFT_JAX_CACHE``); a copy whose file
+    list and sizes match the bucket's is reused, anything else is copied again into a fresh folder
+    that replaces the old one only when complete.
+    """
+    import hashlib
+
+    from bsft_jax.data.demo import default_cache_dir
+    from bsft_jax.files import replace_dir
+
+    src = storage.join(url, NAME)
+    if not storage.isdir(src):
+        raise DataError(f"{src}: no built {NAME} dataset here (build it with bsft_jax.data.tfds_builder.build)")
+    manifest = {rel: storage.size(storage.join(src, rel)) for rel in storage.walk_files(src)}
+    root = os.path.join(cache_dir or default_cache_dir(), "tfds_mirror", hashlib.sha1(url.encode()).hexdigest()[:16])
+    marker = os.path.join(root, "manifest.json")
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            if json.load(f) == manifest:
+                return root
+    tmp = f"{root}.partial-{os.getpid()}"
+    for rel in manifest:
+        storage.copy_file(storage.join(src, rel), os.path.join(tmp, NAME, *rel.split("/")))
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    replace_dir(tmp, root)
+    return root
