@@ -76,11 +76,10 @@ from bsft_jax import storage
 from bsft_jax.models import sharding
 from bsft_jax.models.builtin import BuiltinModelError, check_available, is_builtin
 from bsft_jax.models.config import SUPPORTED_MODEL_TYPES
-from bsft_jax.run.settings import ConfigError, Settings, fail
+from bsft_jax.run.settings import DIST_INIT, ConfigError, Settings, fail
 
 # Fields whose value is a free-form mapping (no fixed key set).
 FREE_FORM = frozenset({"behavior.category_map", "data.field_map"})
-DIST_INIT = ("auto", "always", "never")
 __all__ = ["ConfigError", "config_from_dict", "config_to_dict", "default_config", "load_config_file",
            "resolve_mesh_shape", "validate_config"]
 

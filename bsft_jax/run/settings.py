@@ -22,6 +22,7 @@ from bsft_jax.models.lora_config import LoraConfig
 # bsft_jax.train.chunked_loss.LOSS_IMPLS, repeated so this module stays free of JAX (a test checks both agree).
 LOSS_IMPLS = ("full", "chunked")
 MODEL_SOURCES = ("hf", "scratch")
+DIST_INIT = ("auto", "always", "never")
 DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
 # Training styles of bsft_jax.data.format ("few_shot" is a prompting baseline of the evaluator only).
 TRAIN_STYLES = ("behavior_sft", "general_sft", "explicit_instruction")
@@ -259,6 +260,58 @@ class OptimizerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class CheckpointSettings:
+    """``config.checkpoint``: when and how steps are saved, and which one is kept as the best."""
+
+    every_steps: int
+    keep: int
+    keep_best_metric: str = ""  # a held-out or steer/ metric; "" keeps no best step
+    async_save: bool = True
+    restore_data: bool = True  # on resume, restore the data-iterator position too
+
+    def __post_init__(self) -> None:
+        _positive("checkpoint", self, "every_steps", "keep")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+    """``config.mesh``: device-axis sizes; one may be -1 (all remaining devices)."""
+
+    data: int
+    fsdp: int
+    tensor: int
+
+    def __post_init__(self) -> None:
+        for name in ("data", "fsdp", "tensor"):
+            v = getattr(self, name)
+            if v == 0 or v < -1:
+                raise fail(f"mesh.{name}", f"must be a positive size or -1 (all remaining devices), got {v}")
+
+    def sizes(self) -> dict[str, int]:
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSettings:
+    """``config.distributed``: multi-host start-up (:func:`bsft_jax.train.distributed.maybe_initialize`)."""
+
+    initialize: str = "auto"
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+
+    def __post_init__(self) -> None:
+        _one_of("distributed", "initialize", self.initialize, DIST_INIT)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSettings:
+    """``config.logging``: TensorBoard event files beside ``metrics.jsonl``."""
+
+    tensorboard: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The resolved config: one typed piece per block that functions take."""
 
@@ -268,6 +321,10 @@ class Settings:
     data: DataSettings
     train: TrainSettings
     optimizer: OptimizerSettings
+    checkpoint: CheckpointSettings
+    mesh: MeshSettings
+    distributed: DistributedSettings
+    logging: LoggingSettings
 
     @classmethod
     def from_config(cls, cfg: Any) -> Settings:
@@ -279,6 +336,10 @@ class Settings:
             data=DataSettings(**_plain(cfg.data)),
             train=TrainSettings(**_plain(cfg.train)),
             optimizer=OptimizerSettings(**_plain(cfg.optimizer)),
+            checkpoint=CheckpointSettings(**_plain(cfg.checkpoint)),
+            mesh=MeshSettings(**_plain(cfg.mesh)),
+            distributed=DistributedSettings(**_plain(cfg.distributed)),
+            logging=LoggingSettings(**_plain(cfg.logging)),
         )
 
 

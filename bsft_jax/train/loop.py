@@ -159,7 +159,7 @@ def _behavior_meta(b: BehaviorSettings, bundle: ModelBundle) -> dict[str, Any]:
 class _Session:
     """What the loop works with, built once by :func:`_start` (set-up, resume, compile)."""
 
-    cfg: Any
+    settings: Settings
     ckpt: Checkpointer
     bundle: ModelBundle
     trainer: Trainer
@@ -193,7 +193,7 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
     Raises ConfigError for a bad config and NonFiniteLossError for a NaN/inf step.
     """
     t_start = time.perf_counter()
-    distributed.maybe_initialize(cfg.distributed)
+    distributed.maybe_initialize(cfg.distributed)  # before validation: it needs the process count
     devices = list(devices if devices is not None else jax.devices())
     mesh_shape = validate_config(cfg, num_devices=len(devices), num_processes=jax.process_count())
     mesh = make_mesh(mesh_shape, devices)
@@ -214,9 +214,10 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     run_dir, primary = storage.abspath(cfg.run_dir), is_primary()
     settings = Settings.from_config(cfg)  # the typed pieces (validate_config has checked them)
     t = settings.train
-    check_best_metric(cfg.checkpoint.keep_best_metric, t.steer_eval_items, t.eval_every, t.early_stop_patience)
+    c = settings.checkpoint
+    check_best_metric(c.keep_best_metric, t.steer_eval_items, t.eval_every, t.early_stop_patience)
     splits = load_splits(settings.data, settings.behavior.spec, with_eval=t.eval_every >= 0)  # bad data: stop
-    ckpt = Checkpointer(run_dir, keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)  # before writing
+    ckpt = Checkpointer(run_dir, keep=c.keep, async_save=c.async_save)  # before writing
     stack.callback(ckpt.close)  # waits for pending saves even when a step fails
     newest = newest_meta(ckpt)  # the model config of the run (the same in every step)
     resume_step = None if newest is None else newest[0]
@@ -231,7 +232,7 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     if resume_step is None:
         state = trainer.init_state(bundle.model, settings.seed)  # takes over (donates) the model's buffers
     else:
-        restore_iter = data_iter if cfg.checkpoint.restore_data else None
+        restore_iter = data_iter if c.restore_data else None
         if settings.model.lora.config is not None:
             trainer.set_base(bundle.model)  # the frozen base is the step's argument, not part of the state
         # The newest step that restores; damaged newer ones are set aside as <step>.corrupt.
@@ -241,12 +242,12 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     if primary:  # after the restore: a run that cannot resume leaves its files as they were
         write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
     bundle.model = None  # the state owns the parameters now (donated every step)
-    trainer.compile(t.global_batch_size, cfg.data.seq_len)
+    trainer.compile(t.global_batch_size, settings.data.seq_len)
     startup = trainer.report(num_params) | {"per_process_batch": shard.rows, "num_processes": jax.process_count()}
     _log_startup(startup)
     if primary:
         write_json(storage.join(run_dir, "startup.json"), startup)
-    metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=cfg.logging.tensorboard)
+    metrics_log = MetricsLogger(run_dir, enabled=primary, tensorboard=settings.logging.tensorboard)
     stack.callback(metrics_log.close)
     eval_batches = (make_eval_batches(settings.data, settings.behavior.spec, bundle.tokenizer, shard,
                                       splits.get(settings.data.eval_split))
@@ -254,14 +255,14 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
     meta_base = dict(behavior=_behavior_meta(settings.behavior, bundle), num_params=num_params, mesh=startup["mesh"])
     steer = SteerEval(settings, bundle.tokenizer, mesh) if t.steer_eval_items and t.eval_every >= 0 else None
     best = None
-    if cfg.checkpoint.keep_best_metric:
-        best = BestKeeper(run_dir, cfg.checkpoint.keep_best_metric, t.early_stop_patience, primary=primary)
+    if c.keep_best_metric:
+        best = BestKeeper(run_dir, c.keep_best_metric, t.early_stop_patience, primary=primary)
         stack.callback(best.close)
     if settings.model.lora.config is not None:
         meta_base["lora"] = lora_meta(trainer.lora, trainer.row_ids, base_reference(settings, bundle),
                                       str(trainer.base_dtype))
-    return _Session(cfg, ckpt, bundle, trainer, state, data_iter, eval_batches, metrics_log, config_dict, meta_base,
-                    startup, resume_step, steer, best)
+    return _Session(settings, ckpt, bundle, trainer, state, data_iter, eval_batches, metrics_log, config_dict,
+                    meta_base, startup, resume_step, steer, best)
 
 
 def _bundle(settings: Settings, meta: dict[str, Any] | None, run_dir: str, resume_step: int | None, mesh: Any
@@ -281,7 +282,7 @@ def _bundle(settings: Settings, meta: dict[str, Any] | None, run_dir: str, resum
 
 def _loop(s: _Session, stop: _StopSignal, on_step: Callable[[int, dict[str, float]], None] | None) -> _Outcome:
     """Steps until ``train.steps`` or SIGTERM: periodic eval, saves, and the final eval."""
-    t = s.cfg.train
+    t = s.settings.train
     start_step = int(jax.device_get(s.state.step))
     step, last_saved, preempted = start_step, s.resume_step, False
     last_metrics: dict[str, float] = {}
@@ -297,7 +298,7 @@ def _loop(s: _Session, stop: _StopSignal, on_step: Callable[[int, dict[str, floa
             eval_metrics = _held_out(s, step, "eval")
             early_stop = _track_best(s, step, eval_metrics)
         preempted = stop.should_stop(step)
-        if step % s.cfg.checkpoint.every_steps == 0 or step == t.steps or preempted or early_stop:
+        if step % s.settings.checkpoint.every_steps == 0 or step == t.steps or preempted or early_stop:
             s.ckpt.save(step, s.state, data_iterator=s.data_iter, config=s.config_dict,
                         meta=make_meta(step, s.bundle.config, **s.meta_base))
             last_saved = step
@@ -314,7 +315,7 @@ def _loop(s: _Session, stop: _StopSignal, on_step: Callable[[int, dict[str, floa
 
 def _one_step(s: _Session, step: int, last_saved: int | None, progress: Progress) -> dict[str, float]:
     """One update on the next batch; logs, checks the loss is finite, writes the metrics line."""
-    t = s.cfg.train
+    t = s.settings.train
     local = next(s.data_iter)
     batch = global_batch_from_local(local, s.trainer.batch_sharding, t.global_batch_size)
     s.state, metrics = s.trainer.step(s.state, batch)
@@ -331,7 +332,7 @@ def _one_step(s: _Session, step: int, last_saved: int | None, progress: Progress
 
 
 def _held_out(s: _Session, step: int, what: str) -> dict[str, float]:
-    metrics = held_out_metrics(s.trainer, s.state.params, s.eval_batches, s.cfg.train.global_batch_size,
+    metrics = held_out_metrics(s.trainer, s.state.params, s.eval_batches, s.settings.train.global_batch_size,
                                s.bundle.behavior_ids)
     if s.steer is not None:
         metrics |= s.steer(s.trainer.model_graphdef, s.state.params)

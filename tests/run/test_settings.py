@@ -14,6 +14,9 @@ def test_defaults_resolve_into_typed_pieces():
     assert isinstance(s.behavior.spec, BehaviorSpec) and s.behavior.spec.names == ("reactive", "balanced", "proactive")
     assert s.optimizer.b2 == 0.95 and s.train.global_batch_size == 8 and s.data.demo["num_train"] == 5200
     assert s.model.runtime.fields()["remat"] == "none" and s.model.base_tokenizer == ""
+    assert s.checkpoint.keep == 3 and s.checkpoint.async_save and s.checkpoint.keep_best_metric == ""
+    assert s.mesh.sizes() == {"data": 1, "fsdp": -1, "tensor": 1} and s.distributed.initialize == "auto"
+    assert s.logging.tensorboard
 
 
 @pytest.mark.parametrize("block, field, value, message", [
@@ -32,6 +35,10 @@ def test_defaults_resolve_into_typed_pieces():
     ("behavior", "token_format", "<{x}>", "config.behavior.token_format"),
     ("behavior", "names", ("a", "a"), "config.behavior.names"),
     ("behavior", "init", "zeros", "config.behavior.init: 'zeros' is not one of"),
+    ("checkpoint", "keep", 0, "config.checkpoint.keep: must be > 0"),
+    ("checkpoint", "every_steps", -5, "config.checkpoint.every_steps: must be > 0"),
+    ("mesh", "tensor", 0, "config.mesh.tensor: must be a positive size or -1"),
+    ("distributed", "initialize", "sometimes", "config.distributed.initialize: 'sometimes' is not one of"),
 ])
 def test_each_piece_names_its_bad_field(block, field, value, message):
     cfg = default_config()
