@@ -49,7 +49,7 @@ def test_pending_table_renders_once_measured():
 
 
 def _copy_tree(tmp_path) -> str:
-    for name in ("README.md", "BENCHMARKS.md", tables.RESULTS, tables.DEMO_RESULTS):
+    for name in ("README.md", "BENCHMARKS.md", tables.RESULTS, tables.DEMO_RESULTS, tables.ABLATION_RESULTS):
         os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     return str(tmp_path)
