@@ -56,6 +56,14 @@ def _newest(select):
     return lambda records: select(records)[-1:]
 
 
+def _newest_per_size(select):
+    """The newest selected record of each ``config.size``, in file order."""
+    def pick(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        newest = {r["config"]["size"]: r for r in select(records)}
+        return [r for r in select(records) if newest[r["config"]["size"]] is r]
+    return pick
+
+
 def _latest_session(select):
     """The selected records measured in the same session (commit and note) as the newest one."""
     def session(r: dict[str, Any]) -> tuple[str, str]:
@@ -384,9 +392,10 @@ TABLES = [
     Table("round2-decode", "BENCHMARKS.md", RESULTS,
           _newest(_cpu_decode("smollm2_135m")), render_decode, _deps("bench/decode.py"),
           "python -m bench.round2 decode --size smollm2_135m --batch 8 --new 128 --blocks 5", pending=True),
-    Table("round2-memory", "BENCHMARKS.md", RESULTS, _newest(_bench("round2_memory", size="qwen2_5_0_5b")),
+    Table("round2-memory", "BENCHMARKS.md", RESULTS, _newest_per_size(_bench("round2_memory")),
           render_round2_memory, _deps("bench/round2.py"),
-          "python -m bench.round2 memory --size qwen2_5_0_5b --batch 4 --seq 512", pending=True),
+          "python -m bench.round2 memory --size qwen2_5_0_5b --batch 4 --seq 512 (and --size smollm2_135m)",
+          pending=True),
     Table("lora", "BENCHMARKS.md", RESULTS, _newest(lambda rs: [r for r in _bench("lora")(rs)
                                                                 if "smollm2" in str(r["config"].get("hf_path"))]),
           render_lora, _deps("bench/lora.py"),
