@@ -59,16 +59,22 @@ def _reference_losses(run_dir: str) -> list[float]:
     return losses
 
 
-def test_two_processes_match_single_process_on_the_demo_model(tmp_path):
-    run_dir = str(tmp_path / "run")
+def _train_on_two_processes(run_dir: str, overrides: dict) -> subprocess.CompletedProcess:
+    """launch/local.py: the demo_scratch recipe with ``overrides`` on 2 processes of 1 CPU device each."""
     args = ["--config", "configs/demo_scratch.py", f"--config.run_dir={run_dir}"]
-    args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    args += [f"--config.{k}={v}" for k, v in overrides.items()]
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("JAX_NUM_CPU_DEVICES", None)
     out = subprocess.run([sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "1",
                           "--timeout", "400", "--", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=450)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    return out
+
+
+def test_two_processes_match_single_process_on_the_demo_model(tmp_path):
+    run_dir = str(tmp_path / "run")
+    out = _train_on_two_processes(run_dir, OVERRIDES)
     assert "process 1 of 2, 1 local / 2 global devices" in out.stdout
     assert "[p0]" in out.stdout and "step 3/3" in out.stdout
     assert "step 3/3" not in "".join(l for l in out.stdout.splitlines(True) if l.startswith("[p1]"))  # p0 logs
@@ -95,14 +101,7 @@ def test_two_processes_run_the_steering_eval_and_keep_the_best(tmp_path):
     overrides = dict(OVERRIDES, **{"train.eval_every": 2, "train.steps": 4, "checkpoint.every_steps": 4,
                                    "train.steer_eval_items": 4, "train.steer_max_new_tokens": 6,
                                    "checkpoint.keep_best_metric": "overall_f1", "data.eval_batches": 1})
-    args = ["--config", "configs/demo_scratch.py", f"--config.run_dir={run_dir}"]
-    args += [f"--config.{k}={v}" for k, v in overrides.items()]
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    out = subprocess.run([sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "1",
-                          "--timeout", "400", "--", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=450)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    _train_on_two_processes(run_dir, overrides)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         evals = [r for r in map(json.loads, f) if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [2, 4]  # once per eval, by process 0
