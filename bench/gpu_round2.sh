@@ -11,12 +11,7 @@
 set -u
 out=${1:?usage: bench/gpu_round2.sh OUT_DIR}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-site=/tmp/bsft_site
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
-fi
-export PYTHONPATH="$site:$PWD"
+. "$(dirname "$0")/gpu_env.sh"  # wheels from .whl/, PYTHONPATH, offline Hub
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" || exit 1
 res="$out/gpu_results.jsonl"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"

@@ -15,12 +15,7 @@ set -u
 out=${1:?usage: bench/gpu_session.sh OUT_DIR PART}
 part=${2:-models}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-site=/tmp/bsft_site
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
-fi
-export PYTHONPATH="$site:$PWD"
+. "$(dirname "$0")/gpu_env.sh"  # wheels from .whl/, PYTHONPATH, offline Hub
 smoke='import jax, flax, optax, orbax.checkpoint as o, bsft_jax, bench.train_setup
 print("jax", jax.__version__, "flax", flax.__version__, "optax", optax.__version__, "orbax", o.__version__,
       jax.devices())'

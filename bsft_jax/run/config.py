@@ -76,7 +76,7 @@ from bsft_jax import storage
 from bsft_jax.models import sharding
 from bsft_jax.models.builtin import BuiltinModelError, check_available, is_builtin
 from bsft_jax.models.config import SUPPORTED_MODEL_TYPES
-from bsft_jax.run.settings import DIST_INIT, ConfigError, Settings, fail
+from bsft_jax.run.settings import ConfigError, Settings, fail
 
 # Fields whose value is a free-form mapping (no fixed key set).
 FREE_FORM = frozenset({"behavior.category_map", "data.field_map"})
@@ -309,7 +309,7 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
     t = settings.train
     if settings.optimizer.warmup_steps > t.steps:
         raise _fail("optimizer.warmup_steps", f"{settings.optimizer.warmup_steps} exceeds train.steps={t.steps}")
-    mesh = resolve_mesh_shape(cfg.mesh, num_devices)
+    mesh = resolve_mesh_shape(settings.mesh.sizes(), num_devices)
     batch_shards = mesh["data"] * mesh["fsdp"]
     if t.global_batch_size % (t.microbatches * batch_shards):
         raise _fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by train.microbatches x "
@@ -317,8 +317,6 @@ def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_pro
     if t.global_batch_size % num_processes:
         raise _fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by the {num_processes} "
                                                "processes")
-    _positive(cfg, "checkpoint.every_steps", "checkpoint.keep")
-    _one_of(cfg, "distributed.initialize", DIST_INIT)
     return mesh
 
 
