@@ -7,11 +7,15 @@ For every scheme (``group``: reactive / balanced / proactive tokens; ``item``: a
 hold) and seed, both recipes of ``--config`` / ``--general_config`` (default the ``make demo``
 recipes) are trained (``seed`` sets the initialisation of the behavior rows, the data order and
 the RNG) and evaluated by the evaluator's one command on the same test items (``--limit``,
-categories in turn). Reported: mean ± sample std over seeds of macro-F1 per group and overall, and
-a paired bootstrap CI of BehaviorSFT - GeneralSFT on proactive and overall macro-F1 (test items
-resampled with replacement, the same resample for both arms and every seed; the difference is
-averaged over seeds). Runs go to ``--runs_dir`` and are resumed/skipped like any training run.
-Hours on 2 CPU cores at the default sizes: not part of ``make demo`` or the tests.
+categories in turn). GeneralSFT has no behavior tokens, so the scheme cannot change it: its run of
+a seed (``seed<N>_gsft``) is trained once and shared by every scheme. Reported: mean ± sample std
+over seeds of macro-F1 per group and overall; per seed, the over- / missed-intervention rates and
+BehaviorSFT's behavior-selection accuracy; and a paired bootstrap CI of BehaviorSFT - GeneralSFT on
+proactive and overall macro-F1 (test items resampled with replacement, the same resample for both
+arms and every seed; the difference is averaged over seeds). Runs go to ``--runs_dir`` and are
+resumed/skipped like any training run. A scheme run alone (``--schemes group``) is merged into an
+existing results file of the same seeds, items and recipes. Hours on 2 CPU cores at the default
+sizes: not part of ``make demo`` or the tests.
 """
 
 from __future__ import annotations
@@ -50,6 +54,15 @@ def macro_scores(items: Sequence[Any]) -> dict[str, float]:
 
     m = compute_metrics(items)
     return {"overall": m["overall_f1"], **{g: v for g, v in m["per_group"].items() if v is not None}}
+
+
+def decision_rates(items: Sequence[Any]) -> dict[str, float | None]:
+    """Over- and missed-intervention rates and behavior-selection accuracy (None without behaviors)."""
+    from bsft_jax.evaluate.metrics import compute_metrics
+
+    m = compute_metrics(items)
+    return {"over_intervention": m["over_intervention"]["rate"], "missed_intervention": m["missed_intervention"]["rate"],
+            "behavior_accuracy": m["behavior"]["accuracy"] if m["behavior"] else None}
 
 
 def paired_bootstrap(pairs: Sequence[tuple[Sequence[Any], Sequence[Any]]], metric: str, *, samples: int,
@@ -99,25 +112,55 @@ def run_pair(behavior_cfg: Any, general_cfg: Any, out_dir: str, limit: int, max_
 
 def ablation(behavior_cfg: Any, general_cfg: Any, *, seeds: Sequence[int], schemes: Sequence[str], runs_dir: str,
              limit: int, max_new_tokens: int = 24, bootstrap: int = 2000) -> dict[str, Any]:
-    """Every (scheme, seed, arm) run, then the per-scheme summary; returns the results dict."""
+    """Every (scheme, seed, arm) run, then the per-scheme summary; returns the results dict.
+
+    The GeneralSFT recipe keeps its own scheme (it has no tokens, so the scheme is inert there) and
+    its run of a seed is shared across schemes.
+    """
     results: dict[str, Any] = {}
     for scheme in schemes:
-        pairs, scores = [], {arm: [] for arm in ARMS}
+        t0 = time.perf_counter()
+        pairs, scores, rates = [], {arm: [] for arm in ARMS}, {arm: [] for arm in ARMS}
         for seed in seeds:
             name = f"{scheme}_seed{seed}"
+            general = scheme_config(general_cfg, general_cfg.behavior.scheme, seed,
+                                    os.path.join(runs_dir, f"seed{seed}_gsft"))
             items = run_pair(scheme_config(behavior_cfg, scheme, seed, os.path.join(runs_dir, name + "_bsft")),
-                             scheme_config(general_cfg, scheme, seed, os.path.join(runs_dir, name + "_gsft")),
-                             os.path.join(runs_dir, name + "_eval"), limit, max_new_tokens)
+                             general, os.path.join(runs_dir, name + "_eval"), limit, max_new_tokens)
             pairs.append((items["GeneralSFT"], items["BehaviorSFT"]))
             for arm in ARMS:
                 scores[arm].append(macro_scores(items[arm]))
+                rates[arm].append(decision_rates(items[arm]))
         results[scheme] = {
             "macro_f1": {arm: {k: _summary([s[k] for s in scores[arm]]) for k in scores[arm][0]} for arm in ARMS},
             "per_seed": {arm: scores[arm] for arm in ARMS},
+            "rates_per_seed": rates,
             "diff_ci": {m: paired_bootstrap(pairs, m, samples=bootstrap) for m in CI_METRICS},
             "test_items": len(pairs[0][0]),
+            "wall_seconds": round(time.perf_counter() - t0, 1),
         }
     return results
+
+
+def merge_record(previous: dict[str, Any] | None, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` plus the schemes of ``previous`` it did not run, when both ran the same experiment.
+
+    Same experiment: the same seeds, test-item limit, recipes and overrides. Otherwise (or with no
+    previous record) ``record`` alone. The merged record lists its schemes in the canonical order and
+    keeps each scheme's own machine/commit stamp under ``results[scheme]["machine"]``.
+    """
+    keys = ("seeds", "limit", "recipes", "overrides")
+    if not previous or any(previous["config"].get(k) != record["config"].get(k) for k in keys):
+        return record
+    merged = {**record, "config": dict(record["config"]), "results": dict(record["results"])}
+    for scheme in previous["config"]["schemes"]:
+        if scheme not in record["config"]["schemes"]:
+            merged["results"][scheme] = {"machine": previous["machine"], **previous["results"][scheme]}
+    merged["config"]["schemes"] = [s for s in SCHEME_NAMES if s in merged["results"]]
+    merged["results"]["wall_seconds"] = round(sum(merged["results"][s].get("wall_seconds", 0)
+                                                  for s in merged["config"]["schemes"]), 1) or \
+        record["results"]["wall_seconds"]
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
               "config": {"seeds": seeds, "schemes": schemes, "limit": args.limit, "recipes": [args.config,
                          args.general_config], "overrides": args.set, "command": "make ablation"},
               "results": {**results, "wall_seconds": round(time.perf_counter() - t0, 1)}}
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
+    previous = None
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            previous = json.load(f)
+    from bsft_jax.files import write_json
+
+    write_json(args.out, merge_record(previous, record))
     print(f"wrote {args.out}; render README with: python -m bench.render")
     return 0
 
