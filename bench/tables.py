@@ -351,7 +351,28 @@ def render_ablation(records: list[dict[str, Any]]) -> str:
     items = rec["results"][rec["config"]["schemes"][0]]["test_items"]
     return markdown(["scheme", "arm", "reactive", "balanced", "proactive", "overall"], rows) + (
         f"\nmacro-F1 (%) mean ± sample std over seeds {seeds}; {items} test items; "
-        f"wall time {rec['results']['wall_seconds'] / 3600:.1f} h.\n")
+        f"wall time {rec['results']['wall_seconds'] / 3600:.1f} h (runs reused from an earlier invocation "
+        f"not counted).\n") + _ablation_rates(rec)
+
+
+def _ablation_rates(rec: dict[str, Any]) -> str:
+    """Per scheme and seed: missed / over-intervention (%) of both arms and BehaviorSFT's token accuracy."""
+    rows = []
+    for scheme in rec["config"]["schemes"]:
+        rates = rec["results"][scheme].get("rates_per_seed")
+        if not rates:
+            continue
+        pct = lambda v: "n/a" if v is None else f"{100 * v:.0f}"  # noqa: E731
+        for arm in ("GeneralSFT", "BehaviorSFT"):
+            rows.append([scheme, arm, " / ".join(pct(r["missed_intervention"]) for r in rates[arm]),
+                         " / ".join(pct(r["over_intervention"]) for r in rates[arm]),
+                         " / ".join(pct(r["behavior_accuracy"]) for r in rates[arm])
+                         if arm == "BehaviorSFT" else ""])
+    if not rows:
+        return ""
+    seeds = " / ".join(map(str, rec["config"]["seeds"]))
+    return "\n" + markdown(["scheme", "arm", f"missed-intervention % (seed {seeds})", "over-intervention %",
+                            "behavior-token accuracy %"], rows)
 
 
 def _deps(*scripts: str) -> tuple[str, ...]:

@@ -57,6 +57,10 @@ def test_ablation_toy_two_seeds(tmp_path, monkeypatch, toy_cache):
     record = {"config": {"schemes": ["group"], "seeds": [0, 1]}, "results": {**results, "wall_seconds": 60}}
     table = render_ablation([record])
     assert "| group | **BehaviorSFT - GeneralSFT** (95% CI) |" in table and "over seeds 0, 1" in table
+    # the per-seed decision rates, e.g. "| group | GeneralSFT | 100 / 50 | 0 / 0 |  |"
+    assert "missed-intervention % (seed 0 / 1)" in table
+    assert sum(line.startswith("| group | BehaviorSFT | ") and line.count(" / ") == 3
+               for line in table.splitlines()) == 1
 
 
 def test_merge_record_adds_the_other_schemes_of_the_same_experiment():
