@@ -4,8 +4,9 @@
     python -m bench.demo_results --wall-seconds 840 [--report runs/demo_report/report.json]
     python -m bench.render
 
-The record carries the machine, the commit, the date, the seed of the demo configs and the wall
-time, next to the numbers README shows (percent, one decimal as printed by the report).
+The record carries the machine, the commit, the date, the seed of the demo configs, the wall
+time and each stage's seconds (``stages.json``, which the main job writes beside report.json),
+next to the numbers README shows (percent, one decimal as printed by the report).
 """
 
 from __future__ import annotations
@@ -46,13 +47,13 @@ def summarize_run(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def demo_record(report: dict[str, Any], *, seed: int, wall_seconds: float | None,
-                machine: dict[str, Any]) -> dict[str, Any]:
+                machine: dict[str, Any], stage_seconds: dict[str, float] | None = None) -> dict[str, Any]:
     """The demo_results.json record for one evaluator report of the GeneralSFT and BehaviorSFT runs."""
     missing = [name for name in RUN_KEYS if name not in report["metrics"]]
     if missing:
         raise ValueError(f"report.json has no run named {', '.join(missing)} (runs: {report['runs']})")
     runs = {**{k: v for k, v in BASELINE_KEYS.items() if k in report["metrics"]}, **RUN_KEYS}
-    results: dict[str, Any] = {"wall_seconds": wall_seconds,
+    results: dict[str, Any] = {"wall_seconds": wall_seconds, "stage_seconds": stage_seconds or {},
                                **{key: summarize_run(report["metrics"][name]) for name, key in runs.items()}}
     probe = report.get("steering_probe", {}).get("BehaviorSFT")
     if probe:
@@ -81,7 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open(args.report) as f:
             report = json.load(f)
-        record = demo_record(report, seed=demo_seed(), wall_seconds=args.wall_seconds, machine=machine_info())
+        stages_path = os.path.join(os.path.dirname(args.report), "stages.json")
+        stages = None
+        if os.path.exists(stages_path):
+            with open(stages_path) as f:
+                stages = json.load(f)["seconds"]
+        record = demo_record(report, seed=demo_seed(), wall_seconds=args.wall_seconds, machine=machine_info(),
+                             stage_seconds=stages)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {args.report}: {e!r}", file=sys.stderr)
         return 2

@@ -326,6 +326,10 @@ def render_demo(records: list[dict[str, Any]]) -> str:
                  *(f"{_pct(r['over_intervention_pct'])} / {_pct(r['missed_intervention_pct'])}" for r in runs)])
     wall = rec.get("wall_seconds")
     tail = f"\nWall time of the whole `make demo`: {wall / 60:.0f} min.\n" if wall else ""
+    stages = rec.get("stage_seconds")
+    if stages:
+        tail += "\nStages (`runs/demo_report/stages.json`): " + "; ".join(
+            f"{name} {int(s) // 60}m{int(s) % 60:02d}s" for name, s in stages.items()) + ".\n"
     probe = rec.get("steering_probe_pct")
     if probe:
         tail += "\nSteering probe (BehaviorSFT, each token forced; % of open items with a flag / 'none', " \

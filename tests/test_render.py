@@ -185,13 +185,26 @@ def test_demo_record_with_four_arms_and_probe_renders():
     names = ["few-shot (k=3)", "explicit instruction", "GeneralSFT", "BehaviorSFT"]
     report = {"runs": names, "metrics": {n: run(0.1 * (i + 1)) for i, n in enumerate(names)},
               "steering_probe": {"BehaviorSFT": {"hold": {"flag_rate": 0.0, "none_rate": 1.0, "unparsed_rate": 0.0}}}}
-    rec = demo_results.demo_record(report, seed=0, wall_seconds=1800.0, machine={"git": "abc1234"})
+    rec = demo_results.demo_record(report, seed=0, wall_seconds=1800.0, machine={"git": "abc1234"},
+                                   stage_seconds={"train BehaviorSFT": 364.3, "evaluate": 59.9})
     assert rec["results"]["few_shot"]["macro_f1_pct"]["overall"] == 10.0
     assert rec["results"]["steering_probe_pct"]["hold"] == {"flag_rate": 0.0, "none_rate": 100.0, "unparsed_rate": 0.0}
     table = tables.render_demo([rec])
     assert "| macro-F1 (%) | few-shot (k=3) | explicit instruction | GeneralSFT | BehaviorSFT |" in table
     assert "| **overall** | **10.0** | **20.0** | **30.0** | **40.0** |" in table
     assert "hold: 0.0 / 100.0 / 0.0" in table and "30 min" in table
+    assert "Stages (`runs/demo_report/stages.json`): train BehaviorSFT 6m04s; evaluate 0m59s." in table
+
+
+def test_demo_results_cli_reads_the_stage_times_beside_the_report(tmp_path):
+    names = ["GeneralSFT", "BehaviorSFT"]
+    run = {"per_group": {"reactive": 0.5}, "overall_f1": 0.5, "over_intervention": {"rate": 0.0},
+           "missed_intervention": {"rate": 0.0}, "behavior": None}
+    (tmp_path / "report.json").write_text(json.dumps({"runs": names, "metrics": {n: run for n in names}}))
+    (tmp_path / "stages.json").write_text(json.dumps({"seconds": {"evaluate": 12.5}, "total_seconds": 12.5}))
+    out = tmp_path / "demo_results.json"
+    assert demo_results.main(["--report", str(tmp_path / "report.json"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["results"]["stage_seconds"] == {"evaluate": 12.5}
 
 
 def test_plan_table_records_rows_that_render(tmp_path, monkeypatch, capsys):
