@@ -61,7 +61,8 @@ def decision_rates(items: Sequence[Any]) -> dict[str, float | None]:
     from bsft_jax.evaluate.metrics import compute_metrics
 
     m = compute_metrics(items)
-    return {"over_intervention": m["over_intervention"]["rate"], "missed_intervention": m["missed_intervention"]["rate"],
+    return {"over_intervention": m["over_intervention"]["rate"],
+            "missed_intervention": m["missed_intervention"]["rate"],
             "behavior_accuracy": m["behavior"]["accuracy"] if m["behavior"] else None}
 
 
