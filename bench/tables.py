@@ -411,9 +411,10 @@ TABLES = [
     Table("gpu-decode", "BENCHMARKS.md", RESULTS,
           _newest(_backend("decode", "gpu")), render_gpu_decode,
           _deps("bench/decode.py"), "python -m bench.decode --size qwen2_5_0_5b --dtype bfloat16"),
-    Table("round2-train", "BENCHMARKS.md", RESULTS, _newest(_bench("round2_train", size="smollm2_135m")),
+    Table("round2-train", "BENCHMARKS.md", RESULTS, _newest_per_size(_bench("round2_train")),
           render_round2_train, _deps("bench/round2.py", "bench/train_step.py"),
-          "python -m bench.round2 train --size smollm2_135m --batch 4 --seq 512 --blocks 3", pending=True),
+          "python -m bench.round2 train --size smollm2_135m --batch 4 --seq 512 --blocks 3 "
+          "(and --size qwen2_5_0_5b --batch 2)", pending=True),
     Table("round2-decode", "BENCHMARKS.md", RESULTS,
           _newest(_cpu_decode("smollm2_135m")), render_decode, _deps("bench/decode.py"),
           "python -m bench.round2 decode --size smollm2_135m --batch 8 --new 128 --blocks 5", pending=True),
