@@ -30,6 +30,7 @@ from bsft_jax.models.lora_config import (  # noqa: F401 (re-exported)
 
 Array = jax.Array
 
+
 class LoraParam(nnx.Param):
     """A LoRA factor: a parameter (so ``nnx.Param`` filters see it) of its own type (so the trainer can
     select the adapter alone with ``nnx.filterlib`` / ``nnx.state(model, LoraParam)``)."""
@@ -96,6 +97,20 @@ def delta(module: nnx.Module, name: str, x: Array, n_in: int, scale: float, drop
     h = jax.lax.dot_general(x, a_val, ((in_axes, tuple(range(n_in))), ((), ())))  # [..., r]
     y = jax.lax.dot_general(h, b.value.astype(dt), (((h.ndim - 1,), (0,)), ((), ())))
     return (y * jnp.asarray(scale, dt)).astype(dt)
+
+
+def dropout_keys(key: Array | None, n: int) -> list[Array | None]:
+    """``n`` independent dropout keys from ``key`` (or ``n`` Nones when there is no dropout)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def add_delta(module: nnx.Module, name: str, x: Array, y: Array, n_in: int, rng: Array | None) -> Array:
+    """``y`` plus projection ``name``'s LoRA term when ``module`` has one (else ``y`` untouched)."""
+    lora = module.config.lora
+    if lora is None:
+        return y
+    d = delta(module, name, x, n_in, lora.scale, lora.dropout, rng)
+    return y if d is None else y + d
 
 
 def merged_weight(w: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float, dtype: Any) -> np.ndarray:
