@@ -8,6 +8,10 @@ optional tied head, Llama 3 / linear RoPE scaling. Gemma 3 and Qwen3 are configu
 Layers are stored stacked (leading ``layers`` axis on every block parameter) and run with
 ``jax.lax.scan``, so compile time does not grow with depth. Weights are named in einsum form:
 ``q_proj: [D, N, H]``, activations ``x_btd`` (axis letters in :mod:`bsft_jax.models.config`).
+
+The pieces: :mod:`bsft_jax.models.layers` (parameters, RoPE, ``project``, RMSNorm, the MLP) and
+:mod:`bsft_jax.models.attention` (the attention module and kernels); this module assembles them
+(Block, Decoder, KVCache) and re-exports their names, which callers import from here.
 """
 
 from __future__ import annotations
