@@ -12,8 +12,7 @@ which split may use it (:func:`split_of`), so no test scene copies a train scene
 one patient with 1-3 scenes of different categories. Categories are balanced within a split
 (sizes that are multiples of 13 are exact).
 Caches live under ``$BSFT_JAX_CACHE`` or ``~/.cache/bsft_jax`` (:func:`bsft_jax.files.cache_dir`) and are
-written atomically
-(temp folder, then rename), so an interrupted run never leaves a half-written cache.
+written atomically (temp folder, then rename), so an interrupted run never leaves a half-written cache.
 """
 
 from __future__ import annotations
