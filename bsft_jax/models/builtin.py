@@ -7,7 +7,7 @@ path. Everything downstream reads that folder through the same ``load_hf`` users
 own checkpoints. ``model.hf_path=builtin:<name>`` (or ``tokenizer.path=builtin:<name>``) in a run
 config goes through :func:`resolve_model_path`, which ``load_hf`` and the tokenizer loader call.
 
-Cache: ``$BSFT_CACHE/models/<name>-<dtype>`` (default ``~/.cache/bsft_jax``). The folder is written
+Cache: ``$BSFT_JAX_CACHE/models/<name>-<dtype>`` (default ``~/.cache/bsft_jax``). The folder is written
 to a temporary sibling and renamed into place when complete; ``bsft_manifest.json`` records the
 sha256 of the GGUF source and of every written file, and is verified (sizes always, hashes of the
 written files too) before a cached folder is reused. A mismatch rebuilds it.
@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bsft_jax.files import cache_dir
 from bsft_jax.models.config import canonical_dtype
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,8 @@ def resolve_model_path(path: str, *, dtype: str = "float32") -> str:
 
 
 def cache_root() -> str:
-    """``$BSFT_CACHE`` or ``~/.cache/bsft_jax``."""
-    return os.environ.get("BSFT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bsft_jax")
+    """The shared cache folder, :func:`bsft_jax.files.cache_dir` (``$BSFT_JAX_CACHE``; ``$BSFT_CACHE`` deprecated)."""
+    return cache_dir()
 
 
 def _sha256(paths: Sequence[str]) -> str:

@@ -112,12 +112,14 @@ def test_architecture_from_presets_and_behavior_vocabulary_growth():
     assert target_by_name("v4-32").num_devices == 16 and target_by_name("h100x8").platform == "gpu"
     qwen = load_config_file(os.path.join(ROOT, "configs", "qwen2_5_7b_behaviorsft.py"), "qwen2_5_7b_behaviorsft.py")
     qwen.model.hf_path = "/nonexistent/Qwen2.5-7B-Instruct"
-    config, how = model_config_for_plan(qwen)
+    s = Settings.from_config(qwen)
+    config, how = model_config_for_plan(s.model, s.data, s.behavior)
     assert "preset qwen2_5_7b" in how and config.vocab_size == 152_064  # 151,665 + 3 fit the spare rows
     assert config.remat == "full" and config.dtype == "bfloat16" and config.param_dtype == "float32"
     llama = load_config_file(os.path.join(ROOT, "configs", "llama3_1_8b_behaviorsft.py"), "llama3_1_8b_behaviorsft.py")
     llama.model.hf_path = "/nonexistent/Llama-3.1-8B-Instruct"
-    config, _ = model_config_for_plan(llama)
+    s = Settings.from_config(llama)
+    config, _ = model_config_for_plan(s.model, s.data, s.behavior)
     assert config.vocab_size == 128_384 and config.valid_vocab_size == 128_259  # padded to a multiple of 128
 
 
