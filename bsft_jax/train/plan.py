@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -143,8 +144,35 @@ def compile_step(settings: Settings, config: Any, devices: list[Any],
         else:
             trainer = Trainer(config, tx, schedule, mesh, **options)
         t0 = time.perf_counter()
-        compiled = trainer.compile(t.global_batch_size, settings.data.seq_len)
+        try:
+            compiled = trainer.compile(t.global_batch_size, settings.data.seq_len)
+        except Exception as e:  # the TPU compiler's "Ran out of memory in memory space hbm": a result, not a bug
+            oom = compile_out_of_memory(e)
+            if oom is None:
+                raise
+            raise CompileOutOfMemory(trainer, *oom, str(e).strip().splitlines()[0][:300]) from e
     return trainer, compiled, time.perf_counter() - t0
+
+
+class CompileOutOfMemory(Exception):
+    """The compiler refused the step for want of device memory (the TPU compiler checks its HBM)."""
+
+    def __init__(self, trainer: Any, temp: int, available: int, message: str):
+        super().__init__(message)
+        self.trainer, self.temp, self.available = trainer, temp, available
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_OOM = re.compile(r"RESOURCE_EXHAUSTED.*?required for HLO temporaries \(([\d.]+)([KMGT]?)\)"
+                  r".*?available HBM \(([\d.]+)([KMGT]?)\)", re.S)
+
+
+def compile_out_of_memory(error: BaseException) -> tuple[int, int] | None:
+    """(temporaries needed, HBM available) in bytes when ``error`` is the compiler's out-of-HBM refusal."""
+    m = _OOM.search(str(error))
+    if m is None:
+        return None
+    return round(float(m[1]) * _UNITS[m[2]]), round(float(m[3]) * _UNITS[m[4]])
 
 
 def xla_bytes(compiled: Any) -> dict[str, int]:
@@ -190,11 +218,16 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
         return _plan_in_subprocess(cfg, mesh_in, num_devices, tgt, compiler, hbm_bytes, model_preset)
 
     config, how = model_config_for_plan(settings.model, settings.data, settings.behavior, model_preset)
-    trainer, compiled, seconds = compile_step(settings, config, devices, sizes)
+    hbm = hbm_bytes if hbm_bytes is not None else (tgt.hbm_bytes if tgt is not None else None)
+    t0 = time.perf_counter()
+    try:
+        trainer, compiled, seconds = compile_step(settings, config, devices, sizes)
+        xla: dict[str, Any] = xla_bytes(compiled)
+    except CompileOutOfMemory as e:  # no executable, so no peak: the temporaries it asked for, and the verdict
+        trainer, seconds = e.trainer, time.perf_counter() - t0
+        xla = {"temp": e.temp, "peak": None, "out_of_memory": {"available": e.available, "message": str(e)}}
     from bsft_jax.models.decoder import abstract_decoder, count_params
 
-    hbm = hbm_bytes if hbm_bytes is not None else (tgt.hbm_bytes if tgt is not None else None)
-    xla = xla_bytes(compiled)
     t, seq_len = settings.train, settings.data.seq_len
     return {
         "target": tgt.name if tgt is not None else None,
@@ -215,7 +248,7 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
         "analytic": analytic_bytes(trainer, t.global_batch_size, seq_len),
         "xla": xla,
         "compile_seconds": round(seconds, 1),
-        "fits": None if hbm is None else bool(xla["peak"] <= hbm),
+        "fits": False if xla["peak"] is None else None if hbm is None else bool(xla["peak"] <= hbm),
         "note": tgt.note if tgt is not None else "",
     }
 
