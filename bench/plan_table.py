@@ -59,7 +59,9 @@ def plan(config: str, target: str, mesh: str, compiler: str, cached_only: bool =
         os.replace(f"{out}.tmp", out)
     with open(out) as f:
         result = json.load(f)
-    print(f"{config} {target} {compiler}: peak {result['xla']['peak'] / GiB:.2f} GiB", flush=True)
+    peak = result["xla"]["peak"]
+    print(f"{config} {target} {compiler}: " + (f"peak {peak / GiB:.2f} GiB" if peak is not None else
+          f"out of HBM (temporaries {result['xla']['temp'] / GiB:.2f} GiB)"), flush=True)
     return result
 
 

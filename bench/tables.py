@@ -101,13 +101,20 @@ def plan_table_markdown(record: dict[str, Any]) -> str:
         a, mesh, main = row["analytic"], row["mesh"], row["main_compiler"]
         mesh_text = f"fsdp={mesh['fsdp']}" + (f" tensor={mesh['tensor']}" if mesh["tensor"] > 1 else "")
         temp = f"{row['xla'][main]['temp'] / GiB:.1f}" + (" (CPU)" if main == "cpu" and "tpu" in compilers else "")
-        peaks = [f"{row['xla'][c]['peak'] / GiB:.1f}" if row["xla"].get(c) else "-" for c in compilers]
+        peaks = [_plan_peak(row["xla"].get(c)) for c in compilers]
         fits = ("yes" if row["fits"] else "NO") + ("*" if main == "cpu" and "tpu" in compilers else "")
         target = TARGET_LABELS.get(row["target"], row["target"])
         rows.append([row["model"], f"{target} ({row['num_devices']}, {row['hbm_bytes_per_device'] / GiB:.0f} GiB)",
                      mesh_text, f"{a['params'] / GiB:.2f}", f"{a['opt_state'] / GiB:.2f}",
                      f"{a['gradients'] / GiB:.2f}", temp, *peaks, fits])
     return markdown(header, rows)
+
+
+def _plan_peak(xla: dict[str, Any] | None) -> str:
+    """One compiler's peak (GiB), "-" when not planned, "out of HBM" when the compiler refused the step."""
+    if not xla:
+        return "-"
+    return "out of HBM" if xla["peak"] is None else f"{xla['peak'] / GiB:.1f}"
 
 
 def render_plan(records: list[dict[str, Any]]) -> str:

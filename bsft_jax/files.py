@@ -1,4 +1,4 @@
-"""Atomic file and folder writes: the one home (no JAX, so the data schema can use it).
+"""Atomic file and folder writes, and the cache folder: the one home (no JAX, so the data schema can use it).
 
 A reader never sees a half-written file or folder: content goes to a temporary sibling first, then
 ``os.replace`` moves it into place (atomic on POSIX within one file system). On an object store
@@ -17,6 +17,16 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from bsft_jax import storage
+
+
+def cache_dir() -> str:
+    """The one local cache folder (demo set, demo tokenizer, built-in models, TFDS mirrors).
+
+    ``$BSFT_JAX_CACHE`` if set and non-empty, else ``~/.cache/bsft_jax``. ``$BSFT_CACHE`` is a
+    deprecated alias (once the built-in models' cache), read only when ``BSFT_JAX_CACHE`` is unset.
+    """
+    return (os.environ.get("BSFT_JAX_CACHE") or os.environ.get("BSFT_CACHE")
+            or os.path.join(os.path.expanduser("~"), ".cache", "bsft_jax"))
 
 
 @contextlib.contextmanager

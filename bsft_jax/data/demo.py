@@ -11,8 +11,8 @@ no case is in two splits and split sizes are exact. Each scene's held-out combin
 which split may use it (:func:`split_of`), so no test scene copies a train scene. Each case is
 one patient with 1-3 scenes of different categories. Categories are balanced within a split
 (sizes that are multiples of 13 are exact).
-Caches live under ``$BSFT_JAX_CACHE`` or ``~/.cache/bsft_jax`` and are written atomically
-(temp folder, then rename), so an interrupted run never leaves a half-written cache.
+Caches live under ``$BSFT_JAX_CACHE`` or ``~/.cache/bsft_jax`` (:func:`bsft_jax.files.cache_dir`) and are
+written atomically (temp folder, then rename), so an interrupted run never leaves a half-written cache.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from bsft_jax.behavior import taxonomy
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.demo_scenes import GENERATORS, random_patient
 from bsft_jax.data.schema import Record, read_jsonl, write_jsonl
+from bsft_jax.files import cache_dir as default_cache_dir  # the public name of the one cache folder
 from bsft_jax.files import replace_dir
 
 DEMO_VERSION = "2.0.0"  # bump when generated content changes (it is part of the cache key)
@@ -57,11 +58,6 @@ class DemoConfig:
         if split not in SPLITS:
             raise KeyError(f"unknown demo split {split!r}; expected one of {SPLITS}")
         return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}[split]
-
-
-def default_cache_dir() -> str:
-    """``$BSFT_JAX_CACHE`` if set, else ``~/.cache/bsft_jax``."""
-    return os.environ.get("BSFT_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bsft_jax")
 
 
 SPLIT_BUCKETS: dict[str, range] = {"train": range(0, 8), "validation": range(8, 9), "test": range(9, 10)}

@@ -144,21 +144,31 @@ def _parse_options(value: Any, where: str) -> tuple[tuple[str, str], ...] | None
     elif isinstance(value, list | tuple):
         if not value:
             return None
-        if all(isinstance(v, str) for v in value):  # bare option texts: letters in order
-            pairs = [(chr(ord("A") + i), v) for i, v in enumerate(value)]
-        else:
-            pairs = []
-            for i, v in enumerate(value):
-                if isinstance(v, Mapping) and ("key" in v or "label" in v) and "text" in v:
-                    pairs.append((v.get("key", v.get("label")), v["text"]))
-                elif isinstance(v, list | tuple) and len(v) == 2:
-                    pairs.append((v[0], v[1]))
-                else:
-                    raise DataError(f"{where}: field 'options[{i}]' must be a string, [key, text] or "
-                                    f"{{key, text}}, got {v!r:.60}")
+        pairs = _option_pairs_from_list(value, where)
     else:
         raise DataError(f"{where}: field 'options' must be an object {{letter: text}} or a list, "
                         f"got {type(value).__name__}")
+    return _checked_options(pairs, where)
+
+
+def _option_pairs_from_list(value: Sequence[Any], where: str) -> list[tuple[Any, Any]]:
+    """(key, text) pairs of a list of options: bare texts (letters in order), [key, text] or {key, text}."""
+    if all(isinstance(v, str) for v in value):  # bare option texts: letters in order
+        return [(chr(ord("A") + i), v) for i, v in enumerate(value)]
+    pairs = []
+    for i, v in enumerate(value):
+        if isinstance(v, Mapping) and ("key" in v or "label" in v) and "text" in v:
+            pairs.append((v.get("key", v.get("label")), v["text"]))
+        elif isinstance(v, list | tuple) and len(v) == 2:
+            pairs.append((v[0], v[1]))
+        else:
+            raise DataError(f"{where}: field 'options[{i}]' must be a string, [key, text] or "
+                            f"{{key, text}}, got {v!r:.60}")
+    return pairs
+
+
+def _checked_options(pairs: Sequence[tuple[Any, Any]], where: str) -> tuple[tuple[str, str], ...]:
+    """Validated options: single upper-case letter keys, non-empty texts, no duplicates, at least two."""
     out = []
     for key, text in pairs:
         key = _text(key, where, "options key").upper()
@@ -177,6 +187,83 @@ def normalize_flag_label(label: str) -> str:
     return re.sub(r"[\s\-]+", "_", label.strip().lower())
 
 
+def _renamed_fields(obj: Mapping[str, Any], field_map: Mapping[str, str] | None, where: str) -> dict[str, Any]:
+    """The record's fields under our names (``field_map`` applied), with the required ones present."""
+    if not isinstance(obj, Mapping):
+        raise DataError(f"{where}: expected a JSON object per line, got {type(obj).__name__}")
+    data: dict[str, Any] = {}
+    for key, value in obj.items():
+        key = key.decode() if isinstance(key, bytes) else key
+        target = (field_map or {}).get(key, key)
+        if target in data:
+            raise DataError(f"{where}: field '{target}' given twice (once through field_map from '{key}')")
+        data[target] = value
+    for required in ("category", "turns", "label"):
+        if required not in data:
+            hint = f" (field_map renames {dict(field_map)})" if field_map else " (use field_map for foreign names)"
+            raise DataError(f"{where}: missing field '{required}'; record has fields {sorted(data)}{hint}")
+    return data
+
+
+def _category_and_group(data: Mapping[str, Any], category_aliases: Mapping[str, str] | None,
+                        where: str) -> tuple[str, str]:
+    """The taxonomy category (aliases applied) and its group; a given ``group`` must agree with it."""
+    category = _text(data["category"], where, "category")
+    category = (category_aliases or {}).get(category, category)
+    if category not in taxonomy.CATEGORY_BY_NAME:
+        raise DataError(f"{where}: field 'category' is {category!r}; expected one of {list(taxonomy.CATEGORY_NAMES)} "
+                        "(or map it with category_aliases)")
+    group = taxonomy.group_of(category)
+    if data.get("group") not in (None, "", b""):
+        given = _text(data["group"], where, "group")
+        if given != group:
+            raise DataError(f"{where}: field 'group' is {given!r} but category {category!r} belongs to group "
+                            f"{group!r}")
+    return category, group
+
+
+def _parse_label(value: Any, options: tuple[tuple[str, str], ...] | None, where: str) -> str:
+    """An option key (upper case, among ``options``) or a normalised flag class (or ``none``)."""
+    label = _text(value, where, "label")
+    if options is not None:
+        label = label.upper()
+        if label not in dict(options):
+            raise DataError(f"{where}: field 'label' is {label!r}; expected one of the option keys "
+                            f"{[k for k, _ in options]}")
+    else:
+        label = normalize_flag_label(label)
+        if not _FLAG_LABEL_RE.match(label):
+            raise DataError(f"{where}: field 'label' is {label!r}; expected a flag class of letters, digits and "
+                            f"underscores, or {NO_INTERVENTION!r} when restraint is right")
+    return label
+
+
+def _parse_behavior(value: Any, spec: BehaviorSpec, category: str, label: str, multiple_choice: bool,
+                    where: str) -> str:
+    """The given behavior token name (one of ``spec.names``), or the spec's default for the item."""
+    if value in (None, "", b""):
+        return spec.behavior_for_item(category, label, multiple_choice)
+    behavior = _text(value, where, "behavior")
+    if behavior not in spec.names:
+        raise DataError(f"{where}: field 'behavior' is {behavior!r}; expected one of {list(spec.names)}")
+    return behavior
+
+
+def _parse_hard(value: Any, where: str) -> bool:
+    """A boolean from a bool, 0/1, a numpy scalar (tfds) or the strings true/false/1/0/""."""
+    hard = value
+    if hasattr(hard, "item") and not isinstance(hard, str | bytes):  # numpy scalars from tfds sources
+        hard = hard.item()
+    if isinstance(hard, str | bytes):
+        hard_s = hard.decode() if isinstance(hard, bytes) else hard
+        if hard_s.strip().lower() not in ("true", "false", "1", "0", ""):
+            raise DataError(f"{where}: field 'hard' is {hard_s!r}; expected true or false")
+        hard = hard_s.strip().lower() in ("true", "1")
+    if not isinstance(hard, bool | int) and hard is not None:
+        raise DataError(f"{where}: field 'hard' must be a boolean, got {type(hard).__name__}")
+    return bool(hard)
+
+
 def record_from_dict(
     obj: Mapping[str, Any],
     *,
@@ -193,70 +280,18 @@ def record_from_dict(
     Raises :class:`DataError` naming ``where``, the field and what was expected.
     """
     spec = spec or BehaviorSpec()
-    if not isinstance(obj, Mapping):
-        raise DataError(f"{where}: expected a JSON object per line, got {type(obj).__name__}")
-    data: dict[str, Any] = {}
-    for key, value in obj.items():
-        key = key.decode() if isinstance(key, bytes) else key
-        target = (field_map or {}).get(key, key)
-        if target in data:
-            raise DataError(f"{where}: field '{target}' given twice (once through field_map from '{key}')")
-        data[target] = value
-
-    for required in ("category", "turns", "label"):
-        if required not in data:
-            hint = f" (field_map renames {dict(field_map)})" if field_map else " (use field_map for foreign names)"
-            raise DataError(f"{where}: missing field '{required}'; record has fields {sorted(data)}{hint}")
-
-    category = _text(data["category"], where, "category")
-    category = (category_aliases or {}).get(category, category)
-    if category not in taxonomy.CATEGORY_BY_NAME:
-        raise DataError(f"{where}: field 'category' is {category!r}; expected one of {list(taxonomy.CATEGORY_NAMES)} "
-                        "(or map it with category_aliases)")
-    group = taxonomy.group_of(category)
-    if data.get("group") not in (None, "", b""):
-        given = _text(data["group"], where, "group")
-        if given != group:
-            raise DataError(f"{where}: field 'group' is {given!r} but category {category!r} belongs to group "
-                            f"{group!r}")
-
+    data = _renamed_fields(obj, field_map, where)
+    category, group = _category_and_group(data, category_aliases, where)
     record_id = _text(data["id"], where, "id") if data.get("id") not in (None, "") else where
     case_id = _text(data["case_id"], where, "case_id") if data.get("case_id") not in (None, "") else record_id
     turns = _parse_turns(data["turns"], where)
     options = _parse_options(data.get("options"), where)
-
-    label = _text(data["label"], where, "label")
-    if options is not None:
-        label = label.upper()
-        if label not in dict(options):
-            raise DataError(f"{where}: field 'label' is {label!r}; expected one of the option keys "
-                            f"{[k for k, _ in options]}")
-    else:
-        label = normalize_flag_label(label)
-        if not _FLAG_LABEL_RE.match(label):
-            raise DataError(f"{where}: field 'label' is {label!r}; expected a flag class of letters, digits and "
-                            f"underscores, or {NO_INTERVENTION!r} when restraint is right")
-
-    if data.get("behavior") in (None, "", b""):
-        behavior = spec.behavior_for_item(category, label, options is not None)
-    else:
-        behavior = _text(data["behavior"], where, "behavior")
-        if behavior not in spec.names:
-            raise DataError(f"{where}: field 'behavior' is {behavior!r}; expected one of {list(spec.names)}")
-
+    label = _parse_label(data["label"], options, where)
+    behavior = _parse_behavior(data.get("behavior"), spec, category, label, options is not None, where)
     response = _text(data.get("response") or "", where, "response", allow_empty=True)
-    hard = data.get("hard", False)
-    if hasattr(hard, "item") and not isinstance(hard, str | bytes):  # numpy scalars from tfds sources
-        hard = hard.item()
-    if isinstance(hard, str | bytes):
-        hard_s = hard.decode() if isinstance(hard, bytes) else hard
-        if hard_s.strip().lower() not in ("true", "false", "1", "0", ""):
-            raise DataError(f"{where}: field 'hard' is {hard_s!r}; expected true or false")
-        hard = hard_s.strip().lower() in ("true", "1")
-    if not isinstance(hard, bool | int) and hard is not None:
-        raise DataError(f"{where}: field 'hard' must be a boolean, got {type(hard).__name__}")
+    hard = _parse_hard(data.get("hard", False), where)
     return Record(id=record_id, case_id=case_id, category=category, group=group, turns=turns, behavior=behavior,
-                  label=label, response=response, options=options, hard=bool(hard))
+                  label=label, response=response, options=options, hard=hard)
 
 
 # Byte-order marks of encodings other than UTF-8: named in the error instead of decoded as garbage.

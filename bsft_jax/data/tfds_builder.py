@@ -173,20 +173,19 @@ def data_source(split: str, *, data_dir: str) -> Any:
 def local_mirror(url: str, cache_dir: str | None = None) -> str:
     """A local copy of the built dataset under ``url`` (``<url>/behavior_bench/...``), made once per host.
 
-    It lives in ``<cache>/tfds_mirror/<hash of url>`` (cache: ``$BSFT_JAX_CACHE``); a copy whose file
+    It lives in ``<cache>/tfds_mirror/<hash of url>`` (cache: :func:`bsft_jax.files.cache_dir`); a copy whose file
     list and sizes match the bucket's is reused, anything else is copied again into a fresh folder
     that replaces the old one only when complete.
     """
     import hashlib
 
-    from bsft_jax.data.demo import default_cache_dir
-    from bsft_jax.files import replace_dir
+    from bsft_jax import files
 
     src = storage.join(url, NAME)
     if not storage.isdir(src):
         raise DataError(f"{src}: no built {NAME} dataset here (build it with bsft_jax.data.tfds_builder.build)")
     manifest = {rel: storage.size(storage.join(src, rel)) for rel in storage.walk_files(src)}
-    root = os.path.join(cache_dir or default_cache_dir(), "tfds_mirror", hashlib.sha1(url.encode()).hexdigest()[:16])
+    root = os.path.join(cache_dir or files.cache_dir(), "tfds_mirror", hashlib.sha1(url.encode()).hexdigest()[:16])
     marker = os.path.join(root, "manifest.json")
     if os.path.isfile(marker):
         with open(marker) as f:
@@ -197,5 +196,5 @@ def local_mirror(url: str, cache_dir: str | None = None) -> str:
         storage.copy_file(storage.join(src, rel), os.path.join(tmp, NAME, *rel.split("/")))
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f)
-    replace_dir(tmp, root)
+    files.replace_dir(tmp, root)
     return root

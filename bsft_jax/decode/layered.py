@@ -29,6 +29,7 @@ from flax import nnx
 
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import MASK_VALUE, Block, Decoder, RMSNorm, param, per_layer_inputs
+from bsft_jax.models.lora import merge_factors
 
 Array = jax.Array
 
@@ -182,13 +183,9 @@ def unstack_layers(model: Decoder) -> LayeredDecoder:
 
 def _merge_lora(stacked: dict[str, Any], lora: Any) -> None:
     """Folds the stacked adapters of ``stacked`` (the Decoder's ``layers`` pure dict) into their
-    projections, in place, and drops the factors."""
+    projections on device (:func:`~bsft_jax.models.lora.merge_factors`), in place, and drops the factors."""
     for owner in ("attn", "mlp"):
         block = stacked[owner]
         for name in [k[: -len("_lora_a")] for k in block if k.endswith("_lora_a")]:
             a, b = block.pop(f"{name}_lora_a"), block.pop(f"{name}_lora_b")
-            w = block[f"{name}_proj"]
-            layers, r = a.shape[0], a.shape[-1]
-            ab = jnp.einsum("lir,lro->lio", a.reshape(layers, -1, r).astype(jnp.float32),
-                            b.reshape(layers, r, -1).astype(jnp.float32))
-            block[f"{name}_proj"] = (w.astype(jnp.float32) + lora.scale * ab.reshape(w.shape)).astype(w.dtype)
+            block[f"{name}_proj"] = merge_factors(block[f"{name}_proj"], a, b, lora.scale)

@@ -136,14 +136,8 @@ def evaluate_records(
     if len(out.tokens) != len(records):
         raise ValueError(f"evaluate: generate returned {len(out.tokens)} replies for {len(records)} prompts")
 
-    behaviors, replies, labels = [], [], []
-    for record, tokens in zip(records, out.tokens):
-        behavior, body = split_reply(tokens, behavior_token_ids, eos_ids)
-        text = detokenize(body)
-        behaviors.append(behavior)
-        replies.append(text)
-        labels.append(parse_label(text, record))
-
+    behaviors, replies, labels = _read_replies(records, out.tokens, behavior_token_ids, eos_ids, detokenize,
+                                               parse_label)
     if mode == "loglik":
         labels = _rank_candidates(records, prompts, behaviors, labels, behavior_token_ids, score_continuations,
                                   candidate_ids, candidates or _option_keys)
@@ -156,6 +150,25 @@ def evaluate_records(
     ]
     info = _run_info(mode, len(items), out) | ({"forced behavior": force_behavior} if force_behavior else {})
     return EvalResult(name=name, items=items, metrics=compute_metrics(items, label_sets=label_sets), info=info)
+
+
+def _read_replies(
+    records: Sequence[RecordLike],
+    reply_tokens: Sequence[Sequence[int]],
+    behavior_token_ids: Mapping[str, int] | None,
+    eos_ids: Sequence[int],
+    detokenize: Callable[[list[int]], str],
+    parse_label: Callable[[str, RecordLike], str | None],
+) -> tuple[list[str | None], list[str], list[str | None]]:
+    """Each reply's behavior (its first token), text (behavior token and EOS removed) and parsed label."""
+    behaviors, replies, labels = [], [], []
+    for record, tokens in zip(records, reply_tokens):
+        behavior, body = split_reply(tokens, behavior_token_ids, eos_ids)
+        text = detokenize(body)
+        behaviors.append(behavior)
+        replies.append(text)
+        labels.append(parse_label(text, record))
+    return behaviors, replies, labels
 
 
 def _check_request(mode: str, score_continuations: ScoreFn | None, candidate_ids: Any, force_behavior: str | None,

@@ -7,7 +7,7 @@ path. Everything downstream reads that folder through the same ``load_hf`` users
 own checkpoints. ``model.hf_path=builtin:<name>`` (or ``tokenizer.path=builtin:<name>``) in a run
 config goes through :func:`resolve_model_path`, which ``load_hf`` and the tokenizer loader call.
 
-Cache: ``$BSFT_CACHE/models/<name>-<dtype>`` (default ``~/.cache/bsft_jax``). The folder is written
+Cache: ``$BSFT_JAX_CACHE/models/<name>-<dtype>`` (default ``~/.cache/bsft_jax``). The folder is written
 to a temporary sibling and renamed into place when complete; ``bsft_manifest.json`` records the
 sha256 of the GGUF source and of every written file, and is verified (sizes always, hashes of the
 written files too) before a cached folder is reused. A mismatch rebuilds it.
@@ -19,7 +19,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import importlib.util
@@ -34,6 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bsft_jax.files import cache_dir
 from bsft_jax.models.config import canonical_dtype
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,8 @@ def resolve_model_path(path: str, *, dtype: str = "float32") -> str:
 
 
 def cache_root() -> str:
-    """``$BSFT_CACHE`` or ``~/.cache/bsft_jax``."""
-    return os.environ.get("BSFT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bsft_jax")
+    """The shared cache folder, :func:`bsft_jax.files.cache_dir` (``$BSFT_JAX_CACHE``; ``$BSFT_CACHE`` deprecated)."""
+    return cache_dir()
 
 
 def _sha256(paths: Sequence[str]) -> str:
@@ -267,15 +267,26 @@ def write_manifest(folder: str, parts: Sequence[str], **info: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bsft_jax.models.builtin NAME [--dtype] [--out] [--force]``: prints the folder."""
-    p = argparse.ArgumentParser(prog="python -m bsft_jax.models.builtin", description=__doc__.split("\n")[0])
-    p.add_argument("name", help=f"one of: {', '.join(sorted(REGISTRY))}")
-    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (bf16)")
-    p.add_argument("--out", default=None, help="write here instead of the cache")
-    p.add_argument("--force", action="store_true", help="rebuild even if a verified conversion exists")
-    args = p.parse_args(argv)
+    from absl import flags
+
+    from bsft_jax.run.cli import parse_flags  # the CLIs' one flag parser (absl); imported by the CLI only
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("dtype", "float32", "float32 (default) or bfloat16 (bf16)", flag_values=fv)
+    flags.DEFINE_string("out", None, "write here instead of the cache", flag_values=fv)
+    flags.DEFINE_bool("force", False, "rebuild even if a verified conversion exists", flag_values=fv)
+    names: list[str] = []
+    usage = (f"usage: python -m bsft_jax.models.builtin NAME [--dtype=...] [--out=DIR] [--force]\n"
+             f"{__doc__.splitlines()[0]}\nNAME: one of {', '.join(sorted(REGISTRY))}")
+    code = parse_flags(fv, ["bsft_jax.models.builtin", *(sys.argv[1:] if argv is None else argv)], usage, names)
+    if code is not None:
+        return code
+    if len(names) != 1:
+        print(f"error: expected one model NAME (one of {', '.join(sorted(REGISTRY))}), got {names}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        path = builtin_model_path(args.name, dtype=args.dtype, out=args.out, force=args.force)
+        path = builtin_model_path(names[0], dtype=fv.dtype, out=fv.out, force=fv.force)
     except (BuiltinModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

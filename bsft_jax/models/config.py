@@ -1,29 +1,21 @@
 """DecoderConfig: one frozen dataclass for the Qwen2/Qwen2.5 and Llama 3.x decoder families.
 
 The two families differ only by configuration (biases, tied head, RoPE scaling, explicit
-``head_dim``), so a single config and a single module cover both. ``from_hf`` reads the
-``config.json`` layouts written by transformers 4.x (top-level ``rope_theta`` / ``rope_scaling`` /
-``torch_dtype``) and 5.x (``rope_parameters`` / ``dtype``); ``to_hf`` writes a 4.x/5.x compatible
-file. Anything we do not implement raises :class:`UnsupportedConfigError` instead of silently
-producing wrong numbers.
+``head_dim``), so a single config and a single module cover both; Gemma 3 and Qwen3 too, by
+their fields in :mod:`bsft_jax.models.families`. ``from_hf`` reads the ``config.json`` layouts
+written by transformers 4.x and 5.x and ``to_hf`` writes a file both read (the conversion lives in
+:mod:`bsft_jax.models.hf_config`). Anything we do not implement raises
+:class:`UnsupportedConfigError` instead of silently producing wrong numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 from bsft_jax.errors import UserError
-from bsft_jax.models.families import (
-    FAMILY_MODEL_TYPES,
-    FAMILY_PRESETS,
-    LinearRopeScaling,
-    activation_from_hf,
-    family_fields_from_hf,
-    family_to_hf,
-)
+from bsft_jax.models.families import FAMILY_PRESETS, LinearRopeScaling
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "qwen3", "gemma3_text")
 ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU / GeGLU with tanh-approximated GELU
@@ -136,6 +128,15 @@ class DecoderConfig:
             raise UnsupportedConfigError(
                 f"model_type={self.model_type!r} is not supported; expected one of {SUPPORTED_MODEL_TYPES}"
             )
+        self._check_shapes()
+        self._check_runtime()
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        self._check_layer_kinds()
+        object.__setattr__(self, "generation_eos_token_ids", tuple(self.generation_eos_token_ids))
+
+    def _check_shapes(self) -> None:
+        """Sizes positive, heads grouped evenly, RoPE-able head_dim, valid_vocab_size within the table."""
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "head_dim"):
             if int(getattr(self, name)) <= 0:
@@ -150,6 +151,9 @@ class DecoderConfig:
             raise ValueError(
                 f"DecoderConfig.valid_vocab_size={self.valid_vocab_size} must be in (0, vocab_size={self.vocab_size}]"
             )
+
+    def _check_runtime(self) -> None:
+        """The runtime numerics: remat mode, attention kernel, scan unroll, canonical dtype names."""
         if self.remat not in REMAT_MODES:
             raise ValueError(f"DecoderConfig.remat must be one of {REMAT_MODES}, got {self.remat!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
@@ -165,10 +169,6 @@ class DecoderConfig:
                 "DecoderConfig.attention_impl='cudnn' needs dtype bfloat16/float16 and head_dim <= 128, a multiple "
                 f"of 8 (got dtype={self.dtype!r}, head_dim={self.head_dim}); use 'auto' to fall back to 'einsum'"
             )
-        if isinstance(self.eos_token_id, list):
-            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
-        self._check_layer_kinds()
-        object.__setattr__(self, "generation_eos_token_ids", tuple(self.generation_eos_token_ids))
 
     def _check_layer_kinds(self) -> None:
         if self.activation not in ACTIVATIONS:
@@ -237,170 +237,18 @@ class DecoderConfig:
         """Builds a config from an HF ``config.json`` (path to the file or its folder, or a dict).
 
         ``generation_config.json`` beside it, if present, supplies ``generation_eos_token_ids``.
-        ``runtime`` sets the non-HF fields (``dtype``, ``param_dtype``, ``remat``, ...).
+        ``runtime`` sets the non-HF fields (``dtype``, ``param_dtype``, ``remat``, ...). The reader
+        is :mod:`bsft_jax.models.hf_config`.
         """
-        where = "config dict"
-        generation: dict[str, Any] = {}
-        if isinstance(source, dict):
-            hf = dict(source)
-        else:
-            from bsft_jax import storage
+        from bsft_jax.models.hf_config import config_from_hf
 
-            path = os.fspath(source)
-            if storage.isdir(path):
-                path = storage.join(path, "config.json")
-            where = path
-            if not storage.isfile(path):
-                raise FileNotFoundError(f"{path}: no config.json (is this a Hugging Face model folder?)")
-            with storage.open_file(path) as f:
-                try:
-                    hf = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
-            gen_path = storage.join(storage.dirname(path), "generation_config.json")
-            if storage.isfile(gen_path):
-                with storage.open_file(gen_path) as f:
-                    generation = json.load(f)
-        return cls._from_hf_dict(hf, generation, where, runtime)
-
-    @classmethod
-    def _from_hf_dict(cls, hf: dict, generation: dict, where: str, runtime: dict) -> DecoderConfig:
-        def fail(field: str, msg: str) -> UnsupportedConfigError:
-            return UnsupportedConfigError(f"{where}: field {field!r}: {msg}")
-
-        model_type = hf.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise fail("model_type", f"{model_type!r} is not supported (expected one of {SUPPORTED_MODEL_TYPES})")
-        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
-            if key not in hf:
-                raise fail(key, "missing")
-        if model_type in FAMILY_MODEL_TYPES:  # Gemma 3 / Qwen3: their own reader
-            return cls._from_hf_fields(hf, generation, where, runtime, family_fields_from_hf(hf, fail))
-        if activation_from_hf(hf, fail) != "silu":
-            raise fail("hidden_act", f"{hf.get('hidden_act')!r} is not supported for {model_type} (only 'silu')")
-        if hf.get("use_sliding_window"):
-            raise fail("use_sliding_window", "sliding-window attention is not supported; set it to false")
-        layer_types = hf.get("layer_types") or []
-        if any(t != "full_attention" for t in layer_types):
-            raise fail("layer_types", f"only 'full_attention' layers are supported, got {sorted(set(layer_types))}")
-        if hf.get("pretraining_tp", 1) not in (1, None):
-            raise fail("pretraining_tp", "only 1 is supported")
-        if hf.get("partial_rotary_factor", 1.0) != 1.0:
-            raise fail("partial_rotary_factor", "partial rotary embeddings are not supported")
-
-        # RoPE: 5.x nests everything under rope_parameters; 4.x has rope_theta + rope_scaling.
-        rope = hf.get("rope_parameters")
-        if rope is not None:
-            rope_field = "rope_parameters"
-            rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10_000.0))
-            scaling = rope
-        else:
-            rope_field = "rope_scaling"
-            rope_theta = hf.get("rope_theta", 10_000.0)
-            scaling = hf.get("rope_scaling") or {}
-        rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        rope_scaling = None
-        if rope_type == "llama3":
-            try:
-                rope_scaling = Llama3RopeScaling(
-                    factor=float(scaling["factor"]),
-                    low_freq_factor=float(scaling["low_freq_factor"]),
-                    high_freq_factor=float(scaling["high_freq_factor"]),
-                    original_max_position_embeddings=int(scaling["original_max_position_embeddings"]),
-                )
-            except KeyError as e:
-                raise fail(rope_field, f"llama3 rope scaling is missing {e.args[0]!r}") from None
-        elif rope_type != "default":
-            raise fail(rope_field, f"rope_type {rope_type!r} is not supported (expected 'default' or 'llama3')")
-
-        if model_type == "qwen2":
-            qkv_bias, o_bias, mlp_bias = True, False, False
-        else:
-            qkv_bias = o_bias = bool(hf.get("attention_bias", False))
-            mlp_bias = bool(hf.get("mlp_bias", False))
-        family = dict(rope_theta=float(rope_theta), rope_scaling=rope_scaling, qkv_bias=qkv_bias, o_bias=o_bias,
-                      mlp_bias=mlp_bias, tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)))
-        return cls._from_hf_fields(hf, generation, where, runtime, family)
-
-    @classmethod
-    def _from_hf_fields(cls, hf: dict, generation: dict, where: str, runtime: dict, family: dict) -> DecoderConfig:
-        """The fields every family shares, then ``family``'s own, then ``runtime``."""
-        model_type = hf["model_type"]
-        heads = int(hf["num_attention_heads"])
-        head_dim = hf.get("head_dim") or int(hf["hidden_size"]) // heads
-        source_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-        eos = hf.get("eos_token_id")
-        gen_eos = generation.get("eos_token_id")
-        if gen_eos is None:
-            gen_eos = ()
-        elif isinstance(gen_eos, int):
-            gen_eos = (gen_eos,)
-        fields = dict(
-            model_type=model_type,
-            vocab_size=int(hf["vocab_size"]),
-            hidden_size=int(hf["hidden_size"]),
-            intermediate_size=int(hf["intermediate_size"]),
-            num_layers=int(hf["num_hidden_layers"]),
-            num_heads=heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-            head_dim=int(head_dim),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 32_768)),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-            pad_token_id=hf.get("pad_token_id"),
-            generation_eos_token_ids=tuple(gen_eos),
-            valid_vocab_size=hf.get("bsft_valid_vocab_size"),
-            source_dtype=canonical_dtype(source_dtype, field=f"{where}: dtype"),
-        )
-        fields.update(family)
-        fields.update(runtime)
-        return cls(**fields)
+        return config_from_hf(cls, source, runtime)
 
     def to_hf(self, *, dtype: str | None = None) -> dict[str, Any]:
         """The ``config.json`` dict transformers needs to rebuild this architecture."""
-        dtype = canonical_dtype(dtype or self.source_dtype)
-        rope_parameters: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
-        if isinstance(self.rope_scaling, Llama3RopeScaling):
-            rope_parameters.update(rope_type="llama3", **dataclasses.asdict(self.rope_scaling))
-        eos = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
-        hf: dict[str, Any] = {
-            "architectures": ["Qwen2ForCausalLM" if self.model_type == "qwen2" else "LlamaForCausalLM"],
-            "model_type": self.model_type,
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "max_position_embeddings": self.max_position_embeddings,
-            "rms_norm_eps": self.rms_norm_eps,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "bos_token_id": self.bos_token_id,
-            "eos_token_id": eos,
-            "pad_token_id": self.pad_token_id,
-            "initializer_range": 0.02,
-            "use_cache": True,
-            "attention_dropout": 0.0,
-            # Both layouts, so transformers 4.x and 5.x read the same file.
-            "rope_theta": self.rope_theta,
-            "rope_parameters": rope_parameters,
-            "dtype": dtype,
-            "torch_dtype": dtype,
-        }
-        if isinstance(self.rope_scaling, Llama3RopeScaling):
-            hf["rope_scaling"] = dict(rope_parameters)
-        if self.model_type in FAMILY_MODEL_TYPES:
-            family_to_hf(self, hf)
-        elif self.model_type == "qwen2":
-            hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_layers)
-        else:
-            hf.update(attention_bias=self.qkv_bias, mlp_bias=self.mlp_bias, pretraining_tp=1)
-        if self.valid_vocab_size is not None and self.valid_vocab_size != self.vocab_size:
-            hf["bsft_valid_vocab_size"] = self.valid_vocab_size
-        return hf
+        from bsft_jax.models.hf_config import config_to_hf
+
+        return config_to_hf(self, dtype)
 
 
 # ---------------------------------------------------------------------------- presets

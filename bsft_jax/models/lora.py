@@ -30,6 +30,7 @@ from bsft_jax.models.lora_config import (  # noqa: F401 (re-exported)
 
 Array = jax.Array
 
+
 class LoraParam(nnx.Param):
     """A LoRA factor: a parameter (so ``nnx.Param`` filters see it) of its own type (so the trainer can
     select the adapter alone with ``nnx.filterlib`` / ``nnx.state(model, LoraParam)``)."""
@@ -98,21 +99,44 @@ def delta(module: nnx.Module, name: str, x: Array, n_in: int, scale: float, drop
     return (y * jnp.asarray(scale, dt)).astype(dt)
 
 
+def dropout_keys(key: Array | None, n: int) -> list[Array | None]:
+    """``n`` independent dropout keys from ``key`` (or ``n`` Nones when there is no dropout)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def add_delta(module: nnx.Module, name: str, x: Array, y: Array, n_in: int, rng: Array | None) -> Array:
+    """``y`` plus projection ``name``'s LoRA term when ``module`` has one (else ``y`` untouched)."""
+    lora = module.config.lora
+    if lora is None:
+        return y
+    d = delta(module, name, x, n_in, lora.scale, lora.dropout, rng)
+    return y if d is None else y + d
+
+
+def merge_factors(w: Any, a: Any, b: Any, scale: float, dtype: Any = None) -> Any:
+    """``w + scale * A B``: the LoRA merge, taken in fp32 and cast once to ``dtype`` (default: ``w``'s).
+
+    ``w [*in, *out]``, ``a [*in, r]``, ``b [r, *out]``, or all three with a leading ``layers`` axis
+    (one batched matmul). NumPy arrays merge on the host, jax arrays where they live: the same ops.
+    """
+    lead = (a.shape[0],) if w.ndim == a.ndim + b.ndim - 3 else ()  # stacked: [L, ...] on all three
+    r = a.shape[-1]
+    prod = a.reshape(*lead, -1, r).astype(np.float32) @ b.reshape(*lead, r, -1).astype(np.float32)
+    return (w.astype(np.float32) + np.float32(scale) * prod.reshape(w.shape)).astype(dtype or w.dtype)
+
+
 def merged_weight(w: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float, dtype: Any) -> np.ndarray:
-    """``w + scale * A B`` for one layer's (or a stack's) projection, on the host, returned in ``dtype``.
+    """:func:`merge_factors` on the host, returned in ``dtype``, a stack merged layer by layer.
 
     ``w [*in, *out]``, ``a [*in, r]``, ``b [r, *out]`` (an extra leading ``layers`` axis on all three
-    is handled layer by layer, so only one layer's product is alive at a time). The product and sum
-    are taken in fp32, then cast once.
+    is handled layer by layer, so only one layer's product is alive at a time).
     """
     if w.ndim == a.ndim + b.ndim - 3:  # stacked: w [L, *in, *out], a [L, *in, r], b [L, r, *out]
         out = np.empty(w.shape, dtype)
         for i in range(w.shape[0]):
             out[i] = merged_weight(w[i], a[i], b[i], scale, dtype)
         return out
-    r = a.shape[-1]
-    prod = a.reshape(-1, r).astype(np.float32) @ b.reshape(r, -1).astype(np.float32)
-    return (w.astype(np.float32) + np.float32(scale) * prod.reshape(w.shape)).astype(dtype)
+    return merge_factors(w, a, b, scale, dtype)
 
 
 def projection_owner(name: str) -> str:

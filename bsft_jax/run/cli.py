@@ -19,9 +19,11 @@ def flag_error_text(e: BaseException) -> str:
     return str(e)
 
 
-def parse_flags(fv: flags.FlagValues, argv: Sequence[str], usage: str) -> int | None:
+def parse_flags(fv: flags.FlagValues, argv: Sequence[str], usage: str,
+                positional: list[str] | None = None) -> int | None:
     """Parses ``argv`` into ``fv``. Returns None to go on, or the exit code: 0 after ``--help``
-    (usage + every flag printed), 2 after a bad flag or config override (one line on stderr)."""
+    (usage + every flag printed), 2 after a bad flag or config override (one line on stderr).
+    ``positional``, if given, receives the arguments that are not flags (without the program name)."""
     argv = list(argv)
     if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
         print(usage.strip() + "\n")
@@ -33,7 +35,9 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], usage: str) -> int | 
               file=sys.stderr)
         return 2
     try:
-        fv(argv)
+        rest = fv(argv)
+        if positional is not None:
+            positional.extend(rest[1:])
         if "config" in fv:  # ml_collections defers a config file's load error to first use: surface it here
             _ = fv.config.keys()
     except Exception as e:

@@ -300,6 +300,11 @@ class DistributedSettings:
     num_processes: int = 0
     process_id: int = -1
 
+    @classmethod
+    def from_block(cls, block: Any) -> DistributedSettings:
+        """From the ``distributed`` block (an ml_collections block or a mapping)."""
+        return cls(**_plain(block))
+
     def __post_init__(self) -> None:
         _one_of("distributed", "initialize", self.initialize, DIST_INIT)
 
@@ -338,7 +343,7 @@ class Settings:
             optimizer=OptimizerSettings(**_plain(cfg.optimizer)),
             checkpoint=CheckpointSettings(**_plain(cfg.checkpoint)),
             mesh=MeshSettings(**_plain(cfg.mesh)),
-            distributed=DistributedSettings(**_plain(cfg.distributed)),
+            distributed=DistributedSettings.from_block(cfg.distributed),
             logging=LoggingSettings(**_plain(cfg.logging)),
         )
 

@@ -7,6 +7,7 @@ import sys
 
 from bsft_jax.errors import cli_boundary
 from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.run.settings import DistributedSettings
 from bsft_jax.train import distributed
 from bsft_jax.train.distributed import is_primary
 from bsft_jax.train.loop import NonFiniteLossError, run
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def train() -> int:
-        distributed.maybe_initialize(flags_def.config.distributed)
+        distributed.maybe_initialize(DistributedSettings.from_block(flags_def.config.distributed))
         if not is_primary():  # one progress log per job: the other processes report only problems
             logging.getLogger().setLevel(logging.WARNING)
         result = run(flags_def.config)

@@ -30,6 +30,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from bsft_jax.run.settings import DistributedSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -50,24 +52,25 @@ def _multi_process_environment() -> str | None:
     return None
 
 
-def maybe_initialize(dist_cfg: Any) -> bool:
-    """Initialises ``jax.distributed`` if the config or environment asks for it; returns whether it did.
+def maybe_initialize(settings: DistributedSettings) -> bool:
+    """Initialises ``jax.distributed`` if the settings or environment ask for it; returns whether it did.
 
+    ``settings``: the resolved ``config.distributed`` (``DistributedSettings.from_block(cfg.distributed)``).
     Safe to call twice (a second call is a no-op).
     """
     if jax.distributed.is_initialized():
         return True
-    mode = dist_cfg.initialize
+    mode = settings.initialize
     if mode == "never":
         return False
     kwargs: dict[str, Any] = {}
-    if dist_cfg.coordinator_address:
-        kwargs["coordinator_address"] = dist_cfg.coordinator_address
-        if dist_cfg.num_processes > 0:
-            kwargs["num_processes"] = int(dist_cfg.num_processes)
-        if dist_cfg.process_id >= 0:
-            kwargs["process_id"] = int(dist_cfg.process_id)
-        reason = f"coordinator {dist_cfg.coordinator_address} from the config"
+    if settings.coordinator_address:
+        kwargs["coordinator_address"] = settings.coordinator_address
+        if settings.num_processes > 0:
+            kwargs["num_processes"] = int(settings.num_processes)
+        if settings.process_id >= 0:
+            kwargs["process_id"] = int(settings.process_id)
+        reason = f"coordinator {settings.coordinator_address} from the config"
     else:
         reason = _multi_process_environment()
         if reason is None and mode != "always":

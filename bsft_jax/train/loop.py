@@ -33,7 +33,7 @@ from bsft_jax.run.config import config_to_dict, validate_config
 from bsft_jax.run.lora import base_reference, lora_meta, make_trainer, rebuild_base
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
 from bsft_jax.run.recovery import newest_meta, restore_newest
-from bsft_jax.run.settings import BehaviorSettings, Settings
+from bsft_jax.run.settings import BehaviorSettings, DistributedSettings, Settings
 from bsft_jax.train import distributed
 from bsft_jax.train.data import load_splits, make_eval_batches, train_iterator
 from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_primary
@@ -193,7 +193,8 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
     Raises ConfigError for a bad config and NonFiniteLossError for a NaN/inf step.
     """
     t_start = time.perf_counter()
-    distributed.maybe_initialize(cfg.distributed)  # before validation: it needs the process count
+    # before validation: it needs the process count
+    distributed.maybe_initialize(DistributedSettings.from_block(cfg.distributed))
     devices = list(devices if devices is not None else jax.devices())
     mesh_shape = validate_config(cfg, num_devices=len(devices), num_processes=jax.process_count())
     mesh = make_mesh(mesh_shape, devices)

@@ -38,8 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bsft_jax.train.plan_model import PRESET_TOKENIZER_SIZES as PRESET_TOKENIZER_SIZES
+from bsft_jax.train.plan_model import guess_preset as guess_preset
+from bsft_jax.train.plan_model import model_config_for_plan
 from bsft_jax.train.plan_report import format_plan
 from bsft_jax.train.plan_targets import (
     TARGETS,
@@ -54,92 +57,14 @@ from bsft_jax.train.plan_targets import (
     tpu_devices,
 )
 
+if TYPE_CHECKING:
+    from bsft_jax.run.settings import Settings, TrainSettings
+
 log = logging.getLogger("bsft_jax.train.plan")
 
 
-
-# Tokenizer sizes of the presets' families (len(tokenizer)): the behavior tokens grow the
-# embedding table from here when the HF folder is not on this machine.
-PRESET_TOKENIZER_SIZES = {"qwen2_5": 151_665, "llama3": 128_256, "qwen3": 151_669, "gemma3": 262_144,
-                          "medgemma": 262_144}
-
-
-# ----------------------------------------------------------------------------- model config
-def _normalise(name: str) -> str:
-    name = os.path.basename(os.path.normpath(name)).lower()
-    name = re.sub(r"[-_]?(instruct|chat|base|hf)$|[-_]it$", "", name)  # "-it": Gemma's instruction-tuned
-    return re.sub(r"[^a-z0-9]", "", name)
-
-
-def guess_preset(hf_path: str) -> str | None:
-    """The preset whose name matches an HF folder name (``Qwen2.5-7B-Instruct`` -> ``qwen2_5_7b``)."""
-    from bsft_jax.models.config import PRESETS
-
-    key = _normalise(hf_path)
-    for name in PRESETS:
-        if _normalise(name) == key:
-            return name
-    return None
-
-
-def _preset_tokenizer_size(preset_name: str) -> int:
-    for family, size in PRESET_TOKENIZER_SIZES.items():
-        if preset_name.startswith(family):
-            return size
-    raise PlanError(f"preset {preset_name!r}: tokenizer size unknown; put the HF folder (config.json and tokenizer) "
-                    "at config.model.hf_path")
-
-
-def model_config_for_plan(cfg: Any, model_preset: str | None = None) -> tuple[Any, str]:
-    """The DecoderConfig a run of ``cfg`` would train (vocabulary grown by the behavior tokens).
-
-    Reads only ``config.json`` and the tokenizer when the HF folder exists; otherwise uses the
-    preset named by ``model_preset`` or guessed from ``model.hf_path``'s folder name. Returns
-    ``(config, how)`` where ``how`` says where the architecture came from.
-    """
-    from bsft_jax import storage
-    from bsft_jax.behavior.surgery import grown_vocab_size
-    from bsft_jax.models.config import DecoderConfig, preset
-    from bsft_jax.run.model_setup import load_tokenizer, scratch_config, tokenizer_path
-    from bsft_jax.run.settings import Settings
-
-    s = Settings.from_config(cfg)
-    rt, spec = s.model.runtime.fields(), s.behavior.spec
-    tokenizer, preset_name = None, None
-    tok_path = tokenizer_path(s.model, s.data, spec) if (cfg.model.source == "scratch" or not model_preset) else ""
-    if tok_path and storage.isdir(tok_path):
-        tokenizer = load_tokenizer(tok_path)
-    hf_json = storage.join(cfg.model.hf_path or "", "config.json")
-    if cfg.model.source == "scratch":
-        if tokenizer is None:
-            raise PlanError(f"config.tokenizer.path={cfg.tokenizer.path!r}: a from-scratch model needs its tokenizer")
-        config, how = scratch_config(s.model, tokenizer), "config.model.arch (from scratch)"
-    elif not model_preset and storage.isfile(hf_json):
-        config, how = DecoderConfig.from_hf(cfg.model.hf_path, param_dtype=rt["param_dtype"], dtype=rt["dtype"],
-                                            logits_dtype=rt["logits_dtype"], remat=rt["remat"]), hf_json
-    else:
-        preset_name = model_preset or guess_preset(cfg.model.hf_path)
-        if preset_name is None:
-            raise PlanError(f"config.model.hf_path={cfg.model.hf_path!r} has no config.json here and names no known "
-                            "preset; pass --plan_model=PRESET (bsft_jax.models.config.PRESETS)")
-        config = preset(preset_name, **rt)
-        how = f"preset {preset_name}" + ("" if model_preset else f" ({hf_json} not found)")
-    if cfg.behavior.enabled:
-        if tokenizer is not None:
-            vocab = tokenizer.get_vocab()
-            num_tokens = len(tokenizer) + sum(t not in vocab for t in spec.tokens)
-        elif preset_name is not None:
-            num_tokens = _preset_tokenizer_size(preset_name) + len(spec.tokens)
-        else:
-            raise PlanError(f"{tok_path or cfg.model.hf_path}: no tokenizer here; the behavior tokens' vocabulary "
-                            "growth needs it (or pass --plan_model=PRESET)")
-        rows = grown_vocab_size(config.vocab_size, num_tokens, cfg.model.vocab_pad_multiple)
-        config = config.replace(vocab_size=rows, valid_vocab_size=min(num_tokens, rows))
-    return config, how
-
-
 # ----------------------------------------------------------------------------- checks
-def resolve_plan_mesh(cfg: Any, mesh: dict[str, int], num_devices: int) -> dict[str, int]:
+def resolve_plan_mesh(train: TrainSettings, mesh: dict[str, int], num_devices: int) -> dict[str, int]:
     """The mesh sizes with ``-1`` resolved, and the batch divisibility the trainer requires."""
     from bsft_jax.models.sharding import resolve_mesh_shape
 
@@ -147,12 +72,11 @@ def resolve_plan_mesh(cfg: Any, mesh: dict[str, int], num_devices: int) -> dict[
         sizes = resolve_mesh_shape(mesh, num_devices)
     except ValueError as e:
         raise PlanError(f"--mesh: {e}") from None
-    t = cfg.train
     shards = sizes["data"] * sizes["fsdp"]
-    if t.global_batch_size % (t.microbatches * shards):
-        raise PlanError(f"config.train.global_batch_size={t.global_batch_size} is not divisible by train.microbatches "
-                        f"x (data x fsdp) = {t.microbatches} x {shards}: every device needs whole rows; lower "
-                        "microbatches, raise the batch, or move devices to --mesh tensor=")
+    if train.global_batch_size % (train.microbatches * shards):
+        raise PlanError(f"config.train.global_batch_size={train.global_batch_size} is not divisible by "
+                        f"train.microbatches x (data x fsdp) = {train.microbatches} x {shards}: every device needs "
+                        "whole rows; lower microbatches, raise the batch, or move devices to --mesh tensor=")
     return sizes
 
 
@@ -194,21 +118,20 @@ def analytic_bytes(trainer: Any, global_batch: int, seq_len: int) -> dict[str, i
     return out
 
 
-def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str, int]) -> tuple[Any, Any, float]:
+def compile_step(settings: Settings, config: Any, devices: list[Any],
+                 mesh_sizes: dict[str, int]) -> tuple[Any, Any, float]:
     """The trainer's step compiled for abstract inputs on ``devices``: ``(trainer, compiled, seconds)``."""
     import jax
 
     from bsft_jax.models.sharding import make_mesh
-    from bsft_jax.run.settings import Settings
     from bsft_jax.train.optim import make_optimizer
     from bsft_jax.train.step import Trainer
 
     mesh = make_mesh(mesh_sizes, devices)
-    settings = Settings.from_config(cfg)
-    tx, schedule = make_optimizer(settings.optimizer, cfg.train.steps)
+    t = settings.train
+    tx, schedule = make_optimizer(settings.optimizer, t.steps)
     lora = settings.model.lora
     with jax.set_mesh(mesh):
-        t = cfg.train
         options = dict(microbatches=t.microbatches, z_loss=t.z_loss, loss_impl=t.loss_impl, loss_chunk=t.loss_chunk,
                        loss_budget=t.loss_budget)
         if lora.config is not None:  # the LoRA step: frozen base (optionally in the compute dtype), no AdamW for it
@@ -221,8 +144,35 @@ def compile_step(cfg: Any, config: Any, devices: list[Any], mesh_sizes: dict[str
         else:
             trainer = Trainer(config, tx, schedule, mesh, **options)
         t0 = time.perf_counter()
-        compiled = trainer.compile(cfg.train.global_batch_size, cfg.data.seq_len)
+        try:
+            compiled = trainer.compile(t.global_batch_size, settings.data.seq_len)
+        except Exception as e:  # the TPU compiler's "Ran out of memory in memory space hbm": a result, not a bug
+            oom = compile_out_of_memory(e)
+            if oom is None:
+                raise
+            raise CompileOutOfMemory(trainer, *oom, str(e).strip().splitlines()[0][:300]) from e
     return trainer, compiled, time.perf_counter() - t0
+
+
+class CompileOutOfMemory(Exception):
+    """The compiler refused the step for want of device memory (the TPU compiler checks its HBM)."""
+
+    def __init__(self, trainer: Any, temp: int, available: int, message: str):
+        super().__init__(message)
+        self.trainer, self.temp, self.available = trainer, temp, available
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_OOM = re.compile(r"RESOURCE_EXHAUSTED.*?required for HLO temporaries \(([\d.]+)([KMGT]?)\)"
+                  r".*?available HBM \(([\d.]+)([KMGT]?)\)", re.S)
+
+
+def compile_out_of_memory(error: BaseException) -> tuple[int, int] | None:
+    """(temporaries needed, HBM available) in bytes when ``error`` is the compiler's out-of-HBM refusal."""
+    m = _OOM.search(str(error))
+    if m is None:
+        return None
+    return round(float(m[1]) * _UNITS[m[2]]), round(float(m[3]) * _UNITS[m[4]])
 
 
 def xla_bytes(compiled: Any) -> dict[str, int]:
@@ -251,29 +201,34 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
     """
     import jax
 
+    from bsft_jax.run.settings import Settings
+
+    settings = Settings.from_config(cfg)  # the typed pieces, resolved (and validated) once
     tgt = target_by_name(target) if isinstance(target, str) else target
     if num_devices is None:
         num_devices = tgt.num_devices if tgt is not None else len(jax.devices())
     if tgt is not None and tgt.num_devices != num_devices:
         raise PlanError(f"--plan_devices={num_devices} disagrees with --plan_target={tgt.name} "
                         f"({tgt.num_devices} devices)")
-    mesh_in = dict(mesh or {a: int(cfg.mesh[a]) for a in ("data", "fsdp", "tensor")})
-    sizes = resolve_plan_mesh(cfg, mesh_in, num_devices)
+    mesh_in = dict(mesh or settings.mesh.sizes())
+    sizes = resolve_plan_mesh(settings.train, mesh_in, num_devices)
     compiler = _choose_compiler(compiler, tgt)
-    if compiler == "tpu":
-        devices = tpu_devices(tgt) if not backends_initialized() or _tpu_backend_known() else None
-    else:
-        devices = cpu_devices(num_devices)
+    devices = _plan_devices(compiler, tgt, num_devices)
     if devices is None:  # this process's backends cannot give those devices: plan in a fresh one
         return _plan_in_subprocess(cfg, mesh_in, num_devices, tgt, compiler, hbm_bytes, model_preset)
 
-    config, how = model_config_for_plan(cfg, model_preset)
-    trainer, compiled, seconds = compile_step(cfg, config, devices, sizes)
+    config, how = model_config_for_plan(settings.model, settings.data, settings.behavior, model_preset)
+    hbm = hbm_bytes if hbm_bytes is not None else (tgt.hbm_bytes if tgt is not None else None)
+    t0 = time.perf_counter()
+    try:
+        trainer, compiled, seconds = compile_step(settings, config, devices, sizes)
+        xla: dict[str, Any] = xla_bytes(compiled)
+    except CompileOutOfMemory as e:  # no executable, so no peak: the temporaries it asked for, and the verdict
+        trainer, seconds = e.trainer, time.perf_counter() - t0
+        xla = {"temp": e.temp, "peak": None, "out_of_memory": {"available": e.available, "message": str(e)}}
     from bsft_jax.models.decoder import abstract_decoder, count_params
 
-    hbm = hbm_bytes if hbm_bytes is not None else (tgt.hbm_bytes if tgt is not None else None)
-    xla = xla_bytes(compiled)
-    t = cfg.train
+    t, seq_len = settings.train, settings.data.seq_len
     return {
         "target": tgt.name if tgt is not None else None,
         "num_devices": num_devices,
@@ -286,14 +241,14 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
                   "dtype": config.dtype, "param_dtype": config.param_dtype, "remat": config.remat,
                   "lora": trainer.lora.to_dict() if hasattr(trainer, "lora") else None,
                   "trainable_params": trainer.num_trainable() if hasattr(trainer, "lora") else None},
-        "batch": {"global_batch_size": t.global_batch_size, "seq_len": cfg.data.seq_len,
+        "batch": {"global_batch_size": t.global_batch_size, "seq_len": seq_len,
                   "microbatches": t.microbatches,
                   "rows_per_device_per_microbatch": t.global_batch_size // t.microbatches
                   // (sizes["data"] * sizes["fsdp"])},
-        "analytic": analytic_bytes(trainer, t.global_batch_size, cfg.data.seq_len),
+        "analytic": analytic_bytes(trainer, t.global_batch_size, seq_len),
         "xla": xla,
         "compile_seconds": round(seconds, 1),
-        "fits": None if hbm is None else bool(xla["peak"] <= hbm),
+        "fits": False if xla["peak"] is None else None if hbm is None else bool(xla["peak"] <= hbm),
         "note": tgt.note if tgt is not None else "",
     }
 
@@ -311,6 +266,13 @@ def _choose_compiler(compiler: str, tgt: Target | None) -> str:
     elif compiler != "cpu":
         raise PlanError(f"--plan_compiler={compiler!r}: expected auto, cpu or tpu")
     return compiler
+
+
+def _plan_devices(compiler: str, tgt: Target | None, num_devices: int) -> list[Any] | None:
+    """The devices the step is compiled for, or None when this process's backends cannot give them."""
+    if compiler == "tpu":
+        return tpu_devices(tgt) if not backends_initialized() or _tpu_backend_known() else None
+    return cpu_devices(num_devices)
 
 
 def _tpu_backend_known() -> bool:

@@ -33,16 +33,13 @@ def format_plan(plan: dict[str, Any], config_name: str = "") -> str:
         f"    batch                           {_gib(a['batch'])}",
         f"    activations, lower bound: layer inputs kept {_gib(a['layer_inputs_kept'])}, "
         f"fp32 logits {_gib(a['logits_fp32'])}",
-        f"  per device, {compiler}, compiled in {plan['compile_seconds']}s:",
-        f"    arguments (state + batch)       {_gib(x['argument'])}",
-        f"    outputs (new state, donated)    {_gib(x['output'])}  (aliased to arguments: {_gib(x['alias'])})",
-        f"    temporaries                     {_gib(x['temp'])}  (activations, gradients, gathered weights, logits)",
-        f"    peak = args + outputs - aliased + temporaries  {_gib(x['peak'])}",
-        f"    of which activations and other temporaries (temporaries - analytic gradients) "
-        f"{_gib(max(x['temp'] - a['gradients'], 0))}",
+        *_xla_lines(plan, compiler),
     ]
     hbm = plan["hbm_bytes_per_device"]
-    if hbm:
+    if x["peak"] is None:
+        lines.append(f"  does NOT fit: the compiler needs {_gib(x['temp'])} of temporaries alone, "
+                     f"{_gib(x['out_of_memory']['available'])} per device are available to them")
+    elif hbm:
         verdict = "fits" if plan["fits"] else "does NOT fit"
         lines.append(f"  {verdict}: peak {_gib(x['peak'])} of {_gib(hbm)} per device "
                      f"({100 * x['peak'] / hbm:.0f}%)")
@@ -55,3 +52,19 @@ def format_plan(plan: dict[str, Any], config_name: str = "") -> str:
     if plan.get("note"):
         lines.append(f"  note: {plan['note']}")
     return "\n".join(lines)
+
+
+def _xla_lines(plan: dict[str, Any], compiler: str) -> list[str]:
+    """The compiled step's figures, or the compiler's out-of-memory refusal."""
+    a, x = plan["analytic"], plan["xla"]
+    if x["peak"] is None:
+        return [f"  per device, {compiler}: refused after {plan['compile_seconds']}s: {x['out_of_memory']['message']}"]
+    return [
+        f"  per device, {compiler}, compiled in {plan['compile_seconds']}s:",
+        f"    arguments (state + batch)       {_gib(x['argument'])}",
+        f"    outputs (new state, donated)    {_gib(x['output'])}  (aliased to arguments: {_gib(x['alias'])})",
+        f"    temporaries                     {_gib(x['temp'])}  (activations, gradients, gathered weights, logits)",
+        f"    peak = args + outputs - aliased + temporaries  {_gib(x['peak'])}",
+        f"    of which activations and other temporaries (temporaries - analytic gradients) "
+        f"{_gib(max(x['temp'] - a['gradients'], 0))}",
+    ]

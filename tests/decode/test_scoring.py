@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bsft_jax.decode.scoring import continuation_logprobs, trace_counts
+from bsft_jax.decode.scoring import Scorer, continuation_logprobs
 from bsft_jax.models.hf import load_hf
 from bsft_jax.models.sharding import make_mesh
 from tests.helpers import save_tiny
@@ -29,12 +29,15 @@ def _torch_scores(model, prefixes, continuations):
 def test_continuation_logprobs_match_transformers(tmp_path):
     folder, torch_model = save_tiny(tmp_path, "llama")
     model, _ = load_hf(folder)
-    ours = continuation_logprobs(model, PREFIXES, CONTINUATIONS, batch_size=2)
+    scorer = Scorer(model, batch_size=2)
+    ours = scorer(PREFIXES, CONTINUATIONS)
     np.testing.assert_allclose(ours, _torch_scores(torch_model, PREFIXES, CONTINUATIONS), atol=ATOL, rtol=0)
-    before = trace_counts()
+    np.testing.assert_allclose(continuation_logprobs(model, PREFIXES, CONTINUATIONS, batch_size=2), ours, atol=0,
+                               rtol=0)
+    before = scorer.compile_counts()
     # other lengths in the same buckets (length 16, batch 2): no new compilation
-    again = continuation_logprobs(model, [[1] * 10, [2, 3]], [[4, 5], [6]], batch_size=2)
-    assert trace_counts() == before
+    again = scorer([[1] * 10, [2, 3]], [[4, 5], [6]])
+    assert scorer.compile_counts() == before
     np.testing.assert_allclose(again, _torch_scores(torch_model, [[1] * 10, [2, 3]], [[4, 5], [6]]), atol=ATOL)
     sharded = continuation_logprobs(model, PREFIXES, CONTINUATIONS, mesh=make_mesh({"data": 4, "tensor": 2}))
     np.testing.assert_allclose(sharded, ours, atol=ATOL, rtol=0)

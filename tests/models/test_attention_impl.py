@@ -56,22 +56,22 @@ def test_fused_attention_matches_the_einsum_path_on_packed_and_padded_rows():
 
 def test_decoder_with_the_fused_path_matches_einsum(monkeypatch, tmp_path):
     """A whole decoder forward with attention routed through fused_attention equals the einsum model."""
-    import bsft_jax.models.decoder as decoder
+    import bsft_jax.models.attention as attention
 
     folder, _ = save_tiny(tmp_path, "qwen2", tie=True)
     model, config = load_hf(folder)
     ids, mask, _ = padded_batch()
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     ref = model(ids, attention_mask=mask)
-    real = decoder.fused_attention
+    real = attention.fused_attention
     calls = []
 
     def on_cpu(*args, implementation):
         calls.append(implementation)
         return real(*args, implementation="xla")
 
-    monkeypatch.setattr(decoder, "fused_attention", on_cpu)
-    monkeypatch.setattr(decoder, "resolve_attention_impl", lambda c: "cudnn")
+    monkeypatch.setattr(attention, "fused_attention", on_cpu)
+    monkeypatch.setattr(attention, "resolve_attention_impl", lambda c: "cudnn")
     out = model(ids, attention_mask=mask)
     assert calls == ["cudnn"]  # one scanned block traced once
     valid = np.asarray(mask, bool)[:, :, None]

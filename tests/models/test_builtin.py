@@ -91,6 +91,17 @@ def test_cli_unknown_name_exits_2_with_one_line():
         "error: unknown built-in model 'no-such-model'; known: qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct"]
 
 
+def test_cli_flags_are_absl_and_a_missing_name_or_bad_flag_exits_2(capsys):
+    from bsft_jax.models import builtin
+
+    assert builtin.main([]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: expected one model NAME (one of qwen2.5-coder")
+    assert builtin.main(["smollm2-135m-instruct", "--dtyp=bf16"]) == 2
+    assert "Unknown command line flag 'dtyp'" in capsys.readouterr().err
+    assert builtin.main(["--help"]) == 0
+    assert "--[no]force" in capsys.readouterr().out
+
+
 def test_config_validation_checks_builtin_names(tmp_path):
     from bsft_jax.run.config import ConfigError, default_config, validate_config
 

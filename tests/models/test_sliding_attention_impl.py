@@ -28,28 +28,28 @@ def _batch(t: int = 24):
 
 
 def test_sliding_layers_pass_the_window_to_the_fused_kernel(monkeypatch):
-    import bsft_jax.models.decoder as decoder
+    import bsft_jax.models.attention as attention
 
     model = Decoder(DecoderConfig(**GEMMA_TINY), rngs=nnx.Rngs(0))
     ids, seg = _batch()
     ref = np.asarray(model(ids, segment_ids=seg))
-    real, windows = decoder.fused_attention, []
+    real, windows = attention.fused_attention, []
 
     def on_cpu(*args, implementation, **kw):
         windows.append(kw.get("local_window_size"))
         assert kw["scale"] == pytest.approx(12.0**-0.5)
         return real(*args, implementation="xla", **kw)
 
-    monkeypatch.setattr(decoder, "fused_attention", on_cpu)
-    monkeypatch.setattr(decoder, "resolve_attention_impl", lambda c: "cudnn")
+    monkeypatch.setattr(attention, "fused_attention", on_cpu)
+    monkeypatch.setattr(attention, "resolve_attention_impl", lambda c: "cudnn")
     out = np.asarray(model(ids, segment_ids=seg))
     assert sorted(windows, key=str) == [(WINDOW - 1, 0), None]  # both branches of the per-layer cond, once
     valid = np.asarray(seg, bool)[:, :, None]
     np.testing.assert_allclose(np.where(valid, out, 0), np.where(valid, ref, 0), rtol=1e-5, atol=1e-5)
 
     # and the window is real: without it (every layer global) the logits past the window differ
-    monkeypatch.setattr(decoder, "fused_attention", real)
-    monkeypatch.setattr(decoder, "resolve_attention_impl", lambda c: "einsum")
+    monkeypatch.setattr(attention, "fused_attention", real)
+    monkeypatch.setattr(attention, "resolve_attention_impl", lambda c: "einsum")
     wide = Decoder(DecoderConfig(**{**GEMMA_TINY, "sliding_window": 1000}), rngs=nnx.Rngs(0))
     assert np.abs(np.asarray(wide(ids, segment_ids=seg)) - ref)[:, WINDOW:20].max() > 1e-4
 

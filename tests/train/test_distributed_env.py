@@ -1,10 +1,9 @@
 """When and how jax.distributed is initialised, from the config and the environment."""
 
-import types
-
 import jax
 import pytest
 
+from bsft_jax.run.settings import DistributedSettings
 from bsft_jax.train import distributed
 
 
@@ -21,7 +20,7 @@ def calls(monkeypatch):
 
 def cfg(**kw):
     base = dict(initialize="auto", coordinator_address="", num_processes=-1, process_id=-1)
-    return types.SimpleNamespace(**{**base, **kw})
+    return DistributedSettings(**{**base, **kw})
 
 
 def test_single_process_environment_does_not_initialise(calls):

@@ -112,12 +112,14 @@ def test_architecture_from_presets_and_behavior_vocabulary_growth():
     assert target_by_name("v4-32").num_devices == 16 and target_by_name("h100x8").platform == "gpu"
     qwen = load_config_file(os.path.join(ROOT, "configs", "qwen2_5_7b_behaviorsft.py"), "qwen2_5_7b_behaviorsft.py")
     qwen.model.hf_path = "/nonexistent/Qwen2.5-7B-Instruct"
-    config, how = model_config_for_plan(qwen)
+    s = Settings.from_config(qwen)
+    config, how = model_config_for_plan(s.model, s.data, s.behavior)
     assert "preset qwen2_5_7b" in how and config.vocab_size == 152_064  # 151,665 + 3 fit the spare rows
     assert config.remat == "full" and config.dtype == "bfloat16" and config.param_dtype == "float32"
     llama = load_config_file(os.path.join(ROOT, "configs", "llama3_1_8b_behaviorsft.py"), "llama3_1_8b_behaviorsft.py")
     llama.model.hf_path = "/nonexistent/Llama-3.1-8B-Instruct"
-    config, _ = model_config_for_plan(llama)
+    s = Settings.from_config(llama)
+    config, _ = model_config_for_plan(s.model, s.data, s.behavior)
     assert config.vocab_size == 128_384 and config.valid_vocab_size == 128_259  # padded to a multiple of 128
 
 
@@ -169,3 +171,29 @@ def test_tpu_compiler_plan_for_a_small_slice(tmp_path):
     plan = plan_memory(cfg, mesh=parse_mesh("fsdp=-1"), target="v5e-8", compiler="tpu")
     assert plan["compiler"] == "tpu" and "TPU" in plan["device_kind"] and plan["num_devices"] == 8
     assert plan["xla"]["argument"] >= plan["analytic"]["params"] + plan["analytic"]["opt_state"]
+
+
+def test_the_compilers_out_of_memory_refusal_is_a_plan_that_does_not_fit(tmp_path, monkeypatch):
+    from bench.tables import _plan_peak
+    from bsft_jax.train import plan as plan_mod
+
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(39.61G) exceeds available HBM (30.75G).")
+    assert plan_mod.compile_out_of_memory(RuntimeError(message)) == (round(39.61 * 2**30), round(30.75 * 2**30))
+    assert plan_mod.compile_out_of_memory(RuntimeError("INTERNAL: something else")) is None
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError(message + "\nmore detail")
+
+    monkeypatch.setattr(Trainer, "compile", refuse)
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"))
+    plan = plan_memory(cfg, num_devices=1, compiler="cpu", hbm_bytes=parse_bytes("32GiB"))
+    assert plan["fits"] is False and plan["xla"]["peak"] is None
+    assert plan["xla"]["temp"] == round(39.61 * 2**30) and plan["analytic"]["params"] > 0
+    text = format_plan(plan, "tiny")
+    assert "refused after" in text and "does NOT fit: the compiler needs 39.61 GiB of temporaries alone" in text
+    assert _plan_peak(plan["xla"]) == "out of HBM" and _plan_peak(None) == "-"
+
+    monkeypatch.setattr(Trainer, "compile", lambda self, *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):  # any other compile error stays a traceback
+        plan_memory(cfg, num_devices=1, compiler="cpu")

@@ -20,12 +20,12 @@ MESSAGE = "the run directory must be storage that all hosts share, such as gs://
 
 _CHECK_ONLY = """
 import sys
-from ml_collections import ConfigDict
+from bsft_jax.run.settings import DistributedSettings
 from bsft_jax.train import distributed
 from bsft_jax.train.shared_storage import check_shared_run_dir
 port, pid, run_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-distributed.maybe_initialize(ConfigDict(dict(initialize="auto", coordinator_address=f"127.0.0.1:{port}",
-                                             num_processes=2, process_id=pid)))
+distributed.maybe_initialize(DistributedSettings(initialize="auto", coordinator_address=f"127.0.0.1:{port}",
+                                                 num_processes=2, process_id=pid))
 check_shared_run_dir(run_dir)
 print("shared ok")
 """
