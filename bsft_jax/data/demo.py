@@ -34,7 +34,10 @@ from bsft_jax.data.schema import Record, read_jsonl, write_jsonl
 from bsft_jax.files import cache_dir as default_cache_dir  # the public name of the one cache folder
 from bsft_jax.files import replace_dir
 
-DEMO_VERSION = "2.0.0"  # bump when generated content changes (it is part of the cache key)
+DEMO_VERSION = "2.0.1"  # bump when generated content changes (it is part of the cache key)
+# The RNG streams keep 2.0.0's key: 2.0.1 only made the split of DDX scenes independent of the
+# process's string-hash seed (a frozenset's repr was hashed), so only those scenes changed.
+_RNG_VERSION = "2.0.0"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 CHATML_SPECIALS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (
@@ -89,7 +92,7 @@ def generate_split(split: str, num_records: int, *, seed: int = 0, spec: Behavio
     combination is drawn again until it belongs to ``split`` (:func:`split_of`).
     """
     spec = spec or BehaviorSpec()
-    rng = random.Random(f"bsft-demo/{DEMO_VERSION}/{seed}/{split}")
+    rng = random.Random(f"bsft-demo/{_RNG_VERSION}/{seed}/{split}")
     categories = [taxonomy.CATEGORY_NAMES[i % len(taxonomy.CATEGORY_NAMES)] for i in range(num_records)]
     rng.shuffle(categories)
     records: list[Record] = []

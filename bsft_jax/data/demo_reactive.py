@@ -101,7 +101,7 @@ def ddx_reasoning(rng: random.Random, pt: Patient, force_label: str | None = Non
     turns = frame(pt, v, f"Presents with {feats[0]} and {complaint}.", card, "New admission.",
                   "Which diagnosis on the card fits best?")
     response = f"Answer: {answer}\n{cap(feats[0])} suggests {dxs[0]} on the card."
-    return Scene(turns, answer, response, options, combo=(dxs[0], feats[0], frozenset(dxs)))
+    return Scene(turns, answer, response, options, combo=(dxs[0], feats[0], tuple(sorted(dxs))))
 
 
 def temporal_ordering(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
