@@ -56,11 +56,15 @@ def _newest(select):
     return lambda records: select(records)[-1:]
 
 
-def _newest_per_size(select):
-    """The newest selected record of each ``config.size``, in file order."""
+def _newest_per_size(select, *keys: str):
+    """The newest selected record of each ``config.size`` (and of each value of ``config[k]`` for
+    ``keys``), in file order."""
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["config"]["size"], *(r["config"].get(k) for k in keys))
+
     def pick(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        newest = {r["config"]["size"]: r for r in select(records)}
-        return [r for r in select(records) if newest[r["config"]["size"]] is r]
+        newest = {key(r): r for r in select(records)}
+        return [r for r in select(records) if newest[key(r)] is r]
     return pick
 
 
@@ -418,10 +422,10 @@ TABLES = [
     Table("gpu-decode", "BENCHMARKS.md", RESULTS,
           _newest(_backend("decode", "gpu")), render_gpu_decode,
           _deps("bench/decode.py"), "python -m bench.decode --size qwen2_5_0_5b --dtype bfloat16"),
-    Table("round2-train", "BENCHMARKS.md", RESULTS, _newest_per_size(_bench("round2_train")),
+    Table("round2-train", "BENCHMARKS.md", RESULTS, _newest_per_size(_bench("round2_train"), "impls"),
           render_round2_train, _deps("bench/round2.py", "bench/train_step.py"),
           "python -m bench.round2 train --size smollm2_135m --batch 4 --seq 512 --blocks 3 "
-          "(and --size qwen2_5_0_5b --batch 2)", pending=True),
+          "(and --size qwen2_5_0_5b --batch 1 --impls chunked,torch, then --impls full,torch)", pending=True),
     Table("round2-decode", "BENCHMARKS.md", RESULTS,
           _newest(_cpu_decode("smollm2_135m")), render_decode, _deps("bench/decode.py"),
           "python -m bench.round2 decode --size smollm2_135m --batch 8 --new 128 --blocks 5", pending=True),
