@@ -21,8 +21,8 @@ install libtpu==0.0.42.1``, the version jax 0.10.2 pins) the step is compiled by
 for the slice's topology (deviceless AOT, as MaxText's train_compile does): the figure is what
 that TPU would allocate, up to runtime overheads. Otherwise it is compiled by XLA's CPU backend
 over ``N`` fake CPU devices: its sharding and buffer sizes are right, but CPU fusion, layout and
-scheduling differ from TPU/GPU (measured here: the CPU temporaries are 1.3-1.8x the TPU
-compiler's for the 7B/8B recipes), so take CPU figures as a conservative estimate. GPU targets
+scheduling differ from TPU/GPU (measured here: the CPU temporaries are 0.9-1.6x the TPU
+compiler's for the shipped recipes, README's planner table), so take CPU figures as a conservative estimate. GPU targets
 always get the CPU estimate (the CUDA compiler is not used here).
 """
 
@@ -219,13 +219,7 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
 
     config, how = model_config_for_plan(settings.model, settings.data, settings.behavior, model_preset)
     hbm = hbm_bytes if hbm_bytes is not None else (tgt.hbm_bytes if tgt is not None else None)
-    t0 = time.perf_counter()
-    try:
-        trainer, compiled, seconds = compile_step(settings, config, devices, sizes)
-        xla: dict[str, Any] = xla_bytes(compiled)
-    except CompileOutOfMemory as e:  # no executable, so no peak: the temporaries it asked for, and the verdict
-        trainer, seconds = e.trainer, time.perf_counter() - t0
-        xla = {"temp": e.temp, "peak": None, "out_of_memory": {"available": e.available, "message": str(e)}}
+    trainer, xla, seconds = _compiled_bytes(settings, config, devices, sizes)
     from bsft_jax.models.decoder import abstract_decoder, count_params
 
     t, seq_len = settings.train, settings.data.seq_len
@@ -251,6 +245,19 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
         "fits": False if xla["peak"] is None else None if hbm is None else bool(xla["peak"] <= hbm),
         "note": tgt.note if tgt is not None else "",
     }
+
+
+def _compiled_bytes(settings: Settings, config: Any, devices: list[Any], sizes: dict[str, int]
+                    ) -> tuple[Any, dict[str, Any], float]:
+    """``(trainer, XLA bytes, compile seconds)``; a compiler's out-of-HBM refusal gives no executable,
+    so no peak: the temporaries it asked for (``peak`` None, ``out_of_memory`` set) instead."""
+    t0 = time.perf_counter()
+    try:
+        trainer, compiled, seconds = compile_step(settings, config, devices, sizes)
+        return trainer, xla_bytes(compiled), seconds
+    except CompileOutOfMemory as e:
+        xla = {"temp": e.temp, "peak": None, "out_of_memory": {"available": e.available, "message": str(e)}}
+        return e.trainer, xla, time.perf_counter() - t0
 
 
 def _choose_compiler(compiler: str, tgt: Target | None) -> str:

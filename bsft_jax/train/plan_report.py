@@ -45,7 +45,7 @@ def format_plan(plan: dict[str, Any], config_name: str = "") -> str:
                      f"({100 * x['peak'] / hbm:.0f}%)")
     if plan["compiler"] == "cpu":
         lines.append("  note: CPU figures: shardings and buffer sizes are right, but TPU/GPU compilers fuse, lay out "
-                     "and schedule differently (temporaries here were 1.3-1.8x the TPU compiler's for the 7B/8B "
+                     "and schedule differently (temporaries here were 0.9-1.6x the TPU compiler's for the shipped "
                      "recipes)")
         if plan["target"] and TARGETS[plan["target"]].platform == "tpu":
             lines.append("  note: for the TPU compiler's own figure: pip install libtpu==0.0.42.1 (jax 0.10.2's pin)")
