@@ -237,3 +237,11 @@ def test_plan_table_records_rows_that_render(tmp_path, monkeypatch, capsys):
     assert "| Qwen2.5-7B | v5e-64 (32, 16 GiB) | fsdp=8 tensor=4 | 1.00 | 2.00 | 2.00 | 5.0 | 8.0 | 11.0 | yes |" \
         in text
     assert "| Llama-3.1-8B | 8x H100 (8, 16 GiB) | fsdp=8 | 1.00 | 2.00 | 2.00 | 7.0 (CPU) | - | 11.0 | yes* |" in text
+
+
+def test_newest_per_size_keeps_one_record_per_size_and_key():
+    recs = [{"bench": "b", "config": {"size": s, "impls": i}, "n": n}
+            for n, (s, i) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("a", "x")])]
+    pick = tables._newest_per_size(lambda rs: rs, "impls")
+    assert [r["n"] for r in pick(recs)] == [1, 2, 3]  # file order; the older ("a", "x") dropped
+    assert [r["n"] for r in tables._newest_per_size(lambda rs: rs)(recs)] == [2, 3]
