@@ -21,6 +21,10 @@ class UserError(Exception):
     """An error caused by the user's input; its message says what is wrong, where, and what to do."""
 
 
+class PathError(UserError, OSError):
+    """A path the user named cannot be written: read-only, or a file where a folder is needed (or under one)."""
+
+
 def one_line(e: BaseException) -> str:
     """The message of ``e`` on one line (newlines become ``; ``), or its type name when empty."""
     text = str(e).strip() or type(e).__name__

@@ -38,6 +38,7 @@ from flax import nnx, traverse_util
 
 from bsft_jax import storage
 from bsft_jax.errors import UserError, cli_boundary
+from bsft_jax.files import check_writable
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.hf import save_hf
@@ -195,6 +196,8 @@ def export_checkpoint(run_dir: str, out: str, *, step: int | None = None, dtype:
     run_dir, out = storage.abspath(run_dir), storage.abspath(out)
     if storage.exists(out) and (not storage.isdir(out) or storage.listdir(out)) and not overwrite:
         raise ExportError(f"{out}: exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+    check_writable(out, "--out")  # the folder is staged beside it and renamed: a read-only parent fails now
+    check_writable(storage.dirname(out), "--out")
     if _is_lora_run(run_dir, step, adapter):  # adapters + rows only: the base is rebuilt from the checkpoint
         return _export_lora_run(run_dir, step, out, dtype=dtype, tokenizer_dir=tokenizer_dir, adapter=adapter,
                                 max_shard_size=max_shard_size, overwrite=overwrite)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from bsft_jax import storage
+from bsft_jax.errors import PathError
 
 
 def cache_dir() -> str:
@@ -70,3 +71,35 @@ def replace_dir(src: str, dst: str) -> None:
     os.replace(src, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike, what: str, *, folder: bool = True) -> None:
+    """Raises :class:`bsft_jax.errors.PathError` (naming ``what``, e.g. ``config.run_dir``) unless
+    ``path`` can be written: an existing folder (or, ``folder=False``, file) that is writable, or a
+    missing one whose nearest existing parent is a writable folder. Creates nothing. ``gs://`` URLs
+    are not checked (permissions there are the bucket's, known only at the first write).
+
+    Called before work that would end in the write (a training run, a decode, a compile), so a
+    read-only folder or a file in the way is one line at the start instead of a traceback at the end.
+    """
+    path = os.fspath(path)
+    if not path or storage.is_url(path):
+        return
+    path = os.path.abspath(path)
+    kind = "folder" if folder else "file"
+    if os.path.exists(path):
+        if os.path.isdir(path) != folder:
+            raise PathError(f"{what}: {path!r} is a {'file' if folder else 'folder'}, not a {kind}; "
+                            f"give a {kind} path")
+        target = path
+    else:
+        target = os.path.dirname(path)
+        while not os.path.exists(target):
+            target = os.path.dirname(target)
+        if not os.path.isdir(target):
+            raise PathError(f"{what}: {target!r} is a file, so {path!r} cannot be created under it; "
+                            f"give another {kind} path")
+    mode = os.W_OK | (os.X_OK if os.path.isdir(target) else 0)
+    if not os.access(target, mode):
+        raise PathError(f"{what}: {target!r} is not writable (permission denied); choose a {kind} path you can "
+                        "write to, or change its permissions")

@@ -18,8 +18,38 @@ class LaunchError(UserError):
 
 
 def launcher_main(work: Callable[[], int | None]) -> int:
-    """Runs a launcher's work behind the shared CLI boundary: a :class:`LaunchError` is one line, exit 2."""
+    """Runs a launcher's work behind the shared CLI boundary: a :class:`LaunchError` is one line, exit 2.
+
+    Parse the arguments inside ``work`` (with a :class:`Parser`) so that a bad argument is one line too.
+    """
     return cli_boundary(work)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is a :class:`LaunchError` (one ``error:`` line, exit 2), not usage + error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise LaunchError(f"{message}; see {self.prog} --help")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of nodes, GPUs, processes, slices)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def check_config_file(path: str, base: str) -> None:
+    """A local ``--config`` must exist (a relative path: under ``base``, where the job runs); URLs are not checked."""
+    if "://" in path:
+        return
+    full = path if os.path.isabs(path) else os.path.join(base, path)
+    if not os.path.isfile(full.split(":", 1)[0]) and not os.path.isfile(full):
+        raise LaunchError(f"--config {path}: no such file (looked in {base}); the recipes are in configs/")
 
 
 def train_command(config: str, overrides: Sequence[str], *, python: str = "python3", module: str = "bsft_jax.train"

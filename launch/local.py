@@ -6,7 +6,9 @@
 Each process gets its own process id and ``devices_per_process`` fake CPU devices
 (``JAX_NUM_CPU_DEVICES``), and the coordinator settings as config overrides
 (``--config.distributed.coordinator_address=127.0.0.1:PORT`` ...), so ``jax.distributed`` runs
-exactly as on a pod (gloo collectives on CPU). Output lines are prefixed ``[pK]``; with
+exactly as on a pod (gloo collectives on CPU). The processes run in the caller's folder (relative
+paths mean what they mean to one ``python -m``). Output lines are prefixed ``[pK]`` and keep their
+stream (a process's ``error:`` line arrives on stderr); with
 ``--log_dir`` each process also writes ``process_K.log``. If one process fails the others are
 stopped; SIGTERM/SIGINT are forwarded to all of them. The exit status is the first non-zero
 status of a process (0 if all succeed).
@@ -22,6 +24,9 @@ import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import LaunchError, Parser, launcher_main, positive_int  # stdlib + bsft_jax.errors only
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,14 +49,45 @@ def process_commands(num_processes: int, port: int, module: str, args: list[str]
     return cmds
 
 
-def _pump(stream, prefix: str, log_file) -> None:
+_LOG_LOCK = threading.Lock()  # the stdout and stderr pumps of one process share its log file
+
+
+def _pump(stream, prefix: str, log_file, out) -> None:
+    """Copies a child's stream line by line to ``out`` (our stdout or stderr), prefixed, and to its log file."""
     for line in iter(stream.readline, ""):
-        sys.stdout.write(f"{prefix} {line}")
-        sys.stdout.flush()
+        out.write(f"{prefix} {line}")
+        out.flush()
         if log_file is not None:
-            log_file.write(line)
-            log_file.flush()
+            with _LOG_LOCK:
+                log_file.write(line)
+                log_file.flush()
     stream.close()
+
+
+def check_module(module: str) -> None:
+    """``python -m module`` must find it (searching this checkout, as the processes do)."""
+    import importlib.util
+
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package, or an empty / relative name
+        found = False
+    if not found:
+        raise LaunchError(f"--module {module!r}: no such Python module (each process runs python -m {module}); "
+                          "e.g. bsft_jax.train")
+
+
+def _open_logs(log_dir: str | None, n: int) -> list:
+    if not log_dir:
+        return [None] * n
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        return [open(os.path.join(log_dir, f"process_{i}.log"), "w") for i in range(n)]
+    except OSError as e:
+        raise LaunchError(f"--log_dir {log_dir!r}: cannot write the process logs there ({e.strerror}: "
+                          f"{e.filename}); give a folder you can write to") from None
 
 
 def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1, module: str = "bsft_jax.train",
@@ -63,18 +99,18 @@ def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1,
     if platform:
         env["JAX_PLATFORMS"] = platform
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-    procs, threads, logs = [], [], []
+    logs = _open_logs(log_dir, num_processes)
+    procs, threads = [], []
     for i, cmd in enumerate(process_commands(num_processes, port, module, args)):
-        log_file = open(os.path.join(log_dir, f"process_{i}.log"), "w") if log_dir else None
-        p = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # In the caller's folder, like one `python -m` there: relative --config, run_dir and data paths
+        # mean the same thing with and without the launcher (the checkout is on PYTHONPATH).
+        p = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, bufsize=1)
-        t = threading.Thread(target=_pump, args=(p.stdout, f"[p{i}]", log_file), daemon=True)
-        t.start()
+        for stream, out in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):  # a child's error line stays on stderr
+            t = threading.Thread(target=_pump, args=(stream, f"[p{i}]", logs[i], out), daemon=True)
+            t.start()
+            threads.append(t)
         procs.append(p)
-        threads.append(t)
-        logs.append(log_file)
 
     def forward(signum, _frame):
         for p in procs:
@@ -122,19 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         k = argv.index("--")
         argv, rest = argv[:k], argv[k + 1:]
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_processes", type=int, default=2)
-    parser.add_argument("--devices_per_process", type=int, default=1, help="fake CPU devices per process")
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num_processes", type=positive_int, default=2)
+    parser.add_argument("--devices_per_process", type=positive_int, default=1, help="fake CPU devices per process")
     parser.add_argument("--module", default="bsft_jax.train", help="python module each process runs")
     parser.add_argument("--port", type=int, default=0, help="coordinator port (default: a free one)")
     parser.add_argument("--log_dir", default=None, help="also write process_K.log files here")
     parser.add_argument("--platform", default="cpu", help="JAX_PLATFORMS for the processes ('' keeps the default)")
     parser.add_argument("--timeout", type=float, default=None, help="kill the job after this many seconds")
-    opts = parser.parse_args(argv)
-    if opts.num_processes < 1:
-        parser.error("--num_processes must be >= 1")
-    return launch(opts.num_processes, rest, devices_per_process=opts.devices_per_process, module=opts.module,
-                  port=opts.port, log_dir=opts.log_dir, platform=opts.platform, timeout=opts.timeout)
+
+    def work() -> int:
+        opts = parser.parse_args(argv)
+        check_module(opts.module)
+        return launch(opts.num_processes, rest, devices_per_process=opts.devices_per_process, module=opts.module,
+                      port=opts.port, log_dir=opts.log_dir, platform=opts.platform, timeout=opts.timeout)
+
+    return launcher_main(work)  # a bad option, module or log folder: one line, exit 2
 
 
 if __name__ == "__main__":

@@ -18,18 +18,27 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import LaunchError, Runner, add_common_args, launcher_main, train_command
+from _common import (
+    LaunchError,
+    Parser,
+    Runner,
+    add_common_args,
+    check_config_file,
+    launcher_main,
+    positive_int,
+    train_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nodes", type=int, required=True)
-    p.add_argument("--gpus-per-node", type=int, default=8)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=positive_int, required=True)
+    p.add_argument("--gpus-per-node", type=positive_int, default=8)
     p.add_argument("--per", choices=("gpu", "host"), default="gpu", help="one process per GPU or per host")
     p.add_argument("--partition", default=None)
     p.add_argument("--account", default=None)
     p.add_argument("--time", default="24:00:00")
-    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--cpus-per-task", type=positive_int, default=None)
     p.add_argument("--job-name", default="bsft")
     p.add_argument("--log-dir", default="slurm_logs")
     p.add_argument("--setup", default="source .venv/bin/activate",
@@ -75,13 +84,13 @@ def sbatch_script(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; a missing sbatch, failed submission or bad argument is one ``error:`` line, exit 2."""
-    args = build_parser().parse_args(argv)
-    return launcher_main(lambda: _submit(args))
+    return launcher_main(lambda: _submit(build_parser().parse_args(argv)))
 
 
 def _submit(args: argparse.Namespace) -> int:
     if "'" in args.setup or any("'" in o for o in args.overrides):
         raise LaunchError("--setup and overrides must not contain single quotes")
+    check_config_file(args.config, os.getcwd())  # sbatch runs the tasks in the folder it is called from
     script = sbatch_script(args)
     run = Runner(args.dry_run)
     if args.dry_run:
@@ -92,6 +101,7 @@ def _submit(args: argparse.Namespace) -> int:
             f.write(script)
     run(["sbatch", args.script_out])
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

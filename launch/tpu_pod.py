@@ -28,7 +28,16 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import LaunchError, Runner, add_common_args, launcher_main, storage_overrides, train_command
+from _common import (
+    LaunchError,
+    Parser,
+    Runner,
+    add_common_args,
+    check_config_file,
+    launcher_main,
+    storage_overrides,
+    train_command,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Default TPU VM software per accelerator generation (Cloud TPU docs' JAX images).
@@ -47,7 +56,7 @@ def runtime_version(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tpu", required=True, help="TPU VM name")
     p.add_argument("--zone", required=True)
     p.add_argument("--project", default=None)
@@ -109,11 +118,11 @@ def failed_workers(report: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; a missing tool, failed command or bad argument is one ``error:`` line, exit 2."""
-    args = build_parser().parse_args(argv)
-    return launcher_main(lambda: _launch(args))
+    return launcher_main(lambda: _launch(build_parser().parse_args(argv)))
 
 
 def _launch(args: argparse.Namespace) -> int:
+    check_config_file(args.config, REPO)  # the workers run it from a copy of this checkout
     commands(args, Runner(args.dry_run))
     if args.dry_run:
         print(f"# per-worker logs would be in ~/{args.log_dir}/worker-<hostname>.log on each worker; fetch with:")

@@ -20,21 +20,32 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Runner, add_common_args, launcher_main, storage_overrides, train_command
+from _common import (
+    Parser,
+    Runner,
+    add_common_args,
+    check_config_file,
+    launcher_main,
+    positive_int,
+    storage_overrides,
+    train_command,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cluster", required=True)
     p.add_argument("--workload", required=True)
     p.add_argument("--tpu-type", required=True, help="e.g. v5p-128, v6e-256")
-    p.add_argument("--num-slices", type=int, default=1)
+    p.add_argument("--num-slices", type=positive_int, default=1)
     p.add_argument("--docker-image", required=True)
     p.add_argument("--project", default=None)
     p.add_argument("--zone", default=None)
     p.add_argument("--priority", default="medium")
     p.add_argument("--wait", action="store_true", help="wait for the workload; exit non-zero if it failed")
-    p.add_argument("--timeout", type=int, default=None, help="with --wait: give up after this many seconds")
+    p.add_argument("--timeout", type=positive_int, default=None, help="with --wait: give up after this many seconds")
     add_common_args(p)
     return p
 
@@ -65,12 +76,12 @@ def wait_command(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; a missing xpk or a failed command is one ``error:`` line, exit 2."""
-    args = build_parser().parse_args(argv)
-    return launcher_main(lambda: _launch(args))
+    return launcher_main(lambda: _launch(build_parser().parse_args(argv)))
 
 
 def _launch(args: argparse.Namespace) -> int:
     """Creates the workload; with ``--wait``, a failed workload makes the launcher fail (exit 1)."""
+    check_config_file(args.config, REPO)  # the image holds this checkout: configs/ paths are relative to it
     run = Runner(args.dry_run)
     run(xpk_command(args))
     if args.wait and run(wait_command(args), check=False):

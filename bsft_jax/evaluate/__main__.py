@@ -28,9 +28,18 @@ import jax
 from bsft_jax import storage
 from bsft_jax.data import FewShotPool, Record, label_space
 from bsft_jax.errors import cli_boundary
-from bsft_jax.evaluate.core import MODES, EvalResult, as_records, evaluate_model, stratified_subset, write_comparison
+from bsft_jax.evaluate.core import (
+    MODES,
+    EvalResult,
+    as_records,
+    check_force_behavior,
+    evaluate_model,
+    stratified_subset,
+    write_comparison,
+)
 from bsft_jax.evaluate.probe import add_probe_to_report, run_probe
 from bsft_jax.evaluate.report import markdown_table
+from bsft_jax.files import check_writable
 from bsft_jax.models.hf import load_hf
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import CheckpointError, load_params
@@ -53,7 +62,13 @@ def load_run(run_dir: str, step: int | None, dtype: str, mesh: Any) -> tuple[Any
     path = storage.join(run_dir, "config.json")
     if not storage.isfile(path):
         raise CheckpointError(f"{run_dir}: no config.json (is this a bsft_jax run directory?)")
-    run_cfg = config_from_dict(json.loads(storage.read_text(path)))
+    try:
+        saved = json.loads(storage.read_text(path))
+    except ValueError as e:  # truncated or hand-edited: every checkpoint step holds a copy in <step>/config
+        copy = storage.join(run_dir, "checkpoints", "<step>", "config", "metadata")
+        raise CheckpointError(f"{path}: not valid JSON ({e}); restore it from a copy (each step saves the resolved "
+                              f"config as JSON in {copy})") from None
+    run_cfg = config_from_dict(saved)
     _, (model, _, meta) = newest_readable(run_dir, lambda s: load_params(run_dir, s, mesh=mesh, dtype=dtype),
                                           step)  # a damaged newest step: the previous one, with a warning
     tok_dir = storage.join(run_dir, meta.get("tokenizer_dir", "tokenizer"))
@@ -95,16 +110,7 @@ def run_comparison(
     steering_probe: also generate the BehaviorSFT run's replies with each behavior token forced and
     add the rates to the report (:mod:`bsft_jax.evaluate.probe`).
     """
-    if mode not in MODES:
-        raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise ConfigError(f"--baselines: unknown {unknown}; expected some of {sorted(BASELINES)}")
-    if not (checkpoint or general_checkpoint or baselines):
-        raise ConfigError("nothing to evaluate: give --checkpoint, --general_checkpoint or --baselines")
-    for flag, run_dir in (("--checkpoint", checkpoint), ("--general_checkpoint", general_checkpoint)):
-        if run_dir and not storage.isdir(run_dir):
-            raise CheckpointError(f"{flag}={run_dir!r} is not a folder; point it at a training run directory")
+    _check_request(cfg, checkpoint, general_checkpoint, baselines, mode, out_dir)
     mesh = make_mesh(resolve_mesh_shape(cfg.mesh, jax.device_count()))
     settings = Settings.from_config(cfg)
     spec = settings.behavior.spec
@@ -135,6 +141,24 @@ def run_comparison(
     return written
 
 
+def _check_request(cfg: Any, checkpoint: str, general_checkpoint: str, baselines: Sequence[str], mode: str,
+                   out_dir: str) -> None:
+    """Every argument mistake, before any model is loaded: mode, baselines, run folders, the report folder."""
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"--baselines: unknown {unknown}; expected some of {sorted(BASELINES)}")
+    if not (checkpoint or general_checkpoint or baselines):
+        raise ConfigError("nothing to evaluate: give --checkpoint, --general_checkpoint or --baselines")
+    for flag, run_dir in (("--checkpoint", checkpoint), ("--general_checkpoint", general_checkpoint)):
+        if run_dir and not storage.isdir(run_dir):
+            raise CheckpointError(f"{flag}={run_dir!r} is not a folder; point it at a training run directory")
+    # The reports are written last: a read-only or misplaced folder is found now, not after decoding.
+    default_out = storage.join(checkpoint or general_checkpoint or cfg.run_dir, "eval")
+    check_writable(out_dir or default_out, "--out_dir" if out_dir else "--out_dir (default <checkpoint>/eval)")
+
+
 def _evaluate_baselines(s: Settings, mesh: Any, baselines: Sequence[str], train_records: list[Record],
                         tests: dict[str, list[Record]], few_shot_k: int, common: dict[str, Any],
                         results: dict[str, list[EvalResult]]) -> None:
@@ -160,6 +184,8 @@ def _evaluate_run(run_dir: str, step: int | None, dtype: str, tests: dict[str, l
     name = STYLE_NAMES.get(style, style)
     force = force_behavior if style == "behavior_sft" and force_behavior else None
     spec = Settings.from_config(run_cfg).behavior.spec  # the run's own behavior tokens
+    if force:
+        check_force_behavior(force, spec.names)  # before any decoding
     for split, records in tests.items():
         taken = {r.name for r in results[split]}
         unique = name if name not in taken else f"{name} ({storage.basename(run_dir)})"

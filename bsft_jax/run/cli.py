@@ -16,7 +16,11 @@ def flag_error_text(e: BaseException) -> str:
         e = e.args[0]
     if isinstance(e, KeyError) and e.args:
         return "unknown config field " + str(e.args[0]).replace("\n", "; ")
-    return str(e)
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # ml_collections embeds the config file's traceback: keep its
+        head, tb = text.split("Traceback (most recent call last)", 1)  # last line, the exception itself
+        text = head.strip().rstrip(":") + ": " + tb.strip().splitlines()[-1]
+    return text
 
 
 def parse_flags(fv: flags.FlagValues, argv: Sequence[str], usage: str,
@@ -38,6 +42,9 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], usage: str,
         rest = fv(argv)
         if positional is not None:
             positional.extend(rest[1:])
+        elif rest[1:]:  # absl keeps what is not a flag: never ignore it silently (a forgotten --config ...)
+            print(f"error: {_unexpected(rest[1], fv)}", file=sys.stderr)
+            return 2
         if "config" in fv:  # ml_collections defers a config file's load error to first use: surface it here
             _ = fv.config.keys()
     except Exception as e:
@@ -45,6 +52,17 @@ def parse_flags(fv: flags.FlagValues, argv: Sequence[str], usage: str,
         print(f"error: bad command line / config{_config_file_of(argv)}: {text}".replace("\n", "; "), file=sys.stderr)
         return 2
     return None
+
+
+def _unexpected(arg: str, fv: flags.FlagValues) -> str:
+    """The one line for a positional argument a CLI does not take, with the flag it probably meant."""
+    if "config" in fv and arg.endswith(".py"):
+        hint = f"did you mean --config {arg}?"
+    elif arg.startswith("config."):
+        hint = f"did you mean --{arg}?"
+    else:
+        hint = "flags are written --name=value (see --help)"
+    return f"unexpected argument {arg!r}; {hint}"
 
 
 def _missing_config_file(argv: Sequence[str]) -> str | None:
@@ -65,9 +83,21 @@ def _config_file_of(argv: Sequence[str]) -> str:
     return ""
 
 
+# Warnings Orbax logs (through absl) every time a reader opens a checkpoint folder read-only, as
+# export, evaluate and the recovery code do on purpose: expected, so not shown.
+_EXPECTED_WARNINGS = ("CheckpointManagerOptions.read_only=True", "Given directory is read only=")
+
+
+def _unexpected_record(record: logging.LogRecord) -> bool:
+    return not (record.levelno <= logging.WARNING and str(record.msg).startswith(_EXPECTED_WARNINGS))
+
+
 def setup_logging() -> None:
-    """INFO logs with timestamps; quiets absl and JAX's "no TPU found" notices on CPU/GPU hosts."""
+    """INFO logs with timestamps; quiets absl, Orbax's read-only notices and JAX's "no TPU found" on CPU/GPU hosts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s",
                         datefmt="%H:%M:%S", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    absl_log = logging.getLogger("absl")
+    absl_log.setLevel(logging.WARNING)
+    if _unexpected_record not in absl_log.filters:
+        absl_log.addFilter(_unexpected_record)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)

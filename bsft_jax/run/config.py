@@ -356,6 +356,10 @@ def _check_tokenizer(cfg: Any) -> None:
 def _check_data_files(cfg: Any) -> None:
     """The files of a jsonl or tfds source exist."""
     d = cfg.data
+    if d.source in ("jsonl", "tfds") and storage.isfile(d.path):
+        expected = (f"a folder with {d.train_split}.jsonl and {d.eval_split}.jsonl" if d.source == "jsonl"
+                    else "a TFDS data_dir")
+        raise _fail("data.path", f"{d.path!r} is a file; expected {expected}: point it at the folder")
     if d.source == "jsonl":
         for split in (d.train_split, d.eval_split):
             path = storage.join(d.path, f"{split}.jsonl")

@@ -19,6 +19,7 @@ import gc
 import inspect
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -72,28 +73,93 @@ def _try_load(load: Callable[[int], T], step: int) -> tuple[bool, T | None, str]
     except UserError:
         raise
     except Exception as e:  # TensorStore / Orbax / JSON errors: this step's files are damaged
+        quiet_abandoned_reads()  # the step's other reads may report after this, from other threads
         return False, None, failure_reason(e)
 
 
 @contextlib.contextmanager
 def _quiet_sibling_reads() -> Iterator[None]:
-    """While one step is tried: the other array reads Orbax abandons after the first failure raise too,
-    and Python prints each as "Exception ignored in: <coroutine ...>" with a traceback. The first
-    error is the reason we report; the others go to the debug log."""
+    """While one step is tried: the other array reads Orbax abandons after the first failure fail too.
+
+    Python reports each one, in four ways, as kilobytes of stderr: "Exception ignored in: <coroutine
+    ...>" (unraisable), "RuntimeWarning: coroutine ... was never awaited", asyncio's "Task/Future
+    exception was never retrieved" log records, and, from TensorStore's threads once Orbax's event
+    loop has closed, a bare "Traceback ... RuntimeError: Event loop is closed" (unraisable, with no
+    object: Python then prints no "Exception ignored in" line). The first error is
+    the reason we report; the others go to the debug log. Abandoned reads can report after the step
+    has been given up (when they finish or are collected), so once a step has failed
+    (:func:`_try_load`) the filters of :func:`quiet_abandoned_reads` stay for the rest of the
+    process; each drops only that exact report (for coroutines: Orbax's own).
+    """
+    global _trying
+    _install_unraisable_hook()
+    _trying += 1
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
+            try:
+                yield
+            finally:
+                gc.collect()  # abandoned reads are collected here, under the hook and the filter
+    finally:
+        _trying -= 1
+
+
+_trying = 0  # > 0 while a step is tried: every abandoned coroutine's report is dropped
+_failed = False  # a step failed: Orbax coroutines collected later are dropped too
+
+
+def _install_unraisable_hook() -> None:
+    if getattr(sys.unraisablehook, "_bsft_quiet", False):
+        return
     previous = sys.unraisablehook
 
     def hook(unraisable: Any) -> None:
-        if unraisable.exc_value is not None and inspect.iscoroutine(unraisable.object):
-            log.debug("another read of the same step failed too: %s", failure_reason(unraisable.exc_value))
+        obj, exc = unraisable.object, unraisable.exc_value
+        if exc is not None and inspect.iscoroutine(obj) and (
+                _trying or (_failed and "orbax" in getattr(getattr(obj, "cr_code", None), "co_filename", ""))):
+            log.debug("another read of the same step failed too: %s", failure_reason(exc))
+        elif (_trying or _failed) and _is_closed_loop_callback(exc, unraisable.exc_traceback):
+            log.debug("an abandoned read of a failed step finished after its event loop closed")
         else:
             previous(unraisable)
 
+    hook._bsft_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        gc.collect()  # abandoned reads are collected here, under the hook
-        sys.unraisablehook = previous
+
+
+_ABANDONED = ("Task exception was never retrieved", "Future exception was never retrieved")
+
+
+def _not_abandoned_read(record: logging.LogRecord) -> bool:
+    """asyncio logger filter: a never-retrieved read error of a failed step goes to the debug log instead."""
+    if str(record.msg).startswith(_ABANDONED):
+        log.debug("an abandoned read of a failed step failed too: %s",
+                  failure_reason(record.exc_info[1]) if record.exc_info and record.exc_info[1] else record.msg)
+        return False
+    return True
+
+
+def _is_closed_loop_callback(exc: BaseException | None, tb: Any) -> bool:
+    """TensorStore finishing a read for an event loop that Orbax already closed (asyncio's _check_closed)."""
+    if type(exc) is not RuntimeError or str(exc) != "Event loop is closed" or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name == "_check_closed" and "asyncio" in tb.tb_frame.f_code.co_filename
+
+
+def quiet_abandoned_reads() -> None:
+    """Installs (once) the filters for reports that outlive a failed step's restore; see :func:`_quiet_sibling_reads`.
+
+    Only those exact reports are dropped: any other exception or asyncio error still prints.
+    """
+    global _failed
+    _failed = True
+    _install_unraisable_hook()
+    asyncio_log = logging.getLogger("asyncio")
+    if _not_abandoned_read not in asyncio_log.filters:
+        asyncio_log.addFilter(_not_abandoned_read)
 
 
 def set_aside(directory: str, step: int) -> str:
@@ -173,7 +239,8 @@ def newest_meta(ckpt: Any) -> tuple[int, dict[str, Any]] | None:
     steps = ckpt.all_steps()
     if not steps:
         return None
-    step, meta, _ = newest_that_loads(steps, lambda s: ckpt.read_json(s, "meta"), what="meta", where=ckpt.directory)
+    step, meta, _ = newest_that_loads(steps, lambda s: ckpt.read_json(s, "meta"), what="meta", where=ckpt.directory,
+                                      hint=_NOTHING_RESTORES)
     return step, meta
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
-from bsft_jax.run.settings import DataSettings
+from bsft_jax.run.settings import ConfigError, DataSettings
 
 
 def demo_config(data: DataSettings) -> Any:
@@ -37,9 +37,16 @@ def load_split(data: DataSettings, spec: BehaviorSpec, split: str) -> Any:
             from bsft_jax.data import DataError
 
             raise DataError(f"{path}: no such file (config.data.path={data.path!r} needs one <split>.jsonl per split)")
-        return read_jsonl(path, field_map=dict(data.field_map) or None, spec=spec)
+        records = read_jsonl(path, field_map=dict(data.field_map) or None, spec=spec)
+        if not records:
+            from bsft_jax.data import DataError
+
+            raise DataError(f"{path}: no records (the file is empty or holds only blank lines); put one JSON "
+                            "record per line, or point config.data.path at another folder")
+        return records
     if data.source == "tfds":
         from bsft_jax.data.tfds_builder import data_source
 
         return data_source(split, data_dir=data.path)
-    raise ValueError(f"config.data.source={data.source!r} has no splits")
+    raise ConfigError(f"config.data.source={data.source!r} has no {split!r} split (synthetic data is for smoke "
+                      "runs); set config.data.source to 'demo', 'jsonl' or 'tfds'")

@@ -25,6 +25,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.pipeline import BATCH_KEYS
 from bsft_jax.run.settings import DataSettings
@@ -85,16 +86,26 @@ def _pipeline_kwargs(data: DataSettings, spec: BehaviorSpec, shard: DataShard) -
                 packing=data.packing, process_index=shard.index, process_count=shard.count)
 
 
-def load_splits(data: DataSettings, spec: BehaviorSpec, *, with_eval: bool) -> dict[str, Any]:
+def load_splits(data: DataSettings, spec: BehaviorSpec, *, with_eval: bool, num_processes: int = 1
+                ) -> dict[str, Any]:
     """The records of the splits a run reads (train, and the eval split when ``with_eval``).
 
     Called before the run directory is touched, so a bad data file (:class:`bsft_jax.data.DataError`
-    naming ``file:line``) stops the run with nothing written. Empty for ``synthetic`` data.
+    naming ``file:line``, an empty file, fewer records than processes) stops the run with nothing
+    written. Empty for ``synthetic`` data.
     """
     if data.source == "synthetic":
         return {}
     names = [data.train_split] + ([data.eval_split] if with_eval else [])
-    return {name: load_split(data, spec, name) for name in dict.fromkeys(names)}
+    splits = {name: load_split(data, spec, name) for name in dict.fromkeys(names)}
+    for name, records in splits.items():
+        if len(records) < num_processes:  # every process reads its own shard of each split
+            from bsft_jax.data import DataError
+
+            raise DataError(f"{storage.join(data.path, name + '.jsonl') if data.source == 'jsonl' else name}: "
+                            f"{len(records)} record(s) cannot be shared by {num_processes} processes; add records "
+                            "or run fewer processes")
+    return splits
 
 
 def train_iterator(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard: DataShard, records: Any = None

@@ -25,13 +25,13 @@ import jax
 import numpy as np
 
 from bsft_jax import storage
-from bsft_jax.files import write_json
+from bsft_jax.files import check_writable, write_json
 from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, make_meta
 from bsft_jax.run.config import config_to_dict, validate_config
 from bsft_jax.run.lora import base_reference, lora_meta, make_trainer, rebuild_base
-from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, write_run_files
+from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, check_same_model, write_run_files
 from bsft_jax.run.recovery import newest_meta, restore_newest
 from bsft_jax.run.settings import BehaviorSettings, DistributedSettings, Settings
 from bsft_jax.train import distributed
@@ -198,9 +198,17 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
     devices = list(devices if devices is not None else jax.devices())
     mesh_shape = validate_config(cfg, num_devices=len(devices), num_processes=jax.process_count())
     mesh = make_mesh(mesh_shape, devices)
+    settings = Settings.from_config(cfg)  # the typed pieces (validate_config has checked them)
+    t = settings.train
+    check_best_metric(settings.checkpoint.keep_best_metric, t.steer_eval_items, t.eval_every, t.early_stop_patience)
+    # Every check a user can fail, before anything is written: data (bad lines, empty files), then the run folder.
+    splits = load_splits(settings.data, settings.behavior.spec, with_eval=t.eval_every >= 0,
+                         num_processes=jax.process_count())
+    check_writable(cfg.run_dir, "config.run_dir")
+    check_writable(storage.join(cfg.run_dir, "checkpoints"), "config.run_dir")
     check_shared_run_dir(storage.abspath(cfg.run_dir))  # multi-host: every process must see one run directory
     with jax.set_mesh(mesh), contextlib.ExitStack() as stack:
-        session = _start(cfg, mesh, stack)
+        session = _start(cfg, settings, splits, mesh, stack)
         out = _loop(session, stack.enter_context(_StopSignal()), on_step)
         session.metrics_log.flush()
     seconds = time.perf_counter() - t_start
@@ -210,20 +218,20 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
                        startup=session.startup, seconds=seconds)
 
 
-def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
+def _start(cfg: Any, settings: Settings, splits: dict[str, Any], mesh: Any, stack: contextlib.ExitStack
+           ) -> _Session:
     """Set-up: the checkpointer, the model (fresh or for resume), the trainer, data, state, compile."""
     run_dir, primary = storage.abspath(cfg.run_dir), is_primary()
-    settings = Settings.from_config(cfg)  # the typed pieces (validate_config has checked them)
     t = settings.train
     c = settings.checkpoint
-    check_best_metric(c.keep_best_metric, t.steer_eval_items, t.eval_every, t.early_stop_patience)
-    splits = load_splits(settings.data, settings.behavior.spec, with_eval=t.eval_every >= 0)  # bad data: stop
     ckpt = Checkpointer(run_dir, keep=c.keep, async_save=c.async_save)  # before writing
     stack.callback(ckpt.close)  # waits for pending saves even when a step fails
     newest = newest_meta(ckpt)  # the model config of the run (the same in every step)
     resume_step = None if newest is None else newest[0]
-    bundle = _bundle(settings, None if newest is None else newest[1], run_dir, resume_step, mesh)
     config_dict = config_to_dict(cfg)
+    if newest is not None:
+        check_same_model(run_dir, config_dict)  # a changed model shape is an error, not silently the old model
+    bundle = _bundle(settings, None if newest is None else newest[1], run_dir, resume_step, mesh)
     tx, schedule = make_optimizer(settings.optimizer, t.steps)
     trainer = make_trainer(settings, bundle, tx, schedule, mesh)  # the LoRA trainer when model.lora is on
     shard = data_shard(trainer.batch_sharding, t.global_batch_size)
@@ -239,7 +247,8 @@ def _start(cfg: Any, mesh: Any, stack: contextlib.ExitStack) -> _Session:
         # The newest step that restores; damaged newer ones are set aside as <step>.corrupt.
         state, resume_step = restore_newest(ckpt, trainer.abstract_with_shardings(), data_iterator=restore_iter,
                                             all_agree=_all_processes_agree, primary=primary)
-        log.info("resuming %s from step %d", run_dir, resume_step)
+        lora = "LoRA run " if settings.model.lora.config is not None else ""
+        log.info("resuming %s%s from step %d", lora, run_dir, resume_step)  # once, with the step that restored
     if primary:  # after the restore: a run that cannot resume leaves its files as they were
         write_run_files(run_dir, bundle, config_dict, fresh=resume_step is None)
     bundle.model = None  # the state owns the parameters now (donated every step)
@@ -272,9 +281,7 @@ def _bundle(settings: Settings, meta: dict[str, Any] | None, run_dir: str, resum
     if meta is None:
         return build_fresh(settings, mesh)
     if settings.model.lora.config is None:
-        log.info("resuming %s from step %d", run_dir, resume_step)
         return build_for_resume(settings.model, settings.behavior, run_dir, meta)
-    log.info("resuming LoRA run %s from step %d", run_dir, resume_step)
     if "lora" not in meta:  # the checkpoint has the whole model, not adapters
         raise CheckpointError(f"{run_dir}: step {resume_step} is a full fine-tuning checkpoint but "
                               "model.lora.rank > 0; resume it with model.lora.rank=0")

@@ -358,10 +358,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s] %(message)s", force=True)
 
     def plan_and_print() -> None:
+        from bsft_jax.files import check_writable
+
+        if fv.plan_devices < 0:
+            raise PlanError(f"--plan_devices={fv.plan_devices}: must be a positive number of devices (0: the target's)")
+        try:
+            hbm = parse_bytes(fv.plan_hbm) if fv.plan_hbm else None
+        except PlanError as e:
+            raise PlanError(f"--plan_hbm={fv.plan_hbm!r}: {e}") from None
+        check_writable(fv.plan_json, "--plan_json", folder=False)  # before minutes of compiling, not after
         plan = plan_memory(fv.config, mesh=parse_mesh(fv.mesh) if fv.mesh else None,
                            num_devices=fv.plan_devices or None, target=fv.plan_target or None,
-                           compiler=fv.plan_compiler, hbm_bytes=parse_bytes(fv.plan_hbm) if fv.plan_hbm else None,
-                           model_preset=fv.plan_model or None)
+                           compiler=fv.plan_compiler, hbm_bytes=hbm, model_preset=fv.plan_model or None)
         config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
         if config_path is None and "--config" in argv:
             config_path = argv[argv.index("--config") + 1]

@@ -63,4 +63,6 @@ def test_evaluate_cli_names_a_missing_checkpoint(tmp_path):
     done = run("bsft_jax.evaluate", "--config", "configs/demo_scratch.py", "--checkpoint", str(tmp_path / "nope"),
                cache=str(tmp_path / "cache"), timeout=120)
     assert done.returncode == 2
-    assert "--checkpoint=" in done.stderr and "nope" in done.stderr and "not a folder" in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --checkpoint=") and "nope" in lines[0], done.stderr
+    assert "not a folder" in lines[0]

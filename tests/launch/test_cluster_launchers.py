@@ -44,9 +44,11 @@ def test_tpu_pod_dry_run_creates_installs_and_runs_on_all_workers():
 
 def test_tpu_pod_needs_a_runtime_for_unknown_generations():
     out = subprocess.run([sys.executable, os.path.join(REPO, "launch", "tpu_pod.py"), "--tpu", "x", "--zone", "z",
-                          "--accelerator-type", "v9x-8", "--config", "c.py", "--dry-run"], capture_output=True,
-                         text=True)
-    assert out.returncode != 0 and "--runtime-version" in out.stderr
+                          "--accelerator-type", "v9x-8", "--config", "configs/demo.py", "--dry-run"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines() == ["error: --accelerator-type 'v9x-8': no default runtime for 'v9x'; pass "
+                                       "--runtime-version"], out.stderr
 
 
 @pytest.mark.parametrize("per", ["gpu", "host"])
@@ -101,8 +103,9 @@ def test_launchers_refuse_a_run_dir_local_to_each_worker():
     for script, extra in (("tpu_pod.py", ["--tpu", "t", "--zone", "z"]),
                           ("xpk.py", ["--cluster", "c", "--workload", "w", "--tpu-type", "v5p-8", "--docker-image",
                                       "i"])):
-        out = subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *extra, "--config", "c.py",
-                              "--run-dir", "runs/x", "--dry-run"], capture_output=True, text=True, cwd=REPO)
+        out = subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *extra, "--config",
+                              "configs/demo.py", "--run-dir", "runs/x", "--dry-run"], capture_output=True, text=True,
+                             cwd=REPO)
         assert out.returncode == 2 and "gs://bucket/path" in out.stderr, script  # a user error: one line
         assert out.stderr.startswith("error: --run-dir 'runs/x'") and "Traceback" not in out.stderr, script
 
@@ -115,3 +118,52 @@ def test_xpk_passes_buckets_and_waits_for_the_workload():
     command = next(a for a in create if a.startswith("--command="))
     assert "--config.run_dir=gs://b/runs/q7 --config.model.hf_path=gs://b/models/q7" in command
     assert wait == ["xpk", "workload", "list", "--cluster=c1", "--wait-for-job-completion=bsft-7b", "--timeout=3600"]
+
+
+# Every launcher mistake is one line on stderr, exit 2: argparse errors included (no usage block).
+LAUNCHER_ERRORS = {
+    "tpu_missing_args": ("tpu_pod.py", [], "the following arguments are required: --tpu, --zone, --config; see "
+                                           "tpu_pod.py --help"),
+    "tpu_missing_config": ("tpu_pod.py", ["--tpu", "t", "--zone", "z", "--config", "nope.py", "--dry-run"],
+                           f"--config nope.py: no such file (looked in {REPO})"),
+    "slurm_zero_nodes": ("slurm.py", ["--nodes", "0", "--config", "configs/demo.py", "--dry-run"],
+                         "argument --nodes: must be >= 1, got 0"),
+    "slurm_gpus_not_a_number": ("slurm.py", ["--nodes", "1", "--gpus-per-node", "x", "--config", "configs/demo.py"],
+                                "argument --gpus-per-node: expected a whole number >= 1, got 'x'"),
+    "slurm_missing_config": ("slurm.py", ["--nodes", "1", "--config", "nope.py", "--dry-run"],
+                             "--config nope.py: no such file"),
+    "xpk_zero_slices": ("xpk.py", ["--cluster", "c", "--workload", "w", "--tpu-type", "v5p-8", "--docker-image", "i",
+                                   "--num-slices", "0", "--config", "configs/demo.py", "--dry-run"],
+                        "argument --num-slices: must be >= 1, got 0"),
+    "local_processes_not_a_number": ("local.py", ["--num_processes", "two"],
+                                     "argument --num_processes: expected a whole number >= 1, got 'two'"),
+    "local_zero_processes": ("local.py", ["--num_processes", "0"], "argument --num_processes: must be >= 1"),
+    "local_no_such_module": ("local.py", ["--num_processes", "1", "--module", "bsft_jax.nosuch"],
+                             "--module 'bsft_jax.nosuch': no such Python module"),
+    "local_log_dir_under_a_file": ("local.py", ["--num_processes", "1", "--log_dir", "{tmp}/file/logs"],
+                                   "--log_dir '{tmp}/file/logs': cannot write the process logs there"),
+    # a process's own error: forwarded to stderr (prefixed), its exit status kept; a relative --config is
+    # looked up in the caller's folder, as one `python -m bsft_jax.train` there would
+    "local_child_error": ("local.py", ["--num_processes", "1", "--", "--config", "nope.py"],
+                          "[p0] error: --config nope.py: no such file (looked in {tmp})"),
+}
+
+
+def test_launcher_mistakes_are_one_line_and_exit_2(tmp_path):
+    (tmp_path / "file").write_text("a file, not a folder")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = {name: subprocess.Popen([sys.executable, os.path.join(REPO, "launch", script),
+                                     *(a.format(tmp=tmp_path) for a in args)],
+                                    cwd=REPO if script != "local.py" else tmp_path, env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, (script, args, _) in LAUNCHER_ERRORS.items()}
+    problems = []
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        expected = LAUNCHER_ERRORS[name][2].format(tmp=tmp_path)
+        lines = [line for line in err.splitlines() if line.strip()]
+        prefix = "[p0] error: " if name == "local_child_error" else "error: "
+        if not (proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(prefix) and expected in lines[0]
+                and "Traceback" not in out + err):
+            problems.append(f"{name}: exit {proc.returncode}, stderr {err[-1000:]!r}")
+    assert not problems, "\n".join(problems)

@@ -167,3 +167,66 @@ def test_abandoned_sibling_reads_do_not_print_tracebacks(monkeypatch):
     with pytest.raises(CheckpointError, match=r"step 2: OUT_OF_RANGE reading embed\)"):
         newest_that_loads([2], load, what="restore", where="d")
     assert printed == []
+
+
+def test_reports_of_abandoned_reads_are_dropped_and_nothing_else(monkeypatch, caplog):
+    """After a failed step: asyncio's never-retrieved records, TensorStore's closed-loop tracebacks and
+    Orbax read coroutines collected late (both unraisable) go to the debug log; anything else still shows."""
+    import asyncio
+
+    from bsft_jax.run import recovery
+
+    monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
+    shown = []
+    monkeypatch.setattr(sys, "unraisablehook", shown.append)
+    monkeypatch.setattr(recovery, "_failed", False)
+    recovery.quiet_abandoned_reads()
+    recovery.quiet_abandoned_reads()  # idempotent: one filter, one hook
+    assert len(logging.getLogger("asyncio").filters) == 1
+
+    def unraisable(exc, obj=None):
+        sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=exc.__traceback__,
+                                                 err_msg=None, object=obj))
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(lambda: None)  # what TensorStore's thread does once Orbax closed the loop
+    except RuntimeError as e:
+        unraisable(e)
+    other = RuntimeError("Event loop is closed")  # same text, raised elsewhere: a real problem, shown
+    unraisable(other)
+    coroutines = {}  # an Orbax read coroutine collected late is dropped; any other coroutine still reports
+    for name, filename in (("orbax", "/site-packages/orbax/checkpoint/_src/serialization/x.py"), ("ours", "/a/b.py")):
+        namespace = {}
+        exec(compile("async def read():\n    pass\n", filename, "exec"), namespace)
+        coroutines[name] = namespace["read"]()
+    for coro in coroutines.values():
+        unraisable(ValueError("read failed"), coro)
+        coro.close()
+    assert [(u.exc_value, u.object) for u in shown] == [(other, None), (shown[1].exc_value, coroutines["ours"])]
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        asyncio_log = logging.getLogger("asyncio")
+        asyncio_log.error("Task exception was never retrieved\nfuture: <Task finished exception=ValueError('x')>")
+        asyncio_log.error("Future exception was never retrieved\nfuture: <Future finished exception=ValueError()>")
+        asyncio_log.error("Exception in callback something()")
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == ["Exception in callback something()"]
+
+
+def test_every_meta_unreadable_says_what_to_do():
+    from bsft_jax.run.recovery import newest_meta
+
+    class Ckpt:
+        directory = "RUN/checkpoints"
+
+        def all_steps(self):
+            return [2, 4]
+
+        def read_json(self, step, item):
+            raise ValueError("Expecting value: line 1 column 1 (char 0)")
+
+    with pytest.raises(CheckpointError, match=r"no checkpoint step can be restored \(step 4: Expecting value.*; "
+                                              r"nothing was set aside\. If the files are damaged, move the "
+                                              r"checkpoints/ folder away"):
+        newest_meta(Ckpt())

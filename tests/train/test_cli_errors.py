@@ -1,13 +1,14 @@
 """Every user-caused error at a CLI boundary is one line on stderr, exit 2, no traceback, nothing written.
 
-Each case is a real ``python -m ...`` subprocess; they run concurrently (each one fails within
-seconds of starting, so the whole batch costs about one interpreter start per core).
+Each case is a real ``python -m ...`` subprocess; they run a few at a time (each one fails within
+seconds of starting, so the whole batch costs about one interpreter start per case and core).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -66,19 +67,25 @@ def _data_dir(folder, third_line: str | bytes | None = None, raw: bytes | None =
     return str(folder)
 
 
-def _config(case_dir, **overrides) -> str:
+def _config(case_dir, run_dir: str | None = None, **overrides) -> str:
+    case_dir.mkdir(parents=True, exist_ok=True)
     path = case_dir / "cfg.py"
+    run_dir = run_dir or str(case_dir / "run")
     path.write_text(
         "from tests.train.common import tiny_config\n\n"
         "def get_config():\n"
-        f"    return tiny_config({str(case_dir / 'run')!r}, {str(case_dir.parent / 'tok')!r}, **{overrides!r})\n")
+        f"    return tiny_config({run_dir!r}, {str(case_dir.parent / 'tok')!r}, **{overrides!r})\n")
     return str(path)
 
 
-def _start(args: list[str]) -> subprocess.Popen:
+def _start(args: list[str], prefix: tuple[str, ...] = ()) -> subprocess.Popen:
     env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([*prefix, sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def _jsonl(path: str) -> list[str]:
+    return ["--config.data.source=jsonl", f"--config.data.path={path}"]
 
 
 def _cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
@@ -110,22 +117,156 @@ def _cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
                                    _config(case, **{"data.source": "jsonl", "data.path": data}),
                                    "--baselines=few_shot", "--out_dir", str(case / "run" / "eval")],
                                   f"{data}/train.jsonl:3: ", "not valid JSON")
+    cases.update(_empty_data_cases(tmp_path))
+    cases.update(_path_cases(tmp_path))
     return cases
 
 
-def test_user_errors_end_in_one_line_and_exit_2(tmp_path):
-    cases = _cases(tmp_path)
-    procs = {name: _start(argv) for name, (argv, _, _) in cases.items()}
-    problems = []
-    for name, proc in procs.items():
+def _empty_data_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
+    """Empty or blank-only split files (train, or the eval split a run with eval_every uses), for train and evaluate."""
+    cases = {}
+    for name, file, body, extra in (("empty_train", "train.jsonl", "", []),
+                                    ("blank_lines_train", "train.jsonl", "\n  \n\n", []),
+                                    ("empty_eval_split", "test.jsonl", "", ["--config.train.eval_every=2"])):
+        case = tmp_path / name
+        data = _data_dir(case / "bb")
+        (case / "bb" / file).write_text(body)
+        cases[name] = (["-m", "bsft_jax.train", "--config", _config(case), *_jsonl(data), *extra],
+                       f"{data}/{file}: ", "no records")
+    case = tmp_path / "evaluate_empty_test"
+    data = _data_dir(case / "bb")
+    (case / "bb" / "test.jsonl").write_text("")
+    cases["evaluate_empty_test"] = (["-m", "bsft_jax.evaluate", "--config", _config(case), *_jsonl(data),
+                                     "--baselines=few_shot", "--out_dir", str(case / "run" / "eval")],
+                                    f"{data}/test.jsonl: ", "no records")
+    case = tmp_path / "evaluate_synthetic"
+    cases["evaluate_synthetic"] = (["-m", "bsft_jax.evaluate", "--config", _config(case), "--baselines=few_shot",
+                                    "--out_dir", str(case / "run" / "eval")],
+                                   "config.data.source='synthetic'", "set config.data.source to")
+    return cases
+
+
+def _path_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
+    """Files where folders belong, a damaged run config.json, positional arguments, bad planner flags."""
+    cases = {}
+    for name, run_dir in (("run_dir_is_a_file", "file"), ("run_dir_under_a_file", "file/run")):
+        case = tmp_path / name
+        case.mkdir()
+        (case / "file").write_text("not a folder")
+        cfg = _config(case, str(case / run_dir))
+        cases[name] = (["-m", "bsft_jax.train", "--config", cfg], "config.run_dir: ", "is a file")
+    case = tmp_path / "data_path_is_a_file"
+    data = _data_dir(case / "bb")
+    cases["data_path_is_a_file"] = (["-m", "bsft_jax.train", "--config", _config(case),
+                                     *_jsonl(f"{data}/train.jsonl")], "config.data.path: ",
+                                    "is a file; expected a folder with train.jsonl and test.jsonl")
+    case = tmp_path / "positional_config"
+    cases["positional_config"] = (["-m", "bsft_jax.train", _config(case)], f"unexpected argument '{case}/cfg.py'",
+                                  f"did you mean --config {case}/cfg.py?")
+    cases["plan_hbm"] = (["-m", "bsft_jax.train", "--plan", "--config", _config(tmp_path / "plan_hbm"),
+                          "--plan_hbm=lots"], "--plan_hbm='lots': ", "use e.g. '16GiB'")
+    cases["plan_devices"] = (["-m", "bsft_jax.train", "--plan", "--config", _config(tmp_path / "plan_devices"),
+                              "--plan_devices=-4", "--mesh=data=1,fsdp=-1,tensor=1"], "--plan_devices=-4: ",
+                             "must be a positive number")
+    for name, argv, flag in _outputs_under(tmp_path, "under_a_file"):
+        cases[name] = (argv, f"{flag}: ", "is a file, so")
+    case = tmp_path / "evaluate_damaged_run_config"
+    data = _data_dir(case / "bb")
+    (case / "fake_run").mkdir()
+    (case / "fake_run" / "config.json").write_text('{"model": {"sou')
+    cases["evaluate_damaged_run_config"] = (
+        ["-m", "bsft_jax.evaluate", "--config", _config(case), *_jsonl(data), "--baselines=",
+         "--checkpoint", str(case / "fake_run"), "--out_dir", str(case / "run" / "eval")],
+        f"{case}/fake_run/config.json: not valid JSON", "restore it from a copy")
+    return cases
+
+
+def _outputs_under(tmp_path, kind: str) -> list[tuple[str, list[str], str]]:
+    """(name, argv, flag) of train, evaluate, export and plan writing under ``<case>/blocked``: a file
+    (kind 'under_a_file') or a read-only folder (kind 'read_only'). The run folders exist but hold no
+    checkpoint: each command must stop at the output check, before reading anything."""
+    out = []
+    for cmd in ("train", "evaluate", "export", "plan"):
+        case = tmp_path / f"{cmd}_{kind}"
+        case.mkdir(parents=True)
+        blocked = case / "blocked"
+        if kind == "under_a_file":
+            blocked.write_text("a file")
+        else:
+            blocked.mkdir()
+            blocked.chmod(0o555)
+        data = _data_dir(case / "bb")
+        (case / "empty_run").mkdir()
+        if cmd == "train":
+            argv, flag = ["-m", "bsft_jax.train", "--config", _config(case, str(blocked / "run"))], "config.run_dir"
+        elif cmd == "evaluate":
+            argv, flag = (["-m", "bsft_jax.evaluate", "--config", _config(case), *_jsonl(data), "--baselines=",
+                           "--checkpoint", str(case / "empty_run"), "--out_dir", str(blocked / "eval")], "--out_dir")
+        elif cmd == "export":
+            argv, flag = (["-m", "bsft_jax.export", "--checkpoint", str(case / "empty_run"), "--out",
+                           str(blocked / "hf")], "--out")
+        else:
+            argv, flag = (["-m", "bsft_jax.train", "--plan", "--config", _config(case), "--plan_json",
+                           str(blocked / "plan.json")], "--plan_json")
+        out.append((f"{cmd}_{kind}", argv, flag))
+    return out
+
+
+def _run_all(cases: dict[str, tuple[list[str], str, str]], prefix: tuple[str, ...] = (), at_once: int = 6
+             ) -> dict[str, tuple[int, str, str]]:
+    """name -> (exit status, stdout, stderr) of every case, ``at_once`` processes at a time (each one
+    fails within seconds of starting; more at once would only compete for cores and memory)."""
+    results, running, pending = {}, {}, list(cases)
+    while pending or running:
+        while pending and len(running) < at_once:
+            name = pending.pop(0)
+            running[name] = _start(cases[name][0], prefix)
+        name = next(iter(running))
+        proc = running.pop(name)
         out, err = proc.communicate(timeout=300)
+        results[name] = (proc.returncode, out, err)
+    return results
+
+
+def _check(cases: dict[str, tuple[list[str], str, str]], tmp_path, prefix: tuple[str, ...] = ()) -> list[str]:
+    """Runs every case; returns what went wrong: exit 2, stderr exactly the one ``error:`` line naming the
+    place and the problem, no traceback, and nothing written (no run or output folder appeared)."""
+    problems = []
+    for name, (code, out, err) in _run_all(cases, prefix).items():
         _, where, what = cases[name]
-        errors = [line for line in err.splitlines() if line.startswith("error: ")]
-        ok = (proc.returncode == 2 and "Traceback" not in err + out and len(errors) == 1
-              and where in errors[0] and what in errors[0]
-              and not os.path.exists(tmp_path / name / "run"))  # nothing written: no run directory
+        lines = [line for line in err.splitlines() if line.strip()]
+        written = [p for p in ("run", "blocked/run", "blocked/eval", "blocked/hf", "blocked/plan.json")
+                   if os.path.exists(tmp_path / name / p)]
+        ok = (code == 2 and "Traceback" not in err + out and len(lines) == 1
+              and lines[0].startswith("error: ") and where in lines[0] and what in lines[0] and not written)
         if not ok:
-            problems.append(f"{name}: exit {proc.returncode}, error lines {errors}, stderr tail {err[-1500:]!r}")
+            problems.append(f"{name}: exit {code}, written {written}, stderr {err[-1500:]!r}")
+    return problems
+
+
+def test_user_errors_end_in_one_line_and_exit_2(tmp_path):
+    problems = _check(_cases(tmp_path), tmp_path)
+    assert not problems, "\n".join(problems)
+
+
+def test_read_only_outputs_end_in_one_line_and_exit_2(tmp_path):
+    """A read-only run_dir / --out_dir / --out / --plan_json parent: one line at the start, not a traceback at the end.
+
+    As root, permissions do not stop writes: the commands then run under setpriv without the
+    capability that bypasses them (CAP_DAC_OVERRIDE).
+    """
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: a read-only folder cannot be simulated (not tested)")
+        prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+    cases = {name: (argv, f"{flag}: ", "is not writable (permission denied)")
+             for name, argv, flag in _outputs_under(tmp_path, "read_only")}
+    try:
+        problems = _check(cases, tmp_path, prefix)
+    finally:
+        for name in cases:
+            (tmp_path / name / "blocked").chmod(0o755)
     assert not problems, "\n".join(problems)
 
 

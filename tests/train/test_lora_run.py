@@ -16,7 +16,6 @@ from flax import traverse_util
 
 from bsft_jax.export import export_checkpoint
 from bsft_jax.export_lora import load_lora_step, run_settings
-from bsft_jax.models import builtin
 from bsft_jax.run.checkpoint import load_params, read_meta
 from bsft_jax.train.loop import run
 from bsft_jax.train.lora import LoraTrainer
@@ -146,14 +145,14 @@ def test_lora_exports_merged_and_peft_adapter_with_our_logits(tmp_path, kind, ti
     assert np.abs(plain.numpy()[..., :valid] - ours[..., :valid]).max() > 10 * TOL
 
 
-def test_lora_peft_adapter_on_real_smollm2(tmp_path):
+def test_lora_peft_adapter_on_real_smollm2(tmp_path, smollm2_dir):
     """The real SmolLM2-135M-Instruct base (``builtin:``, from its PyPI package): the PEFT adapter gives our logits."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from bsft_jax.data import generate_split, write_jsonl
 
-    folder = builtin.builtin_model_path("smollm2-135m-instruct")  # converted once, cached
+    folder = smollm2_dir  # converted once, cached; the real-weights skip policy (tests/realweights/policy.py)
     data = tmp_path / "bb"
     data.mkdir()
     write_jsonl(generate_split("train", 8, seed=1), str(data / "train.jsonl"))

@@ -75,9 +75,10 @@ def _train_on_two_processes(run_dir: str, overrides: dict) -> subprocess.Complet
 def test_two_processes_match_single_process_on_the_demo_model(tmp_path):
     run_dir = str(tmp_path / "run")
     out = _train_on_two_processes(run_dir, OVERRIDES)
-    assert "process 1 of 2, 1 local / 2 global devices" in out.stdout
-    assert "[p0]" in out.stdout and "step 3/3" in out.stdout
-    assert "step 3/3" not in "".join(l for l in out.stdout.splitlines(True) if l.startswith("[p1]"))  # p0 logs
+    logs = out.stderr  # the launcher keeps each process's stream: logging goes to stderr
+    assert "process 1 of 2, 1 local / 2 global devices" in logs
+    assert "[p0]" in logs and "step 3/3" in logs
+    assert "step 3/3" not in "".join(line for line in logs.splitlines(True) if line.startswith("[p1]"))  # p0 logs
 
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
