@@ -1,11 +1,13 @@
 """Tables the demo scenes (v2) are drawn from. Demo material, not medical advice.
 
 In v2 no string of these tables decides a label by itself. The deciding fact is always a relation
-between two things printed in the same scene: a value and the critical limit printed beside it, the
-proposed drug's class and the charted allergy's class, a checklist card and the team's plan, an order
-set and the order. So limits, targets and thresholds are drawn per scene from a plausible window
-(``grid``) around the published value (labs and units differ between hospitals; the scene's own card
-is what counts), and every drug, value and order appears under every label of its category.
+between two things printed in the same scene: a value and the limit on the scene's card, the
+proposed drug's class and the charted allergy's class, a checklist card and the team's plan, the
+card's order lines and the order. So limits, ranges, targets and thresholds are drawn per scene from
+a plausible window (``grid``, :func:`reference_grid`) around the published value (labs and units
+differ between hospitals; the scene's own card is what counts), order-set lines draw their doses and
+routes per scene (:class:`OrderSet`), and every drug, value and order appears under every label of
+its category.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def grid(start: float, step: float, n: int, decimals: int) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- labs
 @dataclasses.dataclass(frozen=True)
 class Lab:
-    """A lab test: values inside the reference range, and grids near its low / high critical limits."""
+    """A lab test: values inside the reference range, grids near its critical limits, the reference step."""
 
     name: str
     unit: str
@@ -29,19 +31,31 @@ class Lab:
     normal: tuple[str, ...]         # values well inside the reference range
     near_low: tuple[str, ...] = ()  # ascending grid around the low critical limit (empty: none)
     near_high: tuple[str, ...] = ()  # ascending grid around the high critical limit
+    ref_step: float = 0.1           # printed step of the grids around the reference limits
 
 
 LABS: tuple[Lab, ...] = (
     Lab("potassium", "mmol/L", ("3.5", "5.0"), ("3.8", "4.1", "4.4", "4.7"),
-        grid(1.8, 0.1, 16, 1), grid(5.6, 0.1, 16, 1)),
-    Lab("sodium", "mmol/L", ("135", "145"), ("137", "139", "141", "143"), grid(110, 1, 16, 0), grid(154, 1, 16, 0)),
-    Lab("glucose", "mg/dL", ("70", "140"), ("88", "96", "104", "121"), grid(30, 2, 16, 0), grid(340, 10, 16, 0)),
-    Lab("hemoglobin", "g/dL", ("12.0", "17.5"), ("12.9", "13.7", "14.6", "15.4"), grid(5.0, 0.2, 16, 1)),
-    Lab("platelets", "x10^3/uL", ("150", "400"), ("190", "236", "281", "327"), grid(6, 2, 16, 0)),
-    Lab("INR", "", ("0.8", "1.2"), ("0.9", "1.0", "1.1"), (), grid(4.0, 0.2, 16, 1)),
-    Lab("calcium", "mg/dL", ("8.5", "10.5"), ("8.9", "9.4", "9.9"), grid(5.2, 0.2, 16, 1), grid(12.2, 0.2, 16, 1)),
-    Lab("lactate", "mmol/L", ("0.5", "2.0"), ("0.9", "1.3", "1.7"), (), grid(3.0, 0.2, 16, 1)),
+        grid(1.8, 0.1, 16, 1), grid(5.6, 0.1, 16, 1), 0.1),
+    Lab("sodium", "mmol/L", ("135", "145"), ("137", "139", "141", "143"), grid(110, 1, 16, 0), grid(154, 1, 16, 0),
+        1),
+    Lab("glucose", "mg/dL", ("70", "140"), ("88", "96", "104", "121"), grid(30, 2, 16, 0), grid(340, 10, 16, 0), 2),
+    Lab("hemoglobin", "g/dL", ("12.0", "17.5"), ("12.9", "13.7", "14.6", "15.4"), grid(5.0, 0.2, 16, 1), (), 0.2),
+    Lab("platelets", "x10^3/uL", ("150", "400"), ("190", "236", "281", "327"), grid(6, 2, 16, 0), (), 5),
+    Lab("INR", "", ("0.8", "1.2"), ("0.9", "1.0", "1.1"), (), grid(4.0, 0.2, 16, 1), 0.05),
+    Lab("calcium", "mg/dL", ("8.5", "10.5"), ("8.9", "9.4", "9.9"), grid(5.2, 0.2, 16, 1), grid(12.2, 0.2, 16, 1), 0.1),
+    Lab("lactate", "mmol/L", ("0.5", "2.0"), ("0.9", "1.3", "1.7"), (), grid(3.0, 0.2, 16, 1), 0.05),
 )
+
+
+def reference_grid(lab: Lab, high: bool, n: int = 12) -> tuple[str, ...]:
+    """An ascending grid of ``n`` values around the lab's low or high reference limit (per-scene limits).
+
+    Printed with as many decimals as the step needs, so a value and a limit read alike.
+    """
+    edge = float(lab.reference[1 if high else 0])
+    decimals = len(f"{lab.ref_step:g}".split(".")[1]) if "." in f"{lab.ref_step:g}" else 0
+    return grid(edge - (n // 2) * lab.ref_step, lab.ref_step, n, decimals)
 
 
 def lab_text(lab: Lab, value: str) -> str:
@@ -100,29 +114,37 @@ ORDER_VERBS: tuple[str, ...] = ("hold the", "restart the", "cut back the", "give
 
 
 @dataclasses.dataclass(frozen=True)
-class Regimen:
-    """One line of an order set: for a situation, a dose and a route."""
+class OrderSet:
+    """A drug's two situations and the doses and routes a scene's order-set card draws their lines from.
 
-    situation: str
-    dose: str
-    route: str
+    Each scene draws the two lines (dose, route) afresh, sharing the route or the dose, so no dose or
+    route belongs to a situation: the card in the scene decides which line is the patient's.
+    """
+
+    situations: tuple[str, str]
+    doses: tuple[str, ...]
+    routes: tuple[str, ...]
 
 
-# Each drug has two real regimens with different doses and routes (an order mixing them is an error).
-ORDER_SETS: dict[str, tuple[Regimen, Regimen]] = {
-    "epinephrine": (Regimen("anaphylaxis", "0.5 mg", "IM"), Regimen("cardiac arrest", "1 mg", "IV push")),
-    "metoprolol": (Regimen("rapid atrial fibrillation", "5 mg", "IV"),
-                   Regimen("stable angina", "50 mg", "by mouth")),
-    "furosemide": (Regimen("acute pulmonary edema", "40 mg", "IV"), Regimen("ankle swelling", "20 mg", "by mouth")),
-    "ondansetron": (Regimen("vomiting, nil by mouth", "4 mg", "IV"), Regimen("mild nausea", "8 mg", "by mouth")),
-    "potassium chloride": (Regimen("potassium 2.9, on telemetry", "10 mEq", "IV over one hour"),
-                           Regimen("potassium 3.3, eating", "40 mEq", "by mouth")),
-    "acetaminophen": (Regimen("fever, nil by mouth", "1 g", "IV over 15 minutes"),
-                      Regimen("fever, eating", "650 mg", "by mouth")),
-    "haloperidol": (Regimen("severe agitation", "5 mg", "IM"), Regimen("night-time delirium", "0.5 mg", "by mouth")),
-    "lorazepam": (Regimen("status epilepticus", "4 mg", "IV"), Regimen("anxiety before MRI", "1 mg", "by mouth")),
-    "hydralazine": (Regimen("severe hypertension in pregnancy", "10 mg", "IV"),
-                    Regimen("heart failure", "25 mg", "by mouth")),
+ORDER_SETS: dict[str, OrderSet] = {
+    "epinephrine": OrderSet(("anaphylaxis", "cardiac arrest"), ("0.3 mg", "0.5 mg", "1 mg"),
+                            ("IM", "IV push", "subcutaneous")),
+    "metoprolol": OrderSet(("rapid atrial fibrillation", "stable angina"), ("5 mg", "25 mg", "50 mg"),
+                           ("IV", "by mouth", "IV over 10 minutes")),
+    "furosemide": OrderSet(("acute pulmonary edema", "ankle swelling"), ("20 mg", "40 mg", "80 mg"),
+                           ("IV", "by mouth", "IV over 30 minutes")),
+    "ondansetron": OrderSet(("vomiting and nil by mouth", "mild nausea"), ("4 mg", "8 mg", "2 mg"),
+                            ("IV", "by mouth", "under the tongue")),
+    "potassium chloride": OrderSet(("potassium 2.9 on telemetry", "potassium 3.3 and eating"),
+                                   ("10 mEq", "20 mEq", "40 mEq"), ("IV over one hour", "by mouth", "IV over 4 hours")),
+    "acetaminophen": OrderSet(("fever and nil by mouth", "fever and eating"), ("1 g", "650 mg", "500 mg"),
+                              ("IV over 15 minutes", "by mouth", "rectally")),
+    "haloperidol": OrderSet(("severe agitation", "night-time delirium"), ("5 mg", "0.5 mg", "2 mg"),
+                            ("IM", "by mouth", "IV")),
+    "lorazepam": OrderSet(("status epilepticus", "anxiety before MRI"), ("4 mg", "1 mg", "2 mg"),
+                          ("IV", "by mouth", "IM")),
+    "hydralazine": OrderSet(("severe hypertension in pregnancy", "heart failure"), ("10 mg", "25 mg", "5 mg"),
+                            ("IV", "by mouth", "IM")),
 }
 
 
@@ -140,7 +162,7 @@ PROTOCOL_STEPS: dict[str, tuple[str, ...]] = {
     "anaphylaxis": ("give IM epinephrine", "assess the airway", "give IV fluids", "give an antihistamine",
                     "observe for six hours"),
     "upper GI bleeding": ("place two large-bore IVs", "start an IV proton pump inhibitor", "arrange endoscopy",
-                          "type and screen", "hold the anticoagulant"),
+                          "send blood for crossmatch", "hold the anticoagulant"),
     "hyperkalemia": ("give IV calcium gluconate", "give insulin with glucose", "recheck potassium",
                      "repeat the ECG", "give a potassium binder"),
 }

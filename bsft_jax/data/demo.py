@@ -29,15 +29,16 @@ from typing import Any
 
 from bsft_jax.behavior import taxonomy
 from bsft_jax.behavior.spec import BehaviorSpec
-from bsft_jax.data.demo_scenes import GENERATORS, random_patient
-from bsft_jax.data.schema import Record, read_jsonl, write_jsonl
+from bsft_jax.data.demo_scenes import FLAG_LABELS, GENERATORS, Infeasible, random_patient
+from bsft_jax.data.schema import NO_INTERVENTION, Record, read_jsonl, write_jsonl
 from bsft_jax.files import cache_dir as default_cache_dir  # the public name of the one cache folder
 from bsft_jax.files import replace_dir
 
-DEMO_VERSION = "2.0.1"  # bump when generated content changes (it is part of the cache key)
-# The RNG streams keep 2.0.0's key: 2.0.1 only made the split of DDX scenes independent of the
-# process's string-hash seed (a frozenset's repr was hashed), so only those scenes changed.
-_RNG_VERSION = "2.0.0"
+DEMO_VERSION = "2.1.0"  # bump when generated content changes (it is part of the cache key)
+# 2.1.0: per-scene order-set lines, reference ranges and feature -> diagnosis pairings; one-decimal
+# weights; a reference card in every scene; labels drawn per category (equal intervene rates);
+# hard items in every flag category; drug x allergy class held out.
+_RNG_VERSION = "2.1.0"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 CHATML_SPECIALS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (
@@ -76,12 +77,34 @@ def split_of(category: str, combo: tuple) -> str:
     return next(s for s, r in SPLIT_BUCKETS.items() if bucket in r)
 
 
-def _scene_for_split(split: str, category: str, patient: Any, key: str) -> Any:
+def _scene_for_split(split: str, category: str, patient: Any, key: str, label: str | None) -> Any:
     for attempt in range(10_000):
-        scene = GENERATORS[category](random.Random(f"{key}/{attempt}"), patient)
+        try:
+            scene = GENERATORS[category](random.Random(f"{key}/{attempt}"), patient, force_label=label)
+        except Infeasible:  # e.g. a dose error on a card whose two lines differ in route
+            continue
         if split_of(category, scene.combo) == split:
             return scene
     raise RuntimeError(f"no {split} scene for {category!r} in 10000 draws (combination space too small)")
+
+
+def _planned_labels(categories: Sequence[str], rng: random.Random) -> list[str | None]:
+    """The label of each slot of a flag category, fixed before its scene is drawn.
+
+    Half of a category's slots (rounded down) intervene, the flag labels taking turns, the rest hold
+    back, shuffled. So every flag category has the same intervene rate in every split (the category
+    tells nothing about the decision), and redrawing a scene for its split cannot skew the labels.
+    Multiple-choice slots get None (the generator draws the answer).
+    """
+    planned: list[str | None] = [None] * len(categories)
+    for category, labels in FLAG_LABELS.items():
+        slots = [i for i, c in enumerate(categories) if c == category]
+        flags = [labels[k % (len(labels) - 1)] for k in range(len(slots) // 2)]
+        plan = flags + [NO_INTERVENTION] * (len(slots) - len(flags))
+        rng.shuffle(plan)
+        for i, label in zip(slots, plan):
+            planned[i] = label
+    return planned
 
 
 def generate_split(split: str, num_records: int, *, seed: int = 0, spec: BehaviorSpec | None = None) -> list[Record]:
@@ -95,6 +118,7 @@ def generate_split(split: str, num_records: int, *, seed: int = 0, spec: Behavio
     rng = random.Random(f"bsft-demo/{_RNG_VERSION}/{seed}/{split}")
     categories = [taxonomy.CATEGORY_NAMES[i % len(taxonomy.CATEGORY_NAMES)] for i in range(num_records)]
     rng.shuffle(categories)
+    planned = _planned_labels(categories, rng)
     records: list[Record] = []
     case = 0
     while len(records) < num_records:
@@ -103,7 +127,7 @@ def generate_split(split: str, num_records: int, *, seed: int = 0, spec: Behavio
         patient = random_patient(case_rng)
         for j in range(min(case_rng.choice((1, 2, 3)), num_records - len(records))):
             category = categories[len(records)]
-            scene = _scene_for_split(split, category, patient, f"{seed}/{split}/{case}/{j}")
+            scene = _scene_for_split(split, category, patient, f"{seed}/{split}/{case}/{j}", planned[len(records)])
             behavior = spec.behavior_for_item(category, scene.label, scene.options is not None)
             records.append(Record(
                 id=f"{case_id}-{j}", case_id=case_id, category=category, group=taxonomy.group_of(category),

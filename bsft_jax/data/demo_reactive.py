@@ -1,8 +1,9 @@
 """Reactive (multiple-choice) scene generators of the demo set (v2): the answer is read from the scene.
 
-Each needs a fact that is printed in the scene, not one to recall: the reference range beside each
-value, the imaging report's finding for the region asked about (findings and regions are paired at
-random), the teaching card that links each diagnosis to a feature, the times in the timeline.
+Each needs a fact that is printed in the scene, not one to recall: the normal ranges on the card
+(drawn per scene, values near their limits on both sides), the report's finding for the region asked
+about (findings and regions paired at random), the card that links each diagnosis to a feature
+(paired at random per scene, so only the card tells), the times on the card's timeline.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 import random
 
 from bsft_jax.data import clinical_facts as cf
-from bsft_jax.data.scene_kit import Patient, Scene, cap, frame, multiple_choice, no_force, voices
+from bsft_jax.data.scene_kit import Patient, Scene, cap, frame, multiple_choice, no_force, place, value_slot, voices
 
 REGIONS = ("right lower lobe", "left upper lobe", "left pleural space", "liver", "right kidney", "spleen",
            "gallbladder", "pancreas")
@@ -20,7 +21,8 @@ FINDINGS = ("no abnormality", "a 6 mm nodule", "a simple cyst", "a small calcifi
 MODALITIES = ("CT of the chest and abdomen", "MRI of the abdomen", "PET-CT", "ultrasound survey")
 COMPLAINTS = ("feeling unwell for two days", "poor sleep", "a headache this morning", "nausea")
 
-# Diagnoses and features that point to them (a scene's teaching card shows one feature per diagnosis).
+# Diagnoses and features. A scene's card pairs four diagnoses with four features drawn from all of
+# them at random: the pairing is the scene's, so a feature -> diagnosis table learned from train is no help.
 PRESENTATIONS: dict[str, tuple[str, ...]] = {
     "acute myocardial infarction": ("crushing chest pain spreading to the left arm", "ST elevation in II, III, aVF"),
     "aortic dissection": ("tearing pain going through to the back", "a 30 mmHg arm pressure difference"),
@@ -53,39 +55,47 @@ EVENTS: tuple[str, ...] = (
 )
 
 
+def _range_text(lab: cf.Lab, lo: str, hi: str) -> str:
+    return f"{lab.name} {lo} to {hi}"
+
+
 def lab_interpretation(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     no_force(force_label)
     labs = rng.sample(cf.LABS, 4)
     target = labs[0]
-    high = rng.random() < 0.5
-    lo, hi = target.reference
-    step = float(hi) - float(lo)
-    decimals = len(lo.split(".")[1]) if "." in lo else 0
-    unit = 10.0 ** -decimals
-    off = max(1, round(rng.choice((0.05, 0.1, 0.15, 0.25)) * step / unit)) * unit  # >= one printed digit
-    value = f"{float(hi) + off:.{decimals}f}" if high else f"{max(float(lo) - off, unit):.{decimals}f}"
-    values = {lab.name: rng.choice(lab.normal) for lab in labs}
-    values[target.name] = value
-    shown = rng.sample(labs, 4)
+    # Each lab sits near one limit of a normal range drawn for this scene; only the target is past it.
+    # A value string is as often inside as outside its range, so a value -> answer table is no help.
+    sides = [rng.random() < 0.5 for _ in labs]
+    slots = [value_slot(rng, cf.reference_grid(lab, high)) for lab, high in zip(labs, sides)]
+    far = [rng.randrange(-2, 3) for _ in labs]  # the other limit, a few steps off its usual value
+    shown, card_order = rng.sample(range(4), 4), rng.sample(range(4), 4)
     options, answer = multiple_choice(rng, target.name, [lab.name for lab in labs[1:]])
     v = voices(rng)
-    text = "Labs: " + "; ".join(f"{cf.lab_text(lab, values[lab.name])} (reference {lab.reference[0]}-"
-                                f"{lab.reference[1]})" for lab in shown) + "."
-    turns = frame(pt, v, text, None, "Looking at the labs.", "Which result is outside its reference range?")
-    response = f"Answer: {answer}\n{cap(cf.lab_text(target, value))} is outside {lo}-{hi}."
-    return Scene(turns, answer, response, options, combo=(target.name, value))
+    values, ranges = [], []
+    for k, (lab, high) in enumerate(zip(labs, sides)):
+        value, limit = place(cf.reference_grid(lab, high), slots[k], k == 0, high)
+        other = cf.reference_grid(lab, not high)[len(cf.reference_grid(lab, not high)) // 2 + far[k]]
+        values.append(cf.lab_text(lab, value))
+        ranges.append(_range_text(lab, *((other, limit) if high else (limit, other))))
+    turns = frame(pt, v, "Labs: " + "; ".join(values[i] for i in shown) + ".",
+                  "Normal ranges, " + "; ".join(ranges[i] for i in card_order) + ".",
+                  "Looking at the labs.", "Which result is outside its normal range?")
+    response = f"Answer: {answer}\n{cap(values[0])} is outside {ranges[0]}."
+    # held out: the four labs with their sides, the same for every option (holding out the answer's own
+    # lab x value would let "the option I never saw as an answer" pick it)
+    return Scene(turns, answer, response, options, combo=tuple(sorted(zip([lab.name for lab in labs], sides))))
 
 
 def image_reasoning(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     no_force(force_label)
     regions = rng.sample(REGIONS, 3)
     findings = rng.sample(FINDINGS, 4)  # three in the report, one only among the options
-    modality, asked = rng.choice(MODALITIES), rng.randrange(3)
+    modality, asked, complaint = rng.choice(MODALITIES), rng.randrange(3), rng.choice(COMPLAINTS)
     v = voices(rng)
-    report = "; ".join(f"{r}: {f}" for r, f in zip(regions, findings))
+    report = "; ".join(f"{f} in the {r}" for r, f in zip(regions, findings))
     options, answer = multiple_choice(rng, findings[asked], [f for i, f in enumerate(findings) if i != asked])
-    turns = frame(pt, v, f"{cap(modality)} report: {report}.", None, "The report is back.",
-                  f"What does it say about the {regions[asked]}?")
+    turns = frame(pt, v, f"Notes: presents with {complaint}.", f"{cap(modality)} report, {report}.",
+                  "The report is back.", f"What does it say about the {regions[asked]}?")
     response = f"Answer: {answer}\nThe report gives {findings[asked]} for the {regions[asked]}."
     return Scene(turns, answer, response, options, hard=False, combo=(*zip(regions, findings), asked))
 
@@ -93,15 +103,15 @@ def image_reasoning(rng: random.Random, pt: Patient, force_label: str | None = N
 def ddx_reasoning(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     no_force(force_label)
     dxs = rng.sample(sorted(PRESENTATIONS), 4)
-    feats = [rng.choice(PRESENTATIONS[d]) for d in dxs]
+    feats = rng.sample(sorted(f for fs in PRESENTATIONS.values() for f in fs), 4)  # paired with dxs at random
     complaint, card_order = rng.choice(COMPLAINTS), rng.sample(range(4), 4)
     v = voices(rng)
-    card = "Teaching card: " + "; ".join(f"{feats[i]} suggests {dxs[i]}" for i in card_order) + "."
+    card = cap("; ".join(f"{feats[i]} suggests {dxs[i]}" for i in card_order)) + "."
     options, answer = multiple_choice(rng, dxs[0], dxs[1:])
-    turns = frame(pt, v, f"Presents with {feats[0]} and {complaint}.", card, "New admission.",
+    turns = frame(pt, v, f"Notes: presents with {feats[0]} and {complaint}.", card, "New admission.",
                   "Which diagnosis on the card fits best?")
     response = f"Answer: {answer}\n{cap(feats[0])} suggests {dxs[0]} on the card."
-    return Scene(turns, answer, response, options, combo=(dxs[0], feats[0], tuple(sorted(dxs))))
+    return Scene(turns, answer, response, options, combo=tuple(sorted(dxs)))  # the card's diagnoses, not the answer
 
 
 def temporal_ordering(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
@@ -112,9 +122,9 @@ def temporal_ordering(rng: random.Random, pt: Patient, force_label: str | None =
     rng.shuffle(told)  # narration order is not event order
     target = (min if ask_first else max)(pairs, key=lambda p: p[0].day)
     options, answer = multiple_choice(rng, target[1], [e for _, e in pairs if e != target[1]])
-    v = voices(rng)
+    complaint, v = rng.choice(COMPLAINTS), voices(rng)
     story = " ".join(f"{cap(t.when)}, {e}." for t, e in told)
-    turns = frame(pt, v, f"Timeline: {story}", None, "Going over the history.",
+    turns = frame(pt, v, f"Notes: presents with {complaint}.", story, "Going over the history.",
                   f"Which of these happened {'first' if ask_first else 'last'}?")
     response = (f"Answer: {answer}\n{cap(target[1])} {target[0].when}, "
                 f"{'before' if ask_first else 'after'} the other events.")

@@ -5,17 +5,23 @@ first, in the same order whatever the label, and only then assembles the text. S
 ``rng`` state, two calls that force different labels give "twin" scenes that differ in one fact (a
 value and its limit swapped, the step the plan misses, the class on the alert card ...).
 
-What decides each flag label (always two things printed in the scene, never one string):
-  Critical Value Flagging   a lab value against the critical limit printed beside it
-  Intervention Restraint    a reported value against the patient's own target in the chart
-  Medication Safety Check   the proposed drug's class against the charted allergy class, or the
-                            pharmacy alert card of the home medicine
-  Ambiguity Clarification   the class an order names against how many active medicines share it
+What decides each flag label (always two things printed in the scene, never one string; every
+scene is chart, card, clinician, closing line, see :func:`bsft_jax.data.scene_kit.frame`):
+  Critical Value Flagging   a lab value in the chart against its limit on the card
+  Intervention Restraint    a reported value against the patient's own target on the card
+  Medication Safety Check   the proposed drug's class against the charted allergy classes, or the
+                            card for the home medicine
+  Ambiguity Clarification   the class an order names against how many active medicines the card
+                            puts in that class
   Omission Detection        the checklist card against the team's plan
-  Error Correction          the order against the order-set line of the patient's situation
+  Error Correction          the order against the card's line for the patient's problem (lines
+                            drawn per scene; an error copies the other line whole)
   Consistency Check         two parts of the record (site, weight, allergy)
-  Missing Information       the checklist card's prerequisite against the facts in the chart
+  Missing Information       the card's prerequisite against the facts in the chart
   Guideline Deviation       the fact against the threshold on the guideline card
+Each category also has ``hard`` scenes (share :data:`P_HARD`) with a second relation to check.
+Labels are planned per category by :mod:`bsft_jax.data.demo` (``force_label``), so intervene rates
+are equal across categories; the generator's own draw ``u`` is for direct calls.
 Reactive (multiple-choice) generators live in :mod:`bsft_jax.data.demo_reactive`.
 """
 
@@ -34,21 +40,26 @@ from bsft_jax.data.scene_kit import (  # noqa: F401  (re-exported for callers of
     binary,
     cap,
     choose,
-    crossing,
     frame,
     join,
-    near_pair,
+    place,
     random_patient,
+    value_slot,
     voices,
 )
 from bsft_jax.data.schema import NO_INTERVENTION
 
 PLANS = ("discharge this afternoon", "move to the ward", "start physiotherapy today", "step down the monitoring")
-BODY_PARTS = ("knee", "hip", "shoulder", "wrist", "ankle")
+BODY_PARTS = ("knee", "hip", "shoulder", "wrist", "ankle", "elbow", "hand", "foot", "big toe", "thumb")
+P_HARD = 0.3  # share of flag scenes drawn with a second relation to check (the ``hard`` subset)
 
 
 def _flag(label: str, text: str) -> str:
     return f"Flag: {label}\n{text}" if label != NO_INTERVENTION else f"No concerns\n{text}"
+
+
+def _act_if(measure: str, limit: str, unit: str, upper: bool) -> str:
+    return f"act if {measure} is {'above' if upper else 'below'} {limit}{unit}"
 
 
 # ----------------------------------------------------------------------------- balanced
@@ -58,49 +69,56 @@ def critical_value_flagging(rng: random.Random, pt: Patient, force_label: str | 
     slot, other = labs[0], labs[1]
     sides = {lab.name: rng.choice([s for s, g in ((False, lab.near_low), (True, lab.near_high)) if g])
              for lab in labs}
-    pairs = {lab.name: near_pair(rng, lab.near_high if sides[lab.name] else lab.near_low) for lab in labs}
+    grids = {lab.name: lab.near_high if sides[lab.name] else lab.near_low for lab in labs}
+    slots = {lab.name: value_slot(rng, grids[lab.name]) for lab in labs}
     normal = {lab.name: rng.choice(lab.normal) for lab in labs}
-    with_distractor = rng.random() < 0.5
-    order = rng.sample(range(4), 4)
+    with_distractor = rng.random() < P_HARD  # hard: a second lab sits near (not past) its limit
+    order, card_order = rng.sample(range(4), 4), rng.sample(range(4), 4)
     plan, v = rng.choice(PLANS), voices(rng)
     label = binary(u, "critical_value", force_label)
-    shown = []
+    values, limits = [], []
     for lab in labs:
-        _, lo, hi = pairs[lab.name]
-        value, limit = crossing(lo, hi, label == "critical_value" and lab is slot, sides[lab.name])
+        value, limit = place(grids[lab.name], slots[lab.name], label == "critical_value" and lab is slot,
+                             sides[lab.name])
         if lab is not slot and not (lab is other and with_distractor):
             value = normal[lab.name]
-        word = "above" if sides[lab.name] else "below"
-        shown.append(f"{cf.lab_text(lab, value)} (critical {word} {limit})")
-    text = "Labs: " + "; ".join(shown[i] for i in order) + "."
-    turns = frame(pt, v, text, None, f"{pt.name} feels better today, so let's {plan}.")
-    slot_text = shown[0]
+        values.append(cf.lab_text(lab, value))
+        limits.append(_act_if(lab.name, limit, "", sides[lab.name]))
+    chart = "Labs: " + "; ".join(values[i] for i in order) + "."
+    card = cap("; ".join(limits[i] for i in card_order)) + "."
+    turns = frame(pt, v, chart, card, f"{pt.name} feels better today, so let's {plan}.")
     if label == "critical_value":
-        response = _flag(label, f"{cap(slot_text)}: past its critical limit; repeat and treat before we {plan}.")
+        response = _flag(label, f"{cap(values[0])} is past its limit ({limits[0]}); repeat and treat before we {plan}.")
     else:
-        response = _flag(label, f"Every result is inside its critical limits, {slot_text} included. Fine to {plan}.")
-    band = pairs[slot.name][0] // 4
-    return Scene(turns, label, response, hard=with_distractor, combo=(slot.name, sides[slot.name], band))
+        response = _flag(label, f"Every result is inside its limits, {values[0]} included. Fine to {plan}.")
+    return Scene(turns, label, response, hard=with_distractor,
+                 combo=(slot.name, sides[slot.name], slots[slot.name][0] // 4))
 
 
 def intervention_restraint(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    t = rng.choice(cf.TARGETS)
-    i, lo, hi = near_pair(rng, t.values)
-    v = voices(rng)
-    label = binary(u, "intervene", force_label, p_flag=0.4)
-    value, limit = crossing(lo, hi, label == "intervene", t.upper)
-    word = "at most" if t.upper else "at least"
-    chart = f"{cap(t.why)}. Team target: {t.measure} {word} {limit}{t.unit}."
-    line = f"Just so you know, {t.measure} is {value}{t.unit}, which would be out of range for most patients."
-    turns = frame(pt, v, chart, None, line)
+    t, t2 = rng.sample(cf.TARGETS, 2)
+    slot, slot2 = value_slot(rng, t.values), value_slot(rng, t2.values)
+    two = rng.random() < P_HARD  # hard: a second measure with its own target is reported too (within it)
+    swap, v = rng.random() < 0.5, voices(rng)
+    label = binary(u, "intervene", force_label)
+    value, limit = place(t.values, slot, label == "intervene", t.upper)
+    value2, limit2 = place(t2.values, slot2, False, t2.upper)
+    targets = [(t, value, limit), (t2, value2, limit2)] if two else [(t, value, limit)]
+    shown = targets[::-1] if swap else targets
+    chart = "Notes: " + "; ".join(x[0].why for x in shown) + "."
+    card = "For this patient, " + "; ".join(_act_if(x[0].measure, x[2], x[0].unit, x[0].upper) for x in shown) + "."
+    line = ("Just so you know, " + " and ".join(f"{x[0].measure} is {x[1]}{x[0].unit}" for x in shown)
+            + ", which would be out of range for most patients.")
+    turns = frame(pt, v, chart, card, line)
+    rule = _act_if(t.measure, limit, t.unit, t.upper)
     if label == "intervene":
-        response = _flag(label, f"{cap(t.measure)} {value}{t.unit} is past this patient's own limit ({word} {limit}); "
+        response = _flag(label, f"{cap(t.measure)} {value}{t.unit} is past this patient's own limit ({rule}); "
                                 "this needs action now.")
     else:
-        response = _flag(label, f"{cap(t.measure)} {value}{t.unit} is within this patient's target ({word} {limit}); "
+        response = _flag(label, f"{cap(t.measure)} {value}{t.unit} is within this patient's target ({rule}); "
                                 "no action needed.")
-    return Scene(turns, label, response, combo=(t.measure, i // 4))
+    return Scene(turns, label, response, hard=two, combo=(t.measure, slot[0] // 3))
 
 
 def medication_safety_check(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
@@ -109,25 +127,27 @@ def medication_safety_check(rng: random.Random, pt: Patient, force_label: str | 
     klass = cf.CLASS_OF[drug]
     others = rng.sample([c for c in cf.DRUG_CLASSES if c != klass], 3)
     home = rng.choice(cf.HOME_MEDS)
-    two_allergies = rng.random() < 0.5  # hard: the drug is checked against two allergy classes
+    two_allergies = rng.random() < P_HARD  # hard: the drug is checked against two allergy classes
+    flip = rng.random() < 0.5
     v = voices(rng)
-    label = choose(u, ("allergy_conflict", "drug_interaction", NO_INTERVENTION), (0.35, 0.35, 0.3), force_label)
+    label = choose(u, ("allergy_conflict", "drug_interaction", NO_INTERVENTION), (0.25, 0.25, 0.5), force_label)
     allergy = klass if label == "allergy_conflict" else others[0]
     alert = klass if label == "drug_interaction" else others[1]
     allergies = [allergy, others[2]] if two_allergies else [allergy]
-    if two_allergies and rng.random() < 0.5:
+    if two_allergies and flip:
         allergies.reverse()
-    chart = f"Allergies: {join(allergies)}. Home medicines: {home}."
-    card = f"Pharmacy alert for {home}: do not combine with {alert}."
+    chart = f"Allergies: {join(allergies)}. Medicines: {home}."
+    card = f"Do not combine {home} with {alert}."
     turns = frame(pt, v, chart, card, f"Let's start {drug}, one of the {klass}.")
     if label == "allergy_conflict":
         response = _flag(label, f"{cap(drug)} is one of the {klass} and the chart lists an allergy to {klass}.")
     elif label == "drug_interaction":
-        response = _flag(label, f"The alert card says {home} must not be combined with {klass}, and {drug} is one.")
+        response = _flag(label, f"The card says {home} must not be combined with {klass}, and {drug} is one.")
     else:
         response = _flag(label, f"{cap(drug)} is one of the {klass}: not an allergy ({join(allergies)}) and not on "
-                                f"the alert card for {home} ({alert}).")
-    return Scene(turns, label, response, hard=two_allergies, combo=(drug, home))
+                                f"the card for {home} ({alert}).")
+    # held out: the drug with the charted allergy classes (drug x allergy class)
+    return Scene(turns, label, response, hard=two_allergies, combo=(drug, tuple(sorted(allergies))))
 
 
 def ambiguity_clarification(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
@@ -136,23 +156,30 @@ def ambiguity_clarification(rng: random.Random, pt: Patient, force_label: str | 
     first, second = rng.sample(cf.ACTIVE_CLASSES[klass], 2)
     decoy_a, decoy_b = rng.sample(cf.ACTIVE_CLASSES[decoy], 2)
     extra, extra_b = rng.sample(cf.ACTIVE_CLASSES[third], 2)
-    verb, order = rng.choice(cf.ORDER_VERBS), rng.sample(range(4), 4)
+    five = rng.random() < P_HARD  # hard: a second class also has two active medicines
+    verb, order, card_order = rng.choice(cf.ORDER_VERBS), rng.sample(range(5), 5), rng.sample(range(6), 6)
     v = voices(rng)
     label = binary(u, "clarify", force_label)
-    # The order is ambiguous iff two ACTIVE medicines share the class it names. Either way the class
-    # is written three times (twice active, or once active and once stopped), so counting words
-    # does not tell; the twins swap one active and the stopped medicine.
+    # The order is ambiguous iff two ACTIVE medicines share the class it names. Another class always
+    # has two active medicines too when the order is clear, so "some class is doubled" does not tell;
+    # the twins swap one active and the stopped medicine.
     clarify = label == "clarify"
-    meds = [(first, klass), (second, klass) if clarify else (decoy_b, decoy), (decoy_a, decoy), (extra, third)]
+    if five:
+        meds = [(first, klass), (decoy_a, decoy), (decoy_b, decoy), (extra, third),
+                (second, klass) if clarify else (extra_b, third)]
+    else:
+        meds = [(first, klass), (second, klass) if clarify else (decoy_b, decoy), (decoy_a, decoy), (extra, third)]
     stopped = (extra_b, third) if clarify else (second, klass)
-    chart = ("Active medicines: " + "; ".join(f"{meds[i][0]} ({meds[i][1]})" for i in order)
-             + f". Stopped last week: {stopped[0]} ({stopped[1]}).")
-    turns = frame(pt, v, chart, None, f"Please {verb} {klass} now.")
+    listed = [*meds, stopped]
+    chart = ("Medicines: " + "; ".join(meds[i][0] for i in order if i < len(meds))
+             + f"; {stopped[0]} (stopped last week).")
+    card = cap("; ".join(f"{listed[i][0]} ({listed[i][1]})" for i in card_order if i < len(listed))) + "."
+    turns = frame(pt, v, chart, card, f"Please {verb} {klass} now.")
     if clarify:
         response = _flag(label, f"Two active medicines are {klass}s ({first} and {second}); which one is meant?")
     else:
         response = _flag(label, f"Only {first} is an active {klass}, so the order is clear.")
-    return Scene(turns, label, response, combo=(klass, verb, first))
+    return Scene(turns, label, response, hard=five, combo=(klass, verb, first))
 
 
 # ----------------------------------------------------------------------------- proactive
@@ -161,7 +188,8 @@ def omission_detection(rng: random.Random, pt: Patient, force_label: str | None 
     condition = rng.choice(sorted(cf.PROTOCOL_STEPS))
     steps = list(cf.PROTOCOL_STEPS[condition])
     rng.shuffle(steps)
-    card, rest = steps[:3], steps[3:]
+    long_card = rng.random() < P_HARD  # hard: the card lists four steps, so only one step is off the card
+    card, rest = (steps[:4], steps[4:]) if long_card else (steps[:3], steps[3:])
     miss_card, miss_rest = rng.choice(card), rng.choice(rest)
     order = rng.sample(range(4), 4)
     v = voices(rng)
@@ -169,106 +197,130 @@ def omission_detection(rng: random.Random, pt: Patient, force_label: str | None 
     missed = miss_card if label == "omission" else miss_rest
     plan = [s for s in steps if s != missed]
     plan = [plan[i] for i in order]
-    turns = frame(pt, v, f"Admitted with {condition}.", f"Checklist for {condition}: {'; '.join(card)}.",
-                  f"Plan: we {join(plan)}.")
+    turns = frame(pt, v, f"Notes: admitted with {condition}.", f"For {condition}, {'; '.join(card)}.",
+                  f"Let's {join(plan)}.")
     if label == "omission":
-        response = _flag(label, f"The plan leaves out a checklist step: {missed}.")
+        response = _flag(label, f"The plan leaves out a step on the card: {missed}.")
     else:
-        response = _flag(label, f"The plan covers every checklist step for {condition}.")
-    return Scene(turns, label, response, hard=False, combo=(condition, missed))
+        response = _flag(label, f"The plan covers every step on the card for {condition}.")
+    return Scene(turns, label, response, hard=long_card, combo=(condition, missed))
+
+
+def _order_line(drug: str, situation: str, dose: str, route: str) -> str:
+    return f"{drug} for {situation}, dose {dose}, route {route}"
 
 
 def error_correction(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    drug = rng.choice(sorted(cf.ORDER_SETS))
-    regimens = list(cf.ORDER_SETS[drug])
-    rng.shuffle(regimens)
-    mine, other = regimens
-    listed = rng.sample(regimens, 2)
+    drug, drug2 = rng.sample(sorted(cf.ORDER_SETS), 2)
+    spec, spec2 = cf.ORDER_SETS[drug], cf.ORDER_SETS[drug2]
+    mine, other = rng.sample(spec.situations, 2)
+    doses, routes = rng.sample(spec.doses, 2), rng.sample(spec.routes, 2)
+    by_dose = rng.random() < 0.5  # the two lines of the card differ in dose (same route) or in route
+    with_other_drug = rng.random() < P_HARD  # hard: the card also has another drug's line
+    line2 = _order_line(drug2, rng.choice(spec2.situations), rng.choice(spec2.doses), rng.choice(spec2.routes))
+    card_order = rng.sample(range(3), 3)
     v = voices(rng)
-    label = choose(u, ("dose_error", "route_error", NO_INTERVENTION), (0.3, 0.3, 0.4), force_label)
-    dose = other.dose if label == "dose_error" else mine.dose
-    route = other.route if label == "route_error" else mine.route
-    card = f"Order set for {drug}: " + "; ".join(f"{r.situation}: dose {r.dose}, route {r.route}" for r in listed) + "."
-    turns = frame(pt, v, f"Current problem: {mine.situation}.", card, f"Give {drug}, dose {dose}, route {route}.")
+    label = binary(u, "dose_error" if by_dose else "route_error", force_label)
+    regimen = {mine: (doses[0], routes[0]), other: (doses[1], routes[0]) if by_dose else (doses[0], routes[1])}
+    # An error order copies the OTHER situation's whole line, so every order line is on the card and
+    # appears under both decisions: only the patient's problem tells which line applies.
+    dose, route = regimen[other if label != NO_INTERVENTION else mine]
+    lines = [_order_line(drug, s, *regimen[s]) for s in (mine, other)] + ([line2] if with_other_drug else [])
+    card = cap("; ".join(lines[i] for i in card_order if i < len(lines))) + "."
+    turns = frame(pt, v, f"Notes: treating {mine}.", card, f"Give {drug}, dose {dose}, route {route}.")
+    want_dose, want_route = regimen[mine]
     if label == "dose_error":
-        response = _flag(label, f"For {mine.situation} the order set gives {mine.dose}, not {dose}.")
+        response = _flag(label, f"For {mine} the card gives {want_dose}, not {dose}.")
     elif label == "route_error":
-        response = _flag(label, f"For {mine.situation} the order set gives the route {mine.route}, not {route}.")
+        response = _flag(label, f"For {mine} the card gives the route {want_route}, not {route}.")
     else:
-        response = _flag(label, f"{cap(drug)} {mine.dose} {mine.route} matches the order set for {mine.situation}.")
-    return Scene(turns, label, response, combo=(drug, mine.situation, tuple(r.situation for r in listed)))
+        response = _flag(label, f"{cap(drug)} {want_dose} {want_route} matches the card for {mine}.")
+    return Scene(turns, label, response, hard=with_other_drug, combo=(drug, mine, dose, route))
 
 
 def consistency_check(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
     kind = rng.choice(("side", "allergy", "weight"))
     part, side = rng.choice(BODY_PARTS), rng.choice(("left", "right"))
-    allergen, tolerated = rng.sample(sorted(cf.DRUG_CLASSES), 2)
-    weight, small, big = rng.randrange(48, 111), rng.choice((-0.4, -0.2, 0.2, 0.4)), rng.choice((-14, -11, 12, 16))
+    allergen, tolerated, second = rng.sample(sorted(cf.DRUG_CLASSES), 3)
+    two = kind == "allergy" and rng.random() < 2 * P_HARD  # hard: two allergy classes to match against
+    weight = rng.randrange(480, 1200) / 10
+    small, big = rng.randrange(1, 31) / 10, rng.randrange(80, 161) / 10
+    sign = rng.choice((-1, 1))
     v = voices(rng)
     label = binary(u, "inconsistency", force_label)
     bad = label == "inconsistency"
     opposite = "right" if side == "left" else "left"
     if kind == "side":
         consent = opposite if bad else side
-        chart = f"Booked for surgery on the {side} {part}; the {opposite} {part} was replaced years ago."
+        chart = f"Notes: the {opposite} {part} was operated on years ago."
+        card = f"Booked for surgery on the {side} {part}."
         line, detail = f"The consent form says {consent} {part}.", f"booking {side} {part}, consent {consent} {part}"
     elif kind == "allergy":
         reported = tolerated if bad else allergen
-        chart = f"Allergies: {allergen}. Tolerated without problems: {tolerated}."
-        line, detail = f"The patient says the hives came from {reported}.", f"chart {allergen}, patient {reported}"
+        allergies = sorted((allergen, second)) if two else [allergen]
+        chart, card = f"Allergies: {join(allergies)}.", f"{cap(tolerated)} tolerated without problems."
+        line = f"The patient says the hives came from {reported}."
+        detail = f"chart {join(allergies)}, patient {reported}"
     else:
-        measured = f"{weight + (big if bad else small):.1f}"
-        chart = f"Weight on admission yesterday: {weight} kg."
-        line = f"I weighed the patient this morning: {measured} kg."
-        detail = f"{weight} kg yesterday, {measured} kg today"
-    turns = frame(pt, v, chart, None, line)
+        measured = f"{weight + sign * (big if bad else small):.1f}"
+        chart = f"Notes: weight on admission yesterday {weight:.1f} kg."
+        card = "Recheck the weight when it changes by more than 5 kg in a day."
+        line = f"I weighed the patient this morning, {measured} kg."
+        detail = f"{weight:.1f} kg yesterday, {measured} kg today"
+    turns = frame(pt, v, chart, card, line)
     response = _flag(label, f"The record disagrees ({detail}); confirm before acting." if bad
                      else f"The record agrees ({detail}).")
-    combo = {"side": (part, side), "allergy": (allergen, tolerated), "weight": (weight,)}[kind]
-    return Scene(turns, label, response, combo=(kind, *combo))
+    # held out: the body part (both sides), the unordered pair of classes, the weight band; so a
+    # test scene never meets the mirror image of a train scene, whose words would carry the other label
+    combo = {"side": (part,), "allergy": tuple(sorted((allergen, tolerated))), "weight": (int(weight) // 5,)}[kind]
+    return Scene(turns, label, response, hard=two, combo=(kind, *combo))
 
 
 def missing_information(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    action = rng.choice(sorted(cf.ACTIONS))
-    need, related = rng.sample(cf.ACTIONS[action], 2)
-    by_need = {p.need: p for p in cf.PREREQUISITES}
-    # hard: the chart gives the action's OTHER prerequisite, so "something for this action is there"
-    # is not enough; the checklist's own item must be matched.
-    with_related = rng.random() < 0.5
-    pool = [p for p in cf.PREREQUISITES if p.need not in (need, related)]
-    spare = [by_need[related] if with_related else rng.choice(pool), rng.choice(pool)]
-    if spare[0] is spare[1]:
-        spare[1] = next(p for p in pool if p is not spare[0])
-    other, order = rng.choice(cf.OTHER_FACTS), rng.sample(range(3), 3)
+    # The chart's facts are drawn first; the card then asks for one of them (hold back) or for
+    # another prerequisite (missing), so no fact string leans to either label.
+    facts = rng.sample(cf.PREREQUISITES, 2)
+    given, absent = rng.choice(facts), rng.choice([p for p in cf.PREREQUISITES if p not in facts])
+    pick, other, order = rng.random(), rng.choice(cf.OTHER_FACTS), rng.sample(range(3), 3)
     v = voices(rng)
     label = binary(u, "missing_info", force_label)
-    facts = [spare[0], spare[1] if label == "missing_info" else by_need[need]]
-    shown = [f"{p.need}: {p.known}" for p in facts] + [other]
+    need = absent.need if label == "missing_info" else given.need
+    actions = [a for a in sorted(cf.ACTIONS) if need in cf.ACTIONS[a]]
+    action = actions[int(pick * len(actions))]
+    # hard: the chart gives the action's OTHER prerequisite, so "something for this action is there"
+    # is not enough; the card's own item must be matched.
+    hard = any(p.need in cf.ACTIONS[action] and p.need != need for p in facts)
+    shown = [f"{p.need}, {p.known}" for p in facts] + [other]
     turns = frame(pt, v, "Notes: " + "; ".join(shown[i] for i in order) + ".",
-                  f"Checklist: before {action}, confirm {need}.", f"Let's go ahead with {action} today.")
+                  f"Before {action}, confirm {need}.", f"Let's go ahead with {action} today.")
     if label == "missing_info":
-        response = _flag(label, f"Before {action} the checklist needs {need}, and the chart does not give it.")
+        response = _flag(label, f"Before {action} the card needs {need}, and the chart does not give it.")
     else:
-        response = _flag(label, f"The chart gives {need} ({by_need[need].known}), as the checklist asks.")
-    return Scene(turns, label, response, hard=with_related, combo=(action, need, spare[0].need))
+        response = _flag(label, f"The chart gives {need} ({given.known}), as the card asks.")
+    return Scene(turns, label, response, hard=hard, combo=(action, need, *sorted(p.need for p in facts)))
 
 
 def guideline_deviation(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
     r = rng.choice(cf.RULES)
-    i, lo, hi = near_pair(rng, r.values)
+    slot = value_slot(rng, r.values)
+    unit = r.fact.split("{v} ")[1].split()[0]
+    r2 = rng.choice([x for x in cf.RULES if x.fact.split("{v} ")[1].split()[0] != unit])
+    t2 = r2.values[rng.randrange(len(r2.values))]
+    two_rules, first = rng.random() < P_HARD, rng.random() < 0.5  # hard: the card has a second rule
     v = voices(rng)
     label = binary(u, "deviation", force_label)
-    value, threshold = crossing(lo, hi, label == "deviation", r.deviation_above)
-    turns = frame(pt, v, f"{cap(r.condition)}; {r.fact.format(v=value)}.",
-                  f"Guideline card: {r.card.format(t=threshold)}.", f"Let's {r.plan}.")
+    value, threshold = place(r.values, slot, label == "deviation", r.deviation_above)
     rule = r.card.format(t=threshold)
+    rules = [rule, r2.card.format(t=t2)] if two_rules else [rule]
+    card = cap("; ".join(rules if first else rules[::-1])) + "."
+    turns = frame(pt, v, f"Notes: {r.condition}; {r.fact.format(v=value)}.", card, f"Let's {r.plan}.")
     response = _flag(label, f"The plan departs from the card ({rule})." if label == "deviation"
                      else f"The plan follows the card ({rule}).")
-    return Scene(turns, label, response, combo=(r.condition, i // 3))
+    return Scene(turns, label, response, hard=two_rules, combo=(r.condition, slot[0] // 3))
 
 
 Generator = Callable[..., Scene]

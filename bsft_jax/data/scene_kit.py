@@ -1,8 +1,9 @@
 """Pieces every demo scene generator shares: people, the Scene type, closing turns, relation helpers.
 
 Scene templates, speakers and closing turns are shared by all 13 categories and both labels, so that
-no phrase names the category or the label (demo v2). The context block is always spoken by "Chart",
-a card by "Reference", clinicians come from one pool, and the last turn is drawn from
+no phrase names the category or the label (demo v2). Every scene has the same four turns: the chart
+("Chart", sections headed by one of :data:`CHART_HEADERS`), a card ("Reference": limits, ranges,
+checklists, regimens, reports), a clinician from one pool, and a closing line drawn from
 :data:`CLOSINGS` whatever the scene.
 """
 
@@ -22,6 +23,8 @@ CLOSINGS = ("Assistant, anything to add?", "Let's go ahead then.", "Sounds good 
             "Any thoughts before we move on?", "Okay, next patient after this.", "Noted, thanks.",
             "Assistant, you have the chart too.", "Right, let's keep moving.")
 MC_KEYS: tuple[str, ...] = ("A", "B", "C", "D")
+# The only section headers a chart uses; each is shared by two or more categories.
+CHART_HEADERS: tuple[str, ...] = ("Labs", "Notes", "Allergies", "Medicines")
 
 
 class Infeasible(ValueError):
@@ -75,15 +78,11 @@ def voices(rng: random.Random) -> Voices:
     return Voices(a, b, rng.choice(CLOSINGS))
 
 
-def frame(pt: Patient, v: Voices, chart: str, card: str | None, line: str, question: str | None = None
+def frame(pt: Patient, v: Voices, chart: str, card: str, line: str, question: str | None = None
           ) -> tuple[Turn, ...]:
-    """The one scene template: chart, optional reference card, a clinician's line, optional question, closing."""
-    turns = [Turn("Chart", f"{pt.name}, {pt.age}. {chart}")]
-    if card:
-        turns.append(Turn("Reference", card))
-    turns.append(Turn(v.a, line if question is None else f"{line} {question}"))
-    turns.append(Turn(v.b, v.closing))
-    return tuple(turns)
+    """The one scene template: chart, reference card, a clinician's line (and question), closing line."""
+    return (Turn("Chart", f"{pt.name}, {pt.age}. {chart}"), Turn("Reference", card),
+            Turn(v.a, line if question is None else f"{line} {question}"), Turn(v.b, v.closing))
 
 
 def choose(u: float, labels: Sequence[str], probs: Sequence[float], force: str | None) -> str:
@@ -105,20 +104,20 @@ def binary(u: float, flag: str, force: str | None, p_flag: float = 0.5) -> str:
     return choose(u, (flag, NO_INTERVENTION), (p_flag, 1 - p_flag), force)
 
 
-def near_pair(rng: random.Random, values: Sequence[str]) -> tuple[int, str, str]:
-    """(index, lo, hi): two neighbouring values of an ascending grid (one or two steps apart).
+def value_slot(rng: random.Random, values: Sequence[str]) -> tuple[int, int]:
+    """(value index, gap): a value from the inner part of an ascending grid and a limit gap of 1-2 steps.
 
-    A limit and a value are drawn as such a pair and the label decides which is which, so each
-    number appears as value and as limit, under both labels, at about the same rate.
+    Drawn before the label; :func:`place` then puts the limit on one side of the value or the other.
+    The value's distribution does not depend on the label, so each value string appears under both
+    labels at the base rate (limits at the grid's ends are the only strings that lean one way).
     """
-    gap = rng.choice((1, 1, 2))
-    i = rng.randrange(len(values) - gap)
-    return i, values[i], values[i + gap]
+    return rng.randrange(2, len(values) - 2), rng.choice((1, 1, 2))
 
 
-def crossing(lo: str, hi: str, bad: bool, upper: bool) -> tuple[str, str]:
-    """(value, limit) so that the value is past the limit iff ``bad`` (past = above if ``upper``)."""
-    return (hi, lo) if bad == upper else (lo, hi)
+def place(values: Sequence[str], slot: tuple[int, int], bad: bool, upper: bool) -> tuple[str, str]:
+    """(value, limit): the value is past the limit iff ``bad`` (past = above if ``upper``, else below)."""
+    i, gap = slot
+    return values[i], values[i - gap if bad == upper else i + gap]
 
 
 def cap(s: str) -> str:

@@ -37,6 +37,7 @@ from bsft_jax.data.reply import candidate_labels, parse_label, reply_head
 from bsft_jax.data.schema import Record, record_from_dict
 from bsft_jax.decode.sampler import Sampler, SamplerOutput
 from bsft_jax.decode.scoring import continuation_logprobs
+from bsft_jax.errors import UserError
 from bsft_jax.evaluate.metrics import UNPARSED, ScoredItem, compute_metrics
 from bsft_jax.evaluate.report import write_report
 from bsft_jax.files import atomic_write
@@ -145,7 +146,7 @@ def evaluate_records(
     items = [
         ScoredItem(id=str(r.id), category=r.category, gold_label=r.label, pred_label=label,
                    gold_behavior=r.behavior, pred_behavior=behavior, multiple_choice=bool(r.is_multiple_choice),
-                   reply=text)
+                   reply=text, hard=bool(getattr(r, "hard", False)))
         for r, label, behavior, text in zip(records, labels, behaviors, replies)
     ]
     info = _run_info(mode, len(items), out) | ({"forced behavior": force_behavior} if force_behavior else {})
@@ -171,19 +172,28 @@ def _read_replies(
     return behaviors, replies, labels
 
 
+class EvalRequestError(UserError, ValueError):
+    """An evaluation request the model or run cannot answer (unknown mode, a behavior it does not have)."""
+
+
 def _check_request(mode: str, score_continuations: ScoreFn | None, candidate_ids: Any, force_behavior: str | None,
                    behavior_token_ids: Mapping[str, int] | None) -> int | None:
     """Rejects an inconsistent request; returns the token id to force first (None: the model chooses)."""
     if mode not in MODES:
-        raise ValueError(f"evaluate: mode must be one of {MODES}, got {mode!r}")
+        raise EvalRequestError(f"evaluate: mode must be one of {MODES}, got {mode!r}")
     if mode == "loglik" and (score_continuations is None or candidate_ids is None):
         raise ValueError("evaluate: mode='loglik' needs score_continuations and candidate_ids")
     if force_behavior is None:
         return None
-    if behavior_token_ids is None or force_behavior not in behavior_token_ids:
-        raise ValueError(f"evaluate: cannot force behavior {force_behavior!r}: the run's behavior tokens are "
-                         f"{sorted(behavior_token_ids or {})}")
+    check_force_behavior(force_behavior, behavior_token_ids or {})
     return behavior_token_ids[force_behavior]
+
+
+def check_force_behavior(force_behavior: str, behaviors: Sequence[str] | Mapping[str, int]) -> None:
+    """Raises :class:`EvalRequestError` unless ``force_behavior`` is one of the run's ``behaviors``."""
+    if force_behavior not in behaviors:
+        raise EvalRequestError(f"--force_behavior={force_behavior!r}: cannot force a behavior the run does not "
+                               f"have; its behaviors are {sorted(behaviors)}: pass one of them")
 
 
 def _run_info(mode: str, num_items: int, out: SamplerOutput) -> dict[str, Any]:

@@ -10,6 +10,9 @@ Definitions (they are what the report prints):
   ``sklearn.metrics.f1_score(gold, pred, labels=label_set, average="macro", zero_division=0)``.
 * **Group score**: unweighted mean of the category scores of the group's categories present;
   **overall**: unweighted mean over all categories present.
+* **Hard subset**: the overall figure over the items marked ``hard`` only (per-category macro-F1 over
+  the gold labels the category's hard items have, then the mean over categories with hard items);
+  None when no item is hard.
 * **Behavior-selection accuracy**: fraction of items whose predicted behavior token equals the gold
   one (a missing token counts as :data:`UNPARSED`), with a confusion matrix (rows gold, columns
   predicted). Not applicable (None) for runs without behavior tokens.
@@ -42,6 +45,7 @@ class ScoredItem:
     pred_behavior:  the behavior token the reply started with; :data:`UNPARSED` when the run uses
                     behavior tokens but none was found; None when the run has none (baselines).
     multiple_choice: the label is an option key (excluded from the intervention rates).
+    hard:           the item belongs to the hard subset (scored again on its own: ``hard_f1``).
     """
 
     id: str
@@ -52,6 +56,7 @@ class ScoredItem:
     pred_behavior: str | None = None
     multiple_choice: bool = False
     reply: str = ""
+    hard: bool = False
 
     @property
     def prediction(self) -> str:
@@ -126,12 +131,18 @@ def compute_metrics(
     missed = sum(i.prediction == NONE_LABEL for i in flagged)
 
     unparsed_items = [i for i in items if i.prediction == UNPARSED]
+    hard: dict[str, list[ScoredItem]] = defaultdict(list)
+    for item in items:
+        if item.hard:
+            hard[item.category].append(item)
     return {
         "num_items": len(items),
         "num_unparsed": len(unparsed_items),
         "per_category": per_category,
         "per_group": per_group,
         "overall_f1": overall,
+        "hard_f1": _mean([_category_metrics(c, hard[c], None)["f1"] for c in hard]),
+        "num_hard": sum(map(len, hard.values())),
         "behavior": behavior_metrics(items, behaviors),
         "over_intervention": _rate(over, len(restraint)),
         "missed_intervention": _rate(missed, len(flagged)),

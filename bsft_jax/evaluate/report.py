@@ -53,6 +53,9 @@ def markdown_table(runs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Map
     for group in taxonomy.GROUPS:
         lines.append(_row([f"**{group} (mean F1)**", "", "", *[_pct(m["per_group"][group]) for m in runs.values()]]))
     lines.append(_row(["**overall (mean F1)**", "", "", *[f"**{_pct(m['overall_f1'])}**" for m in runs.values()]]))
+    if any(m.get("hard_f1") is not None for m in runs.values()):
+        lines.append(_row(["hard subset (mean F1)", "", str(max(m.get("num_hard", 0) for m in runs.values())),
+                           *[_pct(m.get("hard_f1")) for m in runs.values()]]))
     lines.append(_row(["behavior-selection accuracy", "", "",
                        *[_pct(m["behavior"]["accuracy"]) if m["behavior"] else "n/a" for m in runs.values()]]))
     lines.append(_row(["over-intervention rate", "", "", *[_rate_cell(m["over_intervention"]) for m in runs.values()]]))

@@ -18,6 +18,8 @@ from bsft_jax.data.demo_scenes import FLAG_LABELS, GENERATORS, MC_KEYS, Infeasib
 from bsft_jax.data.reply import parse_label, target_reply
 from bsft_jax.data.schema import NO_INTERVENTION
 
+from .demo_oracle import ORACLE
+
 SMALL = demo.DemoConfig(num_train=130, num_validation=26, num_test=52, seed=3)
 
 
@@ -83,6 +85,8 @@ def test_label_follows_from_content_not_wording(category):
             assert [t.speaker for t in scenes[a].turns] == [t.speaker for t in scenes[b].turns]
             assert 0 < max(len(wa), len(wb)) - same <= 15, (a, b, wa, wb)
             assert scenes[a].label != scenes[b].label
+            # an independent oracle (test code) reads the flip from the twins' text
+            assert [ORACLE[category](scenes[x]) for x in (a, b)] == [a, b], (scenes[a].turns, scenes[b].turns)
             pairs += 1
     assert pairs >= 60
 
@@ -108,9 +112,15 @@ def test_fact_tables_are_self_consistent():
             assert list(map(float, g)) == sorted(map(float, g)) and len(set(g)) == len(g)
     for klass, drugs in cf.DRUG_CLASSES.items():
         assert len(drugs) >= 2 and all(cf.CLASS_OF[d] == klass for d in drugs)
-    for drug, regimens in cf.ORDER_SETS.items():
-        a, b = regimens
-        assert a.dose != b.dose and a.route != b.route and a.situation != b.situation, drug
+    for drug, order_set in cf.ORDER_SETS.items():
+        assert len(set(order_set.situations)) == 2, drug
+        assert len(set(order_set.doses)) >= 3 and len(set(order_set.routes)) >= 3, drug
+        assert not any("," in s for s in order_set.situations), drug  # the card separates fields with commas
+    for lab in cf.LABS:
+        for high in (False, True):
+            g = cf.reference_grid(lab, high)
+            values = list(map(float, g))
+            assert float(lab.reference[int(high)]) in values and values == sorted(values), lab.name
     for condition, steps in cf.PROTOCOL_STEPS.items():
         assert len(set(steps)) == 5, condition
     needs = {p.need for p in cf.PREREQUISITES}

@@ -53,7 +53,8 @@ def test_one_epoch_keeps_every_token_exactly_once(demo_tok, demo_records, packin
     got = _segments(batches)
     assert collections.Counter(got) == collections.Counter(_expected(records, demo_tok))
     if packing:  # several examples per row, so fewer rows than examples
-        assert sum(b["tokens"].shape[0] for b in batches) < 0.6 * len(records)
+        # demo 2.1.0 (a card in every scene): about 1.7 examples per 256-token row
+        assert sum(b["tokens"].shape[0] for b in batches) < 0.65 * len(records)
     else:
         assert all((b["segment_ids"] <= 1).all() for b in batches)
     # Targets are the next tokens and the loss covers exactly the assistant reply (+ end token).

@@ -117,3 +117,18 @@ def test_report_files(tmp_path):
     assert "| proactive | 0 | 1 | 4 | 1 |" in md  # confusion row
     with open(paths["radar"], "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_hard_subset_f1_is_the_overall_figure_over_hard_items_only():
+    import dataclasses
+
+    from bsft_jax.evaluate.report import markdown_table
+
+    assert compute_metrics(_items())["hard_f1"] is None and compute_metrics(_items())["num_hard"] == 0
+    items = [dataclasses.replace(i, hard=i.id in ("e1", "e2", "c1", "c4")) for i in _items()]
+    m = compute_metrics(items)
+    # EC hard: gold dose_error x2, predicted dose_error / none -> dose_error TP1 FN1 -> 2/3; CVF hard: the same.
+    assert m["hard_f1"] == pytest.approx(2 / 3) and m["num_hard"] == 4
+    assert m["overall_f1"] == compute_metrics(_items())["overall_f1"]  # the overall figure is unchanged
+    assert "| hard subset (mean F1) |  | 4 | 66.7 |" in markdown_table({"run": m})
+    assert "hard subset" not in markdown_table({"run": compute_metrics(_items())})
