@@ -13,6 +13,11 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 import pytest  # noqa: E402
 
+_GPU_SKIPPED: list[str] = []
+
+# The built-in real-weights fixtures (smollm2_dir, qwen_dir) and their skip policy, for every test.
+pytest_plugins = ["tests.realweights.policy"]
+
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("BSFT_GPU_TESTS") == "1":
@@ -21,6 +26,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
+            _GPU_SKIPPED.append(item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Skipped GPU tests get their own section: what they check (cuDNN paths) did not run here."""
+    if _GPU_SKIPPED:
+        terminalreporter.section(f"{len(_GPU_SKIPPED)} GPU TEST(S) NOT RUN (set BSFT_GPU_TESTS=1 on a GPU machine)",
+                                 yellow=True)
+        for nodeid in _GPU_SKIPPED:
+            terminalreporter.line(f"NOT RUN: {nodeid}")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ count to a mesh-friendly multiple, and leaves every old row bit-identical;
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import jax
@@ -16,10 +17,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bsft_jax.behavior.spec import BehaviorSpec
-from bsft_jax.behavior.tokenizer import extend_tokenizer
+from bsft_jax.behavior.tokenizer import extend_tokenizer, trailing_placeholder_ids
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.sharding import logical_to_spec
+
+log = logging.getLogger(__name__)
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -135,10 +138,22 @@ def add_behavior_tokens(
     pad_multiple: int = 128,
     init: str = "mean_cov",
 ) -> tuple[Decoder, DecoderConfig, dict[str, int]]:
-    """One call for the whole surgery: tokenizer, embedding, LM head. Returns (model, config, ids)."""
+    """One call for the whole surgery: tokenizer, embedding, LM head. Returns (model, config, ids).
+
+    Spare rows (the table has more rows than ``len(tokenizer)``) are reused. A tokenizer whose
+    trailing entries are placeholders for those rows (llama.cpp's ``[PAD<id>]``) hides them: that is
+    detected and logged, not repaired here (a loaded tokenizer cannot drop entries); the built-in
+    models' converted folders have them removed already.
+    """
     spec = spec or BehaviorSpec()
     # Rows of tokens that existed before; tokenizers can list a few more entries than the table has.
     size_before = len(tokenizer)
+    placeholders = trailing_placeholder_ids(tokenizer)
+    if placeholders:  # a tokenizer cannot drop entries in place: the new tokens go after them
+        log.warning("the tokenizer ends with %d placeholder entries (%s..): the spare rows they fill are not "
+                    "reused and the table may grow; remove them from tokenizer.json first "
+                    "(bsft_jax.models.gguf_convert.drop_placeholders)", len(placeholders),
+                    tokenizer.convert_ids_to_tokens(placeholders[0]))
     num_old = min(size_before, config.vocab_size)
     ids = extend_tokenizer(tokenizer, spec)
     num_new = len(tokenizer)
@@ -147,4 +162,3 @@ def add_behavior_tokens(
     model, config = extend_model_vocab(model, config, num_old_tokens=num_old, num_new_tokens=num_new, seed=seed,
                                        pad_multiple=pad_multiple, init=init)
     return model, config, ids
-

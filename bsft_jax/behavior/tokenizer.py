@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from bsft_jax.behavior.spec import BehaviorSpec
@@ -29,3 +30,20 @@ def behavior_token_ids(tokenizer: Any, spec: BehaviorSpec) -> dict[str, int]:
                              "call extend_tokenizer first")
         ids[name] = int(tid)
     return ids
+
+
+def trailing_placeholder_ids(tokenizer: Any, pattern: str | None = None) -> list[int]:
+    """Ids of the trailing run of placeholder entries (llama.cpp's ``[PAD151665]``...) in a tokenizer.
+
+    Such entries only fill a checkpoint's spare rows; a tokenizer that still lists them makes
+    ``len(tokenizer)`` equal the row count, so the spare rows look used. Only a contiguous run at the
+    end counts: a placeholder in the middle is a real id that text can map to.
+    """
+    from bsft_jax.models.gguf_convert import PLACEHOLDER_PATTERN
+
+    regex = re.compile(pattern or PLACEHOLDER_PATTERN)
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    first = len(tokenizer)
+    while first > 0 and regex.fullmatch(by_id.get(first - 1, "")):
+        first -= 1
+    return list(range(first, len(tokenizer)))

@@ -7,9 +7,11 @@ stores the Q and K projections with the rows of each head interleaved for its ro
 (``convert_hf_to_gguf.py``'s ``permute``); :func:`unpermute_qk` is its exact inverse. Qwen2 is
 stored unpermuted. No torch is needed at run time.
 
-The tokenizer is rebuilt from the GGUF vocabulary by transformers' GGUF tokenizer converter
-(``AutoTokenizer.from_pretrained(dir, gguf_file=...)``, which needs only ``gguf``) and saved with
-the chat template the GGUF carries.
+The tokenizer: the ``tokenizer.*`` metadata is read here with the ``gguf`` package and handed to
+transformers' GGUF tokenizer builder (``transformers.integrations.gguf.convert_gguf_tokenizer``,
+built on ``tokenizers``), then saved with the chat template the GGUF carries. We do not call
+``AutoTokenizer.from_pretrained(dir, gguf_file=...)``: its metadata reader imports torch. The
+result is the same ``tokenizer.json`` (tests/realweights/test_conversion.py compares them).
 """
 
 from __future__ import annotations
@@ -153,38 +155,60 @@ def pending_tensors(reader: Any, config: DecoderConfig, np_dtype: np.dtype) -> l
     return out
 
 
-def load_gguf_tokenizer(gguf_path: str) -> Any:
-    """transformers' fast tokenizer rebuilt from the GGUF vocabulary, with the GGUF's chat template."""
-    from transformers import AutoTokenizer
+def _tokenizer_mapping(*names: str) -> tuple[Any, ...]:
+    """Names from transformers' GGUF tokenizer module (``integrations/gguf``, transformers 5.x; the
+    pinned 5.24.0 is what is tested). An older transformers is a one-line error, not an ImportError."""
+    try:
+        from transformers.integrations.gguf import gguf_tokenizer_mapping as module
+    except ImportError as e:
+        import transformers
 
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(gguf_path), gguf_file=os.path.basename(gguf_path),
-                                        local_files_only=True)
-    if not getattr(tok, "chat_template", None):
+        from bsft_jax.errors import UserError
+
+        raise UserError(f"converting a GGUF tokenizer needs transformers' integrations.gguf module "
+                        f"(transformers==5.24.0 is pinned in requirements.txt; installed: "
+                        f"{transformers.__version__}): pip install transformers==5.24.0") from e
+    return tuple(getattr(module, n) for n in names)
+
+
+def gguf_tokenizer_fields(reader: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``(architecture, tokenizer_dict, tokenizer_config)`` as transformers' GGUF tokenizer builder expects them.
+
+    The same grouping as transformers' ``get_gguf_tokenizer``, read with ``gguf.GGUFReader`` (no torch).
+    """
+    _SPECIAL_TOKENS, GGUF_TOKENIZER_MAPPING = _tokenizer_mapping("_SPECIAL_TOKENS", "GGUF_TOKENIZER_MAPPING")
+    grouped = {group: {name: field(reader, f"tokenizer.{key}") for key, name in renames.items()
+                       if f"tokenizer.{key}" in reader.fields}
+               for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+    tokenizer, config = grouped["tokenizer"], grouped["tokenizer_config"]
+    if tokenizer.get("tokenizer_type") == "llama":  # as transformers: sentencepiece files add BOS unless told
+        config.setdefault("add_bos_token", True)
+    for name, key in _SPECIAL_TOKENS.items():
+        token_id = field(reader, f"tokenizer.ggml.{key}")
+        config[name] = tokenizer["tokens"][int(token_id)] if token_id is not None else None
+    return str(field(reader, "general.architecture")), tokenizer, config
+
+
+def load_gguf_tokenizer(gguf_path: str, reader: Any = None) -> Any:
+    """A fast tokenizer rebuilt from the GGUF vocabulary, with the GGUF's chat template (no torch needed)."""
+    from transformers import PreTrainedTokenizerFast
+
+    (convert_gguf_tokenizer,) = _tokenizer_mapping("convert_gguf_tokenizer")
+
+    if reader is None:
         from gguf import GGUFReader
 
-        template = field(GGUFReader(gguf_path), "tokenizer.chat_template")
-        if template:
-            tok.chat_template = template
-    return tok
+        reader = GGUFReader(gguf_path)
+    architecture, tokenizer_dict, tokenizer_config = gguf_tokenizer_fields(reader)
+    backend, extra = convert_gguf_tokenizer(architecture, tokenizer_dict)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
 
 
-def placeholder_ids(tokenizer: Any, pattern: str) -> list[int]:
-    """Ids of placeholder entries (e.g. Qwen's ``[PAD151646]``) that fill a table's spare rows.
-
-    Only a contiguous run at the end of the vocabulary counts: a placeholder in the middle would be
-    a real token id that text can map to.
-    """
-    regex = re.compile(pattern)
-    vocab = tokenizer.get_vocab()
-    by_id = {i: t for t, i in vocab.items()}
-    n = len(tokenizer)
-    first = n
-    while first > 0 and regex.fullmatch(by_id.get(first - 1, "")):
-        first -= 1
-    return list(range(first, n))
+# llama.cpp's converter names the vocabulary entries it invents to fill a table's spare rows "[PAD<id>]".
+PLACEHOLDER_PATTERN = r"\[PAD\d+\]"
 
 
-def drop_placeholders(tokenizer_dir: str, pattern: str) -> int:
+def drop_placeholders(tokenizer_dir: str, pattern: str = PLACEHOLDER_PATTERN) -> int:
     """Removes trailing placeholder tokens from a saved fast tokenizer; returns how many.
 
     They are edited out of ``tokenizer.json`` (vocabulary and added tokens) and

@@ -95,18 +95,39 @@ def save_tokenizer(tokenizer: Any, path: str) -> None:
             storage.upload_dir(local, path)
         return
     tokenizer.save_pretrained(path)
-    template = getattr(tokenizer, "chat_template", None)
-    if not template or not isinstance(template, str):
-        return
     tc_path = os.path.join(path, "tokenizer_config.json")
     with open(tc_path) as f:
         tc = json.load(f)
-    if tc.get("chat_template") != template:
+    changed = _list_added_tokens(path, tc)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template and tc.get("chat_template") != template:
         tc["chat_template"] = template
+        changed = True
+    if changed:
         with open(tc_path, "w") as f:
             json.dump(tc, f, indent=2, ensure_ascii=False)
-    with open(os.path.join(path, "chat_template.jinja"), "w") as f:
-        f.write(template)
+    if isinstance(template, str) and template:
+        with open(os.path.join(path, "chat_template.jinja"), "w") as f:
+            f.write(template)
+
+
+def _list_added_tokens(path: str, tc: dict[str, Any]) -> bool:
+    """Copies tokenizer.json's added tokens into tokenizer_config.json's ``added_tokens_decoder`` (if empty).
+
+    transformers 5 writes them only to tokenizer.json, but a model-specific class that
+    ``AutoTokenizer`` picks from config.json's model_type (``Qwen2Tokenizer`` for qwen2) rebuilds
+    the tokenizer from the vocabulary and re-adds only the tokens listed here: without them
+    ``<|im_start|>`` (and every behavior token) would be split into pieces after a reload.
+    """
+    tj_path = os.path.join(path, "tokenizer.json")
+    if tc.get("added_tokens_decoder") or not os.path.isfile(tj_path):
+        return False
+    with open(tj_path, encoding="utf-8") as f:
+        added = json.load(f).get("added_tokens", [])
+    if not added:
+        return False
+    tc["added_tokens_decoder"] = {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added}
+    return True
 
 
 def save_hf(

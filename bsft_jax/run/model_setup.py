@@ -11,6 +11,7 @@ abstract (the checkpoint supplies the weights), so a 7B model is not loaded twic
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from types import SimpleNamespace
 from typing import Any
@@ -29,7 +30,7 @@ from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.hf import load_hf
 from bsft_jax.models.sharding import state_shardings
 from bsft_jax.run.checkpoint import TOKENIZER_SUBDIR, decoder_config_from_dict
-from bsft_jax.run.settings import BehaviorSettings, DataSettings, ModelSettings, Settings
+from bsft_jax.run.settings import BehaviorSettings, ConfigError, DataSettings, ModelSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,44 @@ def build_for_resume(model: ModelSettings, behavior: BehaviorSettings, run_dir: 
     if tokenizer is not None and behavior.enabled:
         ids = behavior_token_ids(tokenizer, behavior.spec)  # checks the saved tokenizer still has them
     return ModelBundle(model=abstract_decoder(config), config=config, tokenizer=tokenizer, behavior_ids=ids)
+
+
+# What fixes a run's parameters: a resume keeps the model it started with (the checkpoint's), so a
+# change here would be silently ignored. (dtype, remat, attention_impl ... may change on resume.)
+_MODEL_FIELDS = ("vocab_pad_multiple", "lora.rank", "lora.alpha", "lora.targets")
+
+
+def check_same_model(run_dir: str, config: dict[str, Any]) -> None:
+    """Raises :class:`ConfigError` naming the first model field whose value differs from the run's
+    saved ``config.json`` (the architecture of a from-scratch model, padding, LoRA shape).
+
+    A run without a readable ``config.json`` (older layout, or damaged: the trainer rewrites it) is
+    not checked.
+    """
+    path = storage.join(run_dir, "config.json")
+    try:
+        saved = json.loads(storage.read_text(path))["model"]
+    except Exception:  # missing or damaged: the checkpoint's meta still fixes the model
+        return
+    model = config["model"]
+    lora = bool(_get(model, "lora.rank")) or bool(_get(saved, "lora.rank"))
+    fields = [f for f in _MODEL_FIELDS if lora or not f.startswith("lora.")]
+    if model.get("source") == "scratch" and saved.get("source") == "scratch":
+        fields += [f"arch.{k}" for k in sorted(model.get("arch", {}))]
+    for field in fields:
+        new, old = _get(model, field), _get(saved, field)
+        if old is not None and new != old:
+            raise ConfigError(f"config.model.{field}={new!r} differs from {old!r} in {path}: a resumed run keeps "
+                              "the model it was started with; drop the override, or start a new run with another "
+                              "config.run_dir")
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
 
 
 def write_run_files(run_dir: str, bundle: ModelBundle, config_dict: dict[str, Any], *, fresh: bool) -> None:

@@ -190,3 +190,27 @@ def test_extended_model_round_trips_through_transformers(tmp_path, qwen_tokenize
     assert np.abs(got - expected)[real].max() <= 1e-4
     reloaded_tok = _load(out)
     assert behavior_token_ids(reloaded_tok, SPEC) == ids
+
+
+def _word_tokenizer(tokens: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=tokens[0]))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token=tokens[0])
+
+
+def test_trailing_placeholders_are_detected_and_reported_by_the_surgery(caplog):
+    from bsft_jax.behavior.tokenizer import trailing_placeholder_ids
+
+    real = ["<unk>", "a", "[PAD2]", "b"]  # a placeholder inside the vocabulary is a real id: not counted
+    assert trailing_placeholder_ids(_word_tokenizer(real)) == []
+    tok = _word_tokenizer([*real, "[PAD4]", "[PAD5]", "[PAD6]", "[PAD7]"])
+    assert trailing_placeholder_ids(tok) == [4, 5, 6, 7]
+    config = DecoderConfig(model_type="llama", vocab_size=8, hidden_size=16, intermediate_size=32, num_layers=1,
+                           num_heads=2, num_kv_heads=1, head_dim=8)
+    with caplog.at_level("WARNING", logger="bsft_jax.behavior.surgery"):
+        _, new_config, ids = add_behavior_tokens(init_decoder(config, seed=0), config, tok, SPEC, pad_multiple=8)
+    assert "ends with 4 placeholder entries ([PAD4]..)" in caplog.text
+    assert sorted(ids.values()) == [8, 9, 10] and new_config.vocab_size == 16  # the documented limit: it grows

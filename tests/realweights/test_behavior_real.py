@@ -10,6 +10,7 @@ import pytest
 
 from bsft_jax import load_hf
 from bsft_jax.behavior import BehaviorSpec, add_behavior_tokens
+from bsft_jax.behavior.tokenizer import trailing_placeholder_ids
 from bsft_jax.models import builtin
 
 from .common import MODELS, model_dir
@@ -60,6 +61,11 @@ def test_behavior_tokens_on_the_real_tokenizer_and_table(request, name):
         assert n_before == QWEN_REAL_TOKENS and config.vocab_size == 151_936
         assert new_config.vocab_size == config.vocab_size
         assert sorted(ids.values()) == [QWEN_REAL_TOKENS, QWEN_REAL_TOKENS + 1, QWEN_REAL_TOKENS + 2]
+        n_after = len(tok)
+        assert new_config.valid_vocab_size == n_after == QWEN_REAL_TOKENS + 3
+        for key, old in before.items():  # the spare rows no token uses yet stay bit-identical too
+            np.testing.assert_array_equal(after[key][n_after:], old[n_after:], err_msg=f"{name} {key} spare rows")
+        assert trailing_placeholder_ids(tok) == []
 
 
 def test_qwen_gguf_placeholders_are_detected_and_dropped(qwen_dir):
