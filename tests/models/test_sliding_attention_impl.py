@@ -56,9 +56,11 @@ def test_sliding_layers_pass_the_window_to_the_fused_kernel(monkeypatch):
 
 @pytest.mark.gpu
 def test_cudnn_sliding_window_matches_einsum_on_gpu():
-    """bf16 logits and gradients of a sliding-window config: cuDNN (static window) vs the einsum path."""
+    """bf16 logits and gradients of a sliding-window config: cuDNN (static window) vs the einsum path,
+    with an attention scale 1/sqrt(query_pre_attn_scalar) that is not cuDNN's default 1/sqrt(head_dim)."""
     cfg = dict(GEMMA_TINY, num_heads=8, num_kv_heads=2, head_dim=64, hidden_size=256, sliding_window=32,
-               query_pre_attn_scalar=64.0, dtype="bfloat16")
+               query_pre_attn_scalar=48.0, dtype="bfloat16")
+    assert DecoderConfig(**cfg).attention_scale != 64.0**-0.5
     einsum = Decoder(DecoderConfig(**cfg, attention_impl="einsum"), rngs=nnx.Rngs(0))
     cudnn = Decoder(DecoderConfig(**cfg, attention_impl="cudnn"), rngs=nnx.Rngs(0))
     ids, seg = _batch(128)

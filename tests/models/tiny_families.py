@@ -10,19 +10,20 @@ import torch
 WINDOW = 4  # sliding window of the tiny Gemma: the 12-token test batches are three windows long
 
 
-def tiny_family_model(kind: str, *, tie: bool = True, vocab: int = 256, seed: int = 0):
+def tiny_family_model(kind: str, *, tie: bool = True, vocab: int = 256, seed: int = 0, hidden: int = 64):
     """A tiny random Gemma3ForCausalLM or Qwen3ForCausalLM in eval mode (fp32).
 
     Gemma: 3 layers (sliding, full, sliding), window 4, query_pre_attn_scalar != head_dim, linear RoPE
     scaling on the global layer and another base on the local ones. Norm weights are perturbed
-    (Gemma's start at zero) so a port that ignored one would fail.
+    (Gemma's start at zero) so a port that ignored one would fail. ``hidden`` 64 has an exact sqrt;
+    48 does not (Gemma's embedding scale then depends on the dtype it is rounded to).
     """
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
     if kind == "gemma3_text":
         cfg = Gemma3TextConfig(
-            vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24, sliding_window=WINDOW,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
             rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1_000_000.0},
@@ -31,7 +32,7 @@ def tiny_family_model(kind: str, *, tie: bool = True, vocab: int = 256, seed: in
             bos_token_id=vocab - 2, pad_token_id=0)
         model = Gemma3ForCausalLM(cfg)
     elif kind == "qwen3":
-        cfg = Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        cfg = Qwen3Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=tie,
                           max_position_embeddings=512, eos_token_id=vocab - 1, bos_token_id=vocab - 2)
         model = Qwen3ForCausalLM(cfg)
@@ -44,10 +45,14 @@ def tiny_family_model(kind: str, *, tie: bool = True, vocab: int = 256, seed: in
     return model.float().eval()
 
 
-def save_tiny_family(tmp_path, kind: str, *, tie: bool = True, **kw) -> tuple[str, object]:
-    """Writes a tiny model with ``save_pretrained``; returns (folder, torch model)."""
+def save_tiny_family(tmp_path, kind: str, *, tie: bool = True, dtype=None, **kw) -> tuple[str, object]:
+    """Writes a tiny model with ``save_pretrained`` (cast to ``dtype``, a torch dtype, if given);
+    returns (folder, torch model)."""
     model = tiny_family_model(kind, tie=tie, **kw)
-    folder = os.path.join(str(tmp_path), f"{kind}_{'tied' if tie else 'untied'}")
+    if dtype is not None:
+        model = model.to(dtype)
+    suffix = "" if dtype is None else "_" + str(dtype).removeprefix("torch.")
+    folder = os.path.join(str(tmp_path), f"{kind}_{'tied' if tie else 'untied'}{suffix}")
     model.save_pretrained(folder)
     return folder, model
 
