@@ -297,6 +297,25 @@ def render_lora(records: list[dict[str, Any]]) -> str:
                             "peak RSS MB", "XLA step MB"], rows)
 
 
+def render_real_model(records: list[dict[str, Any]]) -> str:
+    """bench.real_model: train-step and greedy-decode tokens/s on the real SmolLM2-135M, interleaved with torch."""
+    rec = records[-1]
+    res, cfg = rec["results"], rec["config"]
+    rows = []
+    for what, unit in (("train", f"train step, {cfg['batch']} x {cfg['seq_len']} tokens, AdamW"),
+                       ("decode", f"greedy decode, 4 prompts x {cfg['new']} new tokens")):
+        r = res[what]
+        ratio = r["ratio_bsft_over_torch"]
+        ours, theirs = r["bsft_tokens_per_s"], r["torch_tokens_per_s"]
+        rows.append([unit, f"{ours['median']:.0f} ({_spread(ours)})", f"{theirs['median']:.0f} ({_spread(theirs)})",
+                     f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})"])
+    head = (f"{cfg['model']}, fp32, {res['train'].get('torch_threads', '?')} torch threads; train: "
+            f"{cfg['rounds']} interleaved blocks of {cfg['steps']} steps; decode: {cfg['repeats']} interleaved calls; "
+            f"load average {res['load_avg_start'][0]:.2f} at start, {res['load_avg_end'][0]:.2f} at the end.\n\n")
+    return head + markdown(["what", "bsft_jax tokens/s median (min-max)",
+                            "transformers+torch tokens/s median (min-max)", "bsft_jax / torch (min-max)"], rows)
+
+
 # -- GPU --------------------------------------------------------------------------------------------------
 
 def render_gpu_mfu(records: list[dict[str, Any]]) -> str:
@@ -441,6 +460,8 @@ TABLES = [
                                                                 if "smollm2" in str(r["config"].get("hf_path"))]),
           render_lora, _deps("bench/lora.py"),
           "python -m bench.lora --hf_path builtin:smollm2-135m-instruct --blocks 2 --steps 2", pending=True),
+    Table("real-model", "BENCHMARKS.md", RESULTS, _newest(_bench("real_model")), render_real_model,
+          _deps("bench/real_model.py"), "python -m bench.real_model"),
     Table("demo", "README.md", DEMO_RESULTS, lambda rs: rs[-1:], render_demo,
           ("bsft_jax", PLANNER, "configs/demo*.py"), "make demo; python -m bench.demo_results"),
     Table("ablation", "README.md", ABLATION_RESULTS, lambda rs: rs[-1:], render_ablation,
