@@ -36,6 +36,7 @@ import grain
 import numpy as np
 
 from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.data.balance import BALANCE_MODES, BalancedUnits, decision_of, merge_segments
 from bsft_jax.data.format import FewShotPool, FormatStats, Formatter
 from bsft_jax.data.schema import Record, read_dir, record_from_dict
 
@@ -84,6 +85,56 @@ class _PadOne:
         out["segment_ids"][:n] = 1
         out["positions"][:n] = np.arange(n, dtype=np.int32)
         return out
+
+
+_SUB_KEYS: tuple[str, ...] = ("sub_segment_ids", "sub_positions")
+
+
+class _ToUnitExample:
+    """A unit of shard indices (:mod:`bsft_jax.data.balance`) -> one element holding its scenes as
+    sub-segments, or None when a scene cannot fit. A pair longer than ``seq_len`` is re-rendered with
+    half a row per scene (contexts cut from the left, counted in ``stats`` as truncations)."""
+
+    def __init__(self, formatter: Formatter, seq_len: int, records: list[Record]):
+        self.formatter, self.seq_len, self.records = formatter, seq_len, records
+
+    def _render(self, unit: tuple[int, ...], max_len: int) -> list[Any] | None:
+        out = [self.formatter.render_example(self.records[i], max_len=max_len) for i in unit]
+        return None if any(ex is None for ex in out) else out
+
+    def __call__(self, unit: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+        examples = self._render(unit, self.seq_len + 1)
+        if examples is not None and sum(len(ex.input_ids) - 1 for ex in examples) > self.seq_len:
+            examples = self._render(unit, self.seq_len // len(unit) + 1)
+        if examples is None:
+            return None
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in _SEQ_KEYS + _SUB_KEYS}
+        for sub, ex in enumerate(examples, 1):
+            ids, mask = np.asarray(ex.input_ids, np.int32), np.asarray(ex.loss_mask, np.int32)
+            parts["tokens"].append(ids[:-1])
+            parts["targets"].append(ids[1:])
+            parts["loss_mask"].append(mask[1:])
+            parts["sub_segment_ids"].append(np.full(len(ids) - 1, sub, np.int32))
+            parts["sub_positions"].append(np.arange(len(ids) - 1, dtype=np.int32))
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _rename_units(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A packed row of units: segment ids from (element, sub-segment), positions from the sub-segment."""
+    segments = merge_segments(row["tokens_segment_ids"], row["sub_segment_ids"])
+    positions = np.where(segments > 0, row["sub_positions"], 0).astype(np.int32)
+    return {"tokens": row["tokens"], "targets": row["targets"], "loss_mask": row["loss_mask"],
+            "segment_ids": segments, "positions": positions}
+
+
+def _balanced_examples(ds: grain.MapDataset, formatter: Formatter, to_record: _ToRecord, *, seq_len: int, seed: int,
+                       num_epochs: int | None) -> grain.MapDataset:
+    """The shard's stream of balanced units (see :mod:`bsft_jax.data.balance`), formatted."""
+    records = [to_record(ds[i]) for i in range(len(ds))]
+    units = BalancedUnits([decision_of(r) for r in records], seed)
+    stream = grain.MapDataset.range(units.num_units).repeat(num_epochs)
+    stream = stream.map_with_index(lambda index, _: units(index))
+    return stream.map(_ToUnitExample(formatter, seq_len, records)).filter(lambda ex: ex is not None)
 
 
 def _rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -142,8 +193,17 @@ def make_dataset(
     few_shot: FewShotPool | None = None,
     system_prompt: str | None = None,
     read_threads: int = 2,
+    balance: str = "",
 ) -> tuple[grain.IterDataset, Formatter, int]:
-    """The pipeline as a ``grain.IterDataset`` (see module docstring), its formatter and shard size."""
+    """The pipeline as a ``grain.IterDataset`` (see module docstring), its formatter and shard size.
+
+    ``balance="decision"``: steps 2-3 work on intervene/hold pairs (:mod:`bsft_jax.data.balance`), so
+    every batch holds as many intervene as hold scenes; needs packing and shuffling.
+    """
+    if balance not in BALANCE_MODES:
+        raise ValueError(f"balance must be one of {list(BALANCE_MODES)}, got {balance!r}")
+    if balance and not (packing and shuffle):
+        raise ValueError("balance='decision' needs packing=True and shuffle=True (pairs are packed as one element)")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     if seq_len < 2 or batch_size < 1:
@@ -155,18 +215,22 @@ def make_dataset(
         raise ValueError(f"{len(ds)} records cannot be sharded over {process_count} processes")
     ds = ds[process_index::process_count]
     shard_size = len(ds)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs)
-    ds = ds.map(_ToExample(formatter, seq_len, _ToRecord(spec))).filter(lambda ex: ex is not None)
+    if balance:
+        ds = _balanced_examples(ds, formatter, _ToRecord(spec), seq_len=seq_len, seed=seed, num_epochs=num_epochs)
+    else:
+        if shuffle:
+            ds = ds.shuffle(seed=seed)
+        ds = ds.repeat(num_epochs)
+        ds = ds.map(_ToExample(formatter, seq_len, _ToRecord(spec))).filter(lambda ex: ex is not None)
     # Few formatting threads: tokenizing is cheap next to a train step, and on small hosts the
     # threads would compete with XLA's compute threads.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=8 * batch_size))
     if packing:
+        keys = _SEQ_KEYS + (_SUB_KEYS if balance else ())
         it = grain.experimental.FirstFitPackIterDataset(
-            it, length_struct={k: seq_len for k in _SEQ_KEYS}, num_packing_bins=packing_bins or batch_size,
+            it, length_struct={k: seq_len for k in keys}, num_packing_bins=packing_bins or batch_size,
             seed=seed, shuffle_bins=False)
-        it = it.map(_rename_packed)
+        it = it.map(_rename_units if balance else _rename_packed)
     else:
         it = it.map(_PadOne(seq_len))
     # A short final batch is padded with empty rows, so every batch is [batch_size, seq_len].
@@ -193,6 +257,7 @@ def make_train_iterator(
     few_shot: FewShotPool | None = None,
     system_prompt: str | None = None,
     read_threads: int = 2,
+    balance: str = "",
 ) -> BatchIterator:
     """The trainer's entry point: a checkpointable iterator of batches for this process.
 
@@ -206,6 +271,8 @@ def make_train_iterator(
     process_index, process_count: this process's static shard (``jax.process_index/count()``).
     num_epochs:        None repeats forever (use this for multi-process training).
     read_threads:      grain threads that format examples ahead of the trainer.
+    balance:           "decision": every batch holds as many intervene as hold scenes
+                       (:mod:`bsft_jax.data.balance`); "" (default): plain shuffled records.
     Returns a :class:`BatchIterator` yielding ``tokens, targets, loss_mask, segment_ids, positions``
     (PREAMBLE batch contract); ``it.stats`` reports truncated / dropped examples.
     """
@@ -213,7 +280,7 @@ def make_train_iterator(
         records_or_source, tokenizer, seq_len=seq_len, batch_size=batch_size, spec=spec, style=style, seed=seed,
         packing=packing, process_index=process_index, process_count=process_count, num_epochs=num_epochs,
         shuffle=shuffle, packing_bins=packing_bins, few_shot=few_shot, system_prompt=system_prompt,
-        read_threads=read_threads)
+        read_threads=read_threads, balance=balance)
     return BatchIterator(it_ds.__iter__(), formatter.stats, shard_size)
 
 

@@ -35,6 +35,8 @@ data.source              "demo" (generated, cached), "jsonl" (data.path/<split>.
                          the data_dir of bsft_jax.data.tfds_builder) or "synthetic" (a copy task, for tests)
 data.style               "behavior_sft" | "general_sft" | "explicit_instruction" (bsft_jax.data.format)
 data.seq_len             tokens per row (examples are packed when data.packing)
+data.balance             "" (plain shuffled records) | "decision" (training batches hold as many intervene
+                         as hold scenes: pairs packed as one element, bsft_jax.data.balance)
 data.train_split / eval_split / eval_batches / shuffle_seed / field_map / demo.*   see bsft_jax.train.data
 train.steps              optimizer updates in the whole run
 train.global_batch_size  rows per update, summed over all processes
@@ -43,6 +45,9 @@ train.z_loss             weight of the z-loss term (0 disables it)
 train.loss_impl          "chunked" (never builds [B, T, V] logits) | "full" (see bsft_jax.train.chunked_loss)
 train.loss_chunk         chunked: rows of logits alive at a time ([chunk, V] fp32)
 train.loss_budget        chunked: fraction of positions gathered for the loss; more loss tokens: exact fallback
+train.first_token_loss_weight  multiplies the loss of each reply's first token: the behavior token
+                         (BehaviorSFT) or the reply's first word (GeneralSFT), so both arms weight the
+                         decision alike; the normaliser stays the token count (1.0: plain SFT)
 train.log_every          progress line / metrics interval in steps
 train.eval_every         held-out evaluation interval in steps (0: only at the end; -1: never)
 train.steer_eval_items   at each held-out evaluation also decode this many items of train.steer_eval_split
@@ -139,6 +144,7 @@ def _add_model_and_data(c: ml_collections.ConfigDict) -> None:
     c.data.eval_batches = -1  # -1: the whole split
     c.data.demo = ml_collections.ConfigDict(dict(num_train=5200, num_validation=520, num_test=1040, seed=0,
                                                  tokenizer_vocab=3072))
+    c.data.balance = ""  # "decision": every training batch holds as many intervene as hold scenes
     c.data.synthetic_vocab = 64  # source == "synthetic": token ids drawn from [0, synthetic_vocab)
 
 
@@ -152,6 +158,7 @@ def _add_training(c: ml_collections.ConfigDict) -> None:
     c.train.loss_impl = "chunked"
     c.train.loss_chunk = 256
     c.train.loss_budget = 0.5
+    c.train.first_token_loss_weight = 1.0
     c.train.log_every = 10
     c.train.eval_every = 0
     c.train.steer_eval_items = 0

@@ -96,8 +96,7 @@ def make_trainer(s: Settings, bundle: Any, tx: Any, schedule: Any, mesh: Any) ->
     from bsft_jax.train.step import Trainer
 
     t, lora = s.train, s.model.lora
-    options = dict(microbatches=t.microbatches, z_loss=t.z_loss, loss_impl=t.loss_impl, loss_chunk=t.loss_chunk,
-                   loss_budget=t.loss_budget)
+    options = t.trainer_options()
     if lora.config is None:
         return Trainer(bundle.config, tx, schedule, mesh, **options)
     from bsft_jax.train.lora import LoraTrainer

@@ -24,6 +24,8 @@ LOSS_IMPLS = ("full", "chunked")
 MODEL_SOURCES = ("hf", "scratch")
 DIST_INIT = ("auto", "always", "never")
 DATA_SOURCES = ("demo", "jsonl", "tfds", "synthetic")
+# bsft_jax.data.balance.BALANCE_MODES, repeated so this module stays free of JAX and grain (a test checks both agree).
+BALANCE_MODES = ("", "decision")
 # Training styles of bsft_jax.data.format ("few_shot" is a prompting baseline of the evaluator only).
 TRAIN_STYLES = ("behavior_sft", "general_sft", "explicit_instruction")
 BEHAVIOR_INITS = ("mean_cov", "mean_std")
@@ -196,9 +198,15 @@ class DataSettings:
     eval_batches: int
     demo: Mapping[str, int]
     synthetic_vocab: int
+    balance: str = ""  # "decision": as many intervene as hold scenes in every training batch
 
     def __post_init__(self) -> None:
         _one_of("data", "source", self.source, DATA_SOURCES)
+        _one_of("data", "balance", self.balance, BALANCE_MODES)
+        if self.balance and not self.packing:
+            raise fail("data.balance", f"{self.balance!r} needs data.packing=true (a pair is packed as one element)")
+        if self.balance and self.source == "synthetic":
+            raise fail("data.balance", "synthetic data has no behavior to balance; set data.balance=''")
         _one_of("data", "style", self.style, TRAIN_STYLES)
         _positive("data", self, "seq_len")
         for name in ("num_train", "num_test", "tokenizer_vocab"):
@@ -223,9 +231,11 @@ class TrainSettings:
     loss_impl: str = "chunked"
     loss_chunk: int = 256
     loss_budget: float = 0.5
+    first_token_loss_weight: float = 1.0  # x the loss of each reply's first token (the decision); 1.0: plain SFT
 
     def __post_init__(self) -> None:
         _positive("train", self, "steps", "global_batch_size", "microbatches", "log_every", "loss_chunk")
+        _positive("train", self, "first_token_loss_weight")
         _positive("train", self, "z_loss", "steer_eval_items", "early_stop_patience", allow_zero=True)
         _positive("train", self, "steer_max_new_tokens")
         _one_of("train", "loss_impl", self.loss_impl, LOSS_IMPLS)
@@ -234,6 +244,13 @@ class TrainSettings:
         if self.eval_every < -1:
             raise fail("train.eval_every", f"must be -1 (never), 0 (at the end) or a step interval, "
                                            f"got {self.eval_every}")
+
+
+    def trainer_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`~bsft_jax.train.step.Trainer` / ``LoraTrainer`` taken from here."""
+        return dict(microbatches=self.microbatches, z_loss=self.z_loss, loss_impl=self.loss_impl,
+                    loss_chunk=self.loss_chunk, loss_budget=self.loss_budget,
+                    first_token_weight=self.first_token_loss_weight)
 
 
 @dataclasses.dataclass(frozen=True)

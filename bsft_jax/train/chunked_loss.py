@@ -71,6 +71,7 @@ def _sums_over_rows(x_nd: jax.Array, w_dv: jax.Array, targets_n: jax.Array, mask
         correct=jnp.sum(hit * mask_n),
         first_correct=jnp.sum(hit * first_n),
         first_tokens=jnp.sum(first_n),
+        first_ce=jnp.sum((lse - target) * first_n),
     )
 
 

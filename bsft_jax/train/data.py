@@ -121,7 +121,8 @@ def train_iterator(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard
     # Epochs repeat forever and the run stops by step count: with several processes the shards
     # can differ by one example, and every process must produce a batch at every step.
     records = load_split(data, spec, data.train_split) if records is None else records
-    return data_iterator(records, tokenizer, num_epochs=None, shuffle=True, **_pipeline_kwargs(data, spec, shard))
+    return data_iterator(records, tokenizer, num_epochs=None, shuffle=True, balance=data.balance,
+                         **_pipeline_kwargs(data, spec, shard))
 
 
 def make_eval_batches(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard: DataShard, records: Any = None

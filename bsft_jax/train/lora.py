@@ -58,12 +58,13 @@ class LoraTrainer(Trainer):
     def __init__(self, config: DecoderConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
                  *, lora: LoraConfig, behavior_ids: list[int] | tuple[int, ...], base_dtype: str | None = None,
                  microbatches: int = 1, z_loss: float = 0.0, loss_impl: str = "full", loss_chunk: int = 1024,
-                 loss_budget: float = 1.0):
+                 loss_budget: float = 1.0, first_token_weight: float = 1.0):
         if loss_impl not in LOSS_IMPLS:
             raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
         self.loss_options = dict(impl=loss_impl, chunk=int(loss_chunk), budget=float(loss_budget))
         self.mesh, self.tx, self.schedule = mesh, tx, schedule
         self.microbatches, self.z_loss = int(microbatches), float(z_loss)
+        self.first_token_weight = float(first_token_weight)
         self.config = config.replace(lora=lora)
         self.lora = lora
         self.row_ids = np.asarray(sorted(int(i) for i in behavior_ids), np.int32)

@@ -32,11 +32,12 @@ class LossSums:
     correct: jax.Array  # loss-masked tokens whose argmax is the target
     first_correct: jax.Array  # same, on the first token of every assistant span
     first_tokens: jax.Array  # number of assistant spans (first tokens)
+    first_ce: jax.Array  # sum of -log p(target) on the first token of every assistant span (the decision)
 
     @classmethod
     def zeros(cls) -> LossSums:
         z = jnp.zeros((), jnp.float32)
-        return cls(z, z, z, z, z, z)
+        return cls(z, z, z, z, z, z, z)
 
     def __add__(self, other: LossSums) -> LossSums:
         return jax.tree.map(jnp.add, self, other)
@@ -86,10 +87,23 @@ def loss_sums(
         correct=jnp.sum(hit_bt * mask),
         first_correct=jnp.sum(hit_bt * first),
         first_tokens=jnp.sum(first),
+        first_ce=jnp.sum(ce_bt * first),
     )
 
 
-def objective(sums: LossSums, num_tokens: jax.Array, z_loss_weight: float) -> jax.Array:
-    """The scalar that is differentiated: (CE + z_loss_weight * z) summed, / the global token count."""
+def objective(sums: LossSums, num_tokens: jax.Array, z_loss_weight: float,
+              first_token_weight: float = 1.0) -> jax.Array:
+    """The scalar that is differentiated, / the global count of loss tokens:
+
+        (CE + (first_token_weight - 1) * CE_first + z_loss_weight * z) / tokens
+
+    ``first_token_weight`` (``config.train.first_token_loss_weight``) multiplies the loss of the first
+    token of every reply: the behavior token in BehaviorSFT, the reply's first word in GeneralSFT.
+    The normaliser stays the plain token count, so the gradient of every other token is unchanged
+    (weight 1.0: exactly the plain objective, the same program).
+    """
     denom = jnp.maximum(num_tokens, 1.0)
-    return (sums.ce + z_loss_weight * sums.z) / denom
+    total = sums.ce + z_loss_weight * sums.z
+    if first_token_weight != 1.0:
+        total = total + (float(first_token_weight) - 1.0) * sums.first_ce
+    return total / denom

@@ -132,8 +132,7 @@ def compile_step(settings: Settings, config: Any, devices: list[Any],
     tx, schedule = make_optimizer(settings.optimizer, t.steps)
     lora = settings.model.lora
     with jax.set_mesh(mesh):
-        options = dict(microbatches=t.microbatches, z_loss=t.z_loss, loss_impl=t.loss_impl, loss_chunk=t.loss_chunk,
-                       loss_budget=t.loss_budget)
+        options = t.trainer_options()
         if lora.config is not None:  # the LoRA step: frozen base (optionally in the compute dtype), no AdamW for it
             from bsft_jax.train.lora import LoraTrainer
 

@@ -62,10 +62,11 @@ class Trainer:
 
     def __init__(self, config: DecoderConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
                  *, microbatches: int = 1, z_loss: float = 0.0, loss_impl: str = "full", loss_chunk: int = 1024,
-                 loss_budget: float = 1.0):
+                 loss_budget: float = 1.0, first_token_weight: float = 1.0):
         if loss_impl not in LOSS_IMPLS:
             raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
         self.mesh = mesh
+        self.first_token_weight = float(first_token_weight)
         # How the loss is computed (bsft_jax.train.chunked_loss): same sums, different memory and FLOPs.
         self.loss_options = dict(impl=loss_impl, chunk=int(loss_chunk), budget=float(loss_budget))
         self.tx = tx
@@ -162,7 +163,7 @@ class Trainer:
         def loss_fn(params: Any, mb: dict[str, jax.Array], index: jax.Array) -> tuple[jax.Array, LossSums]:
             model, call_kwargs = model_fn(params, mb, index)
             sums = model_loss_sums(model, mb, **loss_options, **call_kwargs)
-            return objective(sums, total_tokens, self.z_loss), sums
+            return objective(sums, total_tokens, self.z_loss, self.first_token_weight), sums
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
 
@@ -189,6 +190,8 @@ class Trainer:
             "input_tokens": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32)),
             "accuracy": sums.correct / denom,
             "first_token_accuracy": sums.first_correct / jnp.maximum(sums.first_tokens, 1.0),
+            # the decision's own loss (behavior token / first reply word), unweighted
+            "first_token_loss": sums.first_ce / jnp.maximum(sums.first_tokens, 1.0),
         }
         return metrics
 

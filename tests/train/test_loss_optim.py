@@ -43,6 +43,37 @@ def test_loss_sums_match_naive_reference_with_padded_vocab():
     np.testing.assert_allclose(float(objective(s, s.tokens, 1e-3)), (ce + 1e-3 * z) / mask.sum(), rtol=1e-5)
 
 
+def test_first_token_weight_scales_the_gradient_only_at_first_reply_tokens():
+    """d objective / d logits by hand: (softmax - onehot) * weight / tokens, weight w at span starts."""
+    rng = np.random.default_rng(3)
+    b, t, v, w = 2, 9, 11, 7.0
+    logits = rng.normal(size=(b, t, v)).astype(np.float32)
+    targets = rng.integers(0, v, (b, t))
+    mask = np.array([[0, 0, 1, 1, 1, 0, 1, 1, 0], [0, 1, 1, 1, 1, 1, 0, 0, 0]], np.int32)
+    seg = np.array([[1, 1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0]], np.int32)
+    first = np.zeros((b, t), bool)
+    first[0, 2] = first[0, 6] = first[1, 1] = True  # the first target of each reply
+
+    def grad(weight):
+        def f(lg):
+            s = loss_sums(lg, jnp.asarray(targets), jnp.asarray(mask), jnp.asarray(seg))
+            return objective(s, s.tokens, 0.0, weight)
+        return np.asarray(jax.grad(f)(jnp.asarray(logits)))
+
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    onehot = np.eye(v)[targets]
+    per_token = np.where(first, w, 1.0) * mask
+    by_hand = (p - onehot) * per_token[..., None] / mask.sum()
+    np.testing.assert_allclose(grad(w), by_hand, atol=1e-6)
+    g1, gw = grad(1.0), grad(w)
+    np.testing.assert_allclose(gw[~first], g1[~first], atol=1e-7)  # every other position: unchanged
+    np.testing.assert_allclose(gw[first], w * g1[first], rtol=1e-5)
+    s = loss_sums(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask), jnp.asarray(seg))
+    ce_first = -np.log(np.take_along_axis(p, targets[..., None], -1)[..., 0])[first].sum()
+    np.testing.assert_allclose(float(s.first_ce), ce_first, rtol=1e-5)
+
+
 def test_loss_is_computed_in_fp32_from_bf16_logits():
     logits = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 16)), jnp.bfloat16)
     targets = jnp.zeros((2, 5), jnp.int32)
