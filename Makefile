@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo_scratch ablation test lint clean
+.PHONY: install demo demo_scratch ablation learning_curve test lint clean
 
 $(STAMP): requirements.txt requirements-test.txt requirements-nodeps.txt setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ install: $(STAMP)
 # on demo v2, then the evaluator's four arms (few-shot k=3 and explicit-instruction prompting of the base
 # model, GeneralSFT, BehaviorSFT) and the steering probe in one report. Rerunning skips finished stages.
 DEMO_REPORT ?= runs/demo_report
+# `make demo SMOKE=1`: every stage on a tiny budget (~5 min), in runs/*_smoke folders.
 demo: $(STAMP)
-	$(BIN)/python -m bsft_jax.mainjob --out_dir $(DEMO_REPORT)
+	$(BIN)/python -m bsft_jax.mainjob --out_dir $(DEMO_REPORT) $(if $(SMOKE),--smoke,)
+
+# The learning curve of the make-demo recipe (hours on 2 cores): bench/learning_curve.{json,png}.
+learning_curve: $(STAMP)
+	$(BIN)/python -m bench.learning_curve
 
 # The from-scratch 1.1M-parameter demo of earlier versions (no prompting baselines: no pretrained model).
 demo_scratch: $(STAMP)

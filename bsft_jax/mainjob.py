@@ -13,6 +13,8 @@ interrupted training stage resumes from its last checkpoint):
 A line per stage gives the elapsed time and the ETA of the whole job, from per-stage estimates
 that are rescaled by how fast the finished stages ran (training adds its own per-step ETA).
 Config overrides work as in training: ``--config.train.steps=24 --general_config.train.steps=24``.
+``--smoke`` (``make demo SMOKE=1``) runs every stage on a tiny budget (4 steps, 13 test items) in
+``<run_dir>_smoke`` folders and ``<out_dir>_smoke``: about 5 minutes, a check that the job runs.
 """
 
 from __future__ import annotations
@@ -40,11 +42,31 @@ DEFAULT_ESTIMATES = {"train BehaviorSFT": 600.0, "train GeneralSFT": 560.0, "eva
 class EvalOptions:
     """What the evaluate stage passes to :func:`bsft_jax.evaluate.__main__.run_comparison`."""
 
-    limit: int = 39
+    limit: int = 130  # fine-tuned arms: 10 per category, 90 open scenes
+    baseline_limit: int = 39  # prompting arms (3 solved scenes per few-shot prompt: slow to decode)
+    probe_limit: int = 39
     max_new_tokens: int = 24
     batch_size: int = 16
     few_shot_k: int = 3
     steering_probe: bool = True
+
+
+# ``--smoke``: the whole job on a tiny budget (about 5 minutes on 2 cores): proves every stage runs.
+SMOKE_OPTIONS = EvalOptions(limit=13, baseline_limit=13, probe_limit=13, max_new_tokens=12)
+
+
+def smoke_config(cfg: Any) -> Any:
+    """A recipe cut to a few steps, no periodic evaluation and its own run directory (``--smoke``)."""
+    c = cfg.copy_and_resolve_references()
+    c.run_dir = c.run_dir.rstrip("/") + "_smoke"
+    c.train.steps = 4
+    c.train.eval_every = -1
+    c.train.steer_eval_items = 0
+    c.train.early_stop_patience = 0
+    c.checkpoint.keep_best_metric = ""
+    c.checkpoint.every_steps = 4
+    c.optimizer.warmup_steps = 1
+    return c
 
 
 class StageLog:
@@ -99,7 +121,8 @@ def main_job(behavior_cfg: Any, general_cfg: Any, out_dir: str, opts: EvalOption
         run_comparison(behavior_cfg, checkpoint=behavior_cfg.run_dir, general_checkpoint=general_cfg.run_dir,
                        baselines=tuple(BASELINES), out_dir=out_dir, max_new_tokens=opts.max_new_tokens,
                        batch_size=opts.batch_size, limit=opts.limit, few_shot_k=opts.few_shot_k,
-                       steering_probe=opts.steering_probe)
+                       steering_probe=opts.steering_probe, baseline_limit=opts.baseline_limit,
+                       probe_limit=opts.probe_limit)
 
     return run_stages([("train BehaviorSFT", lambda: train(behavior_cfg)),
                        ("train GeneralSFT", lambda: train(general_cfg)),
@@ -122,7 +145,13 @@ def main(argv: list[str] | None = None) -> int:
                                     flag_values=fv)
     flags.DEFINE_string("out_dir", "runs/demo_report", "report folder (also holds stages.json)", flag_values=fv)
     d = EvalOptions()
-    flags.DEFINE_integer("limit", d.limit, "test items, categories in turn (0: all)", flag_values=fv)
+    flags.DEFINE_integer("limit", d.limit, "test items of the fine-tuned arms, categories in turn (0: all)",
+                         flag_values=fv)
+    flags.DEFINE_integer("baseline_limit", d.baseline_limit, "test items of the prompting arms (a prefix of the "
+                         "same order; 0: --limit)", flag_values=fv)
+    flags.DEFINE_integer("probe_limit", d.probe_limit, "test items of the steering probe (0: --limit)", flag_values=fv)
+    flags.DEFINE_bool("smoke", False, "a ~5-minute run of every stage on a tiny budget (own run and report folders)",
+                      flag_values=fv)
     flags.DEFINE_integer("max_new_tokens", d.max_new_tokens, "reply budget", flag_values=fv)
     flags.DEFINE_integer("batch_size", d.batch_size, "prompts per decode call", flag_values=fv)
     flags.DEFINE_bool("steering_probe", d.steering_probe, "force each behavior token on BehaviorSFT", flag_values=fv)
@@ -130,16 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     if code is not None:
         return code
     setup_logging()
-    opts = EvalOptions(limit=fv.limit, max_new_tokens=fv.max_new_tokens, batch_size=fv.batch_size,
-                       steering_probe=fv.steering_probe)
+    opts = EvalOptions(limit=fv.limit, baseline_limit=fv.baseline_limit, probe_limit=fv.probe_limit,
+                       max_new_tokens=fv.max_new_tokens, batch_size=fv.batch_size, steering_probe=fv.steering_probe)
+    configs, out_dir = (fv.config, fv.general_config), fv.out_dir
+    if fv.smoke:
+        opts = dataclasses.replace(SMOKE_OPTIONS, batch_size=fv.batch_size, steering_probe=fv.steering_probe)
+        configs = tuple(smoke_config(c) for c in configs)
+        out_dir = out_dir.rstrip("/") + "_smoke"
     t0 = time.perf_counter()
     try:
-        main_job(fv.config, fv.general_config, fv.out_dir, opts)
+        main_job(*configs, out_dir, opts)
     except (ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"main job done in {format_duration(time.perf_counter() - t0)} (this invocation); report: "
-          f"{os.path.join(fv.out_dir, 'report.md')} (radar.png, report.json beside it)")
+          f"{os.path.join(out_dir, 'report.md')} (radar.png, report.json beside it)")
     return 0
 
 

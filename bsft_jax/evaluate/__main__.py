@@ -104,11 +104,18 @@ def run_comparison(
     few_shot_k: int = 3,
     force_behavior: str = "",
     steering_probe: bool = False,
+    baseline_limit: int = 0,
+    probe_limit: int = 0,
 ) -> dict[str, dict[str, str]]:
     """Evaluates every run on every split and writes the reports; returns split -> written paths.
 
+    limit:          items per split for the fine-tuned runs, categories in turn (0: all).
+    baseline_limit: items for the prompting baselines (0: ``limit``); a smaller number takes the first
+                    items of the same stratified order, so the baselines' items are a subset of the runs'.
+                    The report's ``items`` row says how many each arm saw.
     steering_probe: also generate the BehaviorSFT run's replies with each behavior token forced and
-    add the rates to the report (:mod:`bsft_jax.evaluate.probe`).
+                    add the rates to the report (:mod:`bsft_jax.evaluate.probe`), on ``probe_limit``
+                    items (0: ``limit``).
     """
     _check_request(cfg, checkpoint, general_checkpoint, baselines, mode, out_dir)
     mesh = make_mesh(resolve_mesh_shape(cfg.mesh, jax.device_count()))
@@ -121,12 +128,13 @@ def run_comparison(
                   label_space=label_space(train_records))
     results: dict[str, list[EvalResult]] = {s: [] for s in splits}
     if baselines:
-        _evaluate_baselines(settings, mesh, baselines, train_records, tests, few_shot_k, common, results)
+        subsets = {s: _first(records, baseline_limit) for s, records in tests.items()}
+        _evaluate_baselines(settings, mesh, baselines, train_records, subsets, few_shot_k, common, results)
     step_seen, probes = None, {}
     for run_dir, run_step in ((general_checkpoint, None), (checkpoint, step)):
         if run_dir:
             step_seen = _evaluate_run(run_dir, run_step, settings.model.runtime.dtype, tests, force_behavior, common,
-                                      results, probes if steering_probe else None)
+                                      results, probes if steering_probe else None, probe_limit)
     if not out_dir:
         base = checkpoint or general_checkpoint or cfg.run_dir
         out_dir = storage.join(base, "eval", f"step_{step_seen}" if step_seen is not None else "base")
@@ -139,6 +147,11 @@ def run_comparison(
         for run_name, probe in probes.get(split, {}).items():
             print(add_probe_to_report(folder, run_name, probe))
     return written
+
+
+def _first(records: list[Record], limit: int) -> list[Record]:
+    """The first ``limit`` items of a stratified subset, still categories in turn (0: all of them)."""
+    return stratified_subset(records, limit) if limit > 0 else records
 
 
 def _check_request(cfg: Any, checkpoint: str, general_checkpoint: str, baselines: Sequence[str], mode: str,
@@ -175,7 +188,7 @@ def _evaluate_baselines(s: Settings, mesh: Any, baselines: Sequence[str], train_
 
 def _evaluate_run(run_dir: str, step: int | None, dtype: str, tests: dict[str, list[Record]], force_behavior: str,
                   common: dict[str, Any], results: dict[str, list[EvalResult]],
-                  probes: dict[str, dict[str, Any]] | None = None) -> int:
+                  probes: dict[str, dict[str, Any]] | None = None, probe_limit: int = 0) -> int:
     """One training run's checkpoint on every split, appended to ``results``; returns the step it read.
 
     ``probes``: when given (a dict), a BehaviorSFT run's steering probe per split is stored in it.
@@ -196,9 +209,11 @@ def _evaluate_run(run_dir: str, step: int | None, dtype: str, tests: dict[str, l
         results[split].append(result)
         if probes is not None and style == "behavior_sft":
             log.info("%s: steering probe, forcing each of %s", unique, list(spec.names))
+            probe_records = _first(records, probe_limit)
             probes.setdefault(split, {})[unique] = run_probe(
-                lambda b, records=records: evaluate_model(model, tokenizer, records, name=f"forced {b}", style=style,
-                                                          force_behavior=b, **{**common, "spec": spec}),
+                lambda b, records=probe_records: evaluate_model(model, tokenizer, records, name=f"forced {b}",
+                                                                style=style, force_behavior=b,
+                                                                **{**common, "spec": spec}),
                 spec.names)
     return step_seen
 
@@ -225,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     flags.DEFINE_integer("max_new_tokens", 64, "reply budget", flag_values=fv)
     flags.DEFINE_integer("batch_size", 32, "prompts per decode call", flag_values=fv)
     flags.DEFINE_integer("limit", 0, "items per split, categories in turn (0: all)", flag_values=fv)
+    flags.DEFINE_integer("baseline_limit", 0, "items for the prompting baselines, a prefix of the same "
+                         "stratified order (0: --limit)", flag_values=fv)
+    flags.DEFINE_integer("probe_limit", 0, "items for the steering probe (0: --limit)", flag_values=fv)
     flags.DEFINE_integer("few_shot_k", 3, "solved examples in few-shot prompts", flag_values=fv)
     flags.DEFINE_string("force_behavior", "", "force BehaviorSFT replies to start with this behavior token",
                         flag_values=fv)
@@ -240,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                        step=None if fv.step < 0 else fv.step, baselines=[b for b in fv.baselines if b],
                        splits=fv.splits, mode=fv.mode, out_dir=fv.out_dir, max_new_tokens=fv.max_new_tokens,
                        batch_size=fv.batch_size, limit=fv.limit, few_shot_k=fv.few_shot_k,
-                       force_behavior=fv.force_behavior, steering_probe=fv.steering_probe)
+                       force_behavior=fv.force_behavior, steering_probe=fv.steering_probe,
+                       baseline_limit=fv.baseline_limit, probe_limit=fv.probe_limit)
 
     return cli_boundary(evaluate)  # bad config, data, run folder or step: one line, exit 2
 

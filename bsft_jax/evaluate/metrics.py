@@ -108,7 +108,8 @@ def compute_metrics(
     Returns keys ``num_items``, ``num_unparsed``, ``per_category`` (category -> ``group``, ``n``,
     ``f1``, ``accuracy``, ``unparsed``, ``labels``, ``f1_per_label``), ``per_group`` (group -> mean
     F1 or None), ``overall_f1``, ``behavior`` (``accuracy``, ``labels``, ``confusion``, ``n``; or None),
-    ``over_intervention`` and ``missed_intervention`` (``rate``, ``count``, ``total``) and
+    ``over_intervention`` and ``missed_intervention`` (``rate``, ``count``, ``total``), ``decision``
+    (:func:`decision_metrics`) and
     ``unparsed_examples`` (up to 5 ids with their replies).
     """
     if not items:
@@ -146,8 +147,31 @@ def compute_metrics(
         "behavior": behavior_metrics(items, behaviors),
         "over_intervention": _rate(over, len(restraint)),
         "missed_intervention": _rate(missed, len(flagged)),
+        "decision": decision_metrics(open_items),
         "unparsed_examples": [{"id": i.id, "reply": i.reply[:200]} for i in unparsed_items[:5]],
     }
+
+
+def decision_metrics(open_items: Sequence[ScoredItem]) -> dict[str, Any] | None:
+    """Intervene-vs-hold accuracy on open (non-multiple-choice) items, overall and per category.
+
+    The decision is read from the prediction alone: any flag label is "intervene", ``none`` is
+    "hold", and an unparsed reply counts as wrong. Chance is 50% on the demo set (equal rates).
+    """
+    if not open_items:
+        return None
+
+    def right(i: ScoredItem) -> bool:
+        if i.prediction == UNPARSED:
+            return False
+        return (i.prediction != NONE_LABEL) == (i.gold_label != NONE_LABEL)
+
+    by_category: dict[str, list[bool]] = defaultdict(list)
+    for item in open_items:
+        by_category[item.category].append(right(item))
+    hits = sum(sum(v) for v in by_category.values())
+    return {"accuracy": hits / len(open_items), "n": len(open_items),
+            "per_category": {c: sum(v) / len(v) for c, v in by_category.items()}}
 
 
 def _category_metrics(category: str, items: Sequence[ScoredItem], label_sets: Mapping[str, Sequence[str]] | None

@@ -49,7 +49,9 @@ def markdown_table(runs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Map
         first = next(m["per_category"][category] for m in runs.values() if category in m["per_category"])
         cells = [_pct(m["per_category"][category]["f1"]) if category in m["per_category"] else "-"
                  for m in runs.values()]
-        lines.append(_row([category, first["group"] or "?", str(first["n"]), *cells]))
+        # arms may see different numbers of items (e.g. fewer for slow prompting baselines): list each size
+        sizes = sorted({m["per_category"][category]["n"] for m in runs.values() if category in m["per_category"]})
+        lines.append(_row([category, first["group"] or "?", "/".join(map(str, sizes)), *cells]))
     for group in taxonomy.GROUPS:
         lines.append(_row([f"**{group} (mean F1)**", "", "", *[_pct(m["per_group"][group]) for m in runs.values()]]))
     lines.append(_row(["**overall (mean F1)**", "", "", *[f"**{_pct(m['overall_f1'])}**" for m in runs.values()]]))
@@ -58,6 +60,10 @@ def markdown_table(runs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Map
                            *[_pct(m.get("hard_f1")) for m in runs.values()]]))
     lines.append(_row(["behavior-selection accuracy", "", "",
                        *[_pct(m["behavior"]["accuracy"]) if m["behavior"] else "n/a" for m in runs.values()]]))
+    if any(m.get("decision") for m in runs.values()):
+        lines.append(_row(["intervene-vs-hold accuracy (open items)", "",
+                           "/".join(map(str, sorted({m["decision"]["n"] for m in runs.values() if m.get("decision")}))),
+                           *[_pct(m["decision"]["accuracy"]) if m.get("decision") else "-" for m in runs.values()]]))
     lines.append(_row(["over-intervention rate", "", "", *[_rate_cell(m["over_intervention"]) for m in runs.values()]]))
     lines.append(_row(["missed-intervention rate", "", "",
                        *[_rate_cell(m["missed_intervention"]) for m in runs.values()]]))

@@ -362,7 +362,8 @@ def _track_best(s: _Session, step: int, metrics: dict[str, float]) -> bool:
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    # per-category steering metrics (steer/f1/<category>, ...) go to metrics.jsonl, not the log line
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.count("/") < 2)
 
 
 def _log_startup(s: dict[str, Any]) -> None:

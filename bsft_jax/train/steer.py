@@ -36,7 +36,7 @@ log = logging.getLogger("bsft_jax.train")
 
 PREFIX = "steer/"
 # Metric name -> True when higher is better.
-STEER_METRICS = {"overall_f1": True, "behavior_accuracy": True, "over_intervention": False,
+STEER_METRICS = {"overall_f1": True, "behavior_accuracy": True, "decision_accuracy": True, "over_intervention": False,
                  "missed_intervention": False, "unparsed": False,
                  **{f"{g}_f1": True for g in taxonomy.GROUPS}}
 HELD_OUT_METRICS = {"loss": False, "first_token_accuracy": True}
@@ -48,11 +48,21 @@ def steer_summary(metrics: dict[str, Any]) -> dict[str, float]:
     """The scalar steering metrics (fractions) of one :func:`compute_metrics` result; None values dropped."""
     out = {"overall_f1": metrics["overall_f1"],
            "behavior_accuracy": metrics["behavior"]["accuracy"] if metrics["behavior"] else None,
+           "decision_accuracy": metrics["decision"]["accuracy"] if metrics.get("decision") else None,
            "over_intervention": metrics["over_intervention"]["rate"],
            "missed_intervention": metrics["missed_intervention"]["rate"],
            "unparsed": metrics["num_unparsed"] / metrics["num_items"],
            **{f"{g}_f1": v for g, v in metrics["per_group"].items()}}
     return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def per_category_summary(metrics: dict[str, Any]) -> dict[str, float]:
+    """``steer/f1/<category>`` and ``steer/decision/<category>`` (intervene-vs-hold accuracy, open
+    categories only): what a learning curve plots per category (bench/learning_curve.py)."""
+    out = {f"{PREFIX}f1/{c}": float(m["f1"]) for c, m in metrics["per_category"].items()}
+    decision = metrics.get("decision") or {}
+    out |= {f"{PREFIX}decision/{c}": float(v) for c, v in decision.get("per_category", {}).items()}
+    return out
 
 
 class SteerEval:
@@ -71,7 +81,7 @@ class SteerEval:
         result = evaluate_model(model, self.tokenizer, self.records, name="steer", style=self.style, spec=self.spec,
                                 mesh=self.mesh, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
         return {PREFIX + k: v for k, v in steer_summary(result.metrics).items()} | {
-            PREFIX + "seconds": float(result.info["decode seconds"])}
+            PREFIX + "seconds": float(result.info["decode seconds"])} | per_category_summary(result.metrics)
 
 
 def check_best_metric(metric: str, steer_items: int, eval_every: int, patience: int) -> None:

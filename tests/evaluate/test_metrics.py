@@ -132,3 +132,25 @@ def test_hard_subset_f1_is_the_overall_figure_over_hard_items_only():
     assert m["overall_f1"] == compute_metrics(_items())["overall_f1"]  # the overall figure is unchanged
     assert "| hard subset (mean F1) |  | 4 | 66.7 |" in markdown_table({"run": m})
     assert "hard subset" not in markdown_table({"run": compute_metrics(_items())})
+
+
+def test_decision_accuracy_by_hand():
+    """Open items only: any flag = intervene, none = hold, unparsed = wrong."""
+    m = compute_metrics(_items())["decision"]
+    # EC: e1 right, e2 wrong (missed), e3 right, e4 wrong (over), e5 wrong (unparsed), e6 right -> 3/6
+    # CVF: c1 right, c2 right, c3 wrong, c4 wrong -> 2/4
+    assert m["n"] == 10
+    assert m["per_category"] == {EC: 3 / 6, CVF: 2 / 4}
+    assert m["accuracy"] == pytest.approx(5 / 10)
+    only_mc = [i for i in _items() if i.multiple_choice]
+    assert compute_metrics(only_mc)["decision"] is None
+
+
+def test_steer_summary_and_per_category_keys():
+    from bsft_jax.train.steer import per_category_summary, steer_summary
+
+    m = compute_metrics(_items())
+    assert steer_summary(m)["decision_accuracy"] == pytest.approx(0.5)
+    per = per_category_summary(m)
+    assert per[f"steer/decision/{EC}"] == pytest.approx(0.5) and f"steer/decision/{DDX}" not in per
+    assert set(k for k in per if k.startswith("steer/f1/")) == {f"steer/f1/{c}" for c in (EC, DDX, TO, CVF)}
