@@ -54,3 +54,34 @@ def test_stage_eta_scales_with_measured_speed(tmp_path):
     book.finish("a", 20.0)  # twice as slow as estimated
     assert book.eta(["b", "c"]) == 100.0
     assert StageLog(str(tmp_path), {"a": 10.0}).done == {"a": 20.0}  # read back on a rerun
+
+
+def test_smoke_config_cuts_the_recipe_and_keeps_it_valid(tmp_path):
+    from bsft_jax.mainjob import SMOKE_OPTIONS, smoke_config
+    from bsft_jax.run.config import load_config_file
+    from bsft_jax.run.settings import Settings
+
+    from .toy import ROOT
+
+    for recipe in ("demo.py", "demo_generalsft.py"):
+        full = load_config_file(os.path.join(ROOT, "configs", recipe), recipe)
+        smoke = smoke_config(full)
+        assert smoke.run_dir == full.run_dir + "_smoke" and smoke.train.steps == 4
+        assert smoke.checkpoint.keep_best_metric == "" and smoke.train.eval_every == -1
+        assert full.train.steps > 4  # the recipe itself is untouched
+        Settings.from_config(smoke)  # still a valid config
+    assert SMOKE_OPTIONS.limit == SMOKE_OPTIONS.baseline_limit == 13
+
+
+def test_demo_recipe_v3_passes_validation():
+    """The make-demo recipe: the decision knobs on, 512-token rows, selection on >= 90 open validation scenes."""
+    from bsft_jax.run.config import load_config_file, validate_config
+
+    from .toy import ROOT
+
+    for recipe in ("demo.py", "demo_generalsft.py"):
+        c = load_config_file(os.path.join(ROOT, "configs", recipe), recipe)
+        validate_config(c, num_devices=1)
+        assert c.data.balance == "decision" and c.train.first_token_loss_weight > 1 and c.data.seq_len == 512
+        assert c.train.steer_eval_items >= 130 and c.train.steer_eval_split == "validation"
+        assert c.checkpoint.keep_best_metric == "decision_accuracy"
