@@ -1,4 +1,4 @@
-"""Renders every measured table in README.md and BENCHMARKS.md from the committed result files.
+"""Renders every measured table in BENCHMARKS.md and docs/*.md from the committed result files.
 
     python -m bench.render            # rewrite the tables between their markers, warn about stale ones
     python -m bench.render --check    # exit 1 if a doc differs from what would be rendered
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ("README.md", "BENCHMARKS.md")
+DOCS = ("BENCHMARKS.md", "docs/evaluation.md", "docs/training.md")  # the docs that hold tables (bench/tables.py)
 GiB = 1024**3
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

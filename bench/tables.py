@@ -1,4 +1,4 @@
-"""The measured tables of README.md and BENCHMARKS.md: which records each is made from, and how.
+"""The measured tables of the docs (BENCHMARKS.md, docs/*.md): which records each is made from, and how.
 
 To add a table: write a ``render_*`` function, add a ``Table`` to ``TABLES`` and put
 ``<!-- table:NAME -->`` / ``<!-- /table -->`` where it goes in the doc, then ``python -m bench.render``.
@@ -420,7 +420,7 @@ def _deps(*scripts: str) -> tuple[str, ...]:
 
 
 TABLES = [
-    Table("plan", "README.md", RESULTS, _newest(_bench("plan_table")), render_plan,
+    Table("plan", "docs/training.md", RESULTS, _newest(_bench("plan_table")), render_plan,
           (*LIBRARY, "configs/qwen2_5_7b_*", "configs/llama3_1_8b_*"),
           "python -m bench.plan_table", seeded=False),
     Table("train-step", "BENCHMARKS.md", RESULTS, _latest_session(_MAIN_TRAIN), render_train_step,
@@ -462,8 +462,8 @@ TABLES = [
           "python -m bench.lora --hf_path builtin:smollm2-135m-instruct --blocks 2 --steps 2", pending=True),
     Table("real-model", "BENCHMARKS.md", RESULTS, _newest(_bench("real_model")), render_real_model,
           _deps("bench/real_model.py"), "python -m bench.real_model"),
-    Table("demo", "README.md", DEMO_RESULTS, lambda rs: rs[-1:], render_demo,
+    Table("demo", "docs/evaluation.md", DEMO_RESULTS, lambda rs: rs[-1:], render_demo,
           ("bsft_jax", PLANNER, "configs/demo*.py"), "make demo; python -m bench.demo_results"),
-    Table("ablation", "README.md", ABLATION_RESULTS, lambda rs: rs[-1:], render_ablation,
+    Table("ablation", "docs/evaluation.md", ABLATION_RESULTS, lambda rs: rs[-1:], render_ablation,
           ("bsft_jax", PLANNER, "configs/demo*.py", "bench/ablation.py"), "make ablation", pending=True),
 ]

@@ -1,5 +1,5 @@
 """The demo audit's committed numbers (bench/demo_audit.json) are what the audit computes from the
-current demo data, and the README's demo-benchmark section quotes that file: a change of the data
+current demo data, and docs/data.md's demo-benchmark section quotes that file: a change of the data
 without re-running ``python -m bsft_jax.data.audit --json bench/demo_audit.json`` fails here."""
 
 import json
@@ -23,10 +23,11 @@ def committed():
 
 @pytest.fixture(scope="module")
 def section():
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    start = readme.index("## The demo benchmark")
-    return readme[start:readme.index("\n## ", start + 1)]
+    with open(os.path.join(ROOT, "docs", "data.md")) as f:
+        page = f.read()
+    start = page.index("## The demo benchmark")
+    end = page.find("\n## ", start + 1)  # the next section, or the end of the page
+    return page[start:end if end >= 0 else None]
 
 
 def test_committed_audit_equals_what_the_audit_computes_now(committed):
