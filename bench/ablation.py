@@ -1,7 +1,7 @@
 """The seeded ablation (``make ablation``): GeneralSFT vs BehaviorSFT over seeds and both token schemes.
 
     python -m bench.ablation [--seeds 0,1,2] [--schemes group,item] [--limit 130] [--bootstrap 2000]
-    python -m bench.render                          # README's "ablation" table from the results file
+    python -m bench.render                          # the "ablation" table of docs/evaluation.md
 
 For every scheme (``group``: reactive / balanced / proactive tokens; ``item``: answer / intervene /
 hold) and seed, both recipes of ``--config`` / ``--general_config`` (default the ``make demo``
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     from bsft_jax.files import write_json
 
     write_json(args.out, merge_record(previous, record))
-    print(f"wrote {args.out}; render README with: python -m bench.render")
+    print(f"wrote {args.out}; render docs/evaluation.md with: python -m bench.render")
     return 0
 
 

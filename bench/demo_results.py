@@ -1,4 +1,4 @@
-"""Records what `make demo` printed as bench/demo_results.json, the file README's demo table is rendered from.
+"""Records what `make demo` printed as bench/demo_results.json, which docs/evaluation.md's demo table is rendered from.
 
     make demo                                   # writes runs/demo_report/report.json
     python -m bench.demo_results --wall-seconds 840 [--report runs/demo_report/report.json]
@@ -6,7 +6,7 @@
 
 The record carries the machine, the commit, the date, the seed of the demo configs, the wall
 time and each stage's seconds (``stages.json``, which the main job writes beside report.json),
-next to the numbers README shows (percent, one decimal as printed by the report).
+next to the numbers docs/evaluation.md shows (percent, one decimal as printed by the report).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _pct(x: float | None) -> float | None:
 
 
 def summarize_run(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The README's figures for one run of report.json: macro-F1 per group and overall, behavior, rates."""
+    """The demo table's figures for one run of report.json: macro-F1 per group and overall, behavior, rates."""
     behavior = metrics.get("behavior")
     out: dict[str, Any] = {
         "macro_f1_pct": {**{g: _pct(v) for g, v in metrics["per_group"].items()},

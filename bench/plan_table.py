@@ -1,9 +1,9 @@
-"""Memory plans of the shipped 7B/8B recipes on common slices, as a Markdown table (README figures).
+"""Memory plans of the shipped 7B/8B recipes on common slices, as a Markdown table (docs/training.md).
 
     python -m bench.plan_table [--compilers tpu,cpu]
 
-Appends one ``plan_table`` record (machine, commit, every row) to bench/results.jsonl; README's
-planner table is rendered from the newest one by ``python -m bench.render``.
+Appends one ``plan_table`` record (machine, commit, every row) to bench/results.jsonl; the
+planner table of docs/training.md is rendered from the newest one by ``python -m bench.render``.
 
 Each cell is one ``python -m bsft_jax.train --config ... --plan`` run (a subprocess: every plan
 needs its own device count). "tpu" needs libtpu (``pip install libtpu==0.0.42.1``); without it

@@ -20,7 +20,7 @@ def get_config():
     c.tokenizer.path = "demo"
 
     # The item-level behavior scheme: the token is the decision on each scene (answer / intervene /
-    # hold), not a function of the category (README, "The demo benchmark"). behavior.scheme="group"
+    # hold), not a function of the category (docs/data.md, "The demo benchmark"). behavior.scheme="group"
     # with behavior.names=("reactive", "balanced", "proactive") gives the paper-style group tokens.
     c.behavior.scheme = "item"
     c.behavior.names = ("answer", "intervene", "hold")

@@ -1,4 +1,4 @@
-"""bench.ablation at toy size: two seeds, both arms, summary, paired bootstrap, README rendering."""
+"""bench.ablation at toy size: two seeds, both arms, summary, paired bootstrap, table rendering."""
 
 from __future__ import annotations
 

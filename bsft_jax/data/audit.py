@@ -1,11 +1,11 @@
 """Audit of the demo set: can surface words decide the label, do test scenes copy train scenes?
 
-    python -m bsft_jax.data.audit                              # prints the numbers quoted in the README
+    python -m bsft_jax.data.audit                              # prints the numbers quoted in docs/data.md
     python -m bsft_jax.data.audit --json bench/demo_audit.json # ... and writes them as JSON
 
-About 1-3 minutes on 2 CPU cores (the probe is fit 40 times). The README's probe, copy, balance and
-hard-subset figures are read from ``bench/demo_audit.json``; ``tests/data/test_demo_audit.py`` checks
-that the file matches the README and what this module computes from the current demo data.
+About 1-3 minutes on 2 CPU cores (the probe is fit 40 times). The probe, copy, balance and
+hard-subset figures of docs/data.md are read from ``bench/demo_audit.json``; ``tests/data/test_demo_audit.py`` checks
+that the file matches docs/data.md and what this module computes from the current demo data.
 
 What it measures (scene text only, never the reply):
 - the surface probe: TF-IDF word 1-3-grams + logistic regression, trained on the train split and

@@ -5,7 +5,7 @@ Two calls give a demo run everything it needs, with no download::
     splits = load_demo()                       # {"train": [...5200], "validation": [...520], "test": [...1040]}
     tokenizer = load_demo_tokenizer()          # small byte-level BPE, ChatML template, HF folder (cached)
 
-Scenes come from :mod:`bsft_jax.data.demo_scenes` (one generator per category; README, "The demo
+Scenes come from :mod:`bsft_jax.data.demo_scenes` (one generator per category; docs/data.md, "The demo
 benchmark"); splits are generated separately with split-specific case ids (``demo-<split>-<n>``), so
 no case is in two splits and split sizes are exact. Each scene's held-out combination decides
 which split may use it (:func:`split_of`), so no test scene copies a train scene. Each case is

@@ -22,8 +22,8 @@ for the slice's topology (deviceless AOT, as MaxText's train_compile does): the 
 that TPU would allocate, up to runtime overheads. Otherwise it is compiled by XLA's CPU backend
 over ``N`` fake CPU devices: its sharding and buffer sizes are right, but CPU fusion, layout and
 scheduling differ from TPU/GPU (measured here: the CPU temporaries are 0.9-1.6x the TPU
-compiler's for the shipped recipes, README's planner table), so take CPU figures as a conservative estimate. GPU targets
-always get the CPU estimate (the CUDA compiler is not used here).
+compiler's for the shipped recipes, the planner table in docs/training.md), so take CPU figures as a
+conservative estimate. GPU targets always get the CPU estimate (the CUDA compiler is not used here).
 """
 
 from __future__ import annotations

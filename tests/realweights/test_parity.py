@@ -1,7 +1,7 @@
 """Real pretrained weights: bsft_jax against transformers on the same converted folders.
 
 The measured numbers (fp32 and bf16 errors, the negative control) are printed in the terminal
-summary of every run ("real-weights measurements") and quoted in README "Real pretrained weights".
+summary of every run ("real-weights measurements") and quoted in docs/models.md "Real pretrained weights".
 """
 
 from __future__ import annotations

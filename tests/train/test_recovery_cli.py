@@ -238,7 +238,7 @@ def test_evaluate_skips_a_damaged_newest_step_and_names_it_with_step(runs):
 
 
 def test_a_flipped_byte_in_array_data_restores_silently(runs, tmp_path):
-    """The README's 'not detected' row: Orbax/TensorStore keep no checksum over array data, so one byte
+    """The 'not detected' row of docs/reliability.md: Orbax/TensorStore keep no checksum over array data, so one byte
     flipped in the middle of a params data file (after the commit) restores without error, with wrong
     values (how many depends on where it lands in the compressed stream). The count is printed (pytest -s)."""
     run_dir = str(tmp_path / "flipped")
