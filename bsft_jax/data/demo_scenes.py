@@ -44,6 +44,7 @@ from bsft_jax.data.scene_kit import (  # noqa: F401  (re-exported for callers of
     join,
     place,
     random_patient,
+    value_class,
     value_slot,
     voices,
 )
@@ -93,7 +94,7 @@ def critical_value_flagging(rng: random.Random, pt: Patient, force_label: str | 
     else:
         response = _flag(label, f"Every result is inside its limits, {values[0]} included. Fine to {plan}.")
     return Scene(turns, label, response, hard=with_distractor,
-                 combo=(slot.name, sides[slot.name], slots[slot.name][0] // 4))
+                 combo=(slot.name, sides[slot.name], *value_class(grids[slot.name], slots[slot.name])))
 
 
 def intervention_restraint(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
@@ -119,7 +120,7 @@ def intervention_restraint(rng: random.Random, pt: Patient, force_label: str | N
     else:
         response = _flag(label, f"{cap(t.measure)} {value}{t.unit} is within this patient's target ({rule}); "
                                 "no action needed.")
-    return Scene(turns, label, response, hard=two, combo=(t.measure, slot[0] // 3))
+    return Scene(turns, label, response, hard=two, combo=(t.measure, *value_class(t.values, slot)))
 
 
 def medication_safety_check(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
@@ -328,7 +329,7 @@ def guideline_deviation(rng: random.Random, pt: Patient, force_label: str | None
     turns = frame(pt, v, f"Notes: {r.condition}; {r.fact.format(v=value)}.", card, f"Let's {r.plan}.")
     response = _flag(label, f"The plan departs from the card ({rule})." if label == "deviation"
                      else f"The plan follows the card ({rule}).")
-    return Scene(turns, label, response, hard=two_rules, combo=(r.condition, slot[0] // 3))
+    return Scene(turns, label, response, hard=two_rules, combo=(r.condition, *value_class(r.values, slot)))
 
 
 Generator = Callable[..., Scene]
