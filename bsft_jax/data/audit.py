@@ -3,7 +3,7 @@
     python -m bsft_jax.data.audit                              # prints the numbers quoted in docs/data.md
     python -m bsft_jax.data.audit --json bench/demo_audit.json # ... and writes them as JSON
 
-About 1-3 minutes on 2 CPU cores (the probe is fit 40 times). The probe, copy, balance and
+About 1-3 minutes on 2 CPU cores (the probes are fit 53 times). The probe, copy, balance and
 hard-subset figures of docs/data.md are read from ``bench/demo_audit.json``; ``tests/data/test_demo_audit.py`` checks
 that the file matches docs/data.md and what this module computes from the current demo data.
 
@@ -13,6 +13,8 @@ What it measures (scene text only, never the reply):
   held-out combinations are not held out), macro-F1 of intervene-vs-hold per flag category, per group, and on
   the whole label space (all 13 categories, as the evaluator scores them); also the macro-F1 of the
   flipped predictions (intervene <-> hold), since a probe far below chance reads the label too;
+- the character probe: the same on TF-IDF character 2-5-grams inside words (sublinear tf), which
+  sees a word stem wherever it occurs ("platelet" in "platelet count" and "platelets 240");
 - copies: test scenes equal to a train scene once person names are replaced, and "near copies"
   once numbers are replaced too;
 - label balance per category, and H(behavior token | category) under the item scheme;
@@ -58,11 +60,19 @@ def intervenes(record: Record) -> str:
     return "intervene" if record.intervenes else "hold"
 
 
-def _probe(train_x: list[str], train_y: list[str], test_x: list[str]) -> list[str]:
+# The surface probes' TF-IDF features (the classifier is the same): word 1-3-grams, and character
+# 2-5-grams inside words (demo 2.1's Missing Information cue, "platelet", was a stem the words split).
+PROBES: dict[str, dict] = {
+    "word": {"ngram_range": (1, 3), "token_pattern": TOKEN_PATTERN, "lowercase": True, "sublinear_tf": False},
+    "char": {"analyzer": "char_wb", "ngram_range": (2, 5), "lowercase": True, "sublinear_tf": True},
+}
+
+
+def _probe(train_x: list[str], train_y: list[str], test_x: list[str], probe: str = "word") -> list[str]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    vec = TfidfVectorizer(ngram_range=(1, 3), token_pattern=TOKEN_PATTERN, lowercase=True, sublinear_tf=False)
+    vec = TfidfVectorizer(**PROBES[probe])
     xs = vec.fit_transform(train_x)
     if len(set(train_y)) < 2:
         return [train_y[0]] * len(test_x)
@@ -82,14 +92,19 @@ def macro_f1(gold: Sequence[str], pred: Sequence[str]) -> float:
     return sum(scores) / max(len(scores), 1)
 
 
-def binary_predictions(train: Sequence[Record], test: Sequence[Record]) -> dict[str, tuple[list[str], list[str]]]:
-    """Per flag category: (gold, probe prediction) of intervene-vs-hold on ``test``, the probe fit on ``train``."""
+def binary_predictions(train: Sequence[Record], test: Sequence[Record], probe: str = "word"
+                       ) -> dict[str, tuple[list[str], list[str]]]:
+    """Per flag category: (gold, probe prediction) of intervene-vs-hold on ``test``, the probe fit on ``train``.
+
+    ``probe`` names the features (:data:`PROBES`).
+    """
     out = {}
     for category in taxonomy.CATEGORY_NAMES:
         tr = [r for r in train if r.category == category and not r.is_multiple_choice]
         te = [r for r in test if r.category == category and not r.is_multiple_choice]
         if tr and te:
-            pred = _probe([scene_text(r) for r in tr], [intervenes(r) for r in tr], [scene_text(r) for r in te])
+            pred = _probe([scene_text(r) for r in tr], [intervenes(r) for r in tr], [scene_text(r) for r in te],
+                          probe)
             out[category] = ([intervenes(r) for r in te], pred)
     return out
 
@@ -115,31 +130,31 @@ def pooled_scores(preds: Mapping[str, tuple[Sequence[str], Sequence[str]]], *, f
     return out
 
 
-def full_label_score(train: Sequence[Record], test: Sequence[Record]) -> float:
+def full_label_score(train: Sequence[Record], test: Sequence[Record], probe: str = "word") -> float:
     """The probe on the full label (option letter or flag class): macro-F1 averaged over the categories."""
     full = []
     for category in taxonomy.CATEGORY_NAMES:
         tr = [r for r in train if r.category == category]
         te = [r for r in test if r.category == category]
         if tr and te:
-            pred = _probe([scene_text(r) for r in tr], [r.label for r in tr], [scene_text(r) for r in te])
+            pred = _probe([scene_text(r) for r in tr], [r.label for r in tr], [scene_text(r) for r in te], probe)
             full.append(macro_f1([r.label for r in te], pred))
     return sum(full) / max(len(full), 1)
 
 
 def probe_scores(train: Sequence[Record], test: Sequence[Record], *, full_label: bool = True,
-                 flip: bool = False) -> dict[str, float]:
+                 flip: bool = False, probe: str = "word") -> dict[str, float]:
     """Surface-probe macro-F1 (percent): intervene-vs-hold per flag category, per group, and overall.
 
     Per category, a probe is fit on that category's train scenes. ``balanced`` / ``proactive`` pool
     the intervene-vs-hold predictions of their categories; ``overall`` is macro-F1 of the full
     label (option letter or flag class) averaged over all 13 categories, as the evaluator reports
     (only when ``full_label``). With ``flip``, the intervene-vs-hold scores are of the flipped
-    predictions (:func:`flipped`).
+    predictions (:func:`flipped`). ``probe`` names the features (:data:`PROBES`).
     """
-    out = pooled_scores(binary_predictions(train, test), flip=flip)
+    out = pooled_scores(binary_predictions(train, test, probe), flip=flip)
     if full_label:
-        out["overall"] = full_label_score(train, test)
+        out["overall"] = full_label_score(train, test, probe)
     return out
 
 
@@ -191,12 +206,16 @@ def audit_numbers(splits: Mapping[str, Sequence[Record]]) -> dict:
     rates = copy_rates(train, test)
     entropy = token_entropy_by_category(test)
     preds = binary_predictions(train, test)
+    char = binary_predictions(train, test, "char")
     return {
         "demo_version": DEMO_VERSION,
         "command": "python -m bsft_jax.data.audit --json bench/demo_audit.json",
         "probe_test": {**{k: _r1(v) for k, v in pooled_scores(preds).items()},
                        "overall": _r1(full_label_score(train, test))},
         "probe_test_flipped": {k: _r1(v) for k, v in pooled_scores(preds, flip=True).items()},
+        "char_probe_test": {**{k: _r1(v) for k, v in pooled_scores(char).items()},
+                            "overall": _r1(full_label_score(train, test, "char"))},
+        "char_probe_test_flipped": {k: _r1(v) for k, v in pooled_scores(char, flip=True).items()},
         "probe_random_split_of_train": {k: _r1(v) for k, v in
                                         probe_scores(train[:n_seen], train[n_seen:], full_label=False).items()},
         "probe_accuracy_hard_vs_rest": {k: _r1(v) for k, v in hard_vs_rest(test, preds).items()},
@@ -208,13 +227,14 @@ def audit_numbers(splits: Mapping[str, Sequence[Record]]) -> dict:
 
 
 def _print(numbers: Mapping) -> None:
-    print("surface probe (TF-IDF word 1-3-grams + logistic regression, scene text only), test macro-F1 "
-          "(flipped predictions):")
-    probe, flip = numbers["probe_test"], numbers["probe_test_flipped"]
-    for key in [*[c for c in taxonomy.CATEGORY_NAMES if c in probe], "balanced", "proactive", "overall"]:
-        print(f"  {key:48s} {probe[key]:5.1f}" + (f"  ({flip[key]:5.1f})" if key in flip else ""))
+    for name, prefix in (("word 1-3-grams", ""), ("character 2-5-grams inside words", "char_")):
+        print(f"surface probe (TF-IDF {name} + logistic regression, scene text only), test macro-F1 "
+              "(flipped predictions):")
+        probe, flip = numbers[f"{prefix}probe_test"], numbers[f"{prefix}probe_test_flipped"]
+        for key in [*[c for c in taxonomy.CATEGORY_NAMES if c in probe], "balanced", "proactive", "overall"]:
+            print(f"  {key:48s} {probe[key]:5.1f}" + (f"  ({flip[key]:5.1f})" if key in flip else ""))
     seen = numbers["probe_random_split_of_train"]
-    print("the same probe on a random split of train (combinations seen in training), macro-F1:")
+    print("the word probe on a random split of train (combinations seen in training), macro-F1:")
     for key, value in seen.items():
         print(f"  {key:48s} {value:5.1f}")
     hr = numbers["probe_accuracy_hard_vs_rest"]

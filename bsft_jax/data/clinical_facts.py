@@ -212,7 +212,11 @@ PREREQUISITES: tuple[Prerequisite, ...] = (
     Prerequisite("last-known-well time", "last seen well 90 minutes ago"),
     Prerequisite("platelet count", "platelets 240 this morning"),
     Prerequisite("potassium", "potassium 4.2 at 6 am"),
+    Prerequisite("INR", "INR 1.1 this morning"),
+    Prerequisite("fasting status", "nil by mouth since midnight"),
 )
+# A scene's chart lists three of these (one not yet checked), so the action's other need is on the
+# chart in about 2/7 of scenes (the ``hard`` ones).
 ACTIONS: dict[str, tuple[str, ...]] = {  # action -> the needs a checklist card may name for it
     "a CT with IV contrast": ("kidney function", "pregnancy status"),
     "an MRI of the spine": ("implanted devices", "kidney function"),
@@ -221,6 +225,9 @@ ACTIONS: dict[str, tuple[str, ...]] = {  # action -> the needs a checklist card 
     "methotrexate": ("pregnancy status", "kidney function"),
     "an insulin infusion": ("potassium", "kidney function"),
     "a lumbar puncture": ("platelet count", "implanted devices"),
+    "a liver biopsy": ("INR", "platelet count"),
+    "an endoscopy under sedation": ("fasting status", "INR"),
+    "a general anesthetic": ("fasting status", "pregnancy status"),
 }
 OTHER_FACTS: tuple[str, ...] = ("blood pressure 132/80", "heart rate 84", "temperature 37.1",
-                                "oxygen saturation 97 percent", "breakfast at 7")
+                                "oxygen saturation 97 percent", "pain 2 out of 10")

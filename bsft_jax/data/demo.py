@@ -34,11 +34,12 @@ from bsft_jax.data.schema import NO_INTERVENTION, Record, read_jsonl, write_json
 from bsft_jax.files import cache_dir as default_cache_dir  # the public name of the one cache folder
 from bsft_jax.files import replace_dir
 
-DEMO_VERSION = "2.1.0"  # bump when generated content changes (it is part of the cache key)
+DEMO_VERSION = "2.2.0"  # bump when generated content changes (it is part of the cache key)
+# 2.2.0: Missing Information charts list 3 prerequisites, one unchecked; value categories hold out value classes.
 # 2.1.0: per-scene order-set lines, reference ranges and feature -> diagnosis pairings; one-decimal
 # weights; a reference card in every scene; labels drawn per category (equal intervene rates);
 # hard items in every flag category; drug x allergy class held out.
-_RNG_VERSION = "2.1.0"
+_RNG_VERSION = "2.2.0"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 CHATML_SPECIALS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (

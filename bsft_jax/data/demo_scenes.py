@@ -44,6 +44,7 @@ from bsft_jax.data.scene_kit import (  # noqa: F401  (re-exported for callers of
     join,
     place,
     random_patient,
+    value_class,
     value_slot,
     voices,
 )
@@ -51,6 +52,7 @@ from bsft_jax.data.schema import NO_INTERVENTION
 
 PLANS = ("discharge this afternoon", "move to the ward", "start physiotherapy today", "step down the monitoring")
 BODY_PARTS = ("knee", "hip", "shoulder", "wrist", "ankle", "elbow", "hand", "foot", "big toe", "thumb")
+UNCHECKED = "not yet checked"  # how the chart shows a prerequisite without a result (Missing Information)
 P_HARD = 0.3  # share of flag scenes drawn with a second relation to check (the ``hard`` subset)
 
 
@@ -92,7 +94,7 @@ def critical_value_flagging(rng: random.Random, pt: Patient, force_label: str | 
     else:
         response = _flag(label, f"Every result is inside its limits, {values[0]} included. Fine to {plan}.")
     return Scene(turns, label, response, hard=with_distractor,
-                 combo=(slot.name, sides[slot.name], slots[slot.name][0] // 4))
+                 combo=(slot.name, sides[slot.name], *value_class(grids[slot.name], slots[slot.name])))
 
 
 def intervention_restraint(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
@@ -118,7 +120,7 @@ def intervention_restraint(rng: random.Random, pt: Patient, force_label: str | N
     else:
         response = _flag(label, f"{cap(t.measure)} {value}{t.unit} is within this patient's target ({rule}); "
                                 "no action needed.")
-    return Scene(turns, label, response, hard=two, combo=(t.measure, slot[0] // 3))
+    return Scene(turns, label, response, hard=two, combo=(t.measure, *value_class(t.values, slot)))
 
 
 def medication_safety_check(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
@@ -280,27 +282,34 @@ def consistency_check(rng: random.Random, pt: Patient, force_label: str | None =
 
 def missing_information(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
     u = rng.random()
-    # The chart's facts are drawn first; the card then asks for one of them (hold back) or for
-    # another prerequisite (missing), so no fact string leans to either label.
-    facts = rng.sample(cf.PREREQUISITES, 2)
-    given, absent = rng.choice(facts), rng.choice([p for p in cf.PREREQUISITES if p not in facts])
-    pick, other, order = rng.random(), rng.choice(cf.OTHER_FACTS), rng.sample(range(3), 3)
+    # The chart lists three prerequisites, one of them not yet checked; the card asks for one of the
+    # three, drawn whatever the label. The label only decides WHICH item is unchecked: the card's
+    # (missing) or one of the other two (hold back). So, given the chart's items (the held-out
+    # combination), each prerequisite is on the card, given or unchecked equally often under both
+    # labels, and no string leans to either. (Demo 2.1 named a third prerequisite on the card only
+    # when it was missing, so every prerequisite's name leaned to a flag: a char-probe 71.)
+    items = rng.sample(cf.PREREQUISITES, 3)
+    need = rng.choice(items)
+    action = rng.choice([a for a in sorted(cf.ACTIONS) if need.need in cf.ACTIONS[a]])
+    unchecked_other = rng.choice([p for p in items if p is not need])
+    other, at = rng.choice(cf.OTHER_FACTS), rng.randrange(4)
     v = voices(rng)
     label = binary(u, "missing_info", force_label)
-    need = absent.need if label == "missing_info" else given.need
-    actions = [a for a in sorted(cf.ACTIONS) if need in cf.ACTIONS[a]]
-    action = actions[int(pick * len(actions))]
-    # hard: the chart gives the action's OTHER prerequisite, so "something for this action is there"
-    # is not enough; the card's own item must be matched.
-    hard = any(p.need in cf.ACTIONS[action] and p.need != need for p in facts)
-    shown = [f"{p.need}, {p.known}" for p in facts] + [other]
-    turns = frame(pt, v, "Notes: " + "; ".join(shown[i] for i in order) + ".",
-                  f"Before {action}, confirm {need}.", f"Let's go ahead with {action} today.")
+    unchecked = need if label == "missing_info" else unchecked_other
+    shown = [f"{p.need}, {UNCHECKED if p is unchecked else p.known}" for p in items]
+    shown.insert(at, other)
+    # hard: the chart also lists the action's OTHER prerequisite, so "something for this action is
+    # there (or unchecked)" is not enough; the card's own item must be matched.
+    hard = any(p.need in cf.ACTIONS[action] for p in items if p is not need)
+    turns = frame(pt, v, "Notes: " + "; ".join(shown) + ".",
+                  f"Before {action}, confirm {need.need}.", f"Let's go ahead with {action} today.")
     if label == "missing_info":
-        response = _flag(label, f"Before {action} the card needs {need}, and the chart does not give it.")
+        response = _flag(label, f"Before {action} the card needs {need.need}, and the chart has it {UNCHECKED}.")
     else:
-        response = _flag(label, f"The chart gives {need} ({given.known}), as the card asks.")
-    return Scene(turns, label, response, hard=hard, combo=(action, need, *sorted(p.need for p in facts)))
+        response = _flag(label, f"The chart gives {need.need} ({need.known}), as the card asks.")
+    # held out: the chart's prerequisites in their order and the other note (not the card's item,
+    # which would tie a combination to one label)
+    return Scene(turns, label, response, hard=hard, combo=(tuple(p.need for p in items), other))
 
 
 def guideline_deviation(rng: random.Random, pt: Patient, force_label: str | None = None) -> Scene:
@@ -320,7 +329,7 @@ def guideline_deviation(rng: random.Random, pt: Patient, force_label: str | None
     turns = frame(pt, v, f"Notes: {r.condition}; {r.fact.format(v=value)}.", card, f"Let's {r.plan}.")
     response = _flag(label, f"The plan departs from the card ({rule})." if label == "deviation"
                      else f"The plan follows the card ({rule}).")
-    return Scene(turns, label, response, hard=two_rules, combo=(r.condition, slot[0] // 3))
+    return Scene(turns, label, response, hard=two_rules, combo=(r.condition, *value_class(r.values, slot)))
 
 
 Generator = Callable[..., Scene]

@@ -105,13 +105,28 @@ def binary(u: float, flag: str, force: str | None, p_flag: float = 0.5) -> str:
 
 
 def value_slot(rng: random.Random, values: Sequence[str]) -> tuple[int, int]:
-    """(value index, gap): a value from the inner part of an ascending grid and a limit gap of 1-2 steps.
+    """(value index, gap): a value from the inner part of an ascending grid and a limit gap of 1 or 2 steps.
 
     Drawn before the label; :func:`place` then puts the limit on one side of the value or the other.
     The value's distribution does not depend on the label, so each value string appears under both
-    labels at the base rate (limits at the grid's ends are the only strings that lean one way).
+    labels at the base rate (limits at the grid's ends are the only strings that lean one way). The
+    two gaps are equally likely, which :func:`value_class` needs.
     """
-    return rng.randrange(2, len(values) - 2), rng.choice((1, 1, 2))
+    return rng.randrange(2, len(values) - 2), rng.choice((1, 2))
+
+
+def value_class(values: Sequence[str], slot: tuple[int, int]) -> tuple[int, int]:
+    """The held-out class of a value slot: (half of the grid, value index mod 3).
+
+    A held-out combination takes a string's scenes out of train. Held out by value band (demo 2.1),
+    it took the limits just below the band with one label and those just above with the other, so
+    in train those limit strings leaned to the label they lack in test (a probe turned around read
+    it: Intervention Restraint 66). Within a residue class mod 3, with gaps 1 and 2 equally likely,
+    a limit string is as often below a value of the class (value - gap) as above one (value + gap),
+    so a class holds each limit string under both labels alike; only strings next to the grid's
+    middle and ends lean. A test value is never a train value of its grid.
+    """
+    return slot[0] * 2 // len(values), slot[0] % 3
 
 
 def place(values: Sequence[str], slot: tuple[int, int], bad: bool, upper: bool) -> tuple[str, str]:

@@ -94,7 +94,9 @@ def _consistency(r):
 def _missing(r):
     need = re.search(r"confirm (.+)\.$", text(r, CARD)).group(1)
     notes = re.search(r"Notes: (.+)\.$", text(r, CHART)).group(1).split("; ")
-    return NO_INTERVENTION if any(n.startswith(need + ",") for n in notes) else "missing_info"
+    given = {n.split(", ")[0] for n in notes if ", " in n and not n.endswith(", not yet checked")}
+    assert sum(n.endswith(", not yet checked") for n in notes) == 1, notes
+    return NO_INTERVENTION if need in given else "missing_info"
 
 
 def _unit(s: str) -> str:

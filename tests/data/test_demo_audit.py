@@ -44,12 +44,15 @@ def _row(section: str, name: str) -> list[str]:
 
 def test_readme_demo_numbers_are_the_committed_audit(committed, section):
     probe, flipped, seen = (committed[k] for k in ("probe_test", "probe_test_flipped", "probe_random_split_of_train"))
+    char, char_flipped = committed["char_probe_test"], committed["char_probe_test_flipped"]
     flag = taxonomy.categories_in("balanced") + taxonomy.categories_in("proactive")
     for key in [*flag, "balanced", "proactive"]:
-        _, test_cell, seen_cell = _row(section, key)
+        _, test_cell, char_cell, seen_cell = _row(section, key)
         assert test_cell == f"{probe[key]} ({flipped[key]})", (key, test_cell)
+        assert char_cell == f"{char[key]} ({char_flipped[key]})", (key, char_cell)
         assert seen_cell == f"{seen[key]}", (key, seen_cell)
-    assert _row(section, "overall (all 13 categories, full label)")[1] == f"{probe['overall']}"
+    overall = _row(section, "overall (all 13 categories, full label)")
+    assert overall[1:3] == [f"{probe['overall']}", f"{char['overall']}"], overall
     balance = section[section.index("Label balance (test split)"):]
     for category in taxonomy.CATEGORY_NAMES:
         labels, bits, hard = _row(balance, category)

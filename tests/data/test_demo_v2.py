@@ -33,16 +33,19 @@ def test_rule_oracle_reading_the_scene_scores_100(splits):
 
 
 # ----------------------------------------------------------------------------- the surface probe
-def test_surface_probe_cannot_decide_intervene_vs_hold(splits):
-    preds = audit.binary_predictions(splits["train"], splits["test"])
+@pytest.mark.parametrize("probe", sorted(audit.PROBES))
+def test_surface_probe_cannot_decide_intervene_vs_hold(splits, probe):
+    preds = audit.binary_predictions(splits["train"], splits["test"], probe)
     scores, flipped = audit.pooled_scores(preds), audit.pooled_scores(preds, flip=True)
-    print("surface probe macro-F1 (flipped):", {k: (round(v, 1), round(flipped[k], 1)) for k, v in scores.items()})
-    # far below chance is a cue too: turned around it would decide (v2.0.1 Consistency Check: 30.0, flipped 69.5)
+    print(f"{probe} probe macro-F1 (flipped):", {k: (round(v, 1), round(flipped[k], 1)) for k, v in scores.items()})
+    # far below chance is a cue too: turned around it would decide (v2.0.1 Consistency Check: 30.0, flipped 69.5);
+    # characters see stems the words split (demo 2.1.0 Missing Information Request: char 71.0, "platelet")
     for key in [*FLAG_GROUPS, "balanced", "proactive"]:
         assert max(scores[key], flipped[key]) <= 65.0, (key, scores[key], flipped[key])
 
 
-def test_surface_probe_is_strong_where_words_do_decide():
+@pytest.mark.parametrize("probe", sorted(audit.PROBES))
+def test_surface_probe_is_strong_where_words_do_decide(probe):
     """The probe is not too weak to notice a surface cue: with a planted keyword it is near 100."""
     from bsft_jax.data.schema import Record, Turn
 
@@ -54,7 +57,7 @@ def test_surface_probe_is_strong_where_words_do_decide():
 
     train = [rec(i, i % 2 == 0) for i in range(200)]
     test = [rec(i, i % 2 == 0) for i in range(200, 260)]
-    assert audit.probe_scores(train, test)["Error Correction"] > 95
+    assert audit.probe_scores(train, test, probe=probe)["Error Correction"] > 95
 
 
 # ----------------------------------------------------------------------------- the token is a decision
