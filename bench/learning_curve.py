@@ -3,6 +3,8 @@
     python -m bench.learning_curve                          # both arms, the make-demo recipes (hours on 2 CPU cores)
     python -m bench.learning_curve --arms BehaviorSFT --steps 400 --eval_every 50 --set optimizer.learning_rate=3e-4
     python -m bench.learning_curve --plot_only              # re-draw bench/learning_curve.png and print the table
+    python -m bench.learning_curve --from_runs BehaviorSFT=runs/demo,GeneralSFT=runs/demo_generalsft
+                                        # the curve of finished runs' own steering evaluations (their split)
 
 For each arm (``--config`` BehaviorSFT, ``--general_config`` GeneralSFT; default the ``make demo``
 recipes) one training run of ``--steps`` steps is made, and every ``--eval_every`` steps the current
@@ -108,6 +110,18 @@ def crossings(points: Sequence[dict[str, Any]], thresholds: Sequence[float] = TH
     return out
 
 
+def arm_result(run_dir: str) -> dict[str, Any]:
+    """One arm's points, crossings and the split its steering evaluations read, from a run directory."""
+    from bsft_jax import storage
+
+    cfg = json.loads(storage.read_text(storage.join(run_dir, "config.json")))
+    points = curve_points(read_metrics(storage.join(run_dir, "metrics.jsonl")),
+                          int(cfg["train"]["global_batch_size"]) * int(cfg["data"]["seq_len"]))
+    return {"points": points, "crossings": crossings(points), "run_dir": run_dir,
+            "split": cfg["train"]["steer_eval_split"], "eval_items": cfg["train"]["steer_eval_items"],
+            "recipe": cfg}
+
+
 def run_arm(cfg: Any) -> None:
     """Trains one arm (resuming if its run directory holds checkpoints)."""
     from bsft_jax.train.loop import run as train
@@ -132,7 +146,8 @@ def plot(record: dict[str, Any], path: str) -> None:
         ax.axhline(100 * th, color="grey", ls=":", lw=0.8)
     m = record["machine"]
     ax.set_xlabel("training tokens seen (thousands, padding excluded)")
-    ax.set_ylabel("intervene-vs-hold accuracy, open test scenes (%)")
+    splits = sorted({res.get("split", "test") for res in record["results"]["arms"].values()})
+    ax.set_ylabel(f"intervene-vs-hold accuracy, open {'/'.join(splits)} scenes (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"{record['config']['model']}: when to act ({m.get('git', '?')}, {m.get('date', '')[:10]})",
                  fontsize=9)
@@ -191,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=OUT)
     p.add_argument("--png", default=PNG)
     p.add_argument("--plot_only", action="store_true", help="re-draw the PNG and print the tables from --out")
+    p.add_argument("--from_runs", default="", metavar="ARM=RUN_DIR,...",
+                   help="no training: the curve of finished runs' steering evaluations")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of both recipes, e.g. --set train.first_token_loss_weight=10 (repeatable)")
     args = p.parse_args(argv)
@@ -200,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(record, args.png)
         print(table(record) + "\n\n" + category_table(record))
         return 0
+    if args.from_runs:
+        return _from_runs(args, argv)
     try:
         arms = [a for a in args.arms.split(",") if a]
         bad = sorted(set(arms) - set(ARMS))
@@ -220,7 +239,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging()
     from bench.common import machine_info
-    from bsft_jax import storage
     from bsft_jax.files import write_json
 
     results: dict[str, Any] = {"arms": {}}
@@ -228,10 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     for arm, c in cfgs.items():
         t_arm = time.perf_counter()
         run_arm(c)
-        points = curve_points(read_metrics(storage.join(c.run_dir, "metrics.jsonl")),
-                              c.train.global_batch_size * c.data.seq_len)
-        results["arms"][arm] = {"points": points, "crossings": crossings(points),
-                                "wall_seconds": round(time.perf_counter() - t_arm, 1)}
+        res = arm_result(c.run_dir)
+        res.pop("recipe")
+        results["arms"][arm] = res | {"wall_seconds": round(time.perf_counter() - t_arm, 1)}
     first = next(iter(cfgs.values()))
     record = {"bench": "learning_curve", "machine": machine_info(),
               "config": {"model": first.model.hf_path, "recipes": [args.config, args.general_config],
@@ -241,6 +258,36 @@ def main(argv: list[str] | None = None) -> int:
                                                                                  else sys.argv[1:]),
                          "recipe": {arm: json.loads(json.dumps(c.to_dict())) for arm, c in cfgs.items()}},
               "results": {**results, "wall_seconds": round(time.perf_counter() - t0, 1)}}
+    write_json(args.out, record)
+    plot(record, args.png)
+    print(table(record) + "\n\n" + category_table(record))
+    print(f"wrote {args.out} and {args.png}")
+    return 0
+
+
+def _from_runs(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--from_runs``: the record of finished runs (no training)."""
+    from bench.common import machine_info
+    from bsft_jax.files import write_json
+
+    pairs = [item.partition("=") for item in args.from_runs.split(",") if item]
+    if any(not sep or not arm or not path for arm, sep, path in pairs):
+        print(f"error: --from_runs {args.from_runs!r}: expected ARM=RUN_DIR[,ARM=RUN_DIR]", file=sys.stderr)
+        return 2
+    arms = {}
+    for arm, _, path in pairs:
+        if not os.path.isfile(os.path.join(path, "metrics.jsonl")):
+            print(f"error: --from_runs: {path!r} has no metrics.jsonl (not a finished run directory)", file=sys.stderr)
+            return 2
+        arms[arm] = arm_result(path)
+    recipes = {arm: res.pop("recipe") for arm, res in arms.items()}
+    first = next(iter(recipes.values()))
+    record = {"bench": "learning_curve", "machine": machine_info(),
+              "config": {"model": first["model"]["hf_path"], "from_runs": args.from_runs,
+                         "command": "python -m bench.learning_curve " + " ".join(argv if argv is not None
+                                                                                 else sys.argv[1:]),
+                         "recipe": recipes},
+              "results": {"arms": arms}}
     write_json(args.out, record)
     plot(record, args.png)
     print(table(record) + "\n\n" + category_table(record))

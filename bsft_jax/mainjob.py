@@ -6,9 +6,12 @@ interrupted training stage resumes from its last checkpoint):
   1. train BehaviorSFT      ``--config`` (default configs/demo.py: SmolLM2-135M-Instruct, demo v2)
   2. train GeneralSFT       ``--general_config`` (default configs/demo_generalsft.py)
   3. evaluate               the evaluator's one command: few-shot (k=3) and explicit-instruction
-                            prompting of the base model, GeneralSFT and BehaviorSFT, on the same test
-                            items (``--limit``, categories in turn), plus the steering probe
-                            (each behavior token forced) -> ``<out_dir>/report.md``, report.json, radar.png
+                            prompting of the base model (``--baseline_limit`` test items), GeneralSFT
+                            and BehaviorSFT (``--limit`` items, the baselines' items among them;
+                            categories in turn), each fine-tune at the step its recipe selected on the
+                            validation split (``<run_dir>/best``, else its newest step), plus the
+                            steering probe (each behavior token forced, ``--probe_limit`` items)
+                            -> ``<out_dir>/report.md``, report.json, radar.png
 
 A line per stage gives the elapsed time and the ETA of the whole job, from per-stage estimates
 that are rescaled by how fast the finished stages ran (training adds its own per-step ETA).
@@ -112,13 +115,27 @@ def run_stages(stages: list[tuple[str, Callable[[], Any]]], out_dir: str,
     return dict(book.done)
 
 
+def selected_run(cfg: Any) -> str:
+    """The run folder the evaluate stage reads: ``<run_dir>/best`` when the recipe keeps a best step
+    (``checkpoint.keep_best_metric``, chosen on the validation split) and training wrote one, else ``run_dir``
+    (its newest step)."""
+    from bsft_jax import storage
+    from bsft_jax.train.steer import BEST_SUBDIR
+
+    best = storage.join(cfg.run_dir, BEST_SUBDIR)
+    if cfg.checkpoint.keep_best_metric and storage.isfile(storage.join(best, "config.json")):
+        return best
+    return cfg.run_dir
+
+
 def main_job(behavior_cfg: Any, general_cfg: Any, out_dir: str, opts: EvalOptions) -> dict[str, float]:
     """The three stages (see the module doc) for two resolved training configs."""
     from bsft_jax.evaluate.__main__ import BASELINES, run_comparison
     from bsft_jax.train.loop import run as train
 
     def evaluate() -> None:
-        run_comparison(behavior_cfg, checkpoint=behavior_cfg.run_dir, general_checkpoint=general_cfg.run_dir,
+        run_comparison(behavior_cfg, checkpoint=selected_run(behavior_cfg),
+                       general_checkpoint=selected_run(general_cfg),
                        baselines=tuple(BASELINES), out_dir=out_dir, max_new_tokens=opts.max_new_tokens,
                        batch_size=opts.batch_size, limit=opts.limit, few_shot_k=opts.few_shot_k,
                        steering_probe=opts.steering_probe, baseline_limit=opts.baseline_limit,
