@@ -39,7 +39,13 @@ def summarize_run(metrics: dict[str, Any]) -> dict[str, Any]:
         "over_intervention_pct": _pct(metrics["over_intervention"]["rate"]),
         "missed_intervention_pct": _pct(metrics["missed_intervention"]["rate"]),
         "behavior_accuracy_pct": None, "behavior_majority_pct": None,
+        "items": metrics["num_items"],
     }
+    decision = metrics.get("decision")
+    if decision:
+        out["decision_accuracy_pct"] = _pct(decision["accuracy"])
+        out["open_items"] = decision["n"]
+        out["decision_per_category_pct"] = {c: _pct(v) for c, v in decision["per_category"].items()}
     if behavior:
         out["behavior_accuracy_pct"] = _pct(behavior["accuracy"])
         out["behavior_majority_pct"] = _pct(max(sum(row) for row in behavior["confusion"]) / behavior["n"])

@@ -19,6 +19,7 @@ from bench.render import GiB, Table
 RESULTS = "bench/results.jsonl"
 DEMO_RESULTS = "bench/demo_results.json"
 ABLATION_RESULTS = "bench/ablation_results.json"
+LEARNING_CURVE_RESULTS = "bench/learning_curve.json"
 # What the numbers measure: the library without its data package, and the bench harness itself.
 LIBRARY = ("bsft_jax", ":(exclude)bsft_jax/data")
 TARGET_LABELS = {"8xh100": "8x H100"}
@@ -352,8 +353,15 @@ def render_demo(records: list[dict[str, Any]]) -> str:
     rows.append(["behavior-selection accuracy", *(
         "n/a" if r["behavior_accuracy_pct"] is None
         else f"{_pct(r['behavior_accuracy_pct'])} (majority class: {_pct(r['behavior_majority_pct'])})" for r in runs)])
+    if any("decision_accuracy_pct" in r for r in runs):
+        rows.append(["**intervene-vs-hold accuracy** (open scenes; chance 50)",
+                     *(f"**{_pct(r['decision_accuracy_pct'])}**" if "decision_accuracy_pct" in r else "-"
+                       for r in runs)])
     rows.append(["over-intervention / missed-intervention rate",
                  *(f"{_pct(r['over_intervention_pct'])} / {_pct(r['missed_intervention_pct'])}" for r in runs)])
+    if any("items" in r for r in runs):
+        rows.append(["test scenes (open)", *(f"{r['items']} ({r.get('open_items', '-')})" if "items" in r else "-"
+                                             for r in runs)])
     wall = rec.get("wall_seconds")
     tail = f"\nWall time of the whole `make demo`: {wall / 60:.0f} min.\n" if wall else ""
     stages = rec.get("stage_seconds")
@@ -366,6 +374,42 @@ def render_demo(records: list[dict[str, Any]]) -> str:
                 "% unparsed): " + "; ".join(f"{b}: {r['flag_rate']} / {r['none_rate']} / {r['unparsed_rate']}"
                                             for b, r in probe.items()) + ".\n"
     return markdown(["macro-F1 (%)", *(label for _, label in columns)], rows) + tail
+
+
+def render_demo_decisions(records: list[dict[str, Any]]) -> str:
+    """The `make demo` fine-tunes' intervene-vs-hold accuracy per open category."""
+    rec = records[-1]["results"]
+    arms = [(k, label) for k, label in (("generalsft", "GeneralSFT"), ("behaviorsft", "BehaviorSFT"))
+            if "decision_per_category_pct" in rec.get(k, {})]
+    if not arms:
+        return "(no per-category decisions in this record)\n"
+    cats = sorted({c for k, _ in arms for c in rec[k]["decision_per_category_pct"]})
+    rows = [[c, *(_pct(rec[k]["decision_per_category_pct"].get(c)) for k, _ in arms)] for c in cats]
+    return markdown(["intervene-vs-hold accuracy (%), open test scenes", *(label for _, label in arms)], rows)
+
+
+def render_learning_curve(records: list[dict[str, Any]]) -> str:
+    """bench/learning_curve.py: intervene-vs-hold accuracy and macro-F1 per arm against tokens seen."""
+    rec = records[-1]
+    rows = []
+    for arm, res in rec["results"]["arms"].items():
+        for p in res["points"]:
+            rows.append([arm, p["step"], f"{p['tokens']:,}", _frac(p["decision_accuracy"]),
+                         _frac(p["missed_intervention"]), _frac(p["over_intervention"]), _frac(p["overall_f1"])])
+    split = sorted({res.get("split", "test") for res in rec["results"]["arms"].values()})
+    items = sorted({res.get("eval_items") or rec["config"].get("eval_items") for res in rec["results"]["arms"].values()}
+                   - {None})
+    cross = "; ".join(f"{arm}: " + ", ".join(f"{th} at {'step ' + str(c['step']) if c else 'never'}"
+                                             for th, c in res["crossings"].items())
+                      for arm, res in rec["results"]["arms"].items())
+    return markdown(["arm", "step", "tokens seen", "intervene-vs-hold acc. (%)", "missed (%)", "over (%)",
+                     "overall macro-F1 (%)"], rows) + (
+        f"\nMeasured on the {'/'.join(split)} split ({', '.join(map(str, items))} scenes, categories in turn; "
+        f"chance 50%). First evaluation at or above 70% / 80% intervene-vs-hold accuracy: {cross}.\n")
+
+
+def _frac(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
 
 
 def render_ablation(records: list[dict[str, Any]]) -> str:
@@ -464,6 +508,11 @@ TABLES = [
           _deps("bench/real_model.py"), "python -m bench.real_model"),
     Table("demo", "docs/evaluation.md", DEMO_RESULTS, lambda rs: rs[-1:], render_demo,
           ("bsft_jax", PLANNER, "configs/demo*.py"), "make demo; python -m bench.demo_results"),
+    Table("demo-decisions", "docs/evaluation.md", DEMO_RESULTS, lambda rs: rs[-1:], render_demo_decisions,
+          ("bsft_jax", PLANNER, "configs/demo*.py"), "make demo; python -m bench.demo_results"),
+    Table("learning-curve", "docs/evaluation.md", LEARNING_CURVE_RESULTS, lambda rs: rs[-1:], render_learning_curve,
+          ("bsft_jax", PLANNER, "configs/demo*.py", "bench/learning_curve.py"), "python -m bench.learning_curve",
+          pending=True),
     Table("ablation", "docs/evaluation.md", ABLATION_RESULTS, lambda rs: rs[-1:], render_ablation,
           ("bsft_jax", PLANNER, "configs/demo*.py", "bench/ablation.py"), "make ablation", pending=True),
 ]
