@@ -39,7 +39,7 @@ def summarize_run(metrics: dict[str, Any]) -> dict[str, Any]:
         "over_intervention_pct": _pct(metrics["over_intervention"]["rate"]),
         "missed_intervention_pct": _pct(metrics["missed_intervention"]["rate"]),
         "behavior_accuracy_pct": None, "behavior_majority_pct": None,
-        "items": metrics["num_items"],
+        "items": metrics.get("num_items"),
     }
     decision = metrics.get("decision")
     if decision:
