@@ -160,7 +160,7 @@ def plot(record: dict[str, Any], path: str) -> None:
 def table(record: dict[str, Any]) -> str:
     """Markdown: per arm and evaluation, tokens, decision accuracy, error rates, macro-F1."""
     lines = ["| arm | step | tokens seen | intervene-vs-hold acc. | missed | over | overall macro-F1 | "
-             "behavior-token train loss |", "|---|---|---|---|---|---|---|---|"]
+             "first-token train loss (last 10 steps) |", "|---|---|---|---|---|---|---|---|"]
 
     def pct(x: Any) -> str:
         return "-" if x is None else f"{100 * x:.1f}"

@@ -50,7 +50,7 @@ def test_pending_table_renders_once_measured():
 
 def _copy_tree(tmp_path) -> str:
     docs = sorted({t.doc for t in tables.TABLES})
-    for name in (*docs, tables.RESULTS, tables.DEMO_RESULTS, tables.ABLATION_RESULTS):
+    for name in (*docs, tables.RESULTS, tables.DEMO_RESULTS, tables.ABLATION_RESULTS, tables.LEARNING_CURVE_RESULTS):
         os.makedirs(os.path.dirname(tmp_path / name), exist_ok=True)
         shutil.copy(os.path.join(ROOT, name), tmp_path / name)
     return str(tmp_path)
