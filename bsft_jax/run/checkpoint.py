@@ -231,6 +231,11 @@ def read_meta(run_dir: str, step: int | None = None) -> dict[str, Any]:
     return meta
 
 
+def read_saved_config(run_dir: str, step: int) -> dict[str, Any]:
+    """The ``config`` item of ``step``: the resolved config the run saved beside that step, as a dict."""
+    return _open_read_only(run_dir).read_json(step, "config")
+
+
 def _open_read_only(run_dir: str) -> Checkpointer:
     directory = checkpoint_dir(run_dir)
     if not storage.isdir(directory):
@@ -297,8 +302,8 @@ def load_params(run_dir: str, step: int | None = None, *, mesh: Mesh | None = No
               were trained in (``param_dtype`` of the run).
     """
     meta = read_meta(run_dir, step)
-    if "lora" in meta:  # adapters + rows only: rebuild the base and merge (bsft_jax.export_lora)
-        from bsft_jax.export_lora import load_merged
+    if "lora" in meta:  # adapters + rows only: rebuild the base and merge (bsft_jax.export.merge)
+        from bsft_jax.export.merge import load_merged
 
         return load_merged(run_dir, meta, mesh=mesh, **runtime)
     config = decoder_config_from_dict(meta["model_config"], **runtime)
