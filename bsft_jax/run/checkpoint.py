@@ -50,6 +50,7 @@ from bsft_jax import storage
 from bsft_jax.errors import UserError
 from bsft_jax.models.config import DecoderConfig, Llama3RopeScaling
 from bsft_jax.models.decoder import Decoder, abstract_decoder
+from bsft_jax.models.lora_config import lora_config_from
 from bsft_jax.models.sharding import state_shardings
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,6 @@ def decoder_config_from_dict(d: dict[str, Any], **runtime: Any) -> DecoderConfig
     if d.get("rope_scaling") is not None:
         d["rope_scaling"] = Llama3RopeScaling(**d["rope_scaling"])
     if d.get("lora") is not None:
-        from bsft_jax.models.lora_config import lora_config_from
-
         d["lora"] = lora_config_from(d["lora"])
     for k in ("eos_token_id", "generation_eos_token_ids"):
         if isinstance(d.get(k), list):
