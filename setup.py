@@ -28,7 +28,7 @@ setup(
         "grain>=0.2.12",
         "tensorflow-datasets>=4.9.9",
         "array-record>=0.8",  # the TFDS builder's file format (imported by tensorflow-datasets)
-        "safetensors>=0.4",  # the PEFT adapter file (bsft_jax.export_lora)
+        "safetensors>=0.4",  # transformers and peft read our exports with it (we write through models.safetensors_io)
         "tokenizers>=0.21",
         "transformers>=4.51",
         "huggingface-hub>=0.23",  # state-dict shard splitting in save_hf
@@ -62,7 +62,7 @@ setup(
         "console_scripts": [
             "bsft-train=bsft_jax.train.__main__:main",
             "bsft-evaluate=bsft_jax.evaluate.__main__:main",
-            "bsft-export=bsft_jax.export:main",
+            "bsft-export=bsft_jax.export.__main__:main",
         ]
     },
 )

@@ -96,7 +96,7 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
 
 def run_pair(behavior_cfg: Any, general_cfg: Any, out_dir: str, limit: int, max_new_tokens: int) -> dict[str, list]:
     """Trains both arms (resuming / skipping finished runs) and evaluates them; returns arm -> scored items."""
-    from bsft_jax.evaluate.__main__ import run_comparison
+    from bsft_jax.evaluate.compare import run_comparison
     from bsft_jax.evaluate.metrics import ScoredItem
     from bsft_jax.train.loop import run as train
 

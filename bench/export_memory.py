@@ -25,8 +25,8 @@ run_dir, out, dtype = sys.argv[1:4]
 import jax, transformers, orbax.checkpoint  # imports first: they are not the model
 from bsft_jax.export import export_checkpoint
 from bench.common import current_rss_mb, peak_rss_mb
-from bsft_jax.export import _load_tokenizer
-_load_tokenizer(run_dir + "/tokenizer")  # the tokenizer and transformers' modules are not the model
+from bsft_jax.export.read import read_tokenizer
+read_tokenizer(run_dir + "/tokenizer")  # the tokenizer and transformers' modules are not the model
 jax.numpy.zeros(1).block_until_ready()
 base = current_rss_mb()
 t = time.perf_counter()

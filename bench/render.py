@@ -18,32 +18,13 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from bench.tables import TABLES, Table, load_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ("BENCHMARKS.md", "docs/evaluation.md", "docs/training.md")  # the docs that hold tables (bench/tables.py)
-GiB = 1024**3
 _BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
-
-
-@dataclass(frozen=True)
-class Table:
-    """One rendered table: which doc holds it, what it is made from, what library code it depends on.
-
-    ``depends`` are git pathspecs (directories, globs, ``:(exclude)...``) so that files moving inside
-    a package do not break them. ``render`` gets the records ``select`` picked and returns Markdown.
-    """
-
-    name: str
-    doc: str
-    source: str
-    select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
-    render: Callable[[list[dict[str, Any]]], str]
-    depends: tuple[str, ...]
-    command: str
-    seeded: bool = True  # False where nothing random enters the numbers (compile-only plans)
-    pending: bool = False  # a table that may have no record yet: rendered as "not yet measured"
 
 
 def measured_commit(machine: dict[str, Any]) -> str:
@@ -141,8 +122,6 @@ def apply(text: str, bodies: dict[str, str], doc: str) -> str:
 
 def render_docs(root: str = ROOT, tables: Sequence[Table] | None = None) -> dict[str, tuple[str, str]]:
     """{doc: (current text, rendered text)} for every doc that holds a table."""
-    from bench.tables import TABLES, load_records
-
     tables = TABLES if tables is None else tables
     out = {}
     for doc in sorted({t.doc for t in tables}):
@@ -165,8 +144,6 @@ def _records(table: Table, root: str, load: Callable[[str], list[dict[str, Any]]
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrites (or with --check, compares) the docs' tables; prints staleness warnings to stderr."""
-    from bench.tables import TABLES, load_records
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="exit 1 if any doc differs from the rendered tables")
     p.add_argument("--root", default=ROOT, help="repository root (default: this checkout)")

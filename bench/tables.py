@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
-
-from bench.render import GiB, Table
 
 RESULTS = "bench/results.jsonl"
 DEMO_RESULTS = "bench/demo_results.json"
@@ -24,6 +23,26 @@ LEARNING_CURVE_RESULTS = "bench/learning_curve.json"
 LIBRARY = ("bsft_jax", ":(exclude)bsft_jax/data")
 TARGET_LABELS = {"8xh100": "8x H100"}
 MODEL_LABELS = {"qwen2_5_0_5b": "Qwen2.5-0.5B", "qwen2_5_1_5b": "Qwen2.5-1.5B", "llama3_2_1b": "Llama-3.2-1B"}
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Table:
+    """One rendered table: which doc holds it, what it is made from, what library code it depends on.
+
+    ``depends`` are git pathspecs (directories, globs, ``:(exclude)...``) so that files moving inside
+    a package do not break them. ``render`` gets the records ``select`` picked and returns Markdown.
+    """
+
+    name: str
+    doc: str
+    source: str
+    select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    render: Callable[[list[dict[str, Any]]], str]
+    depends: tuple[str, ...]
+    command: str
+    seeded: bool = True  # False where nothing random enters the numbers (compile-only plans)
+    pending: bool = False  # a table that may have no record yet: rendered as "not yet measured"
 
 
 def load_records(path: str) -> list[dict[str, Any]]:

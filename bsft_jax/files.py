@@ -73,6 +73,24 @@ def replace_dir(src: str, dst: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def staged_dir(path: str) -> Iterator[str]:
+    """``with staged_dir(out) as tmp:`` write the folder's files into ``tmp``; ``out`` appears whole (an old
+    ``out`` replaced) only when the block finishes, and a failed block leaves neither folder behind.
+
+    ``tmp`` is a hidden sibling of ``out`` (a local folder, or a prefix in the same bucket), moved into
+    place by :func:`replace_dir`.
+    """
+    tmp: str | None = storage.temp_sibling(path)
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            storage.remove(tmp)
+
+
 def check_writable(path: str | os.PathLike, what: str, *, folder: bool = True) -> None:
     """Raises :class:`bsft_jax.errors.PathError` (naming ``what``, e.g. ``config.run_dir``) unless
     ``path`` can be written: an existing folder (or, ``folder=False``, file) that is writable, or a

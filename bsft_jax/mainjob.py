@@ -43,7 +43,7 @@ DEFAULT_ESTIMATES = {"train BehaviorSFT": 600.0, "train GeneralSFT": 560.0, "eva
 
 @dataclasses.dataclass
 class EvalOptions:
-    """What the evaluate stage passes to :func:`bsft_jax.evaluate.__main__.run_comparison`."""
+    """What the evaluate stage passes to :func:`bsft_jax.evaluate.compare.run_comparison`."""
 
     limit: int = 130  # fine-tuned arms: 10 per category, 90 open scenes
     baseline_limit: int = 39  # prompting arms (3 solved scenes per few-shot prompt: slow to decode)
@@ -130,7 +130,7 @@ def selected_run(cfg: Any) -> str:
 
 def main_job(behavior_cfg: Any, general_cfg: Any, out_dir: str, opts: EvalOptions) -> dict[str, float]:
     """The three stages (see the module doc) for two resolved training configs."""
-    from bsft_jax.evaluate.__main__ import BASELINES, run_comparison
+    from bsft_jax.evaluate.compare import BASELINES, run_comparison
     from bsft_jax.train.loop import run as train
 
     def evaluate() -> None:

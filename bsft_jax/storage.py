@@ -34,8 +34,8 @@ from typing import IO, Any
 
 # Weight files are never downloaded by local_copy: they are streamed (safetensors) or not used.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".gguf", ".ckpt")
-# Written last when a folder is committed: the file an HF reader opens first.
-COMMIT_LAST = ("config.json",)
+# Written last when a folder is committed: the file an HF (or PEFT adapter) reader opens first.
+COMMIT_LAST = ("config.json", "adapter_config.json")
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -270,7 +270,8 @@ def commit_dir(tmp: str, final: str) -> None:
     ``config.json`` (no reader takes it for a complete folder from then on), every other file is
     copied server-side, ``config.json`` is copied last, files the new folder does not have are
     deleted, and the staging prefix is removed. A reader never finds a ``config.json`` beside
-    files of another (or an unfinished) export.
+    files of another (or an unfinished) export. A PEFT adapter's ``adapter_config.json`` is handled
+    the same way (:data:`COMMIT_LAST`).
     """
     files = walk_files(tmp)
     old = set(walk_files(final)) if isdir(final) else set()

@@ -62,7 +62,8 @@ def test_missing_or_broken_config_file_is_one_line_and_exit_2(tmp_path, module, 
 BUGS = {
     "bsft_jax.train": ("bsft_jax.train.__main__", "run", ["--config", "{cfg}"]),
     "bsft_jax.evaluate": ("bsft_jax.evaluate.__main__", "run_comparison", ["--config", "{cfg}"]),
-    "bsft_jax.export": ("bsft_jax.export", "export_checkpoint", ["--checkpoint", "{tmp}", "--out", "{tmp}/hf"]),
+    "bsft_jax.export": ("bsft_jax.export.__main__", "export_checkpoint",
+                        ["--checkpoint", "{tmp}", "--out", "{tmp}/hf"]),
 }
 
 

@@ -369,7 +369,7 @@ def test_cli_errors_exit_2_without_traceback_and_refuses_non_empty_out(sharded_r
 _CRASH = """
 import os, sys
 import bsft_jax.models.safetensors_io as io
-from bsft_jax.export import main
+from bsft_jax.export.__main__ import main
 real, calls = io.write_file, []
 def crashing(path, tensors, metadata=None):
     calls.append(path)
@@ -417,11 +417,12 @@ def test_interrupted_export_leaves_no_folder_that_looks_complete(sharded_run, tm
 _MEASURE = """
 import json, sys
 import jax, orbax.checkpoint, transformers
-from bsft_jax.export import _load_tokenizer, export_checkpoint
+from bsft_jax.export import export_checkpoint
+from bsft_jax.export.read import read_tokenizer
 def status(key):
     with open("/proc/self/status") as f:  # VmHWM: this process's own peak (ru_maxrss includes the parent's)
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-_load_tokenizer(sys.argv[3])  # imports and tokenizer first: they are not the model
+read_tokenizer(sys.argv[3])  # imports and tokenizer first: they are not the model
 jax.numpy.zeros(1).block_until_ready()
 base = status("VmRSS")
 export_checkpoint(sys.argv[1], sys.argv[2], dtype="float32", max_shard_size="100MB")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from bsft_jax import storage
-from bsft_jax.evaluate.__main__ import run_comparison
+from bsft_jax.evaluate.compare import run_comparison
 from bsft_jax.export import export_checkpoint
 from bsft_jax.run.checkpoint import Checkpointer, load_params
 from bsft_jax.run.config import load_config_file

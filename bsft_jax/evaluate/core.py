@@ -131,7 +131,7 @@ def evaluate_records(
     force_behavior:      force every reply to start with this behavior's token (steering probe).
     label_sets:          category -> labels for macro-F1 (default: the gold labels seen).
     """
-    force = _check_request(mode, score_continuations, candidate_ids, force_behavior, behavior_token_ids)
+    force = _check_eval_request(mode, score_continuations, candidate_ids, force_behavior, behavior_token_ids)
     prompts = [prompt_ids(r) for r in records]
     out = generate(prompts, force_first_token=force)
     if len(out.tokens) != len(records):
@@ -176,8 +176,8 @@ class EvalRequestError(UserError, ValueError):
     """An evaluation request the model or run cannot answer (unknown mode, a behavior it does not have)."""
 
 
-def _check_request(mode: str, score_continuations: ScoreFn | None, candidate_ids: Any, force_behavior: str | None,
-                   behavior_token_ids: Mapping[str, int] | None) -> int | None:
+def _check_eval_request(mode: str, score_continuations: ScoreFn | None, candidate_ids: Any,
+                        force_behavior: str | None, behavior_token_ids: Mapping[str, int] | None) -> int | None:
     """Rejects an inconsistent request; returns the token id to force first (None: the model chooses)."""
     if mode not in MODES:
         raise EvalRequestError(f"evaluate: mode must be one of {MODES}, got {mode!r}")

@@ -37,10 +37,16 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from bsft_jax.files import cache_dir
+from bsft_jax.files import cache_dir, replace_dir, write_json
+from bsft_jax.models import gguf_convert, safetensors_io
 from bsft_jax.models.config import canonical_dtype
+from bsft_jax.models.hf_save import generation_config_dict, save_tokenizer
+from bsft_jax.models.hf_table import SAFETENSORS_SINGLE
+from bsft_jax.run.cli import parse_flags  # the CLIs' one flag parser (absl)
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +216,6 @@ def builtin_model_path(name: str, *, dtype: str = "float32", out: str | None = N
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         try:
             _convert(model, parts, tmp, dtype)
-            from bsft_jax.files import replace_dir
-
             replace_dir(tmp, folder)
             tmp = None
         finally:
@@ -257,12 +261,7 @@ def assemble(model: BuiltinModel, parts: Sequence[str], workdir: str) -> str:
 
 def _convert(model: BuiltinModel, parts: list[str], folder: str, dtype: str) -> None:
     """Writes the HF folder for ``model`` into ``folder`` (a fresh temporary directory)."""
-    import jax.numpy as jnp
-    from gguf import GGUFReader
-
-    from bsft_jax.files import write_json
-    from bsft_jax.models import gguf_convert, safetensors_io
-    from bsft_jax.models.hf import SAFETENSORS_SINGLE, generation_config_dict, save_tokenizer
+    from gguf import GGUFReader  # only for a conversion (a cached folder needs no GGUF reader)
 
     work = tempfile.mkdtemp(prefix=".gguf-", dir=folder)
     try:
@@ -301,10 +300,6 @@ def write_manifest(folder: str, parts: Sequence[str], **info: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m bsft_jax.models.builtin NAME [--dtype] [--out] [--force]``: prints the folder."""
-    from absl import flags
-
-    from bsft_jax.run.cli import parse_flags  # the CLIs' one flag parser (absl); imported by the CLI only
-
     fv = flags.FlagValues()
     flags.DEFINE_string("dtype", "float32", "float32 (default) or bfloat16 (bf16)", flag_values=fv)
     flags.DEFINE_string("out", None, "write here instead of the cache", flag_values=fv)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bsft_jax.errors import UserError
 from bsft_jax.models import safetensors_io
 from bsft_jax.models.config import DecoderConfig
 
@@ -162,8 +163,6 @@ def _tokenizer_mapping(*names: str) -> tuple[Any, ...]:
         from transformers.integrations.gguf import gguf_tokenizer_mapping as module
     except ImportError as e:
         import transformers
-
-        from bsft_jax.errors import UserError
 
         raise UserError(f"converting a GGUF tokenizer needs transformers' integrations.gguf module "
                         f"(transformers==5.24.0 is pinned in requirements.txt; installed: "

@@ -123,6 +123,8 @@ def load_hf(
     Returns ``(model, config)``. Raises naming the folder/tensor for missing weights, unexpected
     tensors and wrong shapes.
     """
+    # Not at module level: models/__init__ imports this module, and `python -m bsft_jax.models.builtin` must
+    # find builtin not yet imported when runpy executes it (else runpy warns on stderr).
     from bsft_jax.models.builtin import resolve_model_path
 
     path = resolve_model_path(os.fspath(path))  # "builtin:<name>" -> its converted, cached folder

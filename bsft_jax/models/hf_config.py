@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any
 
+from bsft_jax import storage
 from bsft_jax.models.config import (
     SUPPORTED_MODEL_TYPES,
     DecoderConfig,
@@ -48,8 +49,6 @@ def config_from_hf(cls: type[DecoderConfig], source: str | os.PathLike | dict, r
 
 def _read_hf_files(path: str) -> tuple[dict, dict, str]:
     """``(config.json, generation_config.json or {}, the config's path)`` of a file or folder path."""
-    from bsft_jax import storage
-
     if storage.isdir(path):
         path = storage.join(path, "config.json")
     if not storage.isfile(path):

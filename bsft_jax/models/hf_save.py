@@ -8,6 +8,7 @@ in :mod:`bsft_jax.models.hf_table`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -20,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from bsft_jax import storage
-from bsft_jax.files import replace_dir, write_json
+from bsft_jax.files import staged_dir, write_json
 from bsft_jax.models import safetensors_io
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
 from bsft_jax.models.decoder import Decoder
@@ -157,10 +158,8 @@ def save_hf(
         raise FileExistsError(f"{path}: exists and is not empty; pass overwrite=True (or --overwrite) to replace it")
     tensors = list(iter_hf_tensors(model, config, dtype))
     shards = _shard_plan(tensors, parse_size(max_shard_size))
-    tmp = None
-    if writer:  # a staging sibling: a local folder, or a prefix in the same bucket
-        tmp = storage.temp_sibling(path)
-    try:
+    # process 0 writes into a staging sibling (a local folder, or a prefix in the same bucket)
+    with staged_dir(path) if writer else contextlib.nullcontext() as tmp:
         weight_map: dict[str, str] = {}
         total = 0
         for k, shard in enumerate(shards, start=1):
@@ -180,9 +179,4 @@ def save_hf(
             write_json(storage.join(tmp, "generation_config.json"), generation_config_dict(config))
             if tokenizer is not None:
                 save_tokenizer(tokenizer, tmp)
-            replace_dir(tmp, path)
-            tmp = None
-    finally:
-        if tmp is not None:
-            storage.remove(tmp)
     return path

@@ -50,6 +50,7 @@ from bsft_jax import storage
 from bsft_jax.errors import UserError
 from bsft_jax.models.config import DecoderConfig, Llama3RopeScaling
 from bsft_jax.models.decoder import Decoder, abstract_decoder
+from bsft_jax.models.lora_config import lora_config_from
 from bsft_jax.models.sharding import state_shardings
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,6 @@ def decoder_config_from_dict(d: dict[str, Any], **runtime: Any) -> DecoderConfig
     if d.get("rope_scaling") is not None:
         d["rope_scaling"] = Llama3RopeScaling(**d["rope_scaling"])
     if d.get("lora") is not None:
-        from bsft_jax.models.lora_config import lora_config_from
-
         d["lora"] = lora_config_from(d["lora"])
     for k in ("eos_token_id", "generation_eos_token_ids"):
         if isinstance(d.get(k), list):
@@ -231,6 +230,11 @@ def read_meta(run_dir: str, step: int | None = None) -> dict[str, Any]:
     return meta
 
 
+def read_saved_config(run_dir: str, step: int) -> dict[str, Any]:
+    """The ``config`` item of ``step``: the resolved config the run saved beside that step, as a dict."""
+    return _open_read_only(run_dir).read_json(step, "config")
+
+
 def _open_read_only(run_dir: str) -> Checkpointer:
     directory = checkpoint_dir(run_dir)
     if not storage.isdir(directory):
@@ -297,8 +301,8 @@ def load_params(run_dir: str, step: int | None = None, *, mesh: Mesh | None = No
               were trained in (``param_dtype`` of the run).
     """
     meta = read_meta(run_dir, step)
-    if "lora" in meta:  # adapters + rows only: rebuild the base and merge (bsft_jax.export_lora)
-        from bsft_jax.export_lora import load_merged
+    if "lora" in meta:  # adapters + rows only: rebuild the base and merge (bsft_jax.export.merge)
+        from bsft_jax.export.merge import load_merged
 
         return load_merged(run_dir, meta, mesh=mesh, **runtime)
     config = decoder_config_from_dict(meta["model_config"], **runtime)

@@ -24,8 +24,10 @@ import json
 import os
 from typing import Any
 
+from bsft_jax.models.builtin import resolve_model_path
 from bsft_jax.models.lora_config import LoraConfig
 from bsft_jax.run.checkpoint import CheckpointError, decoder_config_to_dict
+from bsft_jax.run.model_setup import build_fresh
 from bsft_jax.run.settings import Settings
 
 
@@ -54,8 +56,6 @@ def _recipe_hash(s: Settings, bundle: Any) -> str:
 def base_reference(s: Settings, bundle: Any) -> dict[str, Any]:
     """The reference to the frozen base that a LoRA checkpoint stores (see the module docstring)."""
     if s.model.source == "hf":
-        from bsft_jax.models.builtin import resolve_model_path
-
         path = os.path.abspath(resolve_model_path(s.model.hf_path))
         return {"source": "hf", "path": path, "sha256": hash_hf_folder(path),
                 "hash_of": "config.json + *.safetensors"}
@@ -81,25 +81,9 @@ def lora_meta(lora: LoraConfig, row_ids: Any, ref: dict[str, Any], dtype: str) -
 
 def rebuild_base(s: Settings, meta_lora: dict[str, Any], mesh: Any, where: str) -> Any:
     """The run's base (``ModelBundle``: model, config, tokenizer, ids) rebuilt from ``s`` and checked."""
-    from bsft_jax.run.model_setup import build_fresh
-
     bundle = build_fresh(s, mesh)
     check_base(meta_lora["base"], s, bundle, where)
     ids = sorted(int(i) for i in bundle.behavior_ids.values())
     if ids != [int(i) for i in meta_lora["row_ids"]]:
         raise CheckpointError(f"{where}: behavior token ids {ids} differ from the checkpoint's {meta_lora['row_ids']}")
     return bundle
-
-
-def make_trainer(s: Settings, bundle: Any, tx: Any, schedule: Any, mesh: Any) -> Any:
-    """A :class:`~bsft_jax.train.lora.LoraTrainer` when ``model.lora`` is on, else the full-model Trainer."""
-    from bsft_jax.train.step import Trainer
-
-    t, lora = s.train, s.model.lora
-    options = t.trainer_options()
-    if lora.config is None:
-        return Trainer(bundle.config, tx, schedule, mesh, **options)
-    from bsft_jax.train.lora import LoraTrainer
-
-    return LoraTrainer(bundle.config, tx, schedule, mesh, lora=lora.config,
-                       behavior_ids=list(bundle.behavior_ids.values()), base_dtype=lora.base_dtype or None, **options)

@@ -25,12 +25,14 @@ from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.behavior.surgery import add_behavior_tokens, round_up
 from bsft_jax.behavior.tokenizer import behavior_token_ids
 from bsft_jax.files import write_json
+from bsft_jax.models.builtin import resolve_model_path
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
-from bsft_jax.models.hf import load_hf
+from bsft_jax.models.hf import load_hf, save_tokenizer
 from bsft_jax.models.sharding import state_shardings
-from bsft_jax.run.checkpoint import TOKENIZER_SUBDIR, decoder_config_from_dict
+from bsft_jax.run.checkpoint import TOKENIZER_SUBDIR, decoder_config_from_dict, decoder_config_to_dict
 from bsft_jax.run.settings import BehaviorSettings, ConfigError, DataSettings, ModelSettings, Settings
+from bsft_jax.run.sources import demo_tokenizer_path
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +54,13 @@ def tokenizer_path(model: ModelSettings, data: DataSettings, spec: BehaviorSpec)
     """The base tokenizer folder (``tokenizer.path``, else the HF model folder; "demo": the demo BPE)."""
     path = model.base_tokenizer
     if path == "demo":
-        from bsft_jax.run.sources import demo_tokenizer_path
-
         return demo_tokenizer_path(data, spec)
     return path
 
 
 def load_tokenizer(path: str) -> Any:
     """An HF tokenizer from a local folder, a ``gs://`` prefix or ``builtin:<name>`` (never the Hub)."""
-    from transformers import AutoTokenizer
-
-    from bsft_jax.models.builtin import resolve_model_path
+    from transformers import AutoTokenizer  # import-time cost (seconds): only when a tokenizer is loaded
 
     # builtin:<name> -> its cached local folder; a URL's small files are downloaded (weights skipped)
     with storage.local_copy(resolve_model_path(path)) as folder:
@@ -202,9 +200,6 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
 
 def write_run_files(run_dir: str, bundle: ModelBundle, config_dict: dict[str, Any], *, fresh: bool) -> None:
     """Process 0: config.json, model_config.json and (fresh runs) the extended tokenizer."""
-    from bsft_jax.models.hf import save_tokenizer
-    from bsft_jax.run.checkpoint import decoder_config_to_dict
-
     storage.makedirs(run_dir)
     write_json(storage.join(run_dir, "config.json"), config_dict)
     write_json(storage.join(run_dir, "model_config.json"), decoder_config_to_dict(bundle.config))

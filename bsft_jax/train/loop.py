@@ -30,7 +30,7 @@ from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, make_meta
 from bsft_jax.run.config import config_to_dict, validate_config
-from bsft_jax.run.lora import base_reference, lora_meta, make_trainer, rebuild_base
+from bsft_jax.run.lora import base_reference, lora_meta, rebuild_base
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, check_same_model, write_run_files
 from bsft_jax.run.recovery import newest_meta, restore_newest
 from bsft_jax.run.settings import BehaviorSettings, DistributedSettings, Settings
@@ -38,6 +38,7 @@ from bsft_jax.train import distributed
 from bsft_jax.train.data import load_splits, make_eval_batches, train_iterator
 from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_primary
 from bsft_jax.train.log import MetricsLogger, Progress, format_duration
+from bsft_jax.train.lora import make_trainer
 from bsft_jax.train.loss import LossSums, first_target_mask
 from bsft_jax.train.optim import make_optimizer
 from bsft_jax.train.shared_storage import check_shared_run_dir

@@ -33,6 +33,7 @@ from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.lora import LoraConfig, LoraParam
 from bsft_jax.models.sharding import batch_sharding, logical_to_spec, state_shardings
+from bsft_jax.run.settings import Settings
 from bsft_jax.train.chunked_loss import LOSS_IMPLS, model_loss_sums
 from bsft_jax.train.step import Trainer, TrainState
 
@@ -214,6 +215,18 @@ class LoraTrainer(Trainer):
     def num_trainable(self) -> int:
         """Number of trained parameters (adapters + behavior rows)."""
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.abstract_state.params)))
+
+
+def make_trainer(s: Settings, bundle: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                 mesh: Mesh) -> Trainer:
+    """A :class:`LoraTrainer` when ``model.lora`` is on, else the full-model :class:`Trainer`; ``bundle``: the
+    run's ``ModelBundle`` (config, behavior token ids)."""
+    t, lora = s.train, s.model.lora
+    options = t.trainer_options()
+    if lora.config is None:
+        return Trainer(bundle.config, tx, schedule, mesh, **options)
+    return LoraTrainer(bundle.config, tx, schedule, mesh, lora=lora.config,
+                       behavior_ids=list(bundle.behavior_ids.values()), base_dtype=lora.base_dtype or None, **options)
 
 
 def _init_factors(abstract: dict[str, Any], shardings: dict[str, Any], seed: int) -> dict[str, Any]:

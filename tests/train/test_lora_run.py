@@ -15,7 +15,7 @@ import torch
 from flax import traverse_util
 
 from bsft_jax.export import export_checkpoint
-from bsft_jax.export_lora import load_lora_step, run_settings
+from bsft_jax.export.read import load_lora_step, run_settings
 from bsft_jax.run.checkpoint import load_params, read_meta
 from bsft_jax.train.loop import run
 from bsft_jax.train.lora import LoraTrainer

@@ -37,7 +37,7 @@ def test_steer_metrics_logged_and_best_checkpoint_kept(tmp_path, monkeypatch, to
     assert best["step"] == min(s for s, v in values.items() if v == best["value"])  # first step that reached it
     assert Checkpointer(os.path.join(cfg.run_dir, "best")).all_steps() == [best["step"]]
     # the best folder is an evaluable run directory: config.json here, the tokenizer of the run
-    from bsft_jax.evaluate.__main__ import load_run
+    from bsft_jax.evaluate.compare import load_run
 
     _, tokenizer, _, style, step = load_run(os.path.join(cfg.run_dir, "best"), None, "float32", None)
     assert step == best["step"] and style == "behavior_sft" and "<|behavior:hold|>" in tokenizer.get_vocab()
