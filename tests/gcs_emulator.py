@@ -52,6 +52,51 @@ def download(request, response, storage, *args, **kwargs):
 
 
 objects.download = download
+
+
+# Real GCS checks the generation preconditions of a write or delete (?ifGenerationMatch=N: 0 means
+# "only if absent") and answers 412 when they fail; the emulator ignores them. The run-directory
+# lease (bsft_jax.run.lease) relies on them, so they are checked here: requests are served one at a
+# time (a plain HTTPServer), so the check and the write cannot interleave with another request.
+def _precondition_failed(request, response, storage, name):
+    want = request.query.get("ifGenerationMatch")
+    if not want or name is None:
+        return False
+    try:
+        have = str(storage.get_file_obj(request.params["bucket_name"], name)["generation"])
+    except Exception:
+        have = "0"
+    if have == str(want[0]):
+        return False
+    from http import HTTPStatus
+
+    response.status = HTTPStatus.PRECONDITION_FAILED
+    response.json({"error": {"code": 412, "message": "At least one of the pre-conditions you specified did not "
+                             "hold.", "errors": [{"reason": "conditionNotMet", "domain": "global"}]}})
+    return True
+
+
+def _upload_name(request):
+    if "name" in request.query:
+        return request.query["name"][0]
+    data = request.data
+    if isinstance(data, dict):
+        meta = data.get("meta") if isinstance(data.get("meta"), dict) else data
+        return meta.get("name")
+    return None
+
+
+def _guarded(handler, name_of):
+    def wrapped(request, response, storage, *args, **kwargs):
+        if _precondition_failed(request, response, storage, name_of(request)):
+            return None
+        return handler(request, response, storage, *args, **kwargs)
+    return wrapped
+
+
+objects.insert = _guarded(objects.insert, _upload_name)
+objects.delete = _guarded(objects.delete, lambda r: r.params.get("object_id"))
+objects.patch = _guarded(objects.patch, lambda r: r.params.get("object_id"))
 from gcp_storage_emulator.__main__ import main  # noqa: E402
 
 sys.exit(main())

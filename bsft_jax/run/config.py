@@ -65,6 +65,12 @@ checkpoint.restore_data  on resume, restore the data-iterator position (False: r
                          e.g. after changing the number of processes)
 distributed.*            multi-host start-up (see bsft_jax.train.distributed)
 logging.tensorboard      also write TensorBoard event files under run_dir/tensorboard
+lease.expiry_seconds     the trainer holds an exclusive lease on run_dir (RUN_DIR/lease.json, renewed every
+                         expiry/6 s): a second trainer on the same run_dir is refused until the holder exits,
+                         its process is gone (same host) or it has not renewed the lease for this long
+                         (see bsft_jax.run.lease)
+lease.force_takeover     take the lease even from a holder that still looks alive (the holder stops at its next
+                         renewal); for a job you know is dead, e.g. on a host that is down. Logged
 """
 
 from __future__ import annotations
@@ -194,6 +200,10 @@ def _add_training(c: ml_collections.ConfigDict) -> None:
 
     c.logging = ml_collections.ConfigDict()
     c.logging.tensorboard = True
+
+    c.lease = ml_collections.ConfigDict()
+    c.lease.expiry_seconds = 180.0
+    c.lease.force_takeover = False
 
 
 def load_config_file(here: str, name: str) -> ml_collections.ConfigDict:

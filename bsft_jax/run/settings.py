@@ -334,6 +334,26 @@ class LoggingSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class LeaseSettings:
+    """``config.lease``: the trainer's exclusive lease on its run directory (:mod:`bsft_jax.run.lease`).
+
+    ``expiry_seconds``: a holder that has not renewed its lease for this long counts as gone (it renews every
+    ``expiry_seconds / 6``); ``force_takeover``: take the lease even from a holder that looks alive (logged).
+    """
+
+    expiry_seconds: float = 180.0
+    force_takeover: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("lease", self, "expiry_seconds")
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often the holder renews its lease."""
+        return self.expiry_seconds / 6.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """The resolved config: one typed piece per block that functions take."""
 
@@ -347,6 +367,7 @@ class Settings:
     mesh: MeshSettings
     distributed: DistributedSettings
     logging: LoggingSettings
+    lease: LeaseSettings = LeaseSettings()
 
     @classmethod
     def from_config(cls, cfg: Any) -> Settings:
@@ -362,6 +383,7 @@ class Settings:
             mesh=MeshSettings(**_plain(cfg.mesh)),
             distributed=DistributedSettings.from_block(cfg.distributed),
             logging=LoggingSettings(**_plain(cfg.logging)),
+            lease=LeaseSettings(**_plain(cfg.lease)),
         )
 
 

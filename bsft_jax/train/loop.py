@@ -30,6 +30,7 @@ from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, make_meta
 from bsft_jax.run.config import config_to_dict, validate_config
+from bsft_jax.run.lease import take_run_lease
 from bsft_jax.run.lora import base_reference, lora_meta, rebuild_base
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, check_same_model, write_run_files
 from bsft_jax.run.recovery import newest_meta, restore_newest
@@ -207,8 +208,10 @@ def run(cfg: Any, *, devices: list[jax.Device] | None = None,
                          num_processes=jax.process_count())
     check_writable(cfg.run_dir, "config.run_dir")
     check_writable(storage.join(cfg.run_dir, "checkpoints"), "config.run_dir")
-    check_shared_run_dir(storage.abspath(cfg.run_dir))  # multi-host: every process must see one run directory
-    with jax.set_mesh(mesh), contextlib.ExitStack() as stack:
+    # One trainer per run directory: process 0 holds a lease from before its first write until the end.
+    with take_run_lease(cfg.run_dir, settings.lease, primary=is_primary(), all_agree=_all_processes_agree), \
+            jax.set_mesh(mesh), contextlib.ExitStack() as stack:
+        check_shared_run_dir(storage.abspath(cfg.run_dir))  # multi-host: every process must see one run directory
         session = _start(cfg, settings, splits, mesh, stack)
         out = _loop(session, stack.enter_context(_StopSignal()), on_step)
         session.metrics_log.flush()
