@@ -395,8 +395,8 @@ class RunLease:
             f"(in {left:.0f} s) or with --config.lease.force_takeover=true")
 
     def _start(self) -> RunLease:
-        log.info("took the lease of %s (renewed every %.0f s, expires after %.0f s without renewal)", self.run_dir,
-                 self.settings.heartbeat_seconds, self.settings.expiry_seconds)
+        log.debug("took the lease of %s (renewed every %.0f s, expires after %.0f s without renewal)", self.run_dir,
+                  self.settings.heartbeat_seconds, self.settings.expiry_seconds)
         self._stop.clear()
         self._thread = threading.Thread(target=self._heartbeat, name="bsft-run-lease", daemon=True)
         self._thread.start()
