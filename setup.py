@@ -55,7 +55,7 @@ setup(
         "audit": ["scikit-learn>=1.5"],  # python -m bsft_jax.data.audit (the demo set's surface probe)
         "tpu": ["jax[tpu]>=0.10.2"],
         # gs:// run directories, data, models and exports (etils.epath -> gcsfs; tensorboardX -> google-cloud-storage)
-        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14"],
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14", "google-api-core>=2.15"],
         "gpu": ["jax[cuda12]>=0.10.2"],
     },
     entry_points={
