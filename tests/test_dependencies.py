@@ -12,7 +12,10 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Declared but never imported by name, on purpose (say why).
-RUNTIME_ONLY = {"array-record": "the TFDS builder's file format; tensorflow-datasets imports it"}
+RUNTIME_ONLY = {
+    "array-record": "the TFDS builder's file format; tensorflow-datasets imports it",
+    "safetensors": "transformers and peft read our exports with it; we write through models.safetensors_io",
+}
 # Imported by an optional tool only, and declared as a setup.py extra instead (say which).
 EXTRA_ONLY = {
     "scikit-learn": "bsft_jax.data.audit's surface probe: extra 'audit'",
