@@ -10,7 +10,9 @@ of the local GCS emulator). The training runs through the proxy are in tests/tra
 from __future__ import annotations
 
 import errno
+import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -91,7 +93,8 @@ def test_a_fault_that_outlasts_the_bound_is_one_line_naming_the_path(no_sleep, m
 
 
 @pytest.mark.parametrize("error", [FileNotFoundError("gs://b/x"), PermissionError("denied"), ValueError("bad"),
-                                   _HttpError(404), _HttpError(403), OSError(errno.ENOSPC, "No space left")])
+                                   _HttpError(404), _HttpError(403), _HttpError(412),
+                                   OSError(errno.ENOSPC, "No space left")])
 def test_errors_that_are_not_transient_are_raised_at_once(no_sleep, error):
     calls = []
 
@@ -232,3 +235,39 @@ def test_safetensors_written_to_a_failing_bucket_are_whole(faulty):
         loaded = load(f.read())
     for k, v in arrays.items():
         np.testing.assert_array_equal(loaded[k], v)
+
+
+def test_the_gs_lease_rides_out_faults_but_a_lost_precondition_is_an_answer(faulty, monkeypatch):
+    """The lease's google-cloud-storage calls through the same faults: taking, renewing and giving back the lease
+    complete (a conditional write that landed but whose answer was dropped is recognised by its token, and a
+    renewal whose retries ran out after it landed does not strand the lease at release). A generation-precondition
+    failure (412: another trainer holds it) is an answer, not a fault: the second trainer is refused at once,
+    not after the retry bound."""
+    from google.api_core import exceptions as gexc
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    from bsft_jax.run.lease import LEASE_FILE, RunDirBusyError, RunLease
+    from bsft_jax.run.settings import LeaseSettings
+
+    lost_race = gexc.PreconditionFailed("conditionNotMet")
+    assert not is_transient(lost_race) and not DEFAULT_RETRY._predicate(lost_race)  # neither retry layer
+    proxy, base = faulty
+    run_dir, settings = f"{base}/run", LeaseSettings(expiry_seconds=3.0)  # renewed every 0.5 s
+    proxy.fraction = 0.3
+    lease = RunLease(run_dir, settings).acquire()
+    started = json.loads(storage.read_text(storage.join(run_dir, LEASE_FILE)))["heartbeat"]
+    time.sleep(3)  # renewals through the faults
+    holder = json.loads(storage.read_text(storage.join(run_dir, LEASE_FILE)))
+    assert holder["token"] == lease.token and holder["heartbeat"] > started and not lease.lost.is_set()
+    assert sum(proxy.counts[k] for k in ("503", "drop", "drop_after")) > 0, proxy.counts
+    proxy.fraction = 0.0
+    monkeypatch.setenv(storage.RETRY_SECONDS_ENV, "120")
+    t0 = time.monotonic()
+    with pytest.raises(RunDirBusyError, match=f"pid {os.getpid()}"):
+        RunLease(run_dir, settings).acquire()
+    assert time.monotonic() - t0 < 10  # a retried 412 would take the whole 120 s
+    lease._stop.set()
+    lease._thread.join()  # no renewal from here on to set it right
+    lease._version = 1  # as after a renewal that landed while its answer was lost for good
+    lease.release()
+    assert not storage.exists(storage.join(run_dir, LEASE_FILE))

@@ -443,7 +443,11 @@ class RunLease:
         if self.lost.is_set():
             return
         try:
-            self._store.delete(self._version)
+            # Looked up again, not self._version: a renewal that landed but whose answer was lost for good (its
+            # retries ran out) left that one stale, and a delete on a stale generation would leave the lease behind.
+            holder, version = self._store.read()
+            if holder is not None and holder.token == self.token:
+                self._store.delete(version)
         except Exception as e:  # it lapses by itself after its expiry
             log.warning("%s: could not remove the run-directory lease %s (it expires by itself): %s", self.run_dir,
                         self.path, one_line(e))
