@@ -21,21 +21,28 @@ from .fuzz_jsonl import JsonlMutator
 
 CASES = 2400
 SEED = 29
-CASE_SECONDS = 10  # a case that takes longer is a hang
+CASE_SECONDS = 10  # a case that uses more CPU than this is a hang
+CASE_WALL_SECONDS = 120  # a case that waits this long without using the CPU is a hang too
 
 
 @contextlib.contextmanager
-def _deadline(seconds: float):
-    def expired(*_):
-        raise TimeoutError(f"case still running after {seconds} s")
+def _deadline(seconds: float, wall_seconds: float = CASE_WALL_SECONDS):
+    """Raises TimeoutError in a case that spins for ``seconds`` of CPU (counted in CPU time, so a machine
+    loaded by other jobs does not make a slow case look like a hang) or blocks for ``wall_seconds``."""
 
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    def expired(*_):
+        raise TimeoutError(f"case still running after {seconds} s of CPU or {wall_seconds} s")
+
+    previous = {sig: signal.signal(sig, expired) for sig in (signal.SIGPROF, signal.SIGALRM)}
+    signal.setitimer(signal.ITIMER_PROF, seconds)
+    signal.setitimer(signal.ITIMER_REAL, wall_seconds)
     try:
         yield
     finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _check_loaded(records: list[Record]) -> None:
