@@ -31,9 +31,34 @@ def one_line(e: BaseException) -> str:
     return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+def first_failure(e: BaseException) -> UserError | None:
+    """The earliest :class:`UserError` that ``e`` was raised while handling, if any.
+
+    A run that fails (a checkpoint save) often fails again while it stops (uploading the metrics to the
+    same broken bucket): the first failure is the one to report. An error raised *from* another (an
+    explicit translation) or with its context suppressed does not count.
+    """
+    found, x = None, e
+    for _ in range(20):
+        if x.__cause__ is not None:  # raised from it: the same failure, translated
+            x = x.__cause__
+        elif x.__context__ is not None and not x.__suppress_context__:  # raised while handling it
+            x = x.__context__
+            if isinstance(x, UserError):
+                found = x
+        else:
+            break
+    return found
+
+
 def report(e: BaseException, stream: TextIO | None = None) -> int:
-    """Prints ``error: <message>`` on one line to ``stream`` (stderr); returns the user-error exit status."""
-    print(f"error: {one_line(e)}", file=stream or sys.stderr, flush=True)
+    """Prints ``error: <message>`` on one line to ``stream`` (stderr); returns the user-error exit status.
+
+    When ``e`` happened while stopping after an earlier user error, that one is named first.
+    """
+    first = first_failure(e)
+    text = one_line(e) if first is None else f"{one_line(first)} (then, while stopping: {one_line(e)})"
+    print(f"error: {text}", file=stream or sys.stderr, flush=True)
     return USER_ERROR_EXIT
 
 

@@ -17,25 +17,136 @@ Object stores differ from a POSIX disk in two ways that matter here, and the hel
 
 Libraries that need a local folder (``transformers.AutoTokenizer``) get a downloaded copy of the
 small files only (:func:`local_copy`); weights are streamed (ranged reads, :func:`read_range`).
+
+Transient bucket faults (429, 5xx, timeouts, dropped connections) are retried at two levels:
+
+* every HTTP request, by the client library: gcsfs (what ``etils.epath`` uses here) retries a request
+  6 times with exponential backoff and jitter (about 30 s in all, fixed by gcsfs); tensorstore (Orbax's
+  checkpoint arrays) 32 times, 1 s doubling to 32 s (about 15 min); google-cloud-storage (the lease,
+  TensorBoard) for up to 120 s when the request is idempotent;
+* every whole-object operation on a URL here (an upload, a download, a ranged read, a copy, a listing),
+  by :func:`retry`: exponential backoff with full jitter for up to ``BSFT_STORAGE_RETRY_SECONDS``
+  (default 120 s) in all, so a bucket that keeps failing for minutes is ridden out too.
+
+What still fails raises :class:`StorageError`: one line naming the path, the attempts and the last
+error (a :class:`~bsft_jax.errors.UserError`: the CLIs print it and exit 2). Setting
+``BSFT_STORAGE_RETRY_SECONDS`` also bounds tensorstore's retries of checkpoint arrays
+(:func:`tensorstore_retry_context`); unset, tensorstore keeps its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import http.client
 import io
+import logging
 import os
 import posixpath
+import random
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
+
+from bsft_jax.errors import UserError, one_line
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Weight files are never downloaded by local_copy: they are streamed (safetensors) or not used.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".gguf", ".ckpt")
 # Written last when a folder is committed: the file an HF (or PEFT adapter) reader opens first.
 COMMIT_LAST = ("config.json", "adapter_config.json")
+
+
+# ----------------------------------------------------------------------------- transient faults
+RETRY_SECONDS_ENV = "BSFT_STORAGE_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 120.0
+TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Exception classes (by name, so that no client library needs importing) that mean "the connection failed,
+# try again": aiohttp (gcsfs), requests / urllib3 (google-cloud-storage), google-auth.
+_TRANSIENT_NAMES = frozenset({"ClientConnectionError", "ClientPayloadError", "ServerTimeoutError",
+                              "ServerDisconnectedError", "ChunkedEncodingError", "ProxyError", "ReadTimeout",
+                              "ConnectTimeout", "Timeout", "ProtocolError", "TransportError", "RetryError"})
+# tensorstore reports a failed request as a ValueError whose message starts with its status name.
+_TRANSIENT_STATUS_TEXT = ("UNAVAILABLE:", "DEADLINE_EXCEEDED:", "ABORTED:")
+
+
+class StorageError(UserError, OSError):
+    """A bucket (or disk) operation kept failing after its retries; the message names the path."""
+
+
+def retry_seconds() -> float:
+    """How long :func:`retry` keeps trying one operation: ``$BSFT_STORAGE_RETRY_SECONDS`` or 120 s."""
+    try:
+        return max(float(os.environ.get(RETRY_SECONDS_ENV) or DEFAULT_RETRY_SECONDS), 0.0)
+    except ValueError:
+        value = os.environ[RETRY_SECONDS_ENV]
+        raise StorageError(f"{RETRY_SECONDS_ENV}={value!r} is not a number of seconds") from None
+
+
+def is_transient(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it was raised from) is a fault worth retrying: an HTTP 408/429/5xx,
+    a timeout, a reset or dropped connection. A missing object, a denied permission or a full disk is not."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, StorageError):  # retried already: retrying it again would multiply the bound
+            return False
+        if isinstance(e, ConnectionError | TimeoutError | http.client.HTTPException):
+            return True
+        if any(c.__name__ in _TRANSIENT_NAMES for c in type(e).__mro__):
+            return True
+        for attr in ("code", "status", "status_code"):
+            value = getattr(e, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value in TRANSIENT_HTTP_STATUS:
+                return True
+        if isinstance(e, ValueError) and str(e).startswith(_TRANSIENT_STATUS_TEXT):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def retry(fn: Callable[[], T], what: str, *, seconds: float | None = None, first_delay: float = 0.5,
+          max_delay: float = 16.0) -> T:
+    """``fn()``, retried after transient faults (:func:`is_transient`) with exponential backoff and full jitter.
+
+    ``what`` names the operation and path for the log and the error (``"upload gs://b/run/metrics.jsonl"``).
+    Tries until ``seconds`` (default :func:`retry_seconds`) have passed since the first attempt, then raises
+    :class:`StorageError`; an error that is not transient is raised at once, unchanged.
+    """
+    budget = retry_seconds() if seconds is None else seconds
+    start = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            elapsed = time.monotonic() - start
+            delay = random.uniform(0.0, min(max_delay, first_delay * 2 ** min(attempt - 1, 30)))
+            if elapsed + delay > budget:
+                raise StorageError(f"{what}: failed {attempt} time(s) over {elapsed:.0f} s with transient errors, "
+                                   f"giving up ({RETRY_SECONDS_ENV}={budget:g}); last error: "
+                                   f"{type(e).__name__}: {one_line(e)[:300]}") from e
+            log.warning("%s: %s: %s; retrying in %.1f s (attempt %d)", what, type(e).__name__, one_line(e)[:200],
+                        delay, attempt + 1)
+            time.sleep(delay)
+
+
+def tensorstore_retry_context() -> dict[str, Any] | None:
+    """tensorstore's ``gcs_request_retries`` bounded like :func:`retry` when ``$BSFT_STORAGE_RETRY_SECONDS``
+    is set (its delays double from 1 s up to 32 s; enough retries to fill the budget), else None."""
+    if not os.environ.get(RETRY_SECONDS_ENV):
+        return None
+    budget, retries, total, delay = retry_seconds(), 0, 0.0, 1.0
+    while total + delay <= budget:
+        total, retries, delay = total + delay, retries + 1, min(delay * 2, 32.0)
+    return {"max_retries": retries, "initial_delay": "1s", "max_delay": "32s"}
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -93,24 +204,24 @@ def basename(path: str | os.PathLike) -> str:
 
 def exists(path: str | os.PathLike) -> bool:
     """Whether a file or folder (for URLs: an object or a non-empty prefix) exists."""
-    return _epath(path).exists() if is_url(path) else os.path.exists(path)
+    return retry(lambda: _epath(path).exists(), f"look up {path}") if is_url(path) else os.path.exists(path)
 
 
 def isdir(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder (for URLs: a prefix holding objects)."""
-    return _epath(path).is_dir() if is_url(path) else os.path.isdir(path)
+    return retry(lambda: _epath(path).is_dir(), f"look up {path}") if is_url(path) else os.path.isdir(path)
 
 
 def isfile(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a file (for URLs: an object)."""
-    return _epath(path).is_file() if is_url(path) else os.path.isfile(path)
+    return retry(lambda: _epath(path).is_file(), f"look up {path}") if is_url(path) else os.path.isfile(path)
 
 
 def listdir(path: str | os.PathLike) -> list[str]:
     """Names in a folder (not full paths), like ``os.listdir``."""
     if not is_url(path):
         return os.listdir(path)
-    return [p.name for p in _epath(path).iterdir()]
+    return retry(lambda: [p.name for p in _epath(path).iterdir()], f"list {path}")
 
 
 def makedirs(path: str | os.PathLike) -> None:
@@ -122,7 +233,7 @@ def makedirs(path: str | os.PathLike) -> None:
 
 def size(path: str | os.PathLike) -> int:
     """File size in bytes."""
-    return int(_epath(path).stat().length) if is_url(path) else os.path.getsize(path)
+    return int(retry(lambda: _epath(path).stat().length, f"look up {path}")) if is_url(path) else os.path.getsize(path)
 
 
 def open_file(path: str | os.PathLike, mode: str = "r", encoding: str | None = "utf-8") -> IO[Any]:
@@ -133,25 +244,33 @@ def open_file(path: str | os.PathLike, mode: str = "r", encoding: str | None = "
     """
     if not is_url(path):
         return open(path, mode, encoding=None if "b" in mode else encoding)
-    f = _epath(path).open(mode.replace("t", "").replace("b", "") + "b")
+    raw = mode.replace("t", "").replace("b", "") + "b"
+    f = retry(lambda: _epath(path).open(raw), f"open {path}") if "r" in raw else _epath(path).open(raw)
     return f if "b" in mode else io.TextIOWrapper(f, encoding=encoding or "utf-8")
 
 
 def read_text(path: str | os.PathLike) -> str:
     """The whole file as UTF-8 text."""
+    if is_url(path):
+        data = retry(lambda: _epath(path).read_bytes(), f"download {path}")
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8").read()  # newlines as open() reads them
     with open_file(path) as f:
         return f.read()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to a URL in one upload (the object appears whole or not at all)."""
-    _epath(path).write_bytes(data)
+    """Writes ``data`` to a URL in one upload (the object appears whole or not at all), retried (:func:`retry`)."""
+    retry(lambda: _epath(path).write_bytes(data), f"upload {path}")
 
 
 def read_range(f: IO[bytes], start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of an open binary file (one ranged read on an object store)."""
-    f.seek(start)
-    data = f.read(end - start)
+    """Bytes ``[start, end)`` of an open binary file (one ranged read on an object store, retried)."""
+
+    def read() -> bytes:
+        f.seek(start)
+        return f.read(end - start)
+
+    data = retry(read, f"read bytes {start}-{end} of {getattr(f, 'path', getattr(f, 'name', 'a file'))}")
     if len(data) != end - start:
         raise OSError(f"short read: wanted {end - start} bytes at {start}, got {len(data)}")
     return data
@@ -160,11 +279,14 @@ def read_range(f: IO[bytes], start: int, end: int) -> bytes:
 def remove(path: str | os.PathLike) -> None:
     """Deletes a file or a folder tree; missing is fine."""
     if is_url(path):
-        p = _epath(path)
-        if p.is_dir():
-            p.rmtree()
-        elif p.exists():
-            p.unlink()
+        def rm() -> None:
+            p = _epath(path)
+            if p.is_dir():
+                p.rmtree()
+            elif p.exists():
+                p.unlink()
+
+        retry(rm, f"delete {path}")
         return
     if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -181,11 +303,15 @@ def walk_files(path: str | os.PathLike) -> list[str]:
             out += [f if rel == "." else f"{rel}/{f}".replace(os.sep, "/") for f in files]
         return sorted(out)
     base = os.fspath(path).split("://", 1)[1].rstrip("/")
-    out = []
-    for folder, _, files in _epath(path).walk():
-        rel = os.fspath(folder).split("://", 1)[-1].rstrip("/")[len(base):].strip("/")
-        out += [f"{rel}/{f}" if rel else f for f in files]
-    return sorted(out)
+
+    def walk() -> list[str]:
+        out = []
+        for folder, _, files in _epath(path).walk():
+            rel = os.fspath(folder).split("://", 1)[-1].rstrip("/")[len(base):].strip("/")
+            out += [f"{rel}/{f}" if rel else f for f in files]
+        return sorted(out)
+
+    return retry(walk, f"list {path}")
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -200,11 +326,15 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
         _configure_fsspec()
         fs, _ = fsspec.core.url_to_fs(src)
-        fs.copy(src, dst)  # no bytes through this host
+        retry(lambda: fs.copy(src, dst), f"copy {src} to {dst}")  # no bytes through this host
         return
     makedirs(dirname(dst))
-    with open_file(src, "rb") as fin, open_file(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 16 << 20)
+
+    def copy() -> None:  # a failed upload leaves no object (it appears on close): the whole copy is retried
+        with open_file(src, "rb") as fin, open_file(dst, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 16 << 20)
+
+    retry(copy, f"copy {src} to {dst}")
 
 
 def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -289,48 +419,89 @@ def commit_dir(tmp: str, final: str) -> None:
 class AppendLog:
     """A line-appended text file (``metrics.jsonl``) on local disk or an object store.
 
-    Locally: an ordinary file opened for append, line-buffered. On a URL (objects cannot be
+    Locally: each write is appended with one ``os.write``. On a URL (objects cannot be
     appended to): the existing lines are read once, new lines are kept in memory, and the whole
     object is re-uploaded at most every ``upload_every`` seconds, on :meth:`flush` and on
     :meth:`close`. A crash loses at most the last ``upload_every`` seconds of lines.
+
+    Storage trouble does not stop the caller mid-run, and loses nothing that can still be written:
+    a periodic upload that fails is logged and left to the next one (every upload carries every line,
+    and the training loop is not held up retrying); locally, a full disk keeps the lines in memory
+    (the file never ends in half a line) and writes them when space frees. :meth:`flush` and
+    :meth:`close` try for the whole bound (:func:`retry`) and raise :class:`StorageError` if the lines
+    still cannot be written.
     """
 
     def __init__(self, path: str, *, upload_every: float = 30.0):
         self.path = path
         self.remote = is_url(path)
         self.upload_every = upload_every
+        self._fd: int | None = None
         if self.remote:
             self._buf = io.StringIO()
             if isfile(path):
                 self._buf.write(read_text(path))
             self._last_upload = time.monotonic()
             self._dirty = False
-            self._file = None
         else:
-            self._file = open(path, "a", buffering=1)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._unwritten = b""  # lines a full disk did not take yet
 
     def write(self, text: str) -> None:
         """Appends ``text``."""
         if not self.remote:
-            self._file.write(text)
+            self._unwritten += text.encode("utf-8")
+            self._write_local(quiet=True)
             return
         self._buf.write(text)
         self._dirty = True
         if time.monotonic() - self._last_upload >= self.upload_every:
-            self.flush()
+            try:
+                self._upload(seconds=0.0)  # one try (the client library retries each request)
+            except StorageError as e:
+                self._last_upload = time.monotonic()  # the next periodic upload carries these lines too
+                log.warning("%s; the lines are kept and uploaded with the next ones", e)
+
+    def _write_local(self, *, quiet: bool) -> None:
+        if not self._unwritten:
+            return
+        size = os.fstat(self._fd).st_size
+        try:
+            done = 0
+            while done < len(self._unwritten):
+                done += os.write(self._fd, self._unwritten[done:])
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            os.ftruncate(self._fd, size)  # no half line: the whole batch goes in once there is room
+            lines = self._unwritten.count(b"\n")
+            if not quiet:
+                raise StorageError(f"{self.path}: no space left on its device; {lines} line(s) could not be "
+                                   "written") from e
+            if lines == 1 or lines % 100 == 0:
+                log.warning("%s: no space left on its device; %d line(s) kept in memory until there is room",
+                            self.path, lines)
+            return
+        self._unwritten = b""
 
     def flush(self) -> None:
         """Makes everything written so far visible at ``path``."""
         if not self.remote:
-            self._file.flush()
+            self._write_local(quiet=False)
         elif self._dirty:
-            write_bytes(self.path, self._buf.getvalue().encode("utf-8"))
-            self._dirty = False
-            self._last_upload = time.monotonic()
+            self._upload()
+
+    def _upload(self, seconds: float | None = None) -> None:
+        data = self._buf.getvalue().encode("utf-8")
+        retry(lambda: _epath(self.path).write_bytes(data), f"upload {self.path}", seconds=seconds)
+        self._dirty = False
+        self._last_upload = time.monotonic()
 
     def close(self) -> None:
         """Flushes and closes."""
-        self.flush()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        try:
+            self.flush()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None

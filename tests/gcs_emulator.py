@@ -94,6 +94,33 @@ def _guarded(handler, name_of):
     return wrapped
 
 
+# A resumable upload session that has completed keeps answering with the object on real GCS (a client
+# whose final PUT went through but whose answer was lost retries it); the emulator forgets the session
+# and answers 404. Remember completed sessions and answer like GCS.
+_COMPLETED = {}
+_finalize = objects._finalize_resumable_object
+
+
+def _finalize_resumable_object(response, storage, obj, data, upload_id):
+    _finalize(response, storage, obj, data, upload_id)
+    _COMPLETED[upload_id] = obj
+
+
+_upload_partial = objects.upload_partial
+
+
+def upload_partial(request, response, storage, *args, **kwargs):
+    upload_id = request.query.get("upload_id", [None])[0]
+    if upload_id in _COMPLETED:
+        try:
+            storage.get_resumable_file_obj(upload_id)
+        except Exception:
+            return response.json(_COMPLETED[upload_id])
+    return _upload_partial(request, response, storage, *args, **kwargs)
+
+
+objects._finalize_resumable_object = _finalize_resumable_object
+objects.upload_partial = upload_partial
 objects.insert = _guarded(objects.insert, _upload_name)
 objects.delete = _guarded(objects.delete, lambda r: r.params.get("object_id"))
 objects.patch = _guarded(objects.patch, lambda r: r.params.get("object_id"))

@@ -23,6 +23,8 @@ import dataclasses
 import json
 import os
 import re
+import reprlib
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +42,33 @@ _FIELDS = ("id", "case_id", "category", "group", "turns", "options", "behavior",
 
 class DataError(UserError, ValueError):
     """A data file (or record) does not match the BehaviorBench schema. The message names where and what."""
+
+
+# Values quoted in errors: short, and safe for any input (a 300 kB string, a list nested 900 deep).
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+
+
+def _show(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, without recursing into deep nesting."""
+    return _REPR.repr(value)
+
+
+def _loads(text: str | bytes, where: str, what: str = "", hint: str = "") -> Any:
+    """``json.loads`` with every way it can fail as one :class:`DataError` naming ``where`` (and ``what``:
+    a field holding JSON text)."""
+    subject = f"{what} is " if what else ""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: {subject}not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+    except RecursionError:  # e.g. 100,000 "[" in a row: json recurses once per level
+        raise DataError(f"{where}: {subject}not valid JSON here: arrays or objects nested too deeply (the limit is "
+                        f"about {sys.getrecursionlimit():,} levels){hint}") from None
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise DataError(f"{where}: {subject}not valid JSON here ({str(e).split(':')[0]}){hint}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +121,13 @@ def _text(value: Any, where: str, field: str, *, allow_empty: bool = False) -> s
     if isinstance(value, bytes):  # tfds text features come back as bytes
         value = value.decode("utf-8")
     if not isinstance(value, str | int) or isinstance(value, bool):
-        raise DataError(f"{where}: field '{field}' must be a string, got {type(value).__name__} {value!r:.60}")
+        raise DataError(f"{where}: field '{field}' must be a string, got {type(value).__name__} {_show(value)}")
     value = str(value).strip()
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate from a "\ud800" escape: no text can hold it
+        raise DataError(f"{where}: field '{field}' holds the unpaired surrogate {value[e.start]!r} (an escape such "
+                        "as \\ud800 without its pair); fix the text") from None
     if not value and not allow_empty:
         raise DataError(f"{where}: field '{field}' is empty; expected a non-empty string")
     return value
@@ -101,10 +135,7 @@ def _text(value: Any, where: str, field: str, *, allow_empty: bool = False) -> s
 
 def _parse_turns(value: Any, where: str) -> tuple[Turn, ...]:
     if isinstance(value, str | bytes):  # serialized (tfds) form
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: field 'turns' is a string but not JSON ({e.msg})") from None
+        value = _loads(value, where, "field 'turns' (a string)")
     if not isinstance(value, list | tuple):
         raise DataError(f"{where}: field 'turns' must be a list of {{speaker, text}} objects, got "
                         f"{type(value).__name__}")
@@ -118,13 +149,14 @@ def _parse_turns(value: Any, where: str) -> tuple[Turn, ...]:
         if isinstance(t, list | tuple) and len(t) == 2:
             t = {"speaker": t[0], "text": t[1]}
         if not isinstance(t, Mapping):
-            raise DataError(f"{where}: field 'turns[{i}]' must be an object with 'speaker' and 'text', got {t!r:.60}")
+            raise DataError(f"{where}: field 'turns[{i}]' must be an object with 'speaker' and 'text', "
+                            f"got {_show(t)}")
         # Common foreign spellings of the two keys (chat exports use role/content).
         speaker = next((t[k] for k in ("speaker", "role", "name") if k in t), None)
         text = next((t[k] for k in ("text", "content", "utterance") if k in t), None)
         if speaker is None or text is None:
             raise DataError(f"{where}: field 'turns[{i}]' needs keys 'speaker' and 'text' (or role/content), "
-                            f"got keys {sorted(t)}")
+                            f"got keys {_show(sorted(map(str, t)))}")
         turns.append(Turn(_text(speaker, where, f"turns[{i}].speaker"), _text(text, where, f"turns[{i}].text")))
     return tuple(turns)
 
@@ -135,10 +167,7 @@ def _parse_options(value: Any, where: str) -> tuple[tuple[str, str], ...] | None
     if isinstance(value, str | bytes):
         if not value:
             return None
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: field 'options' is a string but not JSON ({e.msg})") from None
+        value = _loads(value, where, "field 'options' (a string)")
     if isinstance(value, Mapping):
         pairs = list(value.items())
     elif isinstance(value, list | tuple):
@@ -163,7 +192,7 @@ def _option_pairs_from_list(value: Sequence[Any], where: str) -> list[tuple[Any,
             pairs.append((v[0], v[1]))
         else:
             raise DataError(f"{where}: field 'options[{i}]' must be a string, [key, text] or "
-                            f"{{key, text}}, got {v!r:.60}")
+                            f"{{key, text}}, got {_show(v)}")
     return pairs
 
 
@@ -173,10 +202,10 @@ def _checked_options(pairs: Sequence[tuple[Any, Any]], where: str) -> tuple[tupl
     for key, text in pairs:
         key = _text(key, where, "options key").upper()
         if not _OPTION_KEY_RE.match(key):
-            raise DataError(f"{where}: field 'options' has key {key!r}; expected single letters A, B, C, ...")
+            raise DataError(f"{where}: field 'options' has key {_show(key)}; expected single letters A, B, C, ...")
         out.append((key, _text(text, where, f"options[{key}]")))
     if len({k for k, _ in out}) != len(out):
-        raise DataError(f"{where}: field 'options' has duplicate keys {[k for k, _ in out]}")
+        raise DataError(f"{where}: field 'options' has duplicate keys {_show([k for k, _ in out])}")
     if len(out) < 2:
         raise DataError(f"{where}: field 'options' has {len(out)} option(s); a multiple-choice task needs >= 2")
     return tuple(out)
@@ -201,7 +230,7 @@ def _renamed_fields(obj: Mapping[str, Any], field_map: Mapping[str, str] | None,
     for required in ("category", "turns", "label"):
         if required not in data:
             hint = f" (field_map renames {dict(field_map)})" if field_map else " (use field_map for foreign names)"
-            raise DataError(f"{where}: missing field '{required}'; record has fields {sorted(data)}{hint}")
+            raise DataError(f"{where}: missing field '{required}'; record has fields {_show(sorted(data))}{hint}")
     return data
 
 
@@ -211,13 +240,13 @@ def _category_and_group(data: Mapping[str, Any], category_aliases: Mapping[str, 
     category = _text(data["category"], where, "category")
     category = (category_aliases or {}).get(category, category)
     if category not in taxonomy.CATEGORY_BY_NAME:
-        raise DataError(f"{where}: field 'category' is {category!r}; expected one of {list(taxonomy.CATEGORY_NAMES)} "
-                        "(or map it with category_aliases)")
+        raise DataError(f"{where}: field 'category' is {_show(category)}; expected one of "
+                        f"{list(taxonomy.CATEGORY_NAMES)} (or map it with category_aliases)")
     group = taxonomy.group_of(category)
     if data.get("group") not in (None, "", b""):
         given = _text(data["group"], where, "group")
         if given != group:
-            raise DataError(f"{where}: field 'group' is {given!r} but category {category!r} belongs to group "
+            raise DataError(f"{where}: field 'group' is {_show(given)} but category {category!r} belongs to group "
                             f"{group!r}")
     return category, group
 
@@ -228,12 +257,12 @@ def _parse_label(value: Any, options: tuple[tuple[str, str], ...] | None, where:
     if options is not None:
         label = label.upper()
         if label not in dict(options):
-            raise DataError(f"{where}: field 'label' is {label!r}; expected one of the option keys "
+            raise DataError(f"{where}: field 'label' is {_show(label)}; expected one of the option keys "
                             f"{[k for k, _ in options]}")
     else:
         label = normalize_flag_label(label)
         if not _FLAG_LABEL_RE.match(label):
-            raise DataError(f"{where}: field 'label' is {label!r}; expected a flag class of letters, digits and "
+            raise DataError(f"{where}: field 'label' is {_show(label)}; expected a flag class of letters, digits and "
                             f"underscores, or {NO_INTERVENTION!r} when restraint is right")
     return label
 
@@ -245,7 +274,7 @@ def _parse_behavior(value: Any, spec: BehaviorSpec, category: str, label: str, m
         return spec.behavior_for_item(category, label, multiple_choice)
     behavior = _text(value, where, "behavior")
     if behavior not in spec.names:
-        raise DataError(f"{where}: field 'behavior' is {behavior!r}; expected one of {list(spec.names)}")
+        raise DataError(f"{where}: field 'behavior' is {_show(behavior)}; expected one of {list(spec.names)}")
     return behavior
 
 
@@ -257,7 +286,7 @@ def _parse_hard(value: Any, where: str) -> bool:
     if isinstance(hard, str | bytes):
         hard_s = hard.decode() if isinstance(hard, bytes) else hard
         if hard_s.strip().lower() not in ("true", "false", "1", "0", ""):
-            raise DataError(f"{where}: field 'hard' is {hard_s!r}; expected true or false")
+            raise DataError(f"{where}: field 'hard' is {_show(hard_s)}; expected true or false")
         hard = hard_s.strip().lower() in ("true", "1")
     if not isinstance(hard, bool | int) and hard is not None:
         raise DataError(f"{where}: field 'hard' must be a boolean, got {type(hard).__name__}")
@@ -332,28 +361,28 @@ def read_jsonl(
 
     Raises :class:`DataError` at the first bad line, naming ``file:line``, the field and what was
     expected (unknown category, group/category mismatch, empty turns, label not among options,
-    unknown behavior, bad JSON, duplicate id ...).
+    unknown behavior, bad JSON, duplicate id ...). Whatever the bytes (truncated, not UTF-8, nested
+    100,000 deep, 10,000-digit numbers, lone surrogates), that is the only way it fails: a seeded
+    fuzzer checks it (tests/data/test_fuzz_schema.py).
     """
-    path = os.fspath(path)
-    records: list[Record] = []
+    return [rec for _, rec in _numbered_records(os.fspath(path), field_map=field_map, spec=spec,
+                                                category_aliases=category_aliases)]
+
+
+def _numbered_records(path: str, **parse: Any) -> Iterator[tuple[int, Record]]:
+    """``(line number, record)`` of each non-blank line of a JSONL file (see :func:`read_jsonl`)."""
     seen: dict[str, int] = {}
     for lineno, line in _utf8_lines(path):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); expected one JSON "
-                            "object per line") from None
-        rec = record_from_dict(obj, spec=spec, field_map=field_map, category_aliases=category_aliases,
-                               where=where)
+        obj = _loads(line, where, hint="; expected one JSON object per line")
+        rec = record_from_dict(obj, where=where, **parse)
         if rec.id in seen:
-            raise DataError(f"{where}: field 'id' is {rec.id!r}, already used on line {seen[rec.id]}; ids must "
+            raise DataError(f"{where}: field 'id' is {_show(rec.id)}, already used on line {seen[rec.id]}; ids must "
                             "be unique within a file")
         seen[rec.id] = lineno
-        records.append(rec)
-    return records
+        yield lineno, rec
 
 
 def write_jsonl(records: Iterable[Record], path: str | os.PathLike) -> None:
@@ -379,10 +408,11 @@ def read_dir(
     seen: dict[str, str] = {}
     for name in files:
         path = storage.join(directory, name)
-        for rec in read_jsonl(path, field_map=field_map, spec=spec, category_aliases=category_aliases):
+        for lineno, rec in _numbered_records(path, field_map=field_map, spec=spec, category_aliases=category_aliases):
             if rec.id in seen:
-                raise DataError(f"{path}: record id {rec.id!r} also appears in {seen[rec.id]}; ids must be unique")
-            seen[rec.id] = path
+                raise DataError(f"{path}:{lineno}: record id {_show(rec.id)} also appears in {seen[rec.id]}; ids "
+                                "must be unique across the files of a folder")
+            seen[rec.id] = f"{path}:{lineno}"
             records.append(rec)
     return records
 

@@ -128,13 +128,20 @@ def write_file(path: str | os.PathLike, tensors: Sequence[PendingTensor], metada
         offset += t.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    with storage.open_file(path, "wb") as f:  # a URL: streamed upload, object visible on close
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for t in tensors:
-            arr = np.ascontiguousarray(t.produce())
-            if arr.shape != tuple(t.shape) or arr.dtype != np.dtype(t.dtype):
-                raise SafetensorsError(
-                    f"tensor {t.name!r}: produced {arr.dtype}{arr.shape}, header says {np.dtype(t.dtype)}{t.shape}"
-                )
-            f.write(arr.reshape(-1).view(np.uint8).data)
+
+    def write() -> None:
+        with storage.open_file(path, "wb") as f:  # a URL: streamed upload, object visible on close
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for t in tensors:
+                arr = np.ascontiguousarray(t.produce())
+                if arr.shape != tuple(t.shape) or arr.dtype != np.dtype(t.dtype):
+                    raise SafetensorsError(
+                        f"tensor {t.name!r}: produced {arr.dtype}{arr.shape}, header says {np.dtype(t.dtype)}{t.shape}"
+                    )
+                f.write(arr.reshape(-1).view(np.uint8).data)
+
+    if storage.is_url(path):  # an upload that failed for good left no object: write the whole file again
+        storage.retry(write, f"upload {path}")
+    else:
+        write()

@@ -32,12 +32,19 @@ Run-directory layout (what ``python -m bsft_jax.export`` and the evaluator read)
 A step directory only appears once complete (Orbax writes to a temporary name and renames), a
 NaN/inf step is never saved, and a checkpoint restores onto any mesh: restore targets are
 abstract arrays carrying the new mesh's shardings (:func:`load_params`, :meth:`Checkpointer.restore`).
+
+A save that fails for good (a full disk, a bucket still failing after the retries of
+:mod:`bsft_jax.storage`) raises :class:`CheckpointError`: one line naming the folder, the step and the
+last complete step, which a failed save never touches (the run resumes from it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -47,7 +54,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from bsft_jax import storage
-from bsft_jax.errors import UserError
+from bsft_jax.errors import UserError, one_line
 from bsft_jax.models.config import DecoderConfig, Llama3RopeScaling
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.lora_config import lora_config_from
@@ -139,11 +146,19 @@ def _fill(template: nnx.State, pure: Any) -> nnx.State:
 class Checkpointer:
     """Saves and restores a run's checkpoints under ``RUN_DIR/checkpoints`` (see module docstring)."""
 
+    _pending: int | None = None  # the step of the asynchronous save still being written
+    _last_good: int | None = None  # the newest step known complete
+    _failed = False  # a failed save was reported already
+
     def __init__(self, run_dir: str, *, keep: int = 3, async_save: bool = True):
         self.directory = checkpoint_dir(run_dir)
+        if storage.is_url(self.directory):
+            _bound_tensorstore_retries()
         options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), enable_async_checkpointing=bool(async_save),
                                                create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._async = bool(async_save)
+        self._last_good = self.manager.latest_step()
 
     def latest_step(self) -> int | None:
         """The newest complete step, or None."""
@@ -169,7 +184,51 @@ class Checkpointer:
         }
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+        self._finish_pending()  # Orbax waits for the previous save anyway: its failure is reported here
+        try:
+            self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+        except Exception as e:
+            self._raise_failure(e, int(step))
+        if self._async:
+            self._pending = int(step)
+        else:
+            self._last_good = int(step)
+
+    def _finish_pending(self) -> None:
+        """Waits for the asynchronous save in flight; raises :class:`CheckpointError` if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            step, self._pending = self._pending, None
+            if self._failed:  # the same failure, reported once already
+                log.debug("after a failed save: %s", one_line(e))
+                return
+            self._raise_failure(e, step)
+        if self._pending is not None:
+            self._last_good, self._pending = self._pending, None
+
+    def _raise_failure(self, e: Exception, step: int | None) -> None:
+        """Raises the one-line :class:`CheckpointError` for a save that failed for good, or ``e`` (a bug)."""
+        error = self._failure(e, step)
+        if error is e:
+            raise e
+        raise error from e
+
+    def _failure(self, e: BaseException, step: int | None) -> BaseException:
+        """The one-line :class:`CheckpointError` for a save that failed for good, or ``e`` itself (a bug)."""
+        kept = (f"step {self._last_good} is intact and a rerun resumes from it" if self._last_good is not None
+                else "no earlier step was saved")
+        what = "a checkpoint" if step is None else f"step {step}"
+        if any(_no_space(x) for x in _chain(e)):
+            self._failed = True
+            return CheckpointError(f"no space left on the device of {self.directory} while saving {what}; {kept}. "
+                                   "Free space there, lower config.checkpoint.keep or point config.run_dir at a "
+                                   "larger disk")
+        if any(_storage_failure(x, storage.is_url(self.directory)) for x in _chain(e)):
+            self._failed = True
+            return CheckpointError(f"saving {what} to {self.directory} failed: {one_line(e)[:400]}; {kept}. "
+                                   "Check the bucket or disk, then rerun to resume")
+        return e
 
     def restore(self, step: int, abstract_state: Any, *, data_iterator: Any = None) -> Any:
         """Restores a TrainState onto the shardings carried by ``abstract_state`` (any mesh).
@@ -214,9 +273,60 @@ class Checkpointer:
         return self.manager.restore(int(step), args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for pending saves and releases the manager; a failed save raises :class:`CheckpointError`."""
+        try:
+            if hasattr(self, "_async"):  # a writer (readers are built by _open_read_only)
+                self._finish_pending()
+            else:
+                self.manager.wait_until_finished()
+        finally:
+            self.manager.close()
+
+
+# tensorstore names the outcome of a failed request first: "UNAVAILABLE: ...", "RESOURCE_EXHAUSTED: ..."
+_TS_STATUS = re.compile(r"^(UNAVAILABLE|DEADLINE_EXCEEDED|RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAUTHENTICATED|"
+                        r"INTERNAL|UNKNOWN|ABORTED|DATA_LOSS|FAILED_PRECONDITION|NOT_FOUND): ")
+
+
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    for _ in range(10):
+        if e is None:
+            return
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _no_space(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def _storage_failure(e: BaseException, remote: bool) -> bool:
+    """Whether ``e`` is the storage failing (rather than a bug): a transient fault left after the retries,
+    a tensorstore status, or, for a bucket, any OS-level error of its client."""
+    if isinstance(e, storage.StorageError) or storage.is_transient(e) or _TS_STATUS.match(str(e)):
+        return True
+    return remote and isinstance(e, OSError)
+
+
+def _bound_tensorstore_retries() -> None:
+    """Applies ``$BSFT_STORAGE_RETRY_SECONDS`` to tensorstore's retries of checkpoint arrays on a bucket.
+
+    Orbax 0.12 builds every tensorstore context from module defaults and offers no option for it, so the
+    retry resource is added to those defaults (unset: tensorstore's own 32 retries, about 15 min).
+    """
+    bound = storage.tensorstore_retry_context()
+    if bound is None:
+        return
+    try:
+        from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+
+        for context in (ts_utils._BASE_TS_CONTEXT, ts_utils._DEFAULT_OCDBT_TS_CONTEXT):
+            context["gcs_request_retries"] = dict(bound)
+    except (ImportError, AttributeError):  # another Orbax: keep its defaults
+        log.warning("cannot bound tensorstore's retries on this Orbax version; it keeps its own")
 
 
 # ----------------------------------------------------------------------------- readers (export / eval)

@@ -252,12 +252,22 @@ def _gcs_client() -> Any:
 
 
 class _GcsStore:
-    """The lease as an object: every write and delete carries a generation precondition."""
+    """The lease as an object: every write and delete carries a generation precondition.
+
+    Each request is retried on transient faults for up to ``seconds`` (the client's backoff with jitter;
+    a conditional write whose answer was lost is recognised by its token, see :meth:`RunLease.acquire`).
+    """
 
     def __init__(self, url: str):
         self.url = url
         bucket, _, self.name = url.split("://", 1)[1].partition("/")
         self.bucket = _gcs_client().bucket(bucket)
+        self.seconds = storage.retry_seconds()
+
+    def _retry(self) -> Any:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_timeout(self.seconds)
 
     def read(self) -> tuple[Holder | None, Any]:
         """``(holder, generation)``; ``(None, None)`` when absent."""
@@ -265,7 +275,7 @@ class _GcsStore:
 
         blob = self.bucket.blob(self.name)
         try:
-            data = blob.download_as_bytes()
+            data = blob.download_as_bytes(retry=self._retry())
         except gexc.NotFound:
             return None, None
         if blob.generation is None:
@@ -283,7 +293,8 @@ class _GcsStore:
 
         blob = self.bucket.blob(self.name)
         try:
-            blob.upload_from_string(data, content_type="application/json", if_generation_match=int(version or 0))
+            blob.upload_from_string(data, content_type="application/json", if_generation_match=int(version or 0),
+                                    retry=self._retry())
         except gexc.PreconditionFailed:
             return None
         return int(blob.generation)
@@ -292,7 +303,7 @@ class _GcsStore:
         from google.api_core import exceptions as gexc
 
         with contextlib.suppress(gexc.PreconditionFailed, gexc.NotFound):
-            self.bucket.blob(self.name).delete(if_generation_match=int(version))
+            self.bucket.blob(self.name).delete(if_generation_match=int(version), retry=self._retry())
 
 
 def _store(path: str) -> _LocalStore | _GcsStore | None:
@@ -397,6 +408,8 @@ class RunLease:
     def _start(self) -> RunLease:
         log.debug("took the lease of %s (renewed every %.0f s, expires after %.0f s without renewal)", self.run_dir,
                   self.settings.heartbeat_seconds, self.settings.expiry_seconds)
+        if isinstance(self._store, _GcsStore):  # a renewal that cannot get through is retried at the next beat
+            self._store.seconds = min(self._store.seconds, self.settings.heartbeat_seconds)
         self._stop.clear()
         self._thread = threading.Thread(target=self._heartbeat, name="bsft-run-lease", daemon=True)
         self._thread.start()
@@ -430,7 +443,11 @@ class RunLease:
         if self.lost.is_set():
             return
         try:
-            self._store.delete(self._version)
+            # Looked up again, not self._version: a renewal that landed but whose answer was lost for good (its
+            # retries ran out) left that one stale, and a delete on a stale generation would leave the lease behind.
+            holder, version = self._store.read()
+            if holder is not None and holder.token == self.token:
+                self._store.delete(version)
         except Exception as e:  # it lapses by itself after its expiry
             log.warning("%s: could not remove the run-directory lease %s (it expires by itself): %s", self.run_dir,
                         self.path, one_line(e))

@@ -197,6 +197,27 @@ def test_exit_on_lost_ends_the_process_with_one_line(tmp_path):
     assert len(errors) == 1 and "taken over" in errors[0]
 
 
+def _race(run_dir: str, takers: int) -> RunLease:
+    """``takers`` threads released at once by a barrier try to take the lease: the one winner's lease."""
+    barrier = threading.Barrier(takers)
+    won, busy = [], []
+
+    def take():
+        barrier.wait()
+        try:
+            won.append(RunLease(run_dir, LeaseSettings(expiry_seconds=60)).acquire())
+        except RunDirBusyError:
+            busy.append(1)
+
+    threads = [threading.Thread(target=take) for _ in range(takers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(busy) == takers - 1, (len(won), len(busy))
+    return won[0]
+
+
 @pytest.mark.parametrize("stale", [False, True], ids=["fresh", "stale_holder"])
 def test_racing_threads_exactly_one_wins(tmp_path, stale):
     """Eight takers released at once by a barrier, 10 rounds: on an empty run directory, and on one whose
@@ -208,24 +229,9 @@ def test_racing_threads_exactly_one_wins(tmp_path, stale):
             old = time.time() - 100
             (run_dir / LEASE_FILE).write_bytes(Holder(token="dead", host="gone-host", pid=1, started=old,
                                                       heartbeat=old, expiry_seconds=5.0).to_bytes())
-        barrier = threading.Barrier(8)
-        won, busy = [], []
-
-        def take(run_dir=str(run_dir), barrier=barrier, won=won, busy=busy):
-            barrier.wait()
-            try:
-                won.append(RunLease(run_dir, LeaseSettings(expiry_seconds=60)).acquire())
-            except RunDirBusyError:
-                busy.append(1)
-
-        threads = [threading.Thread(target=take) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert len(won) == 1 and len(busy) == 7, (round_, len(won), len(busy))
-        assert _holder_of(str(run_dir))["token"] == won[0].token
-        won[0].release()
+        won = _race(str(run_dir), takers=8)
+        assert _holder_of(str(run_dir))["token"] == won.token, round_
+        won.release()
 
 
 def test_racing_processes_exactly_one_wins(tmp_path):
@@ -326,21 +332,6 @@ def test_gs_racing_threads_exactly_one_wins(gcs_bucket, stale):  # noqa: F811
             old = time.time() - 100
             storage.write_bytes(storage.join(run_dir, LEASE_FILE), Holder(
                 token="dead", host="gone-host", pid=1, started=old, heartbeat=old, expiry_seconds=5.0).to_bytes())
-        barrier = threading.Barrier(6)
-        won, busy = [], []
-
-        def take(run_dir=run_dir, barrier=barrier, won=won, busy=busy):
-            barrier.wait()
-            try:
-                won.append(RunLease(run_dir, LeaseSettings(expiry_seconds=60)).acquire())
-            except RunDirBusyError:
-                busy.append(1)
-
-        threads = [threading.Thread(target=take) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert len(won) == 1 and len(busy) == 5, (round_, len(won), len(busy))
-        assert _gs_holder(run_dir)["token"] == won[0].token
-        won[0].release()
+        won = _race(run_dir, takers=6)
+        assert _gs_holder(run_dir)["token"] == won.token, round_
+        won.release()
