@@ -1,17 +1,18 @@
 """Soak: a 2-process job where one process is killed with -9 at random times dies whole, and resumes exactly.
 
     python -m bench.multihost_soak                      # 10 kills, ~15-25 min on 2 idle CPU cores
-    python -m bench.multihost_soak --kills 2 --steps 30 --every 3 --max_delay 0.3 --peer_timeout 5  # the test's size
+    python -m bench.multihost_soak --kills 2 --steps 30 --every 2 --max_delay 0.3 --peer_timeout 5  # the test's size
 
 Each process of ``launch/local.py`` (2 processes x 2 fake CPU devices, a tiny scratch model on the
 synthetic copy task) runs ``python -m bsft_jax.train`` with ``distributed.peer_timeout_seconds`` =
 ``--peer_timeout``. A round: (re)start the job on the run directory, wait until it logs a step past
-every step logged before, wait a random time (mid-step, mid-save, ...), ``kill -9`` one process chosen
-at random and measure how long the other takes to exit on its own (nothing here stops it). It must exit
-non-zero within the bound, ``2 x peer_timeout + --slack`` seconds. After ``--kills`` rounds the job
-runs to the end. An uninterrupted 2-process run of the same command, run alongside, is the reference: the final
-weights and every logged step's loss and batch fingerprint must be equal bit for bit (steps run twice,
-after a kill between two saves, must give the same numbers both times).
+every step logged before and past the first save, wait a random time (mid-step, mid-save, ...),
+``kill -9`` one process chosen at random and measure how long the other takes to exit on its own
+(nothing here stops it). It must exit non-zero within the bound, ``2 x peer_timeout + --slack``
+seconds. After ``--kills`` rounds the job runs to the end. An uninterrupted 2-process run of the
+same command, run alongside, is the reference: the final weights and every logged step's loss and
+batch fingerprint must be equal bit for bit (steps run twice, after a kill between two saves, must
+give the same numbers both times).
 
 Writes one JSON line to bench/results.jsonl (``--results``): the machine, the commit, the command,
 and per kill the victim, the step reached, the survivor's exit status and seconds to exit.
@@ -104,7 +105,8 @@ def _finish(job: Any, run_dir: str, args: argparse.Namespace, log_dir: str) -> N
 def kill_round(launcher: Any, run_dir: str, args: argparse.Namespace, log_dir: str, rng: random.Random,
                bound: float) -> dict[str, Any] | None:
     """One start + kill -9 of a random process; None if the job finished before a kill could land."""
-    before = max((r["step"] for r in _logged_steps(run_dir)), default=0)
+    # Past every step logged before (each round gets further), and past the first save (each restart resumes).
+    before = max(max((r["step"] for r in _logged_steps(run_dir)), default=0), args.every)
     job = _start(launcher, run_dir, args, log_dir)
     try:
         deadline = time.monotonic() + args.run_timeout
