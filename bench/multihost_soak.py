@@ -1,7 +1,7 @@
 """Soak: a 2-process job where one process is killed with -9 at random times dies whole, and resumes exactly.
 
     python -m bench.multihost_soak                      # 10 kills, ~15-25 min on 2 idle CPU cores
-    python -m bench.multihost_soak --kills 2 --steps 30 --every 2 --max_delay 0.3 --peer_timeout 5  # the test's size
+    python -m bench.multihost_soak --kills 2 --steps 30 --every 2 --max_delay 0.3 --peer_timeout 15  # the test's size
 
 Each process of ``launch/local.py`` (2 processes x 2 fake CPU devices, a tiny scratch model on the
 synthetic copy task) runs ``python -m bsft_jax.train`` with ``distributed.peer_timeout_seconds`` =

@@ -20,7 +20,7 @@ from bench import multihost_soak
 def test_a_killed_process_ends_the_job_and_the_restart_resumes_bitwise(tmp_path):
     results = str(tmp_path / "results.jsonl")
     r = multihost_soak.main(["--kills", "2", "--steps", "30", "--every", "2", "--max_delay", "0.3",
-                             "--peer_timeout", "5", "--seed", "1", "--work", str(tmp_path / "soak"),
+                             "--peer_timeout", "15", "--seed", "1", "--work", str(tmp_path / "soak"),
                              "--results", results])
     assert r["kills"] == 2, r
     for kill in r["per_kill"]:
