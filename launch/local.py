@@ -17,6 +17,7 @@ status of a process (0 if all succeed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import socket
@@ -53,10 +54,11 @@ _LOG_LOCK = threading.Lock()  # the stdout and stderr pumps of one process share
 
 
 def _pump(stream, prefix: str, log_file, out) -> None:
-    """Copies a child's stream line by line to ``out`` (our stdout or stderr), prefixed, and to its log file."""
+    """Copies a child's stream line by line to ``out`` (our stdout or stderr, or None), prefixed, and to its log."""
     for line in iter(stream.readline, ""):
-        out.write(f"{prefix} {line}")
-        out.flush()
+        if out is not None:
+            out.write(f"{prefix} {line}")
+            out.flush()
         if log_file is not None:
             with _LOG_LOCK:
                 log_file.write(line)
@@ -90,9 +92,26 @@ def _open_logs(log_dir: str | None, n: int) -> list:
                           f"{e.filename}); give a folder you can write to") from None
 
 
-def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1, module: str = "bsft_jax.train",
-           port: int = 0, log_dir: str | None = None, platform: str = "cpu", timeout: float | None = None) -> int:
-    """Runs the processes to completion; returns the job's exit status."""
+@dataclasses.dataclass
+class Job:
+    """The running processes of one job (:func:`start`), process ``K`` at ``procs[K]``."""
+
+    procs: list[subprocess.Popen]
+    threads: list[threading.Thread]
+    logs: list
+
+    def close(self) -> None:
+        """After the processes exited: the rest of their output, then the log files closed."""
+        for t in self.threads:
+            t.join(timeout=5)
+        for f in self.logs:
+            if f is not None:
+                f.close()
+
+
+def start(num_processes: int, args: list[str], *, devices_per_process: int = 1, module: str = "bsft_jax.train",
+          port: int = 0, log_dir: str | None = None, platform: str = "cpu", echo: bool = True) -> Job:
+    """Starts the processes and returns at once (``echo=False``: their output only to ``log_dir``)."""
     port = port or free_port()
     env = dict(os.environ)
     env["JAX_NUM_CPU_DEVICES"] = str(devices_per_process)
@@ -107,10 +126,19 @@ def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1,
         p = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, bufsize=1)
         for stream, out in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):  # a child's error line stays on stderr
-            t = threading.Thread(target=_pump, args=(stream, f"[p{i}]", logs[i], out), daemon=True)
+            t = threading.Thread(target=_pump, args=(stream, f"[p{i}]", logs[i], out if echo else None), daemon=True)
             t.start()
             threads.append(t)
         procs.append(p)
+    return Job(procs, threads, logs)
+
+
+def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1, module: str = "bsft_jax.train",
+           port: int = 0, log_dir: str | None = None, platform: str = "cpu", timeout: float | None = None) -> int:
+    """Runs the processes to completion; returns the job's exit status."""
+    job = start(num_processes, args, devices_per_process=devices_per_process, module=module, port=port,
+                log_dir=log_dir, platform=platform)
+    procs = job.procs
 
     def forward(signum, _frame):
         for p in procs:
@@ -123,11 +151,7 @@ def launch(num_processes: int, args: list[str], *, devices_per_process: int = 1,
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        for t in threads:
-            t.join(timeout=5)
-        for f in logs:
-            if f is not None:
-                f.close()
+        job.close()
     return status
 
 

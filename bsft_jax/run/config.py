@@ -64,6 +64,8 @@ checkpoint.async_save    write checkpoints in a background thread
 checkpoint.restore_data  on resume, restore the data-iterator position (False: restart the data order,
                          e.g. after changing the number of processes)
 distributed.*            multi-host start-up (see bsft_jax.train.distributed)
+distributed.peer_timeout_seconds  a process silent this long counts as dead: the others exit non-zero
+                         (within about twice this) instead of hanging; the restart resumes (docs/clusters.md)
 logging.tensorboard      also write TensorBoard event files under run_dir/tensorboard
 lease.expiry_seconds     the trainer holds an exclusive lease on run_dir (RUN_DIR/lease.json, renewed every
                          expiry/6 s): a second trainer on the same run_dir is refused until the holder exits,
@@ -197,6 +199,7 @@ def _add_training(c: ml_collections.ConfigDict) -> None:
     c.distributed.coordinator_address = ""
     c.distributed.num_processes = 0
     c.distributed.process_id = -1
+    c.distributed.peer_timeout_seconds = 60
 
     c.logging = ml_collections.ConfigDict()
     c.logging.tensorboard = True

@@ -310,12 +310,18 @@ class MeshSettings:
 
 @dataclasses.dataclass(frozen=True)
 class DistributedSettings:
-    """``config.distributed``: multi-host start-up (:func:`bsft_jax.train.distributed.maybe_initialize`)."""
+    """``config.distributed``: multi-host start-up (:func:`bsft_jax.train.distributed.maybe_initialize`).
+
+    ``peer_timeout_seconds``: a process that has sent ``jax.distributed`` no heartbeat for this long counts
+    as dead, and every other process of the job then exits non-zero (measured: within about twice this,
+    docs/clusters.md) instead of waiting in its next collective.
+    """
 
     initialize: str = "auto"
     coordinator_address: str = ""
     num_processes: int = 0
     process_id: int = -1
+    peer_timeout_seconds: int = 60
 
     @classmethod
     def from_block(cls, block: Any) -> DistributedSettings:
@@ -324,6 +330,7 @@ class DistributedSettings:
 
     def __post_init__(self) -> None:
         _one_of("distributed", "initialize", self.initialize, DIST_INIT)
+        _positive("distributed", self, "peer_timeout_seconds")
 
 
 @dataclasses.dataclass(frozen=True)

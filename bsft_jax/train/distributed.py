@@ -15,6 +15,14 @@ process drives.
 ``distributed.initialize`` = "never" skips it (single process), "always" forces it (JAX's own
 auto-detection then fills in the rest).
 
+A multi-host job dies whole: ``distributed.peer_timeout_seconds`` is JAX's heartbeat timeout. When a
+process dies (kill -9, a host lost), the coordination service marks it dead after that long without a
+heartbeat and every other process aborts (``Terminating process because the JAX distributed service
+detected fatal errors``, a non-zero status) instead of waiting in its next collective; if the dead one
+is process 0 (the coordinator), the others' heartbeats fail and they abort the same way. Measured on
+CPU (gloo): within about twice the timeout (docs/clusters.md). The restart resumes from the newest
+complete checkpoint.
+
 Each process feeds only the rows of the global batch that live on its own devices:
 :func:`data_shard` derives them from the batch sharding, so it stays right for any mesh
 (including meshes whose ``tensor`` axis spans processes, where processes share rows).
@@ -84,7 +92,9 @@ def maybe_initialize(settings: DistributedSettings) -> bool:
             kwargs["local_device_ids"] = [int(i) for i in local_ids.split(",")]
         except ValueError:
             raise ValueError(f"BSFT_LOCAL_DEVICE_IDS={local_ids!r}: expected comma-separated integers") from None
-    log.info("jax.distributed.initialize (%s)", reason)
+    # A dead peer ends the whole job within about 2 x this (JAX's heartbeat, in the coordination service).
+    kwargs["heartbeat_timeout_seconds"] = int(settings.peer_timeout_seconds)
+    log.info("jax.distributed.initialize (%s; peer timeout %d s)", reason, settings.peer_timeout_seconds)
     jax.distributed.initialize(**kwargs)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
