@@ -196,7 +196,7 @@ def server(serve_run_dir):
 def client(server):
     from openai import OpenAI
 
-    return OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=180)
+    return OpenAI(base_url=server.url + "/v1", api_key=API_KEY, max_retries=0, timeout=1800)  # compiles on a busy CPU
 
 
 @dataclasses.dataclass
