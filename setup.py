@@ -13,6 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["bsft_jax", "bsft_jax.*"]),
+    package_data={"bsft_jax.evaluate": ["judge_prompts.json"]},  # the LLM judge's prompts
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2",
