@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 from bsft_jax.errors import cli_boundary
@@ -92,6 +93,10 @@ def serve(fv) -> int:
     app = create_app(served, batcher, limits=Limits(fv.max_tokens_limit, fv.default_max_tokens), api_key=api_key,
                      log_requests=fv.log_requests)
     log.info("listening on http://%s:%d (API key %s)", fv.host, fv.port, "required" if api_key else "not required")
+    # uvicorn stops gracefully on SIGTERM / SIGINT, then raises the signal again under the handler it
+    # found: with the default one the process would die by the signal (status -15) after a clean stop.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.Server(uvicorn.Config(app, host=fv.host, port=fv.port, log_level="info", access_log=True)).run()
     return 0
 
