@@ -1,6 +1,6 @@
 """The served model as the API sees it: load a run or an HF folder, render chat messages, read replies.
 
-A run directory comes back through the evaluator's own :func:`bsft_jax.evaluate.__main__.load_run`
+A run directory comes back through the evaluator's own :func:`bsft_jax.evaluate.compare.load_run`
 (its newest readable checkpoint, its tokenizer with the behavior tokens, its config); an HF folder or
 ``builtin:<name>`` through :func:`bsft_jax.models.hf.load_hf` and the folder's tokenizer. Prompts are
 the tokenizer's own chat template with the assistant header appended (as
@@ -76,7 +76,7 @@ def load_served(*, checkpoint: str = "", hf_path: str = "", step: int | None = N
     if bool(checkpoint) == bool(hf_path):
         raise ServeError("give exactly one of --checkpoint RUN_DIR or --hf_path DIR|builtin:NAME")
     if checkpoint:
-        from bsft_jax.evaluate.__main__ import load_run  # the evaluator's loader (until it moves to evaluate/compare)
+        from bsft_jax.evaluate.compare import load_run  # the evaluator's loader
         from bsft_jax.run.settings import Settings
 
         if not storage.isdir(checkpoint):

@@ -225,7 +225,7 @@ class Reference:
 @pytest.fixture(scope="session")
 def reference(serve_run_dir, serve_cache):
     from bsft_jax.data.format import Formatter
-    from bsft_jax.evaluate.__main__ import load_run
+    from bsft_jax.evaluate.compare import load_run
     from bsft_jax.evaluate.core import as_records
     from bsft_jax.run.settings import Settings
     from bsft_jax.run.sources import load_split
