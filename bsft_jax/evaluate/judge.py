@@ -27,7 +27,13 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from bsft_jax import storage
 from bsft_jax.behavior import taxonomy
+from bsft_jax.data.format import scene_text
+from bsft_jax.evaluate.core import _slug
+from bsft_jax.evaluate.report import add_section
+from bsft_jax.files import atomic_write
+from bsft_jax.run.settings import ConfigError
 
 log = logging.getLogger("bsft_jax.evaluate.judge")
 
@@ -70,6 +76,20 @@ class JudgeSettings:
     max_tokens: int = 32
 
 
+def check_judge_settings(settings: JudgeSettings) -> None:
+    """The judge flags' mistakes, before any model is loaded (one line naming the flag)."""
+    if not settings.url:
+        raise ConfigError("--judge_model needs --judge_url URL (the judge's OpenAI-compatible server)")
+    if not settings.url.startswith(("http://", "https://")):
+        raise ConfigError(f"--judge_url={settings.url!r}: expected an http(s) URL of an OpenAI-compatible server, "
+                          "e.g. http://127.0.0.1:8000/v1")
+    if not settings.model:
+        raise ConfigError("--judge_url needs --judge_model NAME (the model the judge server serves)")
+    if settings.key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", settings.key_env):
+        raise ConfigError(f"--judge_key_env must name an environment variable (the key itself is read from it), "
+                          f"got a value of {len(settings.key_env)} characters that is not a variable name")
+
+
 class Judge:
     """Rates (scene, reply) pairs on every criterion of ``prompts``; counts what went wrong."""
 
@@ -77,6 +97,8 @@ class Judge:
                  sleep: Callable[[float], None] = time.sleep):
         self.settings, self.prompts = settings, dict(prompts or load_prompts())
         self._key = os.environ.get(settings.key_env, "") if settings.key_env else ""
+        if settings.key_env and not self._key:  # the variable's name only: the key itself is never logged
+            log.warning("judge: $%s is not set; calling %s without an API key", settings.key_env, settings.url)
         self._sleep = sleep
         self.calls = self.failures = 0
 
@@ -180,27 +202,18 @@ def judge_markdown(summaries: Mapping[str, Mapping[str, Any]], criteria: Sequenc
 def add_judge_to_report(folder: str, summaries: Mapping[str, Mapping[str, Any]], criteria: Sequence[str],
                         model: str) -> str:
     """Stores the summaries as ``judge`` in report.json and appends the section to report.md."""
-    json_path, md_path = os.path.join(folder, "report.json"), os.path.join(folder, "report.md")
-    with open(json_path) as f:
-        report = json.load(f)
-    report["judge"] = {"model": model, "criteria": list(criteria), "runs": dict(summaries)}
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2)
-    text = judge_markdown(summaries, criteria, model)
-    with open(md_path, "a") as f:
-        f.write(text)
-    return text
+    return add_section(folder, lambda report: report.update(judge={"model": model, "criteria": list(criteria),
+                                                                   "runs": dict(summaries)}),
+                       judge_markdown(summaries, criteria, model))
 
 
 def judge_comparison(folder: str, results: Sequence[Any], records: Sequence[Any], settings: JudgeSettings) -> str:
     """Rates every arm of one split's comparison (``EvalResult``s) and adds the section to ``folder``'s report.
 
     ``records`` are the split's records (the scenes); each arm's ratings go to ``judge_<run>.jsonl``.
-    The evaluator calls this after :func:`bsft_jax.evaluate.core.write_comparison` when ``--judge_url`` is set.
+    :func:`bsft_jax.evaluate.compare.run_comparison` calls this after the report is written when
+    ``--judge_url`` is set.
     """
-    from bsft_jax.data.format import scene_text
-    from bsft_jax.evaluate.core import _slug
-
     judge = Judge(settings)
     scenes = {str(r.id): scene_text(r) for r in records}
     summaries = {}
@@ -208,7 +221,10 @@ def judge_comparison(folder: str, results: Sequence[Any], records: Sequence[Any]
         log.info("judge %s: rating %d replies of %s", settings.model, len(result.items), result.name)
         out = judge_run(judge, result.items, scenes)
         summaries[result.name] = out["summary"]
-        with open(os.path.join(folder, f"judge_{_slug(result.name)}.jsonl"), "w") as f:
+        with atomic_write(storage.join(folder, f"judge_{_slug(result.name)}.jsonl")) as f:
             for row in out["ratings"]:
                 f.write(json.dumps(row) + "\n")
+    if judge.failures:
+        log.warning("judge %s: %d of %d calls failed (counted as 'failed' in the report)", settings.model,
+                    judge.failures, judge.calls)
     return add_judge_to_report(folder, summaries, list(judge.prompts), settings.model)
