@@ -209,17 +209,27 @@ class Reference:
     eos_ids: list[int]
     behavior_ids: dict[str, int]
     scenes: list[list[dict[str, str]]]
+    _sampler: object = None
+    _replies: dict = dataclasses.field(default_factory=dict)
 
     def prompt(self, messages) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def generate(self, messages, max_new_tokens: int, force: int | None = None) -> list[int]:
-        """``bsft_jax.generate``, greedy, as the evaluator calls it."""
-        from bsft_jax import generate
+        """``bsft_jax.generate``, greedy, as the evaluator calls it. ``generate`` builds a Sampler (and compiles
+        its programs) per call; its Sampler is built once here and each reply kept, so the tests that ask for
+        the same reply again compile and decode nothing."""
+        from bsft_jax.decode.sampler import Sampler
 
-        return generate(self.model, [self.prompt(messages)], max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
-                        force_first_token=force)[0]
+        prompt = self.prompt(messages)
+        key = (tuple(prompt), max_new_tokens, force)
+        if key not in self._replies:
+            if self._sampler is None:
+                self._sampler = Sampler(self.model)  # what generate(self.model, ...) builds
+            self._replies[key] = self._sampler([prompt], max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
+                                               force_first_token=force).tokens[0]
+        return self._replies[key]
 
 
 @pytest.fixture(scope="session")

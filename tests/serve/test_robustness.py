@@ -115,11 +115,14 @@ def _wait_idle(server, timeout: float = 60) -> dict:
 
 
 def test_a_client_that_hangs_up_mid_stream_frees_its_row(server, client, reference):
-    kwargs = dict(model="bsft", messages=reference.scenes[0], max_tokens=90, extra_body={"behavior": "answer"})
+    # MAX tokens, the token budget every test here uses: no new program to compile. The first chunk (the
+    # behavior token) comes from the prefill; the hang-up is seen during the first slowed decode call and
+    # stops the row at the second, before its end.
+    kwargs = dict(model="bsft", messages=reference.scenes[0], max_tokens=MAX, extra_body={"behavior": "answer"})
     client.chat.completions.create(**kwargs)  # compiles this bucket, so the cancellation is not stuck behind it
     _wait_idle(server)
     before = server.health()["cancelled"]
-    with slow_engine(server, seconds=0.5):  # 90 tokens, 8 per call: over 5 s to the end
+    with slow_engine(server, seconds=2.0):  # 12 tokens, 8 per call: two calls, over 4 s to the end
         stream = client.chat.completions.create(stream=True, **kwargs)
         first = next(iter(stream))
         assert first.choices[0].delta.behavior == "answer"
@@ -136,9 +139,9 @@ def test_a_full_queue_answers_429_and_the_server_recovers(server, client, refere
     maxsize = server.batcher.queue.maxsize
     server.batcher.queue.maxsize = 1
     results: list[tuple[int, dict]] = []
-    body = {"messages": reference.scenes[0], "max_tokens": 400, "behavior": "answer"}
+    body = {"messages": reference.scenes[0], "max_tokens": MAX, "behavior": "answer"}  # a compiled bucket
     try:
-        with slow_engine(server):
+        with slow_engine(server, seconds=1.5):  # each request decodes for over 3 s
             running = threading.Thread(target=lambda: results.append(post(server, body)))
             running.start()
             deadline = time.monotonic() + 60
