@@ -116,8 +116,8 @@ def _wait_idle(server, timeout: float = 60) -> dict:
 
 def test_a_client_that_hangs_up_mid_stream_frees_its_row(server, client, reference):
     # MAX tokens, the token budget every test here uses: no new program to compile. The first chunk (the
-    # behavior token) comes from the prefill; the hang-up is seen during the first slowed decode call and
-    # stops the row at the second, before its end.
+    # behavior token) comes from the prefill; the hang-up is seen during the first slowed decode call, so
+    # the row is dropped before its end.
     kwargs = dict(model="bsft", messages=reference.scenes[0], max_tokens=MAX, extra_body={"behavior": "answer"})
     client.chat.completions.create(**kwargs)  # compiles this bucket, so the cancellation is not stuck behind it
     _wait_idle(server)
@@ -141,7 +141,7 @@ def test_a_full_queue_answers_429_and_the_server_recovers(server, client, refere
     results: list[tuple[int, dict]] = []
     body = {"messages": reference.scenes[0], "max_tokens": MAX, "behavior": "answer"}  # a compiled bucket
     try:
-        with slow_engine(server, seconds=1.5):  # each request decodes for over 3 s
+        with slow_engine(server, seconds=3.0):  # each request decodes for over 6 s (sleeping, not computing)
             running = threading.Thread(target=lambda: results.append(post(server, body)))
             running.start()
             deadline = time.monotonic() + 60
