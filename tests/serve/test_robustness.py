@@ -42,9 +42,16 @@ def test_concurrent_requests_share_batches_and_equal_their_solo_replies(server, 
         return reply.choices[0].token_ids
 
     def burst(order):
-        before = server.health()
-        with ThreadPoolExecutor(len(order)) as pool:
-            got = list(pool.map(ask, [scenes[i] for i in order]))
+        # The batcher waits (up to 10 s) until the 4 requests fill its batch: on a loaded machine they can
+        # arrive further apart than the 200 ms wait, and then split into batches of other sizes (other
+        # shapes) from one burst to the next. Filled, both bursts are one batch of the same shape.
+        before, wait = server.health(), server.batcher.max_wait_s
+        server.batcher.max_wait_s = 10.0
+        try:
+            with ThreadPoolExecutor(len(order)) as pool:
+                got = list(pool.map(ask, [scenes[i] for i in order]))
+        finally:
+            server.batcher.max_wait_s = wait
         after = server.health()
         return got, after["batches"] - before["batches"], after["rows"] - before["rows"], after["compiles"]
 
