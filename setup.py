@@ -13,6 +13,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["bsft_jax", "bsft_jax.*"]),
+    package_data={"bsft_jax.evaluate": ["judge_prompts.json"]},  # the LLM judge's prompts
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2",
@@ -51,8 +52,12 @@ setup(
             "gcp-storage-emulator>=2024.8",  # local GCS server for the gs:// tests
             "gcsfs>=2024.2",
             "google-cloud-storage>=2.14",
+            "fastapi>=0.110", "starlette>=0.37", "uvicorn>=0.29",  # tests/serve start the server
+            "openai>=1.40",  # tests/serve drive it with the official client
         ],
         "audit": ["scikit-learn>=1.5"],  # python -m bsft_jax.data.audit (the demo set's surface probe)
+        # python -m bsft_jax.serve: the OpenAI-compatible server (FastAPI on starlette, run by uvicorn)
+        "serve": ["fastapi>=0.110", "starlette>=0.37", "uvicorn>=0.29"],
         "tpu": ["jax[tpu]>=0.10.2"],
         # gs:// run directories, data, models and exports (etils.epath -> gcsfs; tensorboardX -> google-cloud-storage)
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14", "google-api-core>=2.15"],

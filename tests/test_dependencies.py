@@ -21,6 +21,7 @@ EXTRA_ONLY = {
     "scikit-learn": "bsft_jax.data.audit's surface probe: extra 'audit'",
     "google-cloud-storage": "the gs:// run-directory lease (bsft_jax.run.lease): extra 'gcs'",
     "google-api-core": "the lease's precondition errors (google.api_core.exceptions): extra 'gcs'",
+    **dict.fromkeys(("fastapi", "starlette", "uvicorn"), "bsft_jax.serve, the chat server: extra 'serve'"),
 }
 
 

@@ -13,6 +13,11 @@ initialisation with the run's seed). Each checkpoint brings its own tokenizer an
 ``config.json`` (format style, behavior tokens). Reports go to ``--out_dir`` (default
 ``<checkpoint>/eval/step_<N>``), one folder per split: report.json, report.md, radar.png and
 predictions_<run>.jsonl. Decode throughput (tokens/s) is a row of the table.
+
+``--judge_url URL --judge_model NAME`` also asks an OpenAI-compatible server to rate every reply
+(specificity, implicitness; :mod:`bsft_jax.evaluate.judge`): the means per arm, group and category go
+into report.md/json and each arm's ratings into judge_<run>.jsonl. The key comes from the environment
+variable ``--judge_key_env`` names (default ``OPENAI_API_KEY``) and is never logged.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ml_collections import config_flags
 from bsft_jax.errors import cli_boundary
 from bsft_jax.evaluate.compare import BASELINES, run_comparison
 from bsft_jax.evaluate.core import MODES
+from bsft_jax.evaluate.judge import JudgeSettings
 from bsft_jax.run.cli import parse_flags, setup_logging
 
 
@@ -55,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                         flag_values=fv)
     flags.DEFINE_bool("steering_probe", False, "also force each behavior token on the BehaviorSFT run and report "
                       "the rates (flag / none / unparsed)", flag_values=fv)
+    flags.DEFINE_string("judge_url", "", "also rate each reply with an LLM judge at this OpenAI-compatible URL "
+                        "(e.g. http://127.0.0.1:8000/v1); the means go into the report", flag_values=fv)
+    flags.DEFINE_string("judge_model", "", "the judge's model name (with --judge_url)", flag_values=fv)
+    flags.DEFINE_string("judge_key_env", "OPENAI_API_KEY", "environment variable holding the judge's API key "
+                        "(read from the environment only, never logged)", flag_values=fv)
     code = parse_flags(fv, sys.argv if argv is None else argv, __doc__)
     if code is not None:
         return code
@@ -66,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
                        splits=fv.splits, mode=fv.mode, out_dir=fv.out_dir, max_new_tokens=fv.max_new_tokens,
                        batch_size=fv.batch_size, limit=fv.limit, few_shot_k=fv.few_shot_k,
                        force_behavior=fv.force_behavior, steering_probe=fv.steering_probe,
-                       baseline_limit=fv.baseline_limit, probe_limit=fv.probe_limit)
+                       baseline_limit=fv.baseline_limit, probe_limit=fv.probe_limit,
+                       judge=JudgeSettings(fv.judge_url, fv.judge_model, key_env=fv.judge_key_env)
+                       if fv.judge_url or fv.judge_model else None)
 
     return cli_boundary(evaluate)  # bad config, data, run folder or step: one line, exit 2
 

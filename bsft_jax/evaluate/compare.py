@@ -26,6 +26,7 @@ from bsft_jax.evaluate.core import (
     stratified_subset,
     write_comparison,
 )
+from bsft_jax.evaluate.judge import JudgeSettings, check_judge_settings, judge_comparison
 from bsft_jax.evaluate.probe import add_probe_to_report, run_probe
 from bsft_jax.evaluate.report import markdown_table
 from bsft_jax.files import check_writable
@@ -94,6 +95,7 @@ def run_comparison(
     steering_probe: bool = False,
     baseline_limit: int = 0,
     probe_limit: int = 0,
+    judge: JudgeSettings | None = None,
 ) -> dict[str, dict[str, str]]:
     """Evaluates every run on every split and writes the reports; returns split -> written paths.
 
@@ -104,8 +106,10 @@ def run_comparison(
     steering_probe: also generate the BehaviorSFT run's replies with each behavior token forced and
                     add the rates to the report (:mod:`bsft_jax.evaluate.probe`), on ``probe_limit``
                     items (0: ``limit``).
+    judge:          also rate every arm's replies with an LLM judge (:mod:`bsft_jax.evaluate.judge`) and add
+                    the means to the report; a failed or unparseable rating is counted, never fatal.
     """
-    _check_comparison_request(cfg, checkpoint, general_checkpoint, baselines, mode, out_dir)
+    _check_comparison_request(cfg, checkpoint, general_checkpoint, baselines, mode, out_dir, judge)
     mesh = make_mesh(resolve_mesh_shape(cfg.mesh, jax.device_count()))
     settings = Settings.from_config(cfg)
     spec = settings.behavior.spec
@@ -134,6 +138,8 @@ def run_comparison(
         print(markdown_table({r.name: r.metrics for r in runs}, {r.name: r.info for r in runs}))
         for run_name, probe in probes.get(split, {}).items():
             print(add_probe_to_report(folder, run_name, probe))
+        if judge is not None:
+            print(judge_comparison(folder, runs, tests[split], judge))
     return written
 
 
@@ -143,10 +149,15 @@ def _first(records: list[Record], limit: int) -> list[Record]:
 
 
 def _check_comparison_request(cfg: Any, checkpoint: str, general_checkpoint: str, baselines: Sequence[str],
-                              mode: str, out_dir: str) -> None:
-    """Every argument mistake, before any model is loaded: mode, baselines, run folders, the report folder."""
+                              mode: str, out_dir: str, judge: JudgeSettings | None = None) -> None:
+    """Every argument mistake, before any model is loaded: mode, baselines, run folders, the report folder,
+    the judge."""
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {MODES}, got {mode!r}")
+    if judge is not None:
+        check_judge_settings(judge)
+        if mode != "generate":
+            raise ConfigError(f"--judge_url rates generated replies; --mode={mode} generates none (use generate)")
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
         raise ConfigError(f"--baselines: unknown {unknown}; expected some of {sorted(BASELINES)}")

@@ -10,14 +10,13 @@ forced ``intervene`` -> mostly flags, whatever the item calls for.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bsft_jax.data.schema import NO_INTERVENTION
 from bsft_jax.evaluate.core import EvalResult
 from bsft_jax.evaluate.metrics import UNPARSED
+from bsft_jax.evaluate.report import add_section
 
 SECTION = "## Steering probe"
 
@@ -57,13 +56,5 @@ def probe_markdown(run: str, probe: Mapping[str, Mapping[str, Any]]) -> str:
 
 def add_probe_to_report(folder: str, run: str, probe: Mapping[str, Mapping[str, Any]]) -> str:
     """Appends the probe to ``folder``'s report.md and stores it as ``steering_probe`` in report.json."""
-    json_path, md_path = os.path.join(folder, "report.json"), os.path.join(folder, "report.md")
-    with open(json_path) as f:
-        report = json.load(f)
-    report.setdefault("steering_probe", {})[run] = dict(probe)
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2)
-    text = probe_markdown(run, probe)
-    with open(md_path, "a") as f:
-        f.write(text)
-    return text
+    return add_section(folder, lambda report: report.setdefault("steering_probe", {}).update({run: dict(probe)}),
+                       probe_markdown(run, probe))

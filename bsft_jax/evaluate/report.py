@@ -11,7 +11,7 @@ import json
 import math
 import os
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bsft_jax import storage
@@ -174,3 +174,17 @@ def write_report(
         f.write(markdown_report(runs, info, title=title))
     radar_plot(runs, paths["radar"])
     return paths
+
+
+def add_section(folder: str, update: Callable[[dict[str, Any]], None], markdown: str) -> str:
+    """Adds a section to the report in ``folder`` (local or gs://): ``update`` edits report.json's dict in
+    place, ``markdown`` is appended to report.md; each file is rewritten atomically. Returns ``markdown``."""
+    json_path, md_path = storage.join(folder, JSON_NAME), storage.join(folder, MARKDOWN_NAME)
+    report = json.loads(storage.read_text(json_path))
+    update(report)
+    with atomic_write(json_path) as f:
+        json.dump(report, f, indent=2)
+    text = storage.read_text(md_path)
+    with atomic_write(md_path) as f:
+        f.write(text + markdown)
+    return markdown
