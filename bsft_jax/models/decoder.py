@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -38,6 +38,7 @@ from bsft_jax.models.attention import (  # noqa: F401 (re-exported: decoder is w
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.layers import (  # noqa: F401 (re-exported)
     MLP,
+    PatchedColumns,
     RMSNorm,
     _normal,
     apply_rope,
@@ -46,6 +47,7 @@ from bsft_jax.models.layers import (  # noqa: F401 (re-exported)
     rope_cos_sin,
     rope_inverse_frequencies,
 )
+from bsft_jax.models.rows import TrainableRows
 from bsft_jax.models.sharding import constrain
 
 Array = jax.Array
@@ -133,7 +135,12 @@ class Decoder(nnx.Module):
     ``cache`` turns on KV-cache decoding and the call then returns ``(logits, new_cache)``.
     """
 
-    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None = None):
+    rows: TrainableRows | None = None  # trainable rows over a frozen table (a LoRA run's training model only)
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs | None = None, trainable_rows: Sequence[int] = ()):
+        """``trainable_rows``: token ids whose embedding rows (and untied head columns) are parameters of
+        their own (``rows``, :class:`~bsft_jax.models.rows.TrainableRows`) over a table that is then frozen:
+        the model a LoRA run trains, whose gradient never touches the [V, D] table."""
         self.config = config
         pd = config.param_dtype
         self.embed = param(rngs, _normal(), (config.vocab_size, config.hidden_size), ("vocab", "embed"), pd, None)
@@ -145,6 +152,9 @@ class Decoder(nnx.Module):
                                   pd, None)
         if config.lora is not None:  # after every base weight: the base init does not depend on LoRA
             lora_lib.add_decoder_factors(self.layers, config, rngs)
+        if len(trainable_rows):
+            self.rows = TrainableRows(trainable_rows, config.hidden_size, tied=config.tie_word_embeddings,
+                                      param_dtype=pd)
 
     def __call__(
         self,
@@ -239,21 +249,25 @@ class Decoder(nnx.Module):
         # from rows sharded over fsdp into a batch sharded over (data, fsdp) otherwise makes XLA
         # fall back to a full rematerialisation. Vocab rows stay tensor-sharded (partial sums).
         table_vd = constrain(self.embed.value, ("vocab", None))
-        x_btd = jnp.take(table_vd, input_ids, axis=0)
+        rows = getattr(self, "rows", None)  # (LayeredDecoder borrows this method and has none)
+        x_btd = jnp.take(table_vd, input_ids, axis=0) if rows is None else rows.lookup(table_vd, input_ids)
         if c.embed_scale:
             x_btd = x_btd * embed_scale(c.hidden_size, table_vd.dtype)
         return constrain(x_btd.astype(jnp.dtype(c.dtype)), ("batch", "length", "act_embed"))
 
-    def head_weight(self, dtype: Any) -> Array:
+    def head_weight(self, dtype: Any) -> Array | PatchedColumns:
         """The LM head as ``[D, V]`` in ``dtype``: the transposed embedding table when tied.
 
         Tied heads use the raw table (Gemma's sqrt(D) scales the embedding lookup, not the head).
         ``project()`` on the transposed table makes the weight gradient [D, V] from x and dlogits
-        (one V x D transpose back) instead of a transposed copy of dlogits [B*T, V].
+        (one V x D transpose back) instead of a transposed copy of dlogits [B*T, V]. With trainable
+        ``rows`` it is the frozen head with their columns (:class:`PatchedColumns`, for ``project``).
         """
-        if self.config.tie_word_embeddings:
-            return self.embed.value.astype(dtype).T
-        return self.lm_head.value.astype(dtype)
+        tied = self.config.tie_word_embeddings
+        table = self.embed.value if tied else self.lm_head.value
+        w_dv = table.astype(dtype).T if tied else table.astype(dtype)
+        rows = getattr(self, "rows", None)  # (LayeredDecoder borrows this method and has none)
+        return w_dv if rows is None else rows.head(w_dv, table.dtype)
 
     def logits(self, x_btd: Array) -> Array:
         """LM head on final hidden states: [B, T, D] -> [B, T, V] in ``logits_dtype``."""

@@ -8,6 +8,7 @@ SwiGLU / GeGLU MLPs. Weights are named in einsum form (``gate_proj: [D, F]``), a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -86,9 +87,69 @@ def apply_rope(x_btnh: Array, cos_bth: Array, sin_bth: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------- projections
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def project(x: Array, w: Array, n_in: int = 1, out_dtype: Any = None) -> Array:
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PatchedColumns:
+    """A frozen weight ``base [*in, V]`` whose columns ``ids`` are ``cols [*in, R]`` instead: the LM head of a
+    LoRA run, frozen but for the behavior tokens' columns (:class:`bsft_jax.models.rows.TrainableRows`).
+
+    :func:`project` computes ``x . base`` with no gradient to ``base`` (so the compiled step has no
+    [*in, V] weight-gradient matmul, only the activation gradient) and the R columns ``x . cols`` on
+    their own, written over theirs: the gradient w.r.t. ``cols`` is an [*in, R] product. ``base``
+    is frozen: it gets a zero gradient.
+    """
+
+    base: Array
+    cols: Array
+    ids: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+
+
+def project(x: Array, w: Array | PatchedColumns, n_in: int = 1, out_dtype: Any = None) -> Array:
     """``x [..., *in] @ w [*in, *out] -> [..., *out]``: the last ``n_in`` axes of x contract w's first.
+
+    ``w`` may be a :class:`PatchedColumns` (a frozen head with a few trainable columns).
+    """
+    if isinstance(w, PatchedColumns):
+        return _patched(x, jax.lax.stop_gradient(w.base), w.cols, w.ids, n_in, out_dtype)
+    return _dense(x, w, n_in, out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _patched(x: Array, base: Array, cols: Array, ids: tuple[int, ...], n_in: int, out_dtype: Any) -> Array:
+    """:func:`project` of a :class:`PatchedColumns`: ``x . base`` with columns ``ids`` set to ``x . cols``.
+
+    The custom VJP keeps the output gradient ``g`` [..., V] whole: ``dx = g . base^T + g[..., ids] .
+    (cols - base[:, ids])^T``, the second term swapping the R frozen columns for the trained ones,
+    where JAX's rule for the scatter would first write a copy of ``g`` with those columns zeroed (a
+    pass over [B, T, V]). ``dcols = x^T . g[..., ids]``; ``base`` gets none (zeros, never computed).
+    """
+    return _patched_fwd(x, base, cols, ids, n_in, out_dtype)[0]
+
+
+def _patched_fwd(x: Array, base: Array, cols: Array, ids: tuple[int, ...], n_in: int, out_dtype: Any
+                 ) -> tuple[Array, tuple[Array, Array, Array]]:
+    y = _project_fwd(x, base, n_in, out_dtype)[0]
+    y_cols = _project_fwd(x, cols, n_in, out_dtype)[0]  # [..., R]
+    return y.at[..., np.asarray(ids)].set(y_cols, indices_are_sorted=True, unique_indices=True), (x, base, cols)
+
+
+def _patched_bwd(ids: tuple[int, ...], n_in: int, out_dtype: Any, res: tuple[Array, Array, Array], g: Array
+                 ) -> tuple[Array, Array, Array]:
+    x, base, cols = res
+    n_batch, index = x.ndim - n_in, np.asarray(ids)
+    g_cols = g[..., index]  # [..., R]
+    swap = cols.astype(g.dtype) - base[..., index].astype(g.dtype)  # [*in, R]
+    dx = _input_grad(g, base, n_batch) + _input_grad(g_cols, swap, n_batch)
+    dcols = _weight_grad(x, g_cols, n_batch)
+    return dx.astype(x.dtype), jnp.zeros_like(base), dcols.astype(cols.dtype)
+
+
+_patched.defvjp(_patched_fwd, _patched_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dense(x: Array, w: Array, n_in: int = 1, out_dtype: Any = None) -> Array:
+    """:func:`project` of a plain weight.
 
     The forward is ``jnp.einsum``'s (``out_dtype`` is its ``preferred_element_type``). The custom
     VJP only changes the operand order of the weight gradient: JAX's own rule computes
@@ -109,17 +170,23 @@ def _project_fwd(x: Array, w: Array, n_in: int, out_dtype: Any) -> tuple[Array, 
 def _project_bwd(n_in: int, out_dtype: Any, res: tuple[Array, Array], dy: Array) -> tuple[Array, Array]:
     del out_dtype  # dy carries it
     x, w = res
-    n_batch, n_out = x.ndim - n_in, w.ndim - n_in
-    # dx [..., *in] = dy [..., *out] . w [*in, *out] over *out (as JAX's rule: accumulate in dy's dtype)
-    out_axes = (tuple(range(n_batch, n_batch + n_out)), tuple(range(n_in, w.ndim)))
-    dx = jax.lax.dot_general(dy, w, (out_axes, ((), ())), preferred_element_type=dy.dtype)
-    # dw [*in, *out] = x [..., *in] . dy [..., *out] over the leading (batch) axes
+    return _input_grad(dy, w, x.ndim - n_in).astype(x.dtype), _weight_grad(x, dy, x.ndim - n_in).astype(w.dtype)
+
+
+def _input_grad(dy: Array, w: Array, n_batch: int) -> Array:
+    """dx [..., *in] = dy [..., *out] . w [*in, *out] over *out (as JAX's rule: accumulate in dy's dtype)."""
+    n_out = dy.ndim - n_batch
+    out_axes = (tuple(range(n_batch, dy.ndim)), tuple(range(w.ndim - n_out, w.ndim)))
+    return jax.lax.dot_general(dy, w, (out_axes, ((), ())), preferred_element_type=dy.dtype)
+
+
+def _weight_grad(x: Array, dy: Array, n_batch: int) -> Array:
+    """dw [*in, *out] = x [..., *in] . dy [..., *out] over the leading ``n_batch`` (batch) axes."""
     batch_axes = tuple(range(n_batch))
-    dw = jax.lax.dot_general(x, dy, ((batch_axes, batch_axes), ((), ())), preferred_element_type=dy.dtype)
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    return jax.lax.dot_general(x, dy, ((batch_axes, batch_axes), ((), ())), preferred_element_type=dy.dtype)
 
 
-project.defvjp(_project_fwd, _project_bwd)
+_dense.defvjp(_project_fwd, _project_bwd)
 
 
 

@@ -13,6 +13,7 @@ runs the exact same program as without this module.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -92,11 +93,51 @@ def delta(module: nnx.Module, name: str, x: Array, n_in: int, scale: float, drop
     if rng is not None and dropout > 0.0:
         keep = jax.random.bernoulli(rng, 1.0 - dropout, x.shape)
         x = jnp.where(keep, x / (1.0 - dropout), 0).astype(dt)
-    a_val = a.value.astype(dt)
-    in_axes = tuple(range(x.ndim - n_in, x.ndim))
-    h = jax.lax.dot_general(x, a_val, ((in_axes, tuple(range(n_in))), ((), ())))  # [..., r]
-    y = jax.lax.dot_general(h, b.value.astype(dt), (((h.ndim - 1,), (0,)), ((), ())))
+    y = low_rank(x, a.value.astype(dt), b.value.astype(dt), n_in)
     return (y * jnp.asarray(scale, dt)).astype(dt)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def low_rank(x: Array, a: Array, b: Array, n_in: int) -> Array:
+    """``x [..., *in] . A [*in, r] . B [r, *out] -> [..., *out]`` (the last ``n_in`` axes of x contract A).
+
+    The forward is two ``dot_general``s. The custom VJP only picks the operand order of the factor
+    gradients so that the big activation (``x`` for A, ``dy`` for B) is always the dot's right operand
+    in its own layout, and the transposed operand is the rank-sized one: JAX's own rule computes
+    ``dB`` as ``dot_general(dy, h)`` ([*out, r], transposed back), which XLA:CPU lowers by writing a
+    transposed copy of the activation gradient ``dy`` [..., *out] (fused into its producer, strided
+    writes) for every targeted projection. Here ``dB = dot_general(h, dy)`` reads ``h`` [..., r]
+    transposed instead, and ``dA`` is ``dot_general(dh, x)`` ([r, *in], the small result moved back).
+    Same math and dtypes as JAX's rule (accumulation in ``dy``'s dtype).
+    """
+    return _low_rank_fwd(x, a, b, n_in)[0]
+
+
+def _low_rank_fwd(x: Array, a: Array, b: Array, n_in: int) -> tuple[Array, tuple[Array, ...]]:
+    in_axes = tuple(range(x.ndim - n_in, x.ndim))
+    h = jax.lax.dot_general(x, a, ((in_axes, tuple(range(n_in))), ((), ())))  # [..., r]
+    y = jax.lax.dot_general(h, b, (((h.ndim - 1,), (0,)), ((), ())))  # [..., *out]
+    return y, (x, a, b, h)
+
+
+def _low_rank_bwd(n_in: int, res: tuple[Array, ...], dy: Array) -> tuple[Array, Array, Array]:
+    x, a, b, h = res
+    n_batch = h.ndim - 1
+    batch = tuple(range(n_batch))
+    out_axes = tuple(range(n_batch, dy.ndim))
+    # dh [..., r] = dy [..., *out] . B [r, *out] over *out
+    dh = jax.lax.dot_general(dy, b, ((out_axes, tuple(range(1, b.ndim))), ((), ())), preferred_element_type=dy.dtype)
+    # dB [r, *out] = h [..., r] . dy [..., *out] over the batch axes
+    db = jax.lax.dot_general(h, dy, ((batch, batch), ((), ())), preferred_element_type=dy.dtype)
+    # dx [..., *in] = dh [..., r] . A [*in, r] over r
+    dx = jax.lax.dot_general(dh, a, (((n_batch,), (n_in,)), ((), ())), preferred_element_type=dy.dtype)
+    # dA [*in, r] = (dh [..., r] . x [..., *in] over the batch axes) [r, *in], moved to [*in, r]
+    da = jnp.moveaxis(jax.lax.dot_general(dh.astype(x.dtype), x, ((batch, batch), ((), ())),
+                                          preferred_element_type=dy.dtype), 0, -1)
+    return dx.astype(x.dtype), da.astype(a.dtype), db.astype(b.dtype)
+
+
+low_rank.defvjp(_low_rank_fwd, _low_rank_bwd)
 
 
 def dropout_keys(key: Array | None, n: int) -> list[Array | None]:

@@ -12,9 +12,15 @@ The split (all arrays sharded by the one rules table):
                            "mlp": {...}}},
        "rows": {"embed": [R, D], "lm_head": [D, R] (untied head only)}}
 
-  where R are the behavior-token ids. In the forward the rows are scattered into the frozen
-  table(s) (``embed.at[ids].set(rows)``), so every other row is the base's, bit for bit, and
-  the optimizer (plain optax, same AdamW as full fine-tuning) holds moments for these arrays only.
+  where R are the behavior-token ids. The step runs the decoder with the rows as parameters of
+  their own over the frozen table (:class:`~bsft_jax.models.rows.TrainableRows`: lookup and head
+  columns replaced), so no gradient reaches the [V, D] table and every other row is the base's,
+  bit for bit; :meth:`LoraTrainer.model_from_state` scatters them into the table instead (the
+  merged model). The optimizer (plain optax, same AdamW as full fine-tuning) holds moments for
+  these arrays only.
+
+The frozen base is an argument the loss is not differentiated by, so the compiled step has the
+activation gradient of every frozen matmul but no weight gradient (``tests/train/test_lora_hlo.py``).
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ class LoraTrainer(Trainer):
         self.base_dtype = jnp.dtype(base_dtype or self.config.param_dtype)
         self.model_graphdef, abstract_all = nnx.split(abstract_decoder(self.config))
         self.abstract_full = abstract_all
+        # the model the step runs: the same decoder, with the rows as parameters over the frozen table
+        self._train_graphdef, self._abstract_train = nnx.split(nnx.eval_shape(
+            lambda: Decoder(self.config, rngs=nnx.Rngs(params=0), trainable_rows=self.row_ids)))
         abstract_base = nnx.state(abstract_decoder(self.config), BASE_FILTER)
         self.abstract_lora = nnx.state(abstract_decoder(self.config), LoraParam)
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -140,8 +149,13 @@ class LoraTrainer(Trainer):
         lora_init = _init_factors(self.abstract_state.params["lora"], self.state_shardings.params["lora"], seed)
         return jax.jit(make, out_shardings=self.state_shardings)(lora_init, embed, head, key_data)
 
+    def train_model(self, params: dict[str, Any], frozen: dict[str, Any]) -> Decoder:
+        """The decoder the step differentiates: the frozen base, the adapters and the rows on their own."""
+        full = _merge_dicts(frozen, params["lora"]) | {"rows": params["rows"]}
+        return nnx.merge(self._train_graphdef, _fill(self._abstract_train, full))
+
     def full_params(self, params: dict[str, Any], frozen: dict[str, Any]) -> nnx.State:
-        """The decoder's whole parameter State: the frozen base with the rows scattered in, plus the adapters."""
+        """The merged decoder's whole parameter State: the frozen base with the rows scattered in, plus the adapters."""
         ids = jnp.asarray(self.row_ids)
         base = dict(frozen)
         table = base["embed"]
@@ -159,11 +173,10 @@ class LoraTrainer(Trainer):
     # ------------------------------------------------------------------ step
     def _train_step(self, state: TrainState, batch: dict[str, jax.Array],
                     frozen: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
-        graphdef = self.model_graphdef
         key, dropout_key = jax.random.split(jax.random.wrap_key_data(state.rng))
 
         def model_fn(params: dict[str, Any], mb: dict[str, jax.Array], index: jax.Array) -> tuple[Decoder, dict]:
-            model = nnx.merge(graphdef, self.full_params(params, frozen))
+            model = self.train_model(params, frozen)
             rng = jax.random.fold_in(dropout_key, index) if self.lora.dropout > 0 else None
             return model, {"dropout_rng": rng}
 
@@ -199,10 +212,10 @@ class LoraTrainer(Trainer):
     def eval_step_fn(self) -> Any:
         """A ``(params, batch) -> LossSums`` for held-out batches (the base is passed to the jitted function)."""
         if self._eval_step is None:
-            graphdef, loss_options = self.model_graphdef, self.loss_options
+            loss_options = self.loss_options
 
             def eval_step(params: dict[str, Any], batch: dict[str, jax.Array], frozen: dict[str, Any]) -> Any:
-                return model_loss_sums(nnx.merge(graphdef, self.full_params(params, frozen)), batch, **loss_options)
+                return model_loss_sums(self.train_model(params, frozen), batch, **loss_options)
 
             self._eval_step = jax.jit(eval_step, in_shardings=(self.state_shardings.params, self.batch_sharding,
                                                                self.frozen_shardings), out_shardings=self.replicated)

@@ -151,3 +151,36 @@ def test_lora_chunked_loss_trains_as_the_full_loss():
             np.testing.assert_allclose(float(a["loss"]), float(b["loss"]), rtol=1e-5)
             np.testing.assert_allclose(float(a["grad_norm"]), float(b["grad_norm"]), rtol=1e-4)
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=2e-5, rtol=0), full["last"], chunked["last"])
+
+
+@pytest.mark.parametrize("tie,loss_impl", [(False, "full"), (True, "full"), (True, "chunked")])
+def test_step_model_matches_the_merged_model(tie, loss_impl):
+    """The model the step differentiates (the rows as their own parameters over the frozen table) has the
+    merged model's loss (rows scattered into the table, the step before issue 28) and the same gradients
+    w.r.t. adapters and rows, to fp32 rounding."""
+    from bsft_jax.train.chunked_loss import model_loss_sums
+
+    config = _config(tie_word_embeddings=tie)
+    opt = default_config().optimizer
+    tx, schedule = make_optimizer(opt, 10)
+    mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    with jax.set_mesh(mesh):
+        trainer = LoraTrainer(config, tx, schedule, mesh, lora=LoraConfig(rank=4, alpha=8.0), behavior_ids=ROWS)
+        params = trainer.init_state(init_decoder(config, seed=3), seed=0).params
+        rng = np.random.RandomState(0)  # adapters and rows away from their start, so that every path contributes
+        params = jax.tree.map(lambda x: x + rng.normal(0, 0.05, x.shape).astype(x.dtype), params)
+        batch = {k: jax.numpy.asarray(v) for k, v in _batches(1)[0].items()}
+        assert np.isin(np.asarray(ROWS), batch["tokens"]).sum() >= 2  # rows looked up (and all in the head)
+        options = dict(impl=loss_impl, chunk=16, budget=0.5)
+
+        def loss(params, merged):
+            model = (nnx.merge(trainer.model_graphdef, trainer.full_params(params, trainer.frozen)) if merged
+                     else trainer.train_model(params, trainer.frozen))
+            sums = model_loss_sums(model, batch, **options)
+            return sums.ce / sums.tokens
+
+        got, ref = (jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, merged) for merged in (False, True))
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-6)
+    head_grad = ref[1]["rows"]["embed"] if tie else ref[1]["rows"]["lm_head"].T
+    assert np.abs(head_grad).max(axis=1).min() > 0  # every row gets a gradient (through the head at least)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got[1], ref[1])
