@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo_scratch ablation learning_curve test lint clean
+.PHONY: install demo demo_scratch ablation learning_curve test test-fast lint clean
 
 $(STAMP): requirements.txt requirements-test.txt requirements-nodeps.txt setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -41,9 +41,17 @@ ablation: $(STAMP)
 	$(BIN)/python -m bench.ablation
 
 # pytest's exit code 5 (nothing collected) counts as a failure: an empty run tested nothing.
+# `make test`: every test (what CI runs), the 15 slowest named at the end so a slow newcomer shows.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests; rc=$$?; \
+	$(BIN)/python -m pytest -q tests --durations=15; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# `make test-fast`: the in-process tier, the daily loop. Not the tests under tests/integration,
+# tests/multihost and tests/realweights (marked slow by their folder: tests/tiers.py).
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q tests -m "not slow" --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)

@@ -1,4 +1,8 @@
-"""Test set-up: 8 fake CPU devices (sharding tests), no Hub access, GPU tests opt-in."""
+"""Test set-up: 8 fake CPU devices (sharding tests), no Hub access, GPU tests opt-in, the two tiers.
+
+The tiers (tests/tiers.py): a test under tests/integration, tests/multihost or tests/realweights is
+marked ``slow`` by its path, so ``pytest -m "not slow"`` (``make test-fast``) runs the in-process rest.
+"""
 
 import os
 
@@ -13,13 +17,30 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 import pytest  # noqa: E402
 
+from tests import processes, tiers  # noqa: E402
+
 _GPU_SKIPPED: list[str] = []
-
-# The built-in real-weights fixtures (smollm2_dir, qwen_dir) and their skip policy, for every test.
-pytest_plugins = ["tests.realweights.policy"]
+_CACHE: list[str | None] = []
 
 
+def pytest_configure(config):
+    # One JAX compilation cache for every subprocess of this session (this process's JAX config is
+    # already read, so only children use it): a program one child compiled, the next one reads back.
+    _CACHE.append(processes.start_compilation_cache())
+
+
+def pytest_unconfigure(config):
+    for folder in _CACHE:
+        processes.stop_compilation_cache(folder)
+    _CACHE.clear()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
+    slow = pytest.mark.slow
+    for item in items:
+        if tiers.is_slow(tiers.relpath(item.path)):
+            item.add_marker(slow)
     if os.environ.get("BSFT_GPU_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="GPU test: set BSFT_GPU_TESTS=1 on a GPU machine")
@@ -27,6 +48,36 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
             _GPU_SKIPPED.append(item.nodeid)
+
+
+def _guard(item):
+    """A fast test that starts a Python interpreter (itself or through library code) fails."""
+    if item.get_closest_marker("slow") is not None:
+        return None
+    return tiers.python_launches()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _guarded(item))
+
+
+def _guarded(item):
+    guard = _guard(item)
+    if guard is None:
+        return (yield)
+    with guard as launched:
+        result = yield
+    if launched:
+        pytest.fail(f"a fast-tier test started {len(launched)} Python process(es): {launched[:3]}; "
+                    f"move it under {', '.join('tests/' + d for d in tiers.SLOW_DIRS)} (tests/tiers.py)",
+                    pytrace=False)
+    return result
 
 
 def pytest_terminal_summary(terminalreporter):

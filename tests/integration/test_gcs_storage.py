@@ -18,9 +18,9 @@ from bsft_jax import storage
 from bsft_jax.files import atomic_write, write_json
 from bsft_jax.models import safetensors_io
 from bsft_jax.models.hf import load_hf
+from tests.helpers import save_tiny
 
 from .gcs_emulator import gcs_bucket, gcs_server  # noqa: F401  (pytest fixtures)
-from .helpers import save_tiny
 
 
 def test_atomic_write_uploads_only_a_finished_file(gcs_bucket):  # noqa: F811

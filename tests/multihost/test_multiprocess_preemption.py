@@ -9,15 +9,13 @@ import subprocess
 import sys
 
 from bsft_jax.run.checkpoint import Checkpointer
-
-from .common import wait_for_steps
-from .test_cli import ROOT, write_config
+from tests.processes import ROOT, subprocess_env, wait_for_steps, write_config
 
 
 def test_sigterm_on_two_processes_saves_one_agreed_step(tmp_path):
     cfg = write_config(tmp_path, **{"mesh.data": -1, "train.steps": 100000, "checkpoint.every_steps": 100000,
                                     "train.log_every": 1})
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = subprocess_env()
     env.pop("JAX_NUM_CPU_DEVICES", None)
     proc = subprocess.Popen([sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "1",
                              "--timeout", "240", "--", "--config", cfg], cwd=ROOT, env=env, stdout=subprocess.PIPE,

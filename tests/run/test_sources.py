@@ -16,8 +16,7 @@ from bsft_jax.run.checkpoint import load_params, read_meta
 from bsft_jax.run.config import ConfigError, load_config_file, validate_config
 from bsft_jax.train.loop import run
 from tests.helpers import save_tiny
-
-from .common import tiny_config
+from tests.train.common import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

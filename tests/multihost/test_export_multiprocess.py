@@ -16,15 +16,12 @@ from bsft_jax.export import export_checkpoint
 from bsft_jax.models.hf import iter_hf_tensors
 from bsft_jax.models.safetensors_io import iter_tensors
 from bsft_jax.run.checkpoint import load_params, read_meta
-
-from .train.test_cli import write_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.processes import ROOT, subprocess_env, write_config
 
 
 def test_export_of_a_two_process_checkpoint_gathers_every_shard(tmp_path):
     config = write_config(tmp_path, **{"train.steps": 2, "checkpoint.every_steps": 2})
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = subprocess_env()
     env.pop("JAX_NUM_CPU_DEVICES", None)
     out = subprocess.run([sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "2",
                           "--timeout", "300", "--", "--config", config, "--config.mesh.fsdp=2", "--config.mesh.data=2"],

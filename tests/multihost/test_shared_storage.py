@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from .test_cli import ROOT
+from tests.processes import ROOT, subprocess_env
 
 sys.path.insert(0, os.path.join(ROOT, "launch"))
 from local import free_port
@@ -32,7 +32,7 @@ print("shared ok")
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+    env = subprocess_env(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
     return env
 
 

@@ -18,7 +18,7 @@ import torch
 
 from bsft_jax import generate, load_hf, save_hf
 from bsft_jax.behavior import BehaviorSpec, add_behavior_tokens
-from tests.models.gemma3_270m_asset import gemma3_270m_dir
+from tests.realweights.gemma3_270m_asset import gemma3_270m_dir
 
 TEXT = (
     "The patient is a 67-year-old man with a history of hypertension and type 2 diabetes who presents with "

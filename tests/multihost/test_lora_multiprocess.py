@@ -23,8 +23,8 @@ from bsft_jax.train.data import train_iterator
 from bsft_jax.train.distributed import DataShard
 from bsft_jax.train.lora import make_trainer
 from bsft_jax.train.optim import make_optimizer
+from tests.processes import ROOT, subprocess_env
 
-from .test_cli import ROOT
 from .test_multiprocess import BATCH, STEPS
 
 OVERRIDES = {"train.steps": STEPS, "train.global_batch_size": BATCH, "data.seq_len": 128, "mesh.data": 1,
@@ -64,7 +64,7 @@ def test_lora_two_processes_match_one_and_export_from_one(tmp_path):
     run_dir = str(tmp_path / "run")
     args = ["--config", "configs/demo_scratch.py", f"--config.run_dir={run_dir}"]
     args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = subprocess_env()
     env.pop("JAX_NUM_CPU_DEVICES", None)
     out = subprocess.run([sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "1",
                           "--timeout", "400", "--", *args], cwd=ROOT, env=env, capture_output=True, text=True,

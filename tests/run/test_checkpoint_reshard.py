@@ -10,8 +10,7 @@ from flax import nnx
 from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, load_params, read_meta
 from bsft_jax.train.loop import run
 from bsft_jax.train.step import Trainer
-
-from .common import tiny_config
+from tests.train.common import tiny_config
 
 
 def _one():

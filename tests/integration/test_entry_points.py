@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.processes import ROOT, subprocess_env
+
 BIN = os.path.dirname(sys.executable)
 
 
@@ -50,7 +51,7 @@ def test_missing_or_broken_config_file_is_one_line_and_exit_2(tmp_path, module, 
     if BROKEN[kind] is not None:
         path.write_text(BROKEN[kind])
     out = subprocess.run([sys.executable, "-m", module, "--config", str(path)], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+                         cwd=ROOT, timeout=120, env=subprocess_env(JAX_PLATFORMS="cpu"))
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     lines = [line for line in out.stderr.splitlines() if line.strip()]  # the error line and nothing else
@@ -80,7 +81,7 @@ def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path, module):
             f"setattr(m, {name!r}, bug)\n"
             f"sys.exit(m.main([{module!r}, *{argv!r}] if {module!r} != 'bsft_jax.export' else {argv!r}))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT))
+                         env=subprocess_env(JAX_PLATFORMS="cpu"))
     assert out.returncode == 1, out.stderr[-2000:]
     assert "Traceback (most recent call last)" in out.stderr, out.stderr[-2000:]
     assert "RuntimeError: internal invariant broken (a bug)" in out.stderr.splitlines()[-1]

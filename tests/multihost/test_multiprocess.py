@@ -25,8 +25,7 @@ from bsft_jax.train.data import train_iterator
 from bsft_jax.train.distributed import DataShard
 from bsft_jax.train.optim import make_optimizer
 from bsft_jax.train.step import Trainer
-
-from .test_cli import ROOT
+from tests.processes import ROOT, subprocess_env
 
 STEPS, BATCH = 3, 4
 OVERRIDES = {"train.steps": STEPS, "train.global_batch_size": BATCH, "data.seq_len": 128, "mesh.data": -1,
@@ -63,7 +62,7 @@ def _train_on_two_processes(run_dir: str, overrides: dict) -> subprocess.Complet
     """launch/local.py: the demo_scratch recipe with ``overrides`` on 2 processes of 1 CPU device each."""
     args = ["--config", "configs/demo_scratch.py", f"--config.run_dir={run_dir}"]
     args += [f"--config.{k}={v}" for k, v in overrides.items()]
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = subprocess_env()
     env.pop("JAX_NUM_CPU_DEVICES", None)
     out = subprocess.run([sys.executable, "launch/local.py", "--num_processes", "2", "--devices_per_process", "1",
                           "--timeout", "400", "--", *args], cwd=ROOT, env=env, capture_output=True, text=True,

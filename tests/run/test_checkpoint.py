@@ -12,8 +12,7 @@ from flax import nnx
 
 from bsft_jax.run.checkpoint import Checkpointer, load_params
 from bsft_jax.train.loop import NonFiniteLossError, run
-
-from .common import tiny_config
+from tests.train.common import tiny_config
 
 
 def _one():

@@ -24,10 +24,10 @@ from bsft_jax.export import export_checkpoint
 from bsft_jax.run.checkpoint import Checkpointer, load_params
 from bsft_jax.run.config import load_config_file
 from bsft_jax.train.loop import run
+from tests.processes import ROOT, subprocess_env
 
 from .gcs_emulator import gcs_bucket, gcs_server  # noqa: F401  (pytest fixtures)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 OVERRIDES = {"data.demo.num_train": 390, "data.demo.num_validation": 26, "data.demo.num_test": 52,
              "data.demo.tokenizer_vocab": 512, "train.steps": STEPS, "train.global_batch_size": 4,
@@ -86,7 +86,7 @@ def runs(gcs_server, tmp_path_factory):  # noqa: F811
     killed = subprocess.run(
         [sys.executable, "-c", _KILLED, os.path.join(ROOT, "configs", "demo_scratch.py"), remote_dir,
          json.dumps(OVERRIDES)],
-        cwd=ROOT, env=dict(os.environ, **env, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1"),
+        cwd=ROOT, env=subprocess_env(**env, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1"),
         capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-3000:]
     saved = Checkpointer(remote_dir).all_steps()

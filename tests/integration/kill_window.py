@@ -1,6 +1,6 @@
 """The train CLI with a hook inside Orbax's asynchronous save, so a test can kill -9 inside the save window.
 
-    python -m tests.train.kill_window MARKER STEP POINT --config ... [--config.x=y ...]
+    python -m tests.integration.kill_window MARKER STEP POINT --config ... [--config.x=y ...]
 
 Runs ``bsft_jax.train``'s ``main`` unchanged, except that the background save of ``STEP`` writes
 ``MARKER`` (the step's temporary folder) and blocks at ``POINT``:

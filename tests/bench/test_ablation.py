@@ -10,7 +10,7 @@ from bsft_jax.evaluate.metrics import ScoredItem
 from bsft_jax.run.checkpoint import read_meta
 from bsft_jax.run.config import ConfigError
 
-from .toy import toy_demo_config
+from ..toy import toy_demo_config
 
 
 def _items(preds: list[str], gold: list[str]) -> list[ScoredItem]:

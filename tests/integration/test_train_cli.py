@@ -11,29 +11,7 @@ import sys
 import pytest
 
 from bsft_jax.run.checkpoint import Checkpointer, read_meta
-from bsft_jax.run.config import ConfigError, default_config, validate_config
-
-from .common import wait_for_steps
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def write_config(tmp_path, body: str = "", **overrides) -> str:
-    """A config file for the CLI built on tests/train/common.tiny_config."""
-    path = tmp_path / "cfg.py"
-    path.write_text(
-        "from tests.train.common import tiny_config\n\n"
-        "def get_config():\n"
-        f"    c = tiny_config({str(tmp_path / 'run')!r}, {str(tmp_path / 'tok')!r}, **{overrides!r})\n"
-        f"{body}"
-        "    return c\n")
-    return str(path)
-
-
-def cli(*args: str, devices: int = 1, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "bsft_jax.train", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+from tests.processes import ROOT, cli, subprocess_env, wait_for_steps, write_config
 
 
 @pytest.mark.parametrize("extra, body, expected", [
@@ -51,35 +29,9 @@ def test_bad_config_exits_nonzero_naming_the_field(tmp_path, extra, body, expect
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-def test_validation_messages_in_process(tmp_path):
-    c = default_config()
-    c.run_dir = str(tmp_path)
-    c.model.hf_path = str(tmp_path / "missing")
-    with pytest.raises(ConfigError, match=r"config.model.hf_path: .*missing HF checkpoint"):
-        validate_config(c, num_devices=1)
-    (tmp_path / "missing").mkdir()
-    with pytest.raises(ConfigError, match="has no config.json"):
-        validate_config(c, num_devices=1)
-    c.model.source = "scratch"
-    c.tokenizer.path = str(tmp_path)
-    c.model.scan_unroll = 0
-    with pytest.raises(ConfigError, match=r"config.model.scan_unroll: must be > 0"):
-        validate_config(c, num_devices=1)
-    c.model.scan_unroll = 4
-    c.optimizer.b2 = 1.0
-    with pytest.raises(ConfigError, match=r"config.optimizer.b2: must be in \[0, 1\)"):
-        validate_config(c, num_devices=1)
-    c.optimizer.b2 = 0.95
-    c.data.style = "general_sft"
-    with pytest.raises(ConfigError, match="config.data.style"):
-        validate_config(c, num_devices=1)
-    c.behavior.enabled = False
-    assert validate_config(c, num_devices=8) == {"data": 1, "fsdp": 8, "tensor": 1}
-
-
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
     cfg = write_config(tmp_path, **{"train.steps": 100000, "checkpoint.every_steps": 100000, "train.log_every": 1})
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+    env = subprocess_env(JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu")
     proc = subprocess.Popen([sys.executable, "-m", "bsft_jax.train", "--config", cfg], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "run" / "metrics.jsonl"

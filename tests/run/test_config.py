@@ -1,0 +1,34 @@
+"""Config validation in-process (run/config.py): each bad field is named (the CLI's version of these
+messages is tested through a real process in tests/integration/test_train_cli.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bsft_jax.run.config import ConfigError, default_config, validate_config
+
+
+def test_validation_messages_in_process(tmp_path):
+    c = default_config()
+    c.run_dir = str(tmp_path)
+    c.model.hf_path = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"config.model.hf_path: .*missing HF checkpoint"):
+        validate_config(c, num_devices=1)
+    (tmp_path / "missing").mkdir()
+    with pytest.raises(ConfigError, match="has no config.json"):
+        validate_config(c, num_devices=1)
+    c.model.source = "scratch"
+    c.tokenizer.path = str(tmp_path)
+    c.model.scan_unroll = 0
+    with pytest.raises(ConfigError, match=r"config.model.scan_unroll: must be > 0"):
+        validate_config(c, num_devices=1)
+    c.model.scan_unroll = 4
+    c.optimizer.b2 = 1.0
+    with pytest.raises(ConfigError, match=r"config.optimizer.b2: must be in \[0, 1\)"):
+        validate_config(c, num_devices=1)
+    c.optimizer.b2 = 0.95
+    c.data.style = "general_sft"
+    with pytest.raises(ConfigError, match="config.data.style"):
+        validate_config(c, num_devices=1)
+    c.behavior.enabled = False
+    assert validate_config(c, num_devices=8) == {"data": 1, "fsdp": 8, "tensor": 1}

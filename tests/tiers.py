@@ -1,0 +1,153 @@
+"""The two test tiers, decided by where a test file lives (tests/conftest.py applies it; tests/test_tiers.py tests it).
+
+* slow (``make test`` only): tests/integration/ (real ``python -m`` CLIs, the GCS emulator, end-to-end
+  runs), tests/multihost/ (several JAX processes), tests/realweights/ (real model weights);
+* fast (``make test-fast`` = ``pytest -m "not slow"``): everything else, in-process: tests/<subpackage>/
+  mirrors bsft_jax/<subpackage>/, tests/bench/ the benchmarks' library code.
+
+A fast test starts no Python process: :func:`violations` reads every file outside the slow folders for
+process starts, and tests/conftest.py fails a fast test that launches an interpreter anyway (through
+library code, say).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import PurePosixPath
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+SLOW_DIRS = ("integration", "multihost", "realweights")
+
+# Slow test files that still live outside the slow folders, with why. Each one is marked slow by
+# path like the folders' files; move it and remove it here.
+PENDING_MOVE = {
+    "test_mainjob.py": "the end-to-end main job (two fine-tunes, four arms); belongs in integration/, "
+                       "left in place while it is edited elsewhere",
+    "test_export.py": "three of its tests run python -m bsft_jax.export / -c children; split it (the rest is "
+                      "fast) when it is no longer edited elsewhere",
+    "evaluate/test_cli.py": "python -m bsft_jax.train then bsft_jax.evaluate; belongs in integration/, left in "
+                            "place while tests/evaluate/ is edited elsewhere",
+}
+
+# Files outside the slow folders allowed to name a process start, with why.
+ALLOWED = {
+    "tiers.py": "this module: the guard that catches process starts",
+    "test_tiers.py": "plants process starts in synthetic files to show the checks fail",
+    "processes.py": "the slow tiers' process helpers; a fast test may not import it (checked)",
+    "assets.py": "pip download of two tokenizer packages, once per checkout (cached in tests/.assets)",
+    "bench/test_render.py": "runs git (not Python) in a temporary repository, milliseconds per call",
+}
+
+# Modules that start processes when used: a fast test file may not import them.
+PROCESS_HELPERS = ("tests.processes", "tests.integration", "tests.multihost", "tests.realweights")
+
+
+def relpath(path: str | os.PathLike, tests_dir: str = TESTS_DIR) -> str:
+    """``path`` relative to the tests folder, with forward slashes ('' if it is not under it)."""
+    rel = os.path.relpath(os.path.abspath(path), tests_dir)
+    return "" if rel.startswith("..") else PurePosixPath(*rel.split(os.sep)).as_posix()
+
+
+def is_slow(rel: str) -> bool:
+    """Whether the file at ``rel`` (relative to tests/) is in the slow tier."""
+    return rel.split("/", 1)[0] in SLOW_DIRS or rel in PENDING_MOVE
+
+
+_PROCESS_CALLS = {("os", n) for n in ("system", "popen", "fork", "forkpty", "spawnv", "spawnl", "execv", "execvp",
+                                      "execl", "posix_spawn")} | {("sys", "executable")}
+_PROCESS_MODULES = ("subprocess", "multiprocessing", "concurrent.futures.process")
+
+
+def process_starts(source: str) -> list[str]:
+    """What in ``source`` can start a process: imports of subprocess/multiprocessing, ``sys.executable``,
+    ``os.system``/``fork``/``exec*``, ``ProcessPoolExecutor``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [f"line {node.lineno}: import {a.name}" for a in node.names
+                      if a.name.split(".")[0] in ("subprocess", "multiprocessing")]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith(_PROCESS_MODULES) or any(a.name == "ProcessPoolExecutor" for a in node.names):
+                found.append(f"line {node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if (node.value.id, node.attr) in _PROCESS_CALLS or node.attr == "ProcessPoolExecutor":
+                found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def helper_imports(source: str, rel: str) -> list[str]:
+    """Imports in ``source`` (the file at ``rel``) of a module that starts processes (:data:`PROCESS_HELPERS`)."""
+    package = ["tests", *rel.split("/")[:-1]]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names = [module] + [f"{module}.{a.name}" for a in node.names]
+        found += [f"line {node.lineno}: imports {n}" for n in names
+                  if any(n == h or n.startswith(h + ".") for h in PROCESS_HELPERS)]
+    return sorted(set(found))
+
+
+def violations(tests_dir: str = TESTS_DIR, *, slow: Callable[[str], bool] = is_slow,
+               allowed: dict[str, str] = ALLOWED) -> list[str]:
+    """Every breach of the tier rule under ``tests_dir``: a test file in a slow folder that ``slow`` does not
+    put in the slow tier, and a fast-tier file (not in ``allowed``) that can start a process or imports a
+    helper that does. ``slow`` is the rule tests/conftest.py marks by."""
+    problems = []
+    for folder, dirs, files in os.walk(tests_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            rel = relpath(os.path.join(folder, name), tests_dir)
+            in_slow_folder = rel.split("/", 1)[0] in SLOW_DIRS
+            if name.startswith("test_") and in_slow_folder and not slow(rel):
+                problems.append(f"{rel}: under a slow folder but not marked slow")
+            if slow(rel) or rel in allowed:
+                continue
+            with open(os.path.join(folder, name)) as f:
+                source = f.read()
+            problems += [f"{rel}: {what} (a fast-tier file starts no process: move the test to a slow folder)"
+                         for what in process_starts(source) + helper_imports(source, rel)]
+    return problems
+
+
+def _is_python(args) -> bool:
+    """Whether ``args`` (as given to Popen) start a Python interpreter; ``python -m pip`` (tests/assets.py's
+    download of tokenizer packages, once per checkout) does not count."""
+    argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+    if not argv:
+        return False
+    argv = [os.fsdecode(a) for a in argv]
+    if len(argv) == 1:
+        argv = argv[0].split()
+    if argv[1:3] == ["-m", "pip"]:
+        return False
+    return argv[0] == sys.executable or os.path.basename(argv[0]).startswith("python")
+
+
+@contextlib.contextmanager
+def python_launches() -> Iterator[list[str]]:
+    """Records every Python interpreter started through ``subprocess`` while active (git and the like pass)."""
+    launched: list[str] = []
+    original = subprocess.Popen.__init__
+
+    def init(self, args, *a, **k):
+        if _is_python(args):
+            launched.append(" ".join(map(str, [args] if isinstance(args, str) else args))[:200])
+        original(self, args, *a, **k)
+
+    subprocess.Popen.__init__ = init
+    try:
+        yield launched
+    finally:
+        subprocess.Popen.__init__ = original
