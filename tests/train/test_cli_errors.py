@@ -1,269 +1,124 @@
 """Every user-caused error at a CLI boundary is one line on stderr, exit 2, no traceback, nothing written.
 
-Each case is a real ``python -m ...`` subprocess; they run a few at a time (each one fails within
-seconds of starting, so the whole batch costs about one interpreter start per case and core).
+Each case (tests/train/cli_cases.py) calls the CLI's ``main([...])`` in this process and reads stderr
+with ``capsys``, in the repository folder as ``python -m`` would run; the console boundary itself (the
+interpreter, ``sys.exit``, the real stderr) is proved by one real process per CLI in
+tests/integration/test_cli_boundary.py.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 import os
-import shutil
-import subprocess
 import sys
+import traceback
 
+import jax
 import pytest
 
-from bsft_jax.data import generate_split
+from tests.train.cli_cases import MALFORMED, ROOT, data_dir, outputs_under, problems_of, records, user_error_cases
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _records() -> list[dict]:
-    return [r.to_json() for r in generate_split("train", 39, seed=1)]
-
-
-def _edit(change):
-    """A malformed third line: the first record with ``change`` applied (id made unique)."""
-    def make(recs):
-        rec = json.loads(json.dumps(recs[0]))
-        rec["id"] = "bad-line"
-        change(rec, recs)
-        return json.dumps(rec)
-    return make
+# What the CLIs' set-up changes in this process (logging.basicConfig(force=True), quieter loggers; export
+# selects the CPU platform): saved before each call and put back after it.
+_LOGGERS = ("", "absl", "jax._src.xla_bridge", "orbax")
+_DEVICE_COUNT = jax.device_count
 
 
-def _turns_without_speaker(rec, _):
-    rec["turns"][0] = {"text": "hello"}
+@contextlib.contextmanager
+def _cli_state(argv: list[str]):
+    """The process ``python ARGV`` would be, for the length of one call: run from the repository folder,
+    ``sys.argv`` = the command line (ml_collections reads ``--config.*`` overrides from ``sys.argv``, not
+    from ``main``'s argument), and one CPU device, as the subprocess cases ran (JAX_NUM_CPU_DEVICES=1)."""
+    saved = [(log, log.level, list(log.handlers), list(log.filters)) for log in map(logging.getLogger, _LOGGERS)]
+    platforms = jax.config.jax_platforms
+    devices, saved_argv = jax.devices, sys.argv
+    one = devices()[:1]
+    jax.devices, jax.device_count, sys.argv = (lambda *a, **k: list(one)), (lambda *a, **k: 1), [argv[1], *argv[2:]]
+    try:
+        with contextlib.chdir(ROOT):
+            yield
+    finally:
+        jax.devices, sys.argv = devices, saved_argv
+        jax.device_count = _DEVICE_COUNT
+        for log, level, handlers, filters in saved:
+            for handler in log.handlers:
+                if handler not in handlers:
+                    handler.close()
+            log.handlers[:], log.filters[:] = handlers, filters
+            log.setLevel(level)
+        jax.config.update("jax_platforms", platforms)
 
 
-def _with_options_bad_label(rec, recs):
-    rec.update(next(r for r in recs if r.get("options")), id="bad-line", label="Z")
+def _main(module: str):
+    """The function ``python -m MODULE ARGS`` calls, as ``f(ARGS)``."""
+    if module == "bsft_jax.train":
+        from bsft_jax.train.__main__ import main
+
+        return lambda args: main([module, *args])
+    if module == "bsft_jax.evaluate":
+        from bsft_jax.evaluate.__main__ import main
+
+        return lambda args: main([module, *args])
+    if module == "bsft_jax.export":
+        from bsft_jax.export import main
+
+        return main
+    raise ValueError(module)
 
 
-# kind -> (third line of train.jsonl, what the error must name besides train.jsonl:3)
-MALFORMED = {
-    "invalid_json": (lambda recs: '{"id": oops', "not valid JSON"),
-    "unknown_category": (_edit(lambda r, _: r.update(category="Bedside Manner")), "field 'category'"),
-    "empty_turns": (_edit(lambda r, _: r.update(turns=[])), "field 'turns' is empty"),
-    "non_list_turns": (_edit(lambda r, _: r.update(turns=5)), "field 'turns' must be a list"),
-    "group_mismatch": (_edit(lambda r, _: r.update(group="proactive" if r["group"] != "proactive" else "reactive")),
-                       "field 'group'"),
-    "label_not_in_options": (_edit(_with_options_bad_label), "field 'label' is 'Z'"),
-    "missing_field": (_edit(lambda r, _: r.pop("category")), "missing field 'category'"),
-    "json_array_line": (lambda recs: "[1, 2, 3]", "expected a JSON object per line"),
-    "duplicate_id": (lambda recs: json.dumps(recs[1]), "already used on line 2"),
-    "turn_without_speaker": (_edit(_turns_without_speaker), "field 'turns[0]'"),
-}
+def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``python ARGV`` (``["-m", MODULE, ...]``) run as a call of its ``main``;
+    an exception that escapes ``main`` is exit 1 with its traceback on stderr, as the interpreter would have it."""
+    assert argv[0] == "-m", argv
+    capsys.readouterr()
+    tb = ""
+    with _cli_state(argv):
+        try:
+            code = _main(argv[1])(argv[2:])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception:
+            code, tb = 1, traceback.format_exc()
+    out, err = capsys.readouterr()
+    return code, out, err + tb
 
 
-def _data_dir(folder, third_line: str | bytes | None = None, raw: bytes | None = None) -> str:
-    recs = _records()
-    folder.mkdir(parents=True)
-    lines = [json.dumps(r) for r in recs[:6]]
-    body = "\n".join(lines[:2] + ([third_line] if third_line is not None else []) + lines[2:]) + "\n"
-    (folder / "train.jsonl").write_bytes(raw if raw is not None else body.encode())
-    (folder / "test.jsonl").write_text("\n".join(lines[3:]) + "\n")
-    return str(folder)
+def _check(cases: dict[str, tuple[list[str], str, str]], tmp_path, capsys) -> list[str]:
+    results = {name: run_in_process(argv, capsys) for name, (argv, _, _) in cases.items()}
+    return problems_of(cases, results, tmp_path)
 
 
-def _config(case_dir, run_dir: str | None = None, **overrides) -> str:
-    case_dir.mkdir(parents=True, exist_ok=True)
-    path = case_dir / "cfg.py"
-    run_dir = run_dir or str(case_dir / "run")
-    path.write_text(
-        "from tests.train.common import tiny_config\n\n"
-        "def get_config():\n"
-        f"    return tiny_config({run_dir!r}, {str(case_dir.parent / 'tok')!r}, **{overrides!r})\n")
-    return str(path)
-
-
-def _start(args: list[str], prefix: tuple[str, ...] = ()) -> subprocess.Popen:
-    env = dict(os.environ, JAX_NUM_CPU_DEVICES="1", JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    return subprocess.Popen([*prefix, sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _jsonl(path: str) -> list[str]:
-    return ["--config.data.source=jsonl", f"--config.data.path={path}"]
-
-
-def _cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
-    """name -> (argv after the interpreter, the place the error line must name, and what it must say)."""
-    cases = {}
-    for kind, (line, expected) in MALFORMED.items():
-        case = tmp_path / kind
-        data = _data_dir(case / "bb", line(_records()))
-        cfg = _config(case, **{"data.source": "jsonl", "data.path": data})
-        cases[kind] = (["-m", "bsft_jax.train", "--config", cfg], f"{data}/train.jsonl:3: ", expected)
-    good = "\n".join(json.dumps(r) for r in _records()[:6]) + "\n"
-    bad_utf8 = good.encode().split(b"\n")
-    bad_utf8[2] = bad_utf8[2][:5] + b"\xc3\x28" + bad_utf8[2][5:]  # an invalid 2-byte sequence
-    for kind, raw, line, expected in (
-            ("invalid_utf8", b"\n".join(bad_utf8), 3, "not valid UTF-8 (byte 0xc3 at column 6)"),
-            ("utf16_export", good.encode("utf-16"), 1, "the file is UTF-16-LE")):
-        case = tmp_path / kind
-        data = _data_dir(case / "bb", raw=raw)
-        cases[kind] = (["-m", "bsft_jax.train", "--config", _config(case, **{"data.source": "jsonl",
-                                                                               "data.path": data})],
-                       f"{data}/train.jsonl:{line}: ", expected)
-    missing = str(tmp_path / "configs" / "nope.py")
-    cases["missing_config"] = (["-m", "bsft_jax.train", "--config", missing], f"--config {missing}: ", "no such file")
-    cases["plan_missing_config"] = (["-m", "bsft_jax.train", "--plan", "--config", missing], f"--config {missing}: ",
-                                    "no such file")
-    case = tmp_path / "evaluate_bad_data"
-    data = _data_dir(case / "bb", '{"id": oops')
-    cases["evaluate_bad_data"] = (["-m", "bsft_jax.evaluate", "--config",
-                                   _config(case, **{"data.source": "jsonl", "data.path": data}),
-                                   "--baselines=few_shot", "--out_dir", str(case / "run" / "eval")],
-                                  f"{data}/train.jsonl:3: ", "not valid JSON")
-    cases.update(_empty_data_cases(tmp_path))
-    cases.update(_path_cases(tmp_path))
-    return cases
-
-
-def _empty_data_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
-    """Empty or blank-only split files (train, or the eval split a run with eval_every uses), for train and evaluate."""
-    cases = {}
-    for name, file, body, extra in (("empty_train", "train.jsonl", "", []),
-                                    ("blank_lines_train", "train.jsonl", "\n  \n\n", []),
-                                    ("empty_eval_split", "test.jsonl", "", ["--config.train.eval_every=2"])):
-        case = tmp_path / name
-        data = _data_dir(case / "bb")
-        (case / "bb" / file).write_text(body)
-        cases[name] = (["-m", "bsft_jax.train", "--config", _config(case), *_jsonl(data), *extra],
-                       f"{data}/{file}: ", "no records")
-    case = tmp_path / "evaluate_empty_test"
-    data = _data_dir(case / "bb")
-    (case / "bb" / "test.jsonl").write_text("")
-    cases["evaluate_empty_test"] = (["-m", "bsft_jax.evaluate", "--config", _config(case), *_jsonl(data),
-                                     "--baselines=few_shot", "--out_dir", str(case / "run" / "eval")],
-                                    f"{data}/test.jsonl: ", "no records")
-    case = tmp_path / "evaluate_synthetic"
-    cases["evaluate_synthetic"] = (["-m", "bsft_jax.evaluate", "--config", _config(case), "--baselines=few_shot",
-                                    "--out_dir", str(case / "run" / "eval")],
-                                   "config.data.source='synthetic'", "set config.data.source to")
-    return cases
-
-
-def _path_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
-    """Files where folders belong, a damaged run config.json, positional arguments, bad planner flags."""
-    cases = {}
-    for name, run_dir in (("run_dir_is_a_file", "file"), ("run_dir_under_a_file", "file/run")):
-        case = tmp_path / name
-        case.mkdir()
-        (case / "file").write_text("not a folder")
-        cfg = _config(case, str(case / run_dir))
-        cases[name] = (["-m", "bsft_jax.train", "--config", cfg], "config.run_dir: ", "is a file")
-    case = tmp_path / "data_path_is_a_file"
-    data = _data_dir(case / "bb")
-    cases["data_path_is_a_file"] = (["-m", "bsft_jax.train", "--config", _config(case),
-                                     *_jsonl(f"{data}/train.jsonl")], "config.data.path: ",
-                                    "is a file; expected a folder with train.jsonl and test.jsonl")
-    case = tmp_path / "positional_config"
-    cases["positional_config"] = (["-m", "bsft_jax.train", _config(case)], f"unexpected argument '{case}/cfg.py'",
-                                  f"did you mean --config {case}/cfg.py?")
-    cases["plan_hbm"] = (["-m", "bsft_jax.train", "--plan", "--config", _config(tmp_path / "plan_hbm"),
-                          "--plan_hbm=lots"], "--plan_hbm='lots': ", "use e.g. '16GiB'")
-    cases["plan_devices"] = (["-m", "bsft_jax.train", "--plan", "--config", _config(tmp_path / "plan_devices"),
-                              "--plan_devices=-4", "--mesh=data=1,fsdp=-1,tensor=1"], "--plan_devices=-4: ",
-                             "must be a positive number")
-    for name, argv, flag in _outputs_under(tmp_path, "under_a_file"):
-        cases[name] = (argv, f"{flag}: ", "is a file, so")
-    case = tmp_path / "evaluate_damaged_run_config"
-    data = _data_dir(case / "bb")
-    (case / "fake_run").mkdir()
-    (case / "fake_run" / "config.json").write_text('{"model": {"sou')
-    cases["evaluate_damaged_run_config"] = (
-        ["-m", "bsft_jax.evaluate", "--config", _config(case), *_jsonl(data), "--baselines=",
-         "--checkpoint", str(case / "fake_run"), "--out_dir", str(case / "run" / "eval")],
-        f"{case}/fake_run/config.json: not valid JSON", "restore it from a copy")
-    return cases
-
-
-def _outputs_under(tmp_path, kind: str) -> list[tuple[str, list[str], str]]:
-    """(name, argv, flag) of train, evaluate, export and plan writing under ``<case>/blocked``: a file
-    (kind 'under_a_file') or a read-only folder (kind 'read_only'). The run folders exist but hold no
-    checkpoint: each command must stop at the output check, before reading anything."""
-    out = []
-    for cmd in ("train", "evaluate", "export", "plan"):
-        case = tmp_path / f"{cmd}_{kind}"
-        case.mkdir(parents=True)
-        blocked = case / "blocked"
-        if kind == "under_a_file":
-            blocked.write_text("a file")
-        else:
-            blocked.mkdir()
-            blocked.chmod(0o555)
-        data = _data_dir(case / "bb")
-        (case / "empty_run").mkdir()
-        if cmd == "train":
-            argv, flag = ["-m", "bsft_jax.train", "--config", _config(case, str(blocked / "run"))], "config.run_dir"
-        elif cmd == "evaluate":
-            argv, flag = (["-m", "bsft_jax.evaluate", "--config", _config(case), *_jsonl(data), "--baselines=",
-                           "--checkpoint", str(case / "empty_run"), "--out_dir", str(blocked / "eval")], "--out_dir")
-        elif cmd == "export":
-            argv, flag = (["-m", "bsft_jax.export", "--checkpoint", str(case / "empty_run"), "--out",
-                           str(blocked / "hf")], "--out")
-        else:
-            argv, flag = (["-m", "bsft_jax.train", "--plan", "--config", _config(case), "--plan_json",
-                           str(blocked / "plan.json")], "--plan_json")
-        out.append((f"{cmd}_{kind}", argv, flag))
-    return out
-
-
-def _run_all(cases: dict[str, tuple[list[str], str, str]], prefix: tuple[str, ...] = (), at_once: int = 6
-             ) -> dict[str, tuple[int, str, str]]:
-    """name -> (exit status, stdout, stderr) of every case, ``at_once`` processes at a time (each one
-    fails within seconds of starting; more at once would only compete for cores and memory)."""
-    results, running, pending = {}, {}, list(cases)
-    while pending or running:
-        while pending and len(running) < at_once:
-            name = pending.pop(0)
-            running[name] = _start(cases[name][0], prefix)
-        name = next(iter(running))
-        proc = running.pop(name)
-        out, err = proc.communicate(timeout=300)
-        results[name] = (proc.returncode, out, err)
-    return results
-
-
-def _check(cases: dict[str, tuple[list[str], str, str]], tmp_path, prefix: tuple[str, ...] = ()) -> list[str]:
-    """Runs every case; returns what went wrong: exit 2, stderr exactly the one ``error:`` line naming the
-    place and the problem, no traceback, and nothing written (no run or output folder appeared)."""
-    problems = []
-    for name, (code, out, err) in _run_all(cases, prefix).items():
-        _, where, what = cases[name]
-        lines = [line for line in err.splitlines() if line.strip()]
-        written = [p for p in ("run", "blocked/run", "blocked/eval", "blocked/hf", "blocked/plan.json")
-                   if os.path.exists(tmp_path / name / p)]
-        ok = (code == 2 and "Traceback" not in err + out and len(lines) == 1
-              and lines[0].startswith("error: ") and where in lines[0] and what in lines[0] and not written)
-        if not ok:
-            problems.append(f"{name}: exit {code}, written {written}, stderr {err[-1500:]!r}")
-    return problems
-
-
-def test_user_errors_end_in_one_line_and_exit_2(tmp_path):
-    problems = _check(_cases(tmp_path), tmp_path)
+def test_user_errors_end_in_one_line_and_exit_2(tmp_path, capsys):
+    problems = _check(user_error_cases(tmp_path), tmp_path, capsys)
     assert not problems, "\n".join(problems)
 
 
-def test_read_only_outputs_end_in_one_line_and_exit_2(tmp_path):
+def _permissions_do_not_bind(tmp_path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir(mode=0o555)
+    try:
+        (probe / "x").write_text("")
+        return True
+    except PermissionError:
+        return False
+    finally:
+        probe.chmod(0o755)
+
+
+def test_read_only_outputs_end_in_one_line_and_exit_2(tmp_path, capsys):
     """A read-only run_dir / --out_dir / --out / --plan_json parent: one line at the start, not a traceback at the end.
 
-    As root, permissions do not stop writes: the commands then run under setpriv without the
-    capability that bypasses them (CAP_DAC_OVERRIDE).
+    As root, permissions do not stop writes, and this process cannot drop the capability that bypasses
+    them (CAP_DAC_OVERRIDE): tests/integration/test_cli_boundary.py then runs the same cases under setpriv.
     """
-    prefix: tuple[str, ...] = ()
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("running as root without setpriv: a read-only folder cannot be simulated (not tested)")
-        prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+    if _permissions_do_not_bind(tmp_path):
+        pytest.skip("this process writes into read-only folders (root): tests/integration/test_cli_boundary.py "
+                    "runs these cases in processes without CAP_DAC_OVERRIDE")
     cases = {name: (argv, f"{flag}: ", "is not writable (permission denied)")
-             for name, argv, flag in _outputs_under(tmp_path, "read_only")}
+             for name, argv, flag in outputs_under(tmp_path, "read_only")}
     try:
-        problems = _check(cases, tmp_path, prefix)
+        problems = _check(cases, tmp_path, capsys)
     finally:
         for name in cases:
             (tmp_path / name / "blocked").chmod(0o755)
@@ -276,7 +131,7 @@ def test_each_malformed_kind_is_a_data_error_in_process(tmp_path, kind):
     from bsft_jax.data import DataError, read_jsonl
 
     line, expected = MALFORMED[kind]
-    data = _data_dir(tmp_path / "bb", line(_records()))
+    data = data_dir(tmp_path / "bb", line(records()))
     with pytest.raises(DataError) as e:
         read_jsonl(os.path.join(data, "train.jsonl"))
     assert str(e.value).startswith(f"{data}/train.jsonl:3: ") and expected in str(e.value), str(e.value)
