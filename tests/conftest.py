@@ -19,6 +19,9 @@ import pytest  # noqa: E402
 
 from tests import processes, tiers  # noqa: E402
 
+# pytester: tests/test_tiers.py runs a planted suite through these hooks.
+pytest_plugins = ["pytester"]
+
 _GPU_SKIPPED: list[str] = []
 _CACHE: list[str | None] = []
 
@@ -37,10 +40,7 @@ def pytest_unconfigure(config):
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    slow = pytest.mark.slow
-    for item in items:
-        if tiers.is_slow(tiers.relpath(item.path)):
-            item.add_marker(slow)
+    tiers.mark_slow(items, os.path.dirname(os.path.abspath(__file__)))
     if os.environ.get("BSFT_GPU_TESTS") == "1":
         return
     skip = pytest.mark.skip(reason="GPU test: set BSFT_GPU_TESTS=1 on a GPU machine")

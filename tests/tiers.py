@@ -39,6 +39,7 @@ ALLOWED = {
     "tiers.py": "this module: the guard that catches process starts",
     "test_tiers.py": "plants process starts in synthetic files to show the checks fail",
     "processes.py": "the slow tiers' process helpers; a fast test may not import it (checked)",
+    "conftest.py": "imports tests/processes.py to set the subprocesses' compilation cache; starts nothing",
     "assets.py": "pip download of two tokenizer packages, once per checkout (cached in tests/.assets)",
     "bench/test_render.py": "runs git (not Python) in a temporary repository, milliseconds per call",
 }
@@ -135,19 +136,39 @@ def _is_python(args) -> bool:
     return argv[0] == sys.executable or os.path.basename(argv[0]).startswith("python")
 
 
+_RECORDERS: list[list[str]] = []  # the active python_launches() lists; the innermost one records
+_ORIGINAL_INIT: list = []
+
+
 @contextlib.contextmanager
 def python_launches() -> Iterator[list[str]]:
-    """Records every Python interpreter started through ``subprocess`` while active (git and the like pass)."""
+    """Records every Python interpreter started through ``subprocess`` while active (git and the like pass).
+
+    Nested uses record into the innermost list only (a test of this guard runs inside the guard)."""
     launched: list[str] = []
-    original = subprocess.Popen.__init__
+    if not _RECORDERS:
+        original = subprocess.Popen.__init__
+        _ORIGINAL_INIT.append(original)
 
-    def init(self, args, *a, **k):
-        if _is_python(args):
-            launched.append(" ".join(map(str, [args] if isinstance(args, str) else args))[:200])
-        original(self, args, *a, **k)
+        def init(self, args, *a, **k):
+            if _is_python(args) and _RECORDERS:
+                _RECORDERS[-1].append(" ".join(map(str, [args] if isinstance(args, str) else args))[:200])
+            original(self, args, *a, **k)
 
-    subprocess.Popen.__init__ = init
+        subprocess.Popen.__init__ = init
+    _RECORDERS.append(launched)
     try:
         yield launched
     finally:
-        subprocess.Popen.__init__ = original
+        _RECORDERS.pop()
+        if not _RECORDERS:
+            subprocess.Popen.__init__ = _ORIGINAL_INIT.pop()
+
+
+def mark_slow(items, tests_dir: str = TESTS_DIR) -> None:
+    """The collection hook's rule: every test whose file is in the slow tier gets the ``slow`` marker."""
+    import pytest
+
+    for item in items:
+        if is_slow(relpath(item.path, tests_dir)):
+            item.add_marker(pytest.mark.slow)
