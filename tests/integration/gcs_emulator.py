@@ -9,7 +9,7 @@ platform instead.) The clients are pointed at it by their documented settings:
 (tensorstore). ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` stops gcsfs from first probing the
 bucket type over gRPC (a 60 s timeout against any emulator).
 
-Use the ``gcs_bucket`` fixture (``from tests.gcs_emulator import gcs_bucket``): it starts one
+Use the ``gcs_bucket`` fixture (``from tests.integration.gcs_emulator import gcs_bucket``): it starts one
 in-memory server per test session on a free loopback port, creates ``test-bucket``, sets the
 environment, yields ``"gs://test-bucket"`` and stops the server at the end.
 """

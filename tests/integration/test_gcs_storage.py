@@ -1,4 +1,4 @@
-"""gs:// paths against a real GCS-compatible server on localhost (tests/gcs_emulator.py).
+"""gs:// paths against a real GCS-compatible server on localhost (tests/integration/gcs_emulator.py).
 
 The storage layer itself (atomic single-object writes, append log, folder commit) and
 ``load_hf`` streaming a model from a bucket prefix, one ranged read per tensor.
