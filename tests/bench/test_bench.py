@@ -1,7 +1,8 @@
 """Every bench script runs end to end at a tiny size (so they do not rot) and records one JSON line.
 
 Results go to a temporary file, never to bench/results.jsonl. Numbers are not checked for speed
-(this is a shared CPU); only that each script measured what it says, on consistent inputs.
+(this is a shared CPU); only that each script measured what it says, on consistent inputs. The scripts
+that measure peak memory in child processes are run by tests/integration/test_bench_children.py.
 """
 
 from __future__ import annotations
@@ -75,18 +76,6 @@ def test_demo_recipe_matches_config():
 
     arch, batch, seq = demo_recipe()
     assert (batch, seq) == (16, 256) and arch["num_layers"] == 4 and arch["hidden_size"] == 128
-
-
-def test_memory_and_hf_io_tiny(results):
-    from bench import memory
-
-    r = memory.main(["--size", "tiny", "--steps", "1", "--results", results])
-    _check_record(results, "memory")
-    for key in ("train_bsft", "train_torch"):
-        assert r[key]["peak_mb"] >= r[key]["base_mb"] > 0 and math.isfinite(r[key]["loss"])
-    assert r["train_bsft"]["params"] == r["train_torch"]["params"]
-    for mode in ("bsft_load", "torch_load", "bsft_save"):
-        assert r["hf_io"][mode]["peak_mb"] >= r["hf_io"][mode]["base_mb"] > 0
 
 
 def test_gpu_mfu_skips_without_gpu_and_runs_on_cpu_when_asked(results, capsys):
