@@ -18,6 +18,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Set to 1 to run the subprocesses without the shared cache (to measure what it saves).
 NO_CACHE_VAR = "BSFT_TEST_NO_JAX_CACHE"
+_CACHE_ENV = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # every program: the children's are small
+    # A size limit turns on JAX's file lock around cache reads and writes: children running side by side
+    # (multi-process tests) then never read an entry another one is still writing (a warning on stderr).
+    "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 * 2**30),
+}
 
 
 def start_compilation_cache() -> str | None:
@@ -31,15 +37,14 @@ def start_compilation_cache() -> str | None:
     if os.environ.get(NO_CACHE_VAR) == "1" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None  # opted out, or the caller already chose a cache folder
     folder = tempfile.mkdtemp(prefix="bsft_jax_test_cc_")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ.update(_CACHE_ENV, JAX_COMPILATION_CACHE_DIR=folder)
     return folder
 
 
 def stop_compilation_cache(folder: str | None) -> None:
     if folder:
-        os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
-        os.environ.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
+        for name in ("JAX_COMPILATION_CACHE_DIR", *_CACHE_ENV):
+            os.environ.pop(name, None)
         shutil.rmtree(folder, ignore_errors=True)
 
 
