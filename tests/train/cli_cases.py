@@ -65,7 +65,9 @@ def data_dir(folder, third_line: str | bytes | None = None, raw: bytes | None = 
     return str(folder)
 
 
-def _config(case_dir, run_dir: str | None = None, **overrides) -> str:
+def config_file(case_dir, run_dir: str | None = None, **overrides) -> str:
+    """CASE_DIR/cfg.py: tests/train/common.tiny_config with its run in ``run_dir`` (CASE_DIR/run by default),
+    the tokenizer in CASE_DIR/../tok, and ``overrides``."""
     case_dir.mkdir(parents=True, exist_ok=True)
     path = case_dir / "cfg.py"
     run_dir = run_dir or str(case_dir / "run")
@@ -86,7 +88,7 @@ def user_error_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
     for kind, (line, expected) in MALFORMED.items():
         case = tmp_path / kind
         data = data_dir(case / "bb", line(records()))
-        cfg = _config(case, **{"data.source": "jsonl", "data.path": data})
+        cfg = config_file(case, **{"data.source": "jsonl", "data.path": data})
         cases[kind] = (["-m", "bsft_jax.train", "--config", cfg], f"{data}/train.jsonl:3: ", expected)
     good = "\n".join(json.dumps(r) for r in records()[:6]) + "\n"
     bad_utf8 = good.encode().split(b"\n")
@@ -96,7 +98,7 @@ def user_error_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
             ("utf16_export", good.encode("utf-16"), 1, "the file is UTF-16-LE")):
         case = tmp_path / kind
         data = data_dir(case / "bb", raw=raw)
-        cases[kind] = (["-m", "bsft_jax.train", "--config", _config(case, **{"data.source": "jsonl",
+        cases[kind] = (["-m", "bsft_jax.train", "--config", config_file(case, **{"data.source": "jsonl",
                                                                                "data.path": data})],
                        f"{data}/train.jsonl:{line}: ", expected)
     missing = str(tmp_path / "configs" / "nope.py")
@@ -106,7 +108,7 @@ def user_error_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
     case = tmp_path / "evaluate_bad_data"
     data = data_dir(case / "bb", '{"id": oops')
     cases["evaluate_bad_data"] = (["-m", "bsft_jax.evaluate", "--config",
-                                   _config(case, **{"data.source": "jsonl", "data.path": data}),
+                                   config_file(case, **{"data.source": "jsonl", "data.path": data}),
                                    "--baselines=few_shot", "--out_dir", str(case / "run" / "eval")],
                                   f"{data}/train.jsonl:3: ", "not valid JSON")
     cases.update(_empty_data_cases(tmp_path))
@@ -123,16 +125,16 @@ def _empty_data_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
         case = tmp_path / name
         data = data_dir(case / "bb")
         (case / "bb" / file).write_text(body)
-        cases[name] = (["-m", "bsft_jax.train", "--config", _config(case), *_jsonl(data), *extra],
+        cases[name] = (["-m", "bsft_jax.train", "--config", config_file(case), *_jsonl(data), *extra],
                        f"{data}/{file}: ", "no records")
     case = tmp_path / "evaluate_empty_test"
     data = data_dir(case / "bb")
     (case / "bb" / "test.jsonl").write_text("")
-    cases["evaluate_empty_test"] = (["-m", "bsft_jax.evaluate", "--config", _config(case), *_jsonl(data),
+    cases["evaluate_empty_test"] = (["-m", "bsft_jax.evaluate", "--config", config_file(case), *_jsonl(data),
                                      "--baselines=few_shot", "--out_dir", str(case / "run" / "eval")],
                                     f"{data}/test.jsonl: ", "no records")
     case = tmp_path / "evaluate_synthetic"
-    cases["evaluate_synthetic"] = (["-m", "bsft_jax.evaluate", "--config", _config(case), "--baselines=few_shot",
+    cases["evaluate_synthetic"] = (["-m", "bsft_jax.evaluate", "--config", config_file(case), "--baselines=few_shot",
                                     "--out_dir", str(case / "run" / "eval")],
                                    "config.data.source='synthetic'", "set config.data.source to")
     return cases
@@ -145,19 +147,19 @@ def _path_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
         case = tmp_path / name
         case.mkdir()
         (case / "file").write_text("not a folder")
-        cfg = _config(case, str(case / run_dir))
+        cfg = config_file(case, str(case / run_dir))
         cases[name] = (["-m", "bsft_jax.train", "--config", cfg], "config.run_dir: ", "is a file")
     case = tmp_path / "data_path_is_a_file"
     data = data_dir(case / "bb")
-    cases["data_path_is_a_file"] = (["-m", "bsft_jax.train", "--config", _config(case),
+    cases["data_path_is_a_file"] = (["-m", "bsft_jax.train", "--config", config_file(case),
                                      *_jsonl(f"{data}/train.jsonl")], "config.data.path: ",
                                     "is a file; expected a folder with train.jsonl and test.jsonl")
     case = tmp_path / "positional_config"
-    cases["positional_config"] = (["-m", "bsft_jax.train", _config(case)], f"unexpected argument '{case}/cfg.py'",
+    cases["positional_config"] = (["-m", "bsft_jax.train", config_file(case)], f"unexpected argument '{case}/cfg.py'",
                                   f"did you mean --config {case}/cfg.py?")
-    cases["plan_hbm"] = (["-m", "bsft_jax.train", "--plan", "--config", _config(tmp_path / "plan_hbm"),
+    cases["plan_hbm"] = (["-m", "bsft_jax.train", "--plan", "--config", config_file(tmp_path / "plan_hbm"),
                           "--plan_hbm=lots"], "--plan_hbm='lots': ", "use e.g. '16GiB'")
-    cases["plan_devices"] = (["-m", "bsft_jax.train", "--plan", "--config", _config(tmp_path / "plan_devices"),
+    cases["plan_devices"] = (["-m", "bsft_jax.train", "--plan", "--config", config_file(tmp_path / "plan_devices"),
                               "--plan_devices=-4", "--mesh=data=1,fsdp=-1,tensor=1"], "--plan_devices=-4: ",
                              "must be a positive number")
     for name, argv, flag in outputs_under(tmp_path, "under_a_file"):
@@ -167,7 +169,7 @@ def _path_cases(tmp_path) -> dict[str, tuple[list[str], str, str]]:
     (case / "fake_run").mkdir()
     (case / "fake_run" / "config.json").write_text('{"model": {"sou')
     cases["evaluate_damaged_run_config"] = (
-        ["-m", "bsft_jax.evaluate", "--config", _config(case), *_jsonl(data), "--baselines=",
+        ["-m", "bsft_jax.evaluate", "--config", config_file(case), *_jsonl(data), "--baselines=",
          "--checkpoint", str(case / "fake_run"), "--out_dir", str(case / "run" / "eval")],
         f"{case}/fake_run/config.json: not valid JSON", "restore it from a copy")
     return cases
@@ -190,15 +192,15 @@ def outputs_under(tmp_path, kind: str) -> list[tuple[str, list[str], str]]:
         data = data_dir(case / "bb")
         (case / "empty_run").mkdir()
         if cmd == "train":
-            argv, flag = ["-m", "bsft_jax.train", "--config", _config(case, str(blocked / "run"))], "config.run_dir"
+            argv, flag = ["-m", "bsft_jax.train", "--config", config_file(case, str(blocked / "run"))], "config.run_dir"
         elif cmd == "evaluate":
-            argv, flag = (["-m", "bsft_jax.evaluate", "--config", _config(case), *_jsonl(data), "--baselines=",
+            argv, flag = (["-m", "bsft_jax.evaluate", "--config", config_file(case), *_jsonl(data), "--baselines=",
                            "--checkpoint", str(case / "empty_run"), "--out_dir", str(blocked / "eval")], "--out_dir")
         elif cmd == "export":
             argv, flag = (["-m", "bsft_jax.export", "--checkpoint", str(case / "empty_run"), "--out",
                            str(blocked / "hf")], "--out")
         else:
-            argv, flag = (["-m", "bsft_jax.train", "--plan", "--config", _config(case), "--plan_json",
+            argv, flag = (["-m", "bsft_jax.train", "--plan", "--config", config_file(case), "--plan_json",
                            str(blocked / "plan.json")], "--plan_json")
         out.append((f"{cmd}_{kind}", argv, flag))
     return out
