@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import subprocess
 import sys
@@ -58,6 +59,11 @@ PLANTED = {
     "decode/test_forks.py": "import os\n\ndef test_f():\n    os.fork()\n",
     "train/test_helper.py": "from tests.processes import cli\n",
     "train/test_relative_helper.py": "from ..integration.gcs_emulator import gcs_bucket\n",
+    "serve/conftest.py": "import os\n\ndef server():\n    os.posix_spawnp('uvicorn', ['uvicorn'], {})\n",
+    "data/test_execs.py": "from os import execvpe\n",
+    "evaluate/test_pty.py": "import pty\n\ndef test_p():\n    pty.spawn('x')\n",
+    "run/test_old_path.py": "from tests.run.test_checkpoint import tiny\nfrom tests.train.test_sources import x\n",
+    "integration/test_old_emulator.py": "from tests.gcs_emulator import gcs_bucket\n",
 }
 
 
@@ -66,7 +72,15 @@ def test_a_planted_breach_is_caught(tmp_path):
     found = tiers.violations(str(tmp_path), allowed={})
     by_file = {line.split(":", 1)[0] for line in found}
     assert by_file == {"data/test_spawns.py", "models/test_pool.py", "decode/test_forks.py", "train/test_helper.py",
-                       "train/test_relative_helper.py"}, found
+                       "train/test_relative_helper.py", "serve/conftest.py", "data/test_execs.py",
+                       "evaluate/test_pty.py", "run/test_old_path.py", "integration/test_old_emulator.py"}, found
+    assert any("serve/conftest.py: line 4: os.posix_spawnp" in line for line in found)  # a new folder's conftest too
+    # a test module imported by its path before the split is named with its new one, in either tier
+    assert ("run/test_old_path.py: line 2: imports tests.train.test_sources, which moved: tests.run.test_sources"
+            in found), found
+    assert not any("tests.run.test_checkpoint" in line for line in found)  # its path now: fine
+    assert any(line.startswith("integration/test_old_emulator.py: line 1: imports tests.gcs_emulator, which moved: "
+                               "tests.integration.gcs_emulator") for line in found), found
     assert any("data/test_spawns.py: line 2: import subprocess" in line for line in found)
     assert any("sys.executable" in line for line in found)
     assert any("imports tests.integration.gcs_emulator" in line for line in found)
@@ -88,6 +102,24 @@ def test_the_guard_records_python_starts_and_lets_other_programs_pass():
         with pytest.raises(FileNotFoundError):
             subprocess.Popen(["/nonexistent/python3", "-m", "pip", "download", "x"])  # tests/assets.py's download
     assert launched == ["/nonexistent/python3 -c pass", f"{sys.executable}-nonexistent -c pass"], launched
+
+
+class _Unstartable(multiprocessing.process.BaseProcess):
+    """A multiprocessing process whose start fails before anything is forked or spawned."""
+
+    @staticmethod
+    def _Popen(process):
+        raise OSError("not started")
+
+
+def test_the_guard_records_multiprocessing_starts():
+    """Process, Pool and ProcessPoolExecutor all start their workers through BaseProcess.start (fork or spawn)."""
+    before = multiprocessing.process.BaseProcess.start
+    with tiers.python_launches() as launched:
+        with pytest.raises(OSError, match="not started"):
+            _Unstartable(target=print, name="worker-1").start()
+    assert launched == ["multiprocessing _Unstartable worker-1"], launched
+    assert multiprocessing.process.BaseProcess.start is before  # put back when the guard ends
 
 
 CONFTEST = """

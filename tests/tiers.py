@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import multiprocessing.process
 import os
 import subprocess
 import sys
@@ -47,6 +48,26 @@ ALLOWED = {
 # Modules that start processes when used: a fast test file may not import them.
 PROCESS_HELPERS = ("tests.processes", "tests.integration", "tests.multihost", "tests.realweights")
 
+# Test modules that moved when the tests were split into tiers (issue 27) -> where they are now. A
+# branch written before the split that imports an old path is named with the new one, in every tier
+# (its test file may need to move too: tests.gcs_emulator starts a server, so its users are slow).
+MOVED = {
+    "tests.gcs_emulator": "tests.integration.gcs_emulator",
+    "tests.train.kill_window": "tests.integration.kill_window",
+    "tests.train.test_cli": "tests.processes (cli, write_config, wait_for_steps), tests.train.cli_cases "
+                            "(config_file) or tests.integration.test_train_cli",
+    "tests.models.gemma3_270m_asset": "tests.realweights.gemma3_270m_asset",
+    "tests.train.test_checkpoint": "tests.run.test_checkpoint",
+    "tests.train.test_checkpoint_reshard": "tests.run.test_checkpoint_reshard",
+    "tests.train.test_sources": "tests.run.test_sources",
+    "tests.train.test_recovery_cli": "tests.integration.test_recovery_cli",
+    "tests.train.test_multiprocess": "tests.multihost.test_multiprocess",
+    "tests.train.test_shared_storage": "tests.multihost.test_shared_storage",
+    "tests.test_bench": "tests.bench.test_bench",
+    "tests.test_render": "tests.bench.test_render",
+    "tests.test_ablation": "tests.bench.test_ablation",
+}
+
 
 def relpath(path: str | os.PathLike, tests_dir: str = TESTS_DIR) -> str:
     """``path`` relative to the tests folder, with forward slashes ('' if it is not under it)."""
@@ -59,50 +80,75 @@ def is_slow(rel: str) -> bool:
     return rel.split("/", 1)[0] in SLOW_DIRS or rel in PENDING_MOVE
 
 
-_PROCESS_CALLS = {("os", n) for n in ("system", "popen", "fork", "forkpty", "spawnv", "spawnl", "execv", "execvp",
-                                      "execl", "posix_spawn")} | {("sys", "executable")}
+# Module-level functions that start (or replace this process with) another one; ``sys.executable``
+# names the interpreter to start. ``os.exec*``/``os.spawn*``/``os.posix_spawn*`` in every variant.
+_PROCESS_CALLS = {("os", n) for n in ("system", "popen", "fork", "forkpty", "startfile")} | {
+    ("pty", "spawn"), ("pty", "fork"), ("sys", "executable")}
+_PROCESS_PREFIXES = {"os": ("exec", "spawn", "posix_spawn")}
 _PROCESS_MODULES = ("subprocess", "multiprocessing", "concurrent.futures.process")
+
+
+def _starts_process(module: str, name: str) -> bool:
+    return (module, name) in _PROCESS_CALLS or name.startswith(_PROCESS_PREFIXES.get(module, ("\0",)))
+
 
 
 def process_starts(source: str) -> list[str]:
     """What in ``source`` can start a process: imports of subprocess/multiprocessing, ``sys.executable``,
-    ``os.system``/``fork``/``exec*``, ``ProcessPoolExecutor``."""
+    ``os.system``/``fork``/``exec*``/``spawn*``/``posix_spawn*`` (by attribute or ``from os import``),
+    ``pty.spawn``/``fork``, ``ProcessPoolExecutor``."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [f"line {node.lineno}: import {a.name}" for a in node.names
                       if a.name.split(".")[0] in ("subprocess", "multiprocessing")]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.startswith(_PROCESS_MODULES) or any(a.name == "ProcessPoolExecutor" for a in node.names):
+            if (node.module.startswith(_PROCESS_MODULES) or any(a.name == "ProcessPoolExecutor" for a in node.names)
+                    or any(_starts_process(node.module, a.name) for a in node.names)):
                 found.append(f"line {node.lineno}: from {node.module} import ...")
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            if (node.value.id, node.attr) in _PROCESS_CALLS or node.attr == "ProcessPoolExecutor":
+            if _starts_process(node.value.id, node.attr) or node.attr == "ProcessPoolExecutor":
                 found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
     return found
 
 
-def helper_imports(source: str, rel: str) -> list[str]:
-    """Imports in ``source`` (the file at ``rel``) of a module that starts processes (:data:`PROCESS_HELPERS`)."""
+def _imported(source: str, rel: str) -> list[tuple[int, str]]:
+    """(line, dotted name) of every import in ``source`` (the file at ``rel``), relative ones resolved;
+    ``from m import a`` gives both ``m`` and ``m.a``."""
     package = ["tests", *rel.split("/")[:-1]]
     found = []
     for node in ast.walk(ast.parse(source)):
-        names: list[str] = []
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = package[:len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
-            names = [module] + [f"{module}.{a.name}" for a in node.names]
-        found += [f"line {node.lineno}: imports {n}" for n in names
-                  if any(n == h or n.startswith(h + ".") for h in PROCESS_HELPERS)]
-    return sorted(set(found))
+            found += [(node.lineno, module)] + [(node.lineno, f"{module}.{a.name}") for a in node.names]
+    return found
+
+
+def _under(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
+
+
+def helper_imports(source: str, rel: str) -> list[str]:
+    """Imports in ``source`` (the file at ``rel``) of a module that starts processes (:data:`PROCESS_HELPERS`)."""
+    return sorted({f"line {line}: imports {name}" for line, name in _imported(source, rel)
+                   if any(_under(name, h) for h in PROCESS_HELPERS)})
+
+
+def moved_imports(source: str, rel: str) -> list[str]:
+    """Imports in ``source`` (the file at ``rel``) of a test module by its old path (:data:`MOVED`)."""
+    return sorted({f"line {line}: imports {old}, which moved: {new}" for line, name in _imported(source, rel)
+                   for old, new in MOVED.items() if _under(name, old)})
 
 
 def violations(tests_dir: str = TESTS_DIR, *, slow: Callable[[str], bool] = is_slow,
                allowed: dict[str, str] = ALLOWED) -> list[str]:
     """Every breach of the tier rule under ``tests_dir``: a test file in a slow folder that ``slow`` does not
-    put in the slow tier, and a fast-tier file (not in ``allowed``) that can start a process or imports a
-    helper that does. ``slow`` is the rule tests/conftest.py marks by."""
+    put in the slow tier, a fast-tier file (not in ``allowed``) that can start a process or imports a
+    helper that does, and any file that imports a test module by its path before the split (:data:`MOVED`).
+    ``slow`` is the rule tests/conftest.py marks by."""
     problems = []
     for folder, dirs, files in os.walk(tests_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
@@ -113,10 +159,11 @@ def violations(tests_dir: str = TESTS_DIR, *, slow: Callable[[str], bool] = is_s
             in_slow_folder = rel.split("/", 1)[0] in SLOW_DIRS
             if name.startswith("test_") and in_slow_folder and not slow(rel):
                 problems.append(f"{rel}: under a slow folder but not marked slow")
-            if slow(rel) or rel in allowed:
-                continue
             with open(os.path.join(folder, name)) as f:
                 source = f.read()
+            problems += [f"{rel}: {what}" for what in moved_imports(source, rel)]
+            if slow(rel) or rel in allowed:
+                continue
             problems += [f"{rel}: {what} (a fast-tier file starts no process: move the test to a slow folder)"
                          for what in process_starts(source) + helper_imports(source, rel)]
     return problems
@@ -137,32 +184,38 @@ def _is_python(args) -> bool:
 
 
 _RECORDERS: list[list[str]] = []  # the active python_launches() lists; the innermost one records
-_ORIGINAL_INIT: list = []
+_ORIGINAL_INIT: list = []  # (Popen.__init__, BaseProcess.start) while a recorder is active
 
 
 @contextlib.contextmanager
 def python_launches() -> Iterator[list[str]]:
-    """Records every Python interpreter started through ``subprocess`` while active (git and the like pass).
+    """Records every Python interpreter started through ``subprocess`` (git and the like pass) and every
+    ``multiprocessing`` process (``Process``, ``Pool``, ``ProcessPoolExecutor``: fork or spawn) while active.
 
     Nested uses record into the innermost list only (a test of this guard runs inside the guard)."""
     launched: list[str] = []
     if not _RECORDERS:
-        original = subprocess.Popen.__init__
-        _ORIGINAL_INIT.append(original)
+        original_init, original_start = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start
+        _ORIGINAL_INIT.append((original_init, original_start))
 
         def init(self, args, *a, **k):
             if _is_python(args) and _RECORDERS:
                 _RECORDERS[-1].append(" ".join(map(str, [args] if isinstance(args, str) else args))[:200])
-            original(self, args, *a, **k)
+            original_init(self, args, *a, **k)
 
-        subprocess.Popen.__init__ = init
+        def start(self):
+            if _RECORDERS:
+                _RECORDERS[-1].append(f"multiprocessing {type(self).__name__} {self.name}")
+            original_start(self)
+
+        subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start = init, start
     _RECORDERS.append(launched)
     try:
         yield launched
     finally:
         _RECORDERS.pop()
         if not _RECORDERS:
-            subprocess.Popen.__init__ = _ORIGINAL_INIT.pop()
+            subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start = _ORIGINAL_INIT.pop()
 
 
 def mark_slow(items, tests_dir: str = TESTS_DIR) -> None:
