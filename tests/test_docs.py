@@ -1,6 +1,7 @@
 """The docs hold together: every relative link in README.md, BENCHMARKS.md and docs/*.md resolves to an
 existing file and, for ``#anchor`` links into Markdown files, to a heading of that file (GitHub's slugs);
-README links every docs/ page and stays a front door (at most 250 lines)."""
+README links every docs/ page and stays a front door (at most 250 lines); every test file they name
+(``tests/....py``, in prose, code or commands) exists, so a moved test cannot leave a stale path behind."""
 
 from __future__ import annotations
 
@@ -92,6 +93,31 @@ def broken_links(path: str) -> list[str]:
         elif anchor and dest.endswith(".md") and os.path.isfile(dest) and unquote(anchor).lower() not in anchors(dest):
             out.append(f"{path}:{n}: {target} (no heading with anchor #{anchor})")
     return out
+
+
+_TEST_PATH = re.compile(r"(?<![\w/.-])tests/[\w/.-]+\.py\b")
+
+
+def missing_test_files(path: str, root: str = ROOT) -> list[str]:
+    """``path:line: tests/...py`` for every test file the page names that does not exist under ``root``."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return [f"{path}:{n}: {name}" for n, line in enumerate(text.splitlines(), 1)
+            for name in _TEST_PATH.findall(line) if not os.path.isfile(os.path.join(root, name))]
+
+
+def test_every_named_test_file_exists():
+    missing = [m for page in docs() for m in missing_test_files(os.path.join(ROOT, page))]
+    assert missing == [], "\n".join(missing)
+
+
+def test_a_planted_stale_test_path_is_found(tmp_path):
+    (tmp_path / "tests" / "run").mkdir(parents=True)
+    (tmp_path / "tests" / "run" / "test_here.py").write_text("")
+    page = tmp_path / "page.md"
+    page.write_text("`pytest tests/run/test_here.py -k x`\n\n```\npytest -s tests/train/test_moved.py\n```\n"
+                    "see bench/tests/x.py and tests/run/test_here.py::test_a\n")
+    assert missing_test_files(str(page), str(tmp_path)) == [f"{page}:4: tests/train/test_moved.py"]
 
 
 def test_every_relative_link_resolves():

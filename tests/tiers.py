@@ -6,8 +6,9 @@
   mirrors bsft_jax/<subpackage>/, tests/bench/ the benchmarks' library code.
 
 A fast test starts no Python process: :func:`violations` reads every file outside the slow folders for
-process starts, and tests/conftest.py fails a fast test that launches an interpreter anyway (through
-library code, say).
+process starts, and tests/conftest.py fails a fast test that launches an interpreter or a
+``multiprocessing`` process anyway (through library code, say). :data:`MOVED` names the new path of a
+test module a branch from before the split still imports.
 """
 
 from __future__ import annotations
