@@ -26,10 +26,10 @@ import pytest
 from bsft_jax import storage
 from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, load_params
 from bsft_jax.train.loop import run
+from tests.train.common import tiny_config
 
-from ..fault_proxy import FaultProxy
-from ..gcs_emulator import emulator_env, gcs_server  # noqa: F401  (pytest fixture)
-from .common import tiny_config
+from .fault_proxy import FaultProxy
+from .gcs_emulator import emulator_env, gcs_server  # noqa: F401  (pytest fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 10% of requests fail. 20% passes too, but tensorstore and gcsfs back off 1-2 s per failed request, so the
@@ -43,7 +43,7 @@ import json, sys
 from bsft_jax.errors import cli_boundary
 from bsft_jax.export import export_checkpoint
 from bsft_jax.train.loop import run
-from tests.fault_proxy import set_remote_fraction
+from tests.integration.fault_proxy import set_remote_fraction
 from tests.train.common import tiny_config
 a = json.loads(sys.argv[1])
 def on_step(step, _metrics):

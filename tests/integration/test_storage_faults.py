@@ -3,8 +3,8 @@ fails is one line naming the path; a full disk during a save is one line naming 
 step intact.
 
 The retry helper is checked on its own (fake faults, no sleeping), then every gs:// operation of
-:mod:`bsft_jax.storage` through :class:`tests.fault_proxy.FaultProxy` (503s and dropped connections in front
-of the local GCS emulator). The training runs through the proxy are in tests/train/test_storage_fault_run.py.
+:mod:`bsft_jax.storage` through :class:`tests.integration.fault_proxy.FaultProxy` (503s and dropped connections in front
+of the local GCS emulator). The training runs through the proxy are in tests/integration/test_storage_fault_run.py.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ random stream, which instead gets one of the configured faults:
 The fraction can be changed while it runs (``proxy.fraction = 1.0``), from the process that runs it,
 or from any other with a request to ``/__faults__?fraction=F`` (answered by the proxy itself), e.g.
 from a training subprocess at a chosen step. Point the clients at :attr:`url` (see
-:func:`tests.gcs_emulator.emulator_env`).
+:func:`tests.integration.gcs_emulator.emulator_env`).
 """
 
 from __future__ import annotations
