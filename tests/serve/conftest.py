@@ -1,5 +1,6 @@
-"""The server under test: a tiny trained BehaviorSFT run, served by ``python -m bsft_jax.serve`` subprocesses
-on free loopback ports, driven by the official ``openai`` client."""
+"""The server under test: a tiny trained BehaviorSFT run, served on free loopback ports by the app of
+``python -m bsft_jax.serve`` on a thread of the test process, driven by the official ``openai`` client.
+The server as its own process: tests/integration/test_serve_process.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -72,63 +70,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@dataclasses.dataclass
-class Server:
-    """A ``python -m bsft_jax.serve`` subprocess; its combined output goes to ``log_path``."""
-
-    proc: subprocess.Popen
-    port: int
-    log_path: str
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()
-
-    def health(self) -> dict:
-        with urllib.request.urlopen(self.url + "/health", timeout=10) as r:
-            return json.loads(r.read())
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def start_server(log_dir, *args: str, cache: str | None = None, timeout: float = 900) -> Server:
-    """Starts the server with ``args`` on a free port and waits until ``/health`` answers."""
-    port = free_port()
-    log_path = os.path.join(str(log_dir), f"server-{port}.log")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false")
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    env.pop("XLA_FLAGS", None)
-    if cache:
-        env["BSFT_JAX_CACHE"] = cache
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bsft_jax.serve", "--port", str(port), *args], cwd=ROOT,
-                                env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(proc, port, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{server.log()[-3000:]}")
-        try:
-            server.health()
-            return server
-        except OSError:
-            time.sleep(0.5)
-    server.stop()
-    raise AssertionError(f"server did not answer /health in {timeout}s:\n{server.log()[-3000:]}")
 
 
 class ThreadServer:

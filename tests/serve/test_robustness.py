@@ -1,6 +1,7 @@
 """Load and bad input: concurrent requests share batches (no recompiles), every bad request is a 4xx naming
 its field while the server keeps serving, a client that hangs up frees its row, a full queue answers 429,
-and SIGTERM lets the in-flight request finish before the process exits 0."""
+and SIGTERM lets the in-flight request finish before the process exits 0 (a real process:
+tests/integration/test_serve_process.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from .conftest import API_KEY, start_server
+from .conftest import API_KEY
 
 MAX = 12
 
@@ -168,27 +169,3 @@ def test_a_full_queue_answers_429_and_the_server_recovers(server, client, refere
         server.batcher.queue.maxsize = maxsize
     assert [s for s, _ in results] == [200, 200]
     assert client.chat.completions.create(model="bsft", messages=reference.scenes[0], max_tokens=2).choices
-
-
-@pytest.mark.slow
-def test_sigterm_finishes_the_request_in_flight_then_exits_0(serve_run_dir, serve_cache, tmp_path):
-    # The command line as a user runs it: vLLM's --api-key spelling, one row per batch, one token per call.
-    proc = start_server(tmp_path, "--checkpoint", serve_run_dir, "--model_name", "bsft", "--api-key", "k3y",
-                        "--max_batch_size", "1", "--decode_chunk", "1", cache=serve_cache)
-    try:
-        from openai import OpenAI
-
-        client = OpenAI(base_url=proc.url + "/v1", api_key="k3y", max_retries=0, timeout=600)
-        stream = client.chat.completions.create(model="bsft", messages=[{"role": "user", "content": "hello"}],
-                                                max_tokens=600, stream=True, extra_body={"behavior": "answer"})
-        chunks = [next(iter(stream))]
-        proc.proc.send_signal(15)  # SIGTERM while the reply is being generated
-        chunks += list(stream)
-        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
-        assert finish in (["stop"], ["length"]), finish  # the whole reply arrived
-        assert proc.proc.wait(300) == 0
-    finally:
-        proc.stop()
-    log = proc.log()
-    assert log.index("Shutting down") < log.index("reply tokens in"), log[-2000:]  # finished after the signal
-    assert "k3y" not in log
