@@ -42,7 +42,7 @@ def test_explicit_coordinator_from_config(calls):
 
 def test_peer_timeout_is_jax_heartbeat_timeout(calls, monkeypatch):
     """distributed.peer_timeout_seconds bounds how long the others wait on a dead process (the soak in
-    tests/train/test_multihost_soak.py measures it on a real 2-process job)."""
+    tests/multihost/test_multihost_soak.py measures it on a real 2-process job)."""
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
     distributed.maybe_initialize(cfg(peer_timeout_seconds=7))
     assert calls == [{"heartbeat_timeout_seconds": 7}]

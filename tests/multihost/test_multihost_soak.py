@@ -16,7 +16,6 @@ import pytest
 from bench import multihost_soak
 
 
-@pytest.mark.slow
 def test_a_killed_process_ends_the_job_and_the_restart_resumes_bitwise(tmp_path):
     results = str(tmp_path / "results.jsonl")
     r = multihost_soak.main(["--kills", "2", "--steps", "30", "--every", "2", "--max_delay", "0.3",
