@@ -29,10 +29,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bsft_jax.files import write_json
 from bsft_jax.train.log import format_duration
+
+if TYPE_CHECKING:
+    from bsft_jax.run.settings import Settings
 
 log = logging.getLogger("bsft_jax.mainjob")
 
@@ -115,34 +118,41 @@ def run_stages(stages: list[tuple[str, Callable[[], Any]]], out_dir: str,
     return dict(book.done)
 
 
-def selected_run(cfg: Any) -> str:
+def selected_run(settings: Settings) -> str:
     """The run folder the evaluate stage reads: ``<run_dir>/best`` when the recipe keeps a best step
     (``checkpoint.keep_best_metric``, chosen on the validation split) and training wrote one, else ``run_dir``
     (its newest step)."""
     from bsft_jax import storage
     from bsft_jax.train.steer import BEST_SUBDIR
 
-    best = storage.join(cfg.run_dir, BEST_SUBDIR)
-    if cfg.checkpoint.keep_best_metric and storage.isfile(storage.join(best, "config.json")):
+    best = storage.join(settings.run_dir, BEST_SUBDIR)
+    if settings.checkpoint.keep_best_metric and storage.isfile(storage.join(best, "config.json")):
         return best
-    return cfg.run_dir
+    return settings.run_dir
 
 
 def main_job(behavior_cfg: Any, general_cfg: Any, out_dir: str, opts: EvalOptions) -> dict[str, float]:
-    """The three stages (see the module doc) for two resolved training configs."""
+    """The three stages (see the module doc) for two training configs (ml_collections, or their resolved
+    :class:`Settings`). Both are resolved before any stage runs: a bad GeneralSFT recipe is reported at
+    once, not after the BehaviorSFT run has trained."""
     from bsft_jax.evaluate.compare import BASELINES, run_comparison
+    from bsft_jax.run.settings import Settings
+    from bsft_jax.train.loop import resolve_for_training
     from bsft_jax.train.loop import run as train
 
+    behavior, general = (c if isinstance(c, Settings) else resolve_for_training(c) for c in (behavior_cfg, general_cfg))
+
     def evaluate() -> None:
-        run_comparison(behavior_cfg, checkpoint=selected_run(behavior_cfg),
-                       general_checkpoint=selected_run(general_cfg),
+        # the same settings, read for evaluation (its rules are a subset of training's)
+        run_comparison(behavior, checkpoint=selected_run(behavior),
+                       general_checkpoint=selected_run(general),
                        baselines=tuple(BASELINES), out_dir=out_dir, max_new_tokens=opts.max_new_tokens,
                        batch_size=opts.batch_size, limit=opts.limit, few_shot_k=opts.few_shot_k,
                        steering_probe=opts.steering_probe, baseline_limit=opts.baseline_limit,
                        probe_limit=opts.probe_limit)
 
-    return run_stages([("train BehaviorSFT", lambda: train(behavior_cfg)),
-                       ("train GeneralSFT", lambda: train(general_cfg)),
+    return run_stages([("train BehaviorSFT", lambda: train(behavior)),
+                       ("train GeneralSFT", lambda: train(general)),
                        ("evaluate", evaluate)], out_dir)
 
 

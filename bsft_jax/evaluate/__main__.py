@@ -28,7 +28,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from bsft_jax.errors import cli_boundary
-from bsft_jax.evaluate.compare import BASELINES, run_comparison
+from bsft_jax.evaluate.compare import BASELINES, resolve_for_evaluation, run_comparison
 from bsft_jax.evaluate.core import MODES
 from bsft_jax.evaluate.judge import JudgeSettings
 from bsft_jax.run.cli import parse_flags, setup_logging
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def evaluate() -> None:
-        run_comparison(fv.config, checkpoint=fv.checkpoint, general_checkpoint=fv.general_checkpoint,
+        settings = resolve_for_evaluation(fv.config)  # the config read once, validated (exit 2 on a bad field)
+        run_comparison(settings, checkpoint=fv.checkpoint, general_checkpoint=fv.general_checkpoint,
                        step=None if fv.step < 0 else fv.step, baselines=[b for b in fv.baselines if b],
                        splits=fv.splits, mode=fv.mode, out_dir=fv.out_dir, max_new_tokens=fv.max_new_tokens,
                        batch_size=fv.batch_size, limit=fv.limit, few_shot_k=fv.few_shot_k,

@@ -33,7 +33,7 @@ from bsft_jax.files import check_writable
 from bsft_jax.models.hf import load_hf
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import CheckpointError, load_params
-from bsft_jax.run.config import ConfigError, config_from_dict, resolve_mesh_shape
+from bsft_jax.run.config import ConfigError, resolve, settings_from_saved
 from bsft_jax.run.model_setup import init_sharded, load_tokenizer, scratch_config, tokenizer_path
 from bsft_jax.run.recovery import newest_readable
 from bsft_jax.run.settings import Settings
@@ -46,8 +46,8 @@ STYLE_NAMES = {"behavior_sft": "BehaviorSFT", "general_sft": "GeneralSFT",
                "explicit_instruction": "SFT (explicit instruction)"}
 
 
-def load_run(run_dir: str, step: int | None, dtype: str, mesh: Any) -> tuple[Any, Any, Any, str, int]:
-    """(model, tokenizer, run config, style, step) of a training run directory's checkpoint."""
+def load_run(run_dir: str, step: int | None, dtype: str, mesh: Any) -> tuple[Any, Any, Settings, str, int]:
+    """(model, tokenizer, run settings, style, step) of a training run directory's checkpoint."""
     path = storage.join(run_dir, "config.json")
     if not storage.isfile(path):
         raise CheckpointError(f"{run_dir}: no config.json (is this a bsft_jax run directory?)")
@@ -57,13 +57,13 @@ def load_run(run_dir: str, step: int | None, dtype: str, mesh: Any) -> tuple[Any
         copy = storage.join(run_dir, "checkpoints", "<step>", "config", "metadata")
         raise CheckpointError(f"{path}: not valid JSON ({e}); restore it from a copy (each step saves the resolved "
                               f"config as JSON in {copy})") from None
-    run_cfg = config_from_dict(saved)
+    run_settings = settings_from_saved(saved)
     _, (model, _, meta) = newest_readable(run_dir, lambda s: load_params(run_dir, s, mesh=mesh, dtype=dtype),
                                           step)  # a damaged newest step: the previous one, with a warning
     tok_dir = storage.join(run_dir, meta.get("tokenizer_dir", "tokenizer"))
     if not storage.isdir(tok_dir):
         raise CheckpointError(f"{run_dir}: no tokenizer folder {tok_dir!r} beside the checkpoints")
-    return model, load_tokenizer(tok_dir), run_cfg, run_cfg.data.style, int(meta["step"])
+    return model, load_tokenizer(tok_dir), run_settings, run_settings.data.style, int(meta["step"])
 
 
 def load_base(s: Settings, mesh: Any) -> tuple[Any, Any]:
@@ -78,7 +78,7 @@ def load_base(s: Settings, mesh: Any) -> tuple[Any, Any]:
 
 
 def run_comparison(
-    cfg: Any,
+    config: Settings | Any,
     *,
     checkpoint: str = "",
     general_checkpoint: str = "",
@@ -99,6 +99,9 @@ def run_comparison(
 ) -> dict[str, dict[str, str]]:
     """Evaluates every run on every split and writes the reports; returns split -> written paths.
 
+    config:         :class:`Settings` from :func:`bsft_jax.run.config.resolve` (``training=False``; what the
+                    CLI passes), or an ml_collections config, resolved here for this process's devices.
+
     limit:          items per split for the fine-tuned runs, categories in turn (0: all).
     baseline_limit: items for the prompting baselines (0: ``limit``); a smaller number takes the first
                     items of the same stratified order, so the baselines' items are a subset of the runs'.
@@ -109,9 +112,9 @@ def run_comparison(
     judge:          also rate every arm's replies with an LLM judge (:mod:`bsft_jax.evaluate.judge`) and add
                     the means to the report; a failed or unparseable rating is counted, never fatal.
     """
-    _check_comparison_request(cfg, checkpoint, general_checkpoint, baselines, mode, out_dir, judge)
-    mesh = make_mesh(resolve_mesh_shape(cfg.mesh, jax.device_count()))
-    settings = Settings.from_config(cfg)
+    settings = config if isinstance(config, Settings) else resolve_for_evaluation(config)
+    _check_comparison_request(settings.run_dir, checkpoint, general_checkpoint, baselines, mode, out_dir, judge)
+    mesh = make_mesh(settings.mesh_shape)
     spec = settings.behavior.spec
     train_records = as_records(load_split(settings.data, spec, settings.data.train_split), spec)
     tests = {s: stratified_subset(as_records(load_split(settings.data, spec, s), spec), limit) for s in splits}
@@ -128,7 +131,7 @@ def run_comparison(
             step_seen = _evaluate_run(run_dir, run_step, settings.model.runtime.dtype, tests, force_behavior, common,
                                       results, probes if steering_probe else None, probe_limit)
     if not out_dir:
-        base = checkpoint or general_checkpoint or cfg.run_dir
+        base = checkpoint or general_checkpoint or settings.run_dir
         out_dir = storage.join(base, "eval", f"step_{step_seen}" if step_seen is not None else "base")
     written = {}
     for split, runs in results.items():
@@ -143,12 +146,18 @@ def run_comparison(
     return written
 
 
+def resolve_for_evaluation(cfg: Any) -> Settings:
+    """An evaluation config read once (:func:`bsft_jax.run.config.resolve` without the training-batch rules:
+    the comparison decodes in its own batches) for this process's devices."""
+    return resolve(cfg, num_devices=jax.device_count(), num_processes=jax.process_count(), training=False)
+
+
 def _first(records: list[Record], limit: int) -> list[Record]:
     """The first ``limit`` items of a stratified subset, still categories in turn (0: all of them)."""
     return stratified_subset(records, limit) if limit > 0 else records
 
 
-def _check_comparison_request(cfg: Any, checkpoint: str, general_checkpoint: str, baselines: Sequence[str],
+def _check_comparison_request(run_dir: str, checkpoint: str, general_checkpoint: str, baselines: Sequence[str],
                               mode: str, out_dir: str, judge: JudgeSettings | None = None) -> None:
     """Every argument mistake, before any model is loaded: mode, baselines, run folders, the report folder,
     the judge."""
@@ -167,7 +176,7 @@ def _check_comparison_request(cfg: Any, checkpoint: str, general_checkpoint: str
         if run_dir and not storage.isdir(run_dir):
             raise CheckpointError(f"{flag}={run_dir!r} is not a folder; point it at a training run directory")
     # The reports are written last: a read-only or misplaced folder is found now, not after decoding.
-    default_out = storage.join(checkpoint or general_checkpoint or cfg.run_dir, "eval")
+    default_out = storage.join(checkpoint or general_checkpoint or run_dir, "eval")
     check_writable(out_dir or default_out, "--out_dir" if out_dir else "--out_dir (default <checkpoint>/eval)")
 
 
@@ -192,10 +201,10 @@ def _evaluate_run(run_dir: str, step: int | None, dtype: str, tests: dict[str, l
 
     ``probes``: when given (a dict), a BehaviorSFT run's steering probe per split is stored in it.
     """
-    model, tokenizer, run_cfg, style, step_seen = load_run(run_dir, step, dtype, common["mesh"])
+    model, tokenizer, run_settings, style, step_seen = load_run(run_dir, step, dtype, common["mesh"])
     name = STYLE_NAMES.get(style, style)
     force = force_behavior if style == "behavior_sft" and force_behavior else None
-    spec = Settings.from_config(run_cfg).behavior.spec  # the run's own behavior tokens
+    spec = run_settings.behavior.spec  # the run's own behavior tokens
     if force:
         check_force_behavior(force, spec.names)  # before any decoding
     for split, records in tests.items():

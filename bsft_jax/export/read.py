@@ -42,7 +42,7 @@ from bsft_jax.run.checkpoint import (
     read_meta,
     read_saved_config,
 )
-from bsft_jax.run.config import config_from_dict
+from bsft_jax.run.config import settings_from_saved
 from bsft_jax.run.lora import rebuild_base
 from bsft_jax.run.model_setup import load_tokenizer
 from bsft_jax.run.recovery import DamagedStep, failure_reason
@@ -193,7 +193,7 @@ def _params_dir(run_dir: str, step: int) -> str:
 # ----------------------------------------------------------------------------- LoRA steps
 def run_settings(run_dir: str, step: int) -> Settings:
     """The typed settings of the config saved with a step (how the run built its base)."""
-    return Settings.from_config(config_from_dict(read_saved_config(run_dir, step)))
+    return settings_from_saved(read_saved_config(run_dir, step))
 
 
 def load_lora_step(run_dir: str, step: int, meta: dict[str, Any], settings: Settings) -> LoraStep:

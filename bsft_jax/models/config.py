@@ -57,6 +57,13 @@ class Llama3RopeScaling:
     original_max_position_embeddings: int
 
 
+def cudnn_attention_fits(dtype: str, head_dim: int | None = None) -> bool:
+    """Whether cuDNN flash attention computes in ``dtype`` (bf16/fp16) and, when known, ``head_dim`` (<= 128,
+    a multiple of 8). The one rule behind ``attention_impl='cudnn'``: the run config checks the dtype
+    (the head size may come from an HF folder later), DecoderConfig both."""
+    return dtype in CUDNN_ATTENTION_DTYPES and (head_dim is None or (head_dim <= 128 and head_dim % 8 == 0))
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
     """Architecture of a Qwen2/Llama-style decoder plus the runtime numerics we train it with.
@@ -205,7 +212,7 @@ class DecoderConfig:
     @property
     def cudnn_attention_fits(self) -> bool:
         """cuDNN flash attention supports this compute dtype and head size (bf16/fp16, head_dim <= 128, % 8)."""
-        return self.dtype in CUDNN_ATTENTION_DTYPES and self.head_dim <= 128 and self.head_dim % 8 == 0
+        return cudnn_attention_fits(self.dtype, self.head_dim)
 
     @property
     def num_query_groups(self) -> int:

@@ -51,11 +51,11 @@ class LoraConfig:
                 "targets": list(self.targets)}
 
 
-def lora_config_from(cfg: Any) -> LoraConfig | None:
-    """A LoraConfig from a config block / dict with rank, alpha, dropout, targets; None when off."""
-    if cfg is None:
+def lora_config_from(fields: Any) -> LoraConfig | None:
+    """A LoraConfig from a dict (a checkpoint's meta) or an object with rank, alpha, dropout, targets; None when off."""
+    if fields is None:
         return None
-    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    get = fields.get if isinstance(fields, dict) else lambda k, d=None: getattr(fields, k, d)
     targets = get("targets", TARGETS)
     if isinstance(targets, str):
         targets = tuple(t.strip() for t in targets.split(",") if t.strip())

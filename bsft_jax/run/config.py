@@ -2,8 +2,10 @@
 
 Config files in ``configs/`` start from :func:`default_config` and change what their recipe
 needs; command-line overrides (``--config.optimizer.learning_rate=1e-5``) are applied by
-ml_collections. :func:`validate_config` runs once at start on the *resolved* config and raises
-:class:`ConfigError` naming the field (``config.mesh.fsdp: ...``) and what to do. The resolved
+ml_collections. :func:`resolve` runs once per command on the *resolved* config: it builds the typed
+:class:`~bsft_jax.run.settings.Settings` that everything below the command takes, runs every rule
+that spans blocks, and raises :class:`ConfigError` naming the field (``config.mesh.fsdp: ...``) and
+what to do. The resolved
 config is saved as JSON beside every checkpoint (:func:`config_to_dict`).
 
 Field reference (``-1`` / ``""`` mean "derive it"):
@@ -77,6 +79,7 @@ lease.force_takeover     take the lease even from a holder that still looks aliv
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -89,12 +92,25 @@ from bsft_jax import storage
 from bsft_jax.models import sharding
 from bsft_jax.models.builtin import BuiltinModelError, check_available, is_builtin
 from bsft_jax.models.config import SUPPORTED_MODEL_TYPES
-from bsft_jax.run.settings import ConfigError, Settings, fail
+from bsft_jax.run.settings import (
+    HELD_OUT_METRICS,
+    STEER_METRICS,
+    ConfigError,
+    DataSettings,
+    DistributedSettings,
+    ModelSettings,
+    Settings,
+    StepSettings,
+    fail,
+    one_of,
+    positive,
+)
 
 # Fields whose value is a free-form mapping (no fixed key set).
 FREE_FORM = frozenset({"behavior.category_map", "data.field_map"})
-__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "default_config", "load_config_file",
-           "resolve_mesh_shape", "validate_config"]
+__all__ = ["ConfigError", "check_best_metric", "config_from_dict", "config_to_dict", "default_config",
+           "distributed_settings", "load_config_file", "resolve", "resolve_mesh_shape", "settings_from_saved",
+           "validate_config"]
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -161,12 +177,13 @@ def _add_training(c: ml_collections.ConfigDict) -> None:
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000
     c.train.global_batch_size = 8
-    c.train.microbatches = 1
-    c.train.z_loss = 0.0
-    c.train.loss_impl = "chunked"
-    c.train.loss_chunk = 256
-    c.train.loss_budget = 0.5
-    c.train.first_token_loss_weight = 1.0
+    step = StepSettings()  # the train step's defaults live on its settings piece (the Trainer takes it)
+    c.train.microbatches = step.microbatches
+    c.train.z_loss = step.z_loss
+    c.train.loss_impl = step.loss_impl
+    c.train.loss_chunk = step.loss_chunk
+    c.train.loss_budget = step.loss_budget
+    c.train.first_token_loss_weight = step.first_token_loss_weight
     c.train.log_every = 10
     c.train.eval_every = 0
     c.train.steer_eval_items = 0
@@ -247,31 +264,28 @@ def _merge(cfg: ml_collections.ConfigDict, d: Mapping[str, Any], where: str) -> 
             cfg[key] = value
 
 
-# ----------------------------------------------------------------------------- validation
-_fail = fail
-
-
+# ----------------------------------------------------------------------------- resolve
 def _check_known(cfg: Any, ref: Any, prefix: str) -> None:
     for key in cfg.keys():
         field = f"{prefix}{key}"
         if key not in ref:
             known = ", ".join(sorted(ref.keys()))
-            raise _fail(field, f"unknown field (known fields here: {known})")
+            raise fail(field, f"unknown field (known fields here: {known})")
         value, default = cfg[key], ref[key]
         if isinstance(default, ml_collections.ConfigDict) and field not in FREE_FORM:
             if not isinstance(value, ml_collections.ConfigDict | Mapping):
-                raise _fail(field, f"expected a block of fields, got {value!r}")
+                raise fail(field, f"expected a block of fields, got {value!r}")
             _check_known(value, default, field + ".")
         elif isinstance(default, bool):
             if not isinstance(value, bool):
-                raise _fail(field, f"expected true/false, got {value!r}")
+                raise fail(field, f"expected true/false, got {value!r}")
         elif isinstance(default, int | float) and not isinstance(default, bool):
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise _fail(field, f"expected a number, got {value!r}")
+                raise fail(field, f"expected a number, got {value!r}")
             if isinstance(default, int) and not isinstance(value, int):
-                raise _fail(field, f"expected an integer, got {value!r}")
+                raise fail(field, f"expected an integer, got {value!r}")
         elif isinstance(default, str) and not isinstance(value, str):
-            raise _fail(field, f"expected a string, got {value!r}")
+            raise fail(field, f"expected a string, got {value!r}")
 
 
 def _check_builtin(field: str, path: str) -> None:
@@ -279,26 +293,7 @@ def _check_builtin(field: str, path: str) -> None:
     try:
         check_available(path)
     except BuiltinModelError as e:
-        raise _fail(field, str(e)) from None
-
-
-def _one_of(cfg: Any, field: str, choices: tuple[str, ...]) -> None:
-    value = _get(cfg, field)
-    if value not in choices:
-        raise _fail(field, f"{value!r} is not one of {list(choices)}")
-
-
-def _get(cfg: Any, field: str) -> Any:
-    for part in field.split("."):
-        cfg = cfg[part]
-    return cfg
-
-
-def _positive(cfg: Any, *fields: str, allow_zero: bool = False) -> None:
-    for field in fields:
-        v = _get(cfg, field)
-        if v < 0 or (v == 0 and not allow_zero):
-            raise _fail(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+        raise fail(field, str(e)) from None
 
 
 def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
@@ -307,83 +302,126 @@ def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
     try:
         return sharding.resolve_mesh_shape({a: int(mesh_cfg[a]) for a in sharding.MESH_AXES}, num_devices)
     except ValueError as e:
-        raise _fail("mesh", str(e)) from None
+        raise fail("mesh", str(e)) from None
+
+
+def distributed_settings(cfg: ml_collections.ConfigDict) -> DistributedSettings:
+    """``config.distributed`` alone: multi-host start-up comes before :func:`resolve` (which needs the
+    process count)."""
+    return DistributedSettings.from_block(cfg.distributed)
+
+
+def resolve(cfg: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1,
+            training: bool = True) -> Settings:
+    """The config read once: typed :class:`~bsft_jax.run.settings.Settings`, checked. Raises :class:`ConfigError`.
+
+    Unknown fields and wrong types first; then every typed piece validates itself; then the rules that
+    span blocks (here): the model, tokenizer and data files exist, style and behavior agree, warmup fits,
+    the mesh fits ``num_devices``, the batch splits over microbatches, devices and processes (``training``
+    only: evaluation never forms a training batch), and the keep-best metric can be measured. The result
+    carries ``run_dir``, the resolved ``mesh_shape`` and the JSON config saved beside every checkpoint.
+    """
+    _check_known(cfg, default_config(), "")
+    if training and not cfg.run_dir:
+        raise fail("run_dir", "is empty; set --config.run_dir=PATH")
+    settings = Settings.from_config(cfg)
+    _check_model_source(settings.model)
+    _check_tokenizer(settings)
+    _check_data_files(settings.data)
+    if settings.behavior.enabled != (settings.data.style == "behavior_sft"):
+        raise fail("data.style", f"{settings.data.style!r} does not match behavior.enabled={settings.behavior.enabled} "
+                                 "(behavior tokens are trained only with the 'behavior_sft' style)")
+    t = settings.train
+    if settings.optimizer.warmup_steps > t.steps:
+        raise fail("optimizer.warmup_steps", f"{settings.optimizer.warmup_steps} exceeds train.steps={t.steps}")
+    mesh = resolve_mesh_shape(settings.mesh.sizes(), num_devices)
+    if training:
+        _check_batch(settings, mesh, num_processes)
+    check_best_metric(settings.checkpoint.keep_best_metric, t.steer_eval_items, t.eval_every, t.early_stop_patience)
+    return dataclasses.replace(settings, mesh_shape=mesh, config_json=config_to_dict(cfg))
 
 
 def validate_config(cfg: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1) -> dict[str, int]:
-    """Checks the resolved config; returns the resolved mesh shape. Raises :class:`ConfigError`.
+    """:func:`resolve` for a training run, returning only the resolved mesh shape (the older entry point)."""
+    return dict(resolve(cfg, num_devices=num_devices, num_processes=num_processes).mesh_shape or {})
 
-    Unknown fields and wrong types first; then every typed piece validates itself
-    (:class:`~bsft_jax.run.settings.Settings`); then the rules that span blocks (here).
-    """
-    _check_known(cfg, default_config(), "")
-    if not cfg.run_dir:
-        raise _fail("run_dir", "is empty; set --config.run_dir=PATH")
-    settings = Settings.from_config(cfg)
-    _check_model_source(cfg)
-    _check_tokenizer(cfg)
-    _check_data_files(cfg)
-    if settings.behavior.enabled != (settings.data.style == "behavior_sft"):
-        raise _fail("data.style", f"{cfg.data.style!r} does not match behavior.enabled={cfg.behavior.enabled} "
-                                  "(behavior tokens are trained only with the 'behavior_sft' style)")
+
+def settings_from_saved(saved: Mapping[str, Any]) -> Settings:
+    """The settings of a run from the config it saved (``config.json``): checked when it trained, so only
+    its pieces are built (the files it named need not exist on this machine)."""
+    return Settings.from_config(config_from_dict(saved))
+
+
+def _check_batch(settings: Settings, mesh: Mapping[str, int], num_processes: int) -> None:
+    """Every device and every process gets whole rows of every microbatch."""
     t = settings.train
-    if settings.optimizer.warmup_steps > t.steps:
-        raise _fail("optimizer.warmup_steps", f"{settings.optimizer.warmup_steps} exceeds train.steps={t.steps}")
-    mesh = resolve_mesh_shape(settings.mesh.sizes(), num_devices)
     batch_shards = mesh["data"] * mesh["fsdp"]
     if t.global_batch_size % (t.microbatches * batch_shards):
-        raise _fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by train.microbatches x "
-                                               f"(mesh.data x mesh.fsdp) = {t.microbatches} x {batch_shards}")
+        raise fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by train.microbatches x "
+                                              f"(mesh.data x mesh.fsdp) = {t.microbatches} x {batch_shards}")
     if t.global_batch_size % num_processes:
-        raise _fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by the {num_processes} "
-                                               "processes")
-    return mesh
+        raise fail("train.global_batch_size", f"{t.global_batch_size} is not divisible by the {num_processes} "
+                                              "processes")
 
 
-def _check_model_source(cfg: Any) -> None:
+def check_best_metric(metric: str, steer_items: int, eval_every: int, patience: int) -> None:
+    """Raises ConfigError when ``checkpoint.keep_best_metric`` / ``train.early_stop_patience`` cannot work."""
+    if patience and not metric:
+        raise fail("train.early_stop_patience", "needs checkpoint.keep_best_metric (the metric to watch)")
+    if not metric:
+        return
+    if metric not in STEER_METRICS and metric not in HELD_OUT_METRICS:
+        raise fail("checkpoint.keep_best_metric", f"unknown metric {metric!r}; expected one of "
+                                                  f"{sorted(STEER_METRICS) + sorted(HELD_OUT_METRICS)}")
+    if metric in STEER_METRICS and steer_items <= 0:
+        raise fail("checkpoint.keep_best_metric", f"{metric!r} is a steering metric: set train.steer_eval_items > 0")
+    if eval_every < 0:
+        raise fail("checkpoint.keep_best_metric", "needs evaluations: set train.eval_every >= 0")
+
+
+def _check_model_source(m: ModelSettings) -> None:
     """An HF folder that exists, or a from-scratch architecture that is consistent."""
-    m = cfg.model
     if m.source == "hf":
         if not m.hf_path:
-            raise _fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")
+            raise fail("model.hf_path", "is empty but model.source='hf'; point it at a local Hugging Face folder")
         if is_builtin(m.hf_path):
             _check_builtin("model.hf_path", m.hf_path)
         elif not storage.isdir(m.hf_path):
-            raise _fail("model.hf_path", f"{m.hf_path!r} is not a folder (missing HF checkpoint); download the model "
-                                         "there or fix the path")
+            raise fail("model.hf_path", f"{m.hf_path!r} is not a folder (missing HF checkpoint); download the model "
+                                        "there or fix the path")
         elif not storage.isfile(storage.join(m.hf_path, "config.json")):
-            raise _fail("model.hf_path", f"{m.hf_path!r} has no config.json; is it a Hugging Face model folder?")
+            raise fail("model.hf_path", f"{m.hf_path!r} has no config.json; is it a Hugging Face model folder?")
         return
-    _one_of(cfg, "model.arch.model_type", SUPPORTED_MODEL_TYPES)
-    _positive(cfg, *(f"model.arch.{f}" for f in ("hidden_size", "intermediate_size", "num_layers", "num_heads",
-                                                 "num_kv_heads", "head_dim")))
-    if m.arch.num_heads % m.arch.num_kv_heads:
-        raise _fail("model.arch.num_kv_heads", f"{m.arch.num_kv_heads} does not divide num_heads={m.arch.num_heads}")
+    arch = m.arch
+    one_of("model.arch", "model_type", arch["model_type"], SUPPORTED_MODEL_TYPES)
+    positive("model.arch", arch, "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+             "head_dim")
+    if arch["num_heads"] % arch["num_kv_heads"]:
+        raise fail("model.arch.num_kv_heads", f"{arch['num_kv_heads']} does not divide num_heads={arch['num_heads']}")
 
 
-def _check_tokenizer(cfg: Any) -> None:
+def _check_tokenizer(s: Settings) -> None:
     """A base tokenizer folder whenever the run needs one (text data or behavior tokens)."""
-    tok_path = cfg.tokenizer.path or (cfg.model.hf_path if cfg.model.source == "hf" else "")
-    if cfg.data.source != "synthetic" or cfg.behavior.enabled or tok_path:
+    tok_path = s.model.base_tokenizer
+    if s.data.source != "synthetic" or s.behavior.enabled or tok_path:
         if not tok_path:
-            raise _fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder (or 'demo')")
+            raise fail("tokenizer.path", "is empty; a from-scratch model needs a base tokenizer folder (or 'demo')")
         if is_builtin(tok_path):
-            _check_builtin("tokenizer.path" if cfg.tokenizer.path else "model.hf_path", tok_path)
+            _check_builtin("tokenizer.path" if s.model.tokenizer_path else "model.hf_path", tok_path)
         elif tok_path != "demo" and not storage.isdir(tok_path):
-            raise _fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
+            raise fail("tokenizer.path", f"{tok_path!r} is not a folder (missing tokenizer)")
 
 
-def _check_data_files(cfg: Any) -> None:
+def _check_data_files(d: DataSettings) -> None:
     """The files of a jsonl or tfds source exist."""
-    d = cfg.data
     if d.source in ("jsonl", "tfds") and storage.isfile(d.path):
         expected = (f"a folder with {d.train_split}.jsonl and {d.eval_split}.jsonl" if d.source == "jsonl"
                     else "a TFDS data_dir")
-        raise _fail("data.path", f"{d.path!r} is a file; expected {expected}: point it at the folder")
+        raise fail("data.path", f"{d.path!r} is a file; expected {expected}: point it at the folder")
     if d.source == "jsonl":
         for split in (d.train_split, d.eval_split):
             path = storage.join(d.path, f"{split}.jsonl")
             if not storage.isfile(path):
-                raise _fail("data.path", f"{path!r} does not exist (expected a folder with <split>.jsonl files)")
+                raise fail("data.path", f"{path!r} does not exist (expected a folder with <split>.jsonl files)")
     if d.source == "tfds" and not storage.isdir(d.path):
-        raise _fail("data.path", f"{d.path!r} is not a TFDS data_dir (build it with bsft_jax.data.tfds_builder)")
+        raise fail("data.path", f"{d.path!r} is not a TFDS data_dir (build it with bsft_jax.data.tfds_builder)")

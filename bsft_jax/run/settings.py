@@ -4,7 +4,8 @@ Each piece is a frozen dataclass for one block of the config; its ``__post_init_
 fields and raises :class:`ConfigError` naming the field (``config.optimizer.b1: ...``). Functions take
 the piece they use (the optimizer its :class:`OptimizerSettings`, the data pipeline a
 :class:`DataSettings` and the :class:`~bsft_jax.behavior.spec.BehaviorSpec`), never the whole config.
-:func:`bsft_jax.run.config.validate_config` keeps only the rules that span blocks.
+:func:`bsft_jax.run.config.resolve` builds them once per command and adds what spans blocks: the
+cross-field rules, the file checks, the run directory and the mesh resolved for the run's devices.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from bsft_jax.behavior import taxonomy
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.errors import UserError
-from bsft_jax.models.config import ATTENTION_IMPLS, CUDNN_ATTENTION_DTYPES, REMAT_MODES, canonical_dtype
+from bsft_jax.models.config import ATTENTION_IMPLS, REMAT_MODES, canonical_dtype, cudnn_attention_fits
 from bsft_jax.models.lora_config import TARGETS as LORA_TARGETS
 from bsft_jax.models.lora_config import LoraConfig
 
@@ -40,14 +42,18 @@ def fail(field: str, msg: str) -> ConfigError:
     return ConfigError(f"config.{field}: {msg}")
 
 
-def _one_of(block: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+def one_of(block: str, name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raises :class:`ConfigError` for ``config.<block>.<name>`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise fail(f"{block}.{name}", f"{value!r} is not one of {list(choices)}")
 
 
-def _positive(block: str, obj: Any, *names: str, allow_zero: bool = False) -> None:
+def positive(block: str, values: Any, *names: str, allow_zero: bool = False) -> None:
+    """Raises :class:`ConfigError` for the first ``config.<block>.<name>`` that is not > 0 (or >= 0).
+
+    ``values``: a settings piece (attributes) or a mapping (a free-form block such as ``model.arch``)."""
     for name in names:
-        v = getattr(obj, name)
+        v = values[name] if isinstance(values, Mapping) else getattr(values, name)
         if v < 0 or (v == 0 and not allow_zero):
             raise fail(f"{block}.{name}", f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
 
@@ -69,11 +75,11 @@ class ModelRuntime:
                 object.__setattr__(self, name, canonical_dtype(getattr(self, name), field=f"config.model.{name}"))
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-        _one_of("model", "remat", self.remat, REMAT_MODES)
-        _one_of("model", "attention_impl", self.attention_impl, ATTENTION_IMPLS)
-        _positive("model", self, "scan_unroll")
+        one_of("model", "remat", self.remat, REMAT_MODES)
+        one_of("model", "attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        positive("model", self, "scan_unroll")
         # head_dim is checked by DecoderConfig once the architecture is known (it may come from an HF folder)
-        if self.attention_impl == "cudnn" and self.dtype not in CUDNN_ATTENTION_DTYPES:
+        if self.attention_impl == "cudnn" and not cudnn_attention_fits(self.dtype):
             raise fail("model.attention_impl", f"is 'cudnn' but model.dtype={self.dtype!r}; cuDNN flash attention "
                        "needs bfloat16 or float16 (use 'auto' to fall back to 'einsum')")
 
@@ -106,7 +112,7 @@ class LoraSettings:
                    base_dtype=block.base_dtype)
 
     def __post_init__(self) -> None:
-        _positive("model.lora", self, "rank", "alpha", allow_zero=True)
+        positive("model.lora", self, "rank", "alpha", allow_zero=True)
         if not 0.0 <= self.dropout < 1.0:
             raise fail("model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
         bad = [t for t in self.targets if t not in LORA_TARGETS]
@@ -129,7 +135,7 @@ class LoraSettings:
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
     """``config.model`` and ``config.tokenizer``: where the weights and the base tokenizer come from, and
-    the decoder's runtime fields. Existence of folders is checked by validate_config (a cross-field rule)."""
+    the decoder's runtime fields. Existence of folders is checked by ``resolve`` (a cross-field rule)."""
 
     source: str
     hf_path: str
@@ -147,8 +153,8 @@ class ModelSettings:
                                scan_unroll=m.scan_unroll, attention_impl=m.attention_impl)
         settings = cls(source=m.source, hf_path=m.hf_path, arch=_plain(m.arch), vocab_pad_multiple=m.vocab_pad_multiple,
                        tokenizer_path=cfg.tokenizer.path, runtime=runtime, lora=LoraSettings.from_block(m.lora))
-        _one_of("model", "source", settings.source, MODEL_SOURCES)
-        _positive("model", settings, "vocab_pad_multiple")
+        one_of("model", "source", settings.source, MODEL_SOURCES)
+        positive("model", settings, "vocab_pad_multiple")
         return settings
 
     @property
@@ -178,7 +184,7 @@ class BehaviorSettings:
             raise fail(f"behavior.{field}", str(e)) from None
         settings = cls(enabled=bool(b.enabled), spec=spec, init=b.init)
         if settings.enabled:
-            _one_of("behavior", "init", settings.init, BEHAVIOR_INITS)
+            one_of("behavior", "init", settings.init, BEHAVIOR_INITS)
         return settings
 
 
@@ -201,22 +207,51 @@ class DataSettings:
     balance: str = ""  # "decision": as many intervene as hold scenes in every training batch
 
     def __post_init__(self) -> None:
-        _one_of("data", "source", self.source, DATA_SOURCES)
-        _one_of("data", "balance", self.balance, BALANCE_MODES)
+        one_of("data", "source", self.source, DATA_SOURCES)
+        one_of("data", "balance", self.balance, BALANCE_MODES)
         if self.balance and not self.packing:
             raise fail("data.balance", f"{self.balance!r} needs data.packing=true (a pair is packed as one element)")
         if self.balance and self.source == "synthetic":
             raise fail("data.balance", "synthetic data has no behavior to balance; set data.balance=''")
-        _one_of("data", "style", self.style, TRAIN_STYLES)
-        _positive("data", self, "seq_len")
+        one_of("data", "style", self.style, TRAIN_STYLES)
+        positive("data", self, "seq_len")
         for name in ("num_train", "num_test", "tokenizer_vocab"):
             if self.demo[name] <= 0:
                 raise fail(f"data.demo.{name}", f"must be > 0, got {self.demo[name]!r}")
 
 
 @dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """How the train step computes one update (``config.train``'s step fields): the piece
+    :class:`~bsft_jax.train.step.Trainer` and ``LoraTrainer`` take. Its defaults are the config's
+    (:func:`bsft_jax.run.config.default_config` reads them from here)."""
+
+    microbatches: int = 1  # gradient-accumulation microbatches per update (divides the batch)
+    z_loss: float = 0.0  # weight of the z-loss term (0 disables it)
+    loss_impl: str = "chunked"  # "chunked" (never builds [B, T, V] logits) | "full"
+    loss_chunk: int = 256  # chunked: rows of logits alive at a time ([chunk, V] fp32)
+    loss_budget: float = 0.5  # chunked: fraction of positions gathered for the loss (more: exact fallback)
+    first_token_loss_weight: float = 1.0  # x the loss of each reply's first token (the decision); 1.0: plain SFT
+
+    def __post_init__(self) -> None:
+        positive("train", self, "microbatches", "loss_chunk", "first_token_loss_weight")
+        positive("train", self, "z_loss", allow_zero=True)
+        one_of("train", "loss_impl", self.loss_impl, LOSS_IMPLS)
+        if not 0.0 < self.loss_budget <= 1.0:
+            raise fail("train.loss_budget", f"must be in (0, 1], got {self.loss_budget}")
+
+    @property
+    def loss_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`bsft_jax.train.chunked_loss.model_loss_sums` (the loss path)."""
+        return dict(impl=self.loss_impl, chunk=int(self.loss_chunk), budget=float(self.loss_budget))
+
+
+_STEP = StepSettings()
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainSettings:
-    """``config.train``: how long, how big, how often."""
+    """``config.train``: how long, how big, how often; :attr:`step` is how each update is computed."""
 
     steps: int
     global_batch_size: int
@@ -228,29 +263,26 @@ class TrainSettings:
     steer_eval_split: str = "validation"
     steer_max_new_tokens: int = 24
     early_stop_patience: int = 0  # steering evals without a new best before stopping (0: never stop)
-    loss_impl: str = "chunked"
-    loss_chunk: int = 256
-    loss_budget: float = 0.5
-    first_token_loss_weight: float = 1.0  # x the loss of each reply's first token (the decision); 1.0: plain SFT
+    loss_impl: str = _STEP.loss_impl
+    loss_chunk: int = _STEP.loss_chunk
+    loss_budget: float = _STEP.loss_budget
+    first_token_loss_weight: float = _STEP.first_token_loss_weight
 
     def __post_init__(self) -> None:
-        _positive("train", self, "steps", "global_batch_size", "microbatches", "log_every", "loss_chunk")
-        _positive("train", self, "first_token_loss_weight")
-        _positive("train", self, "z_loss", "steer_eval_items", "early_stop_patience", allow_zero=True)
-        _positive("train", self, "steer_max_new_tokens")
-        _one_of("train", "loss_impl", self.loss_impl, LOSS_IMPLS)
-        if not 0.0 < self.loss_budget <= 1.0:
-            raise fail("train.loss_budget", f"must be in (0, 1], got {self.loss_budget}")
+        positive("train", self, "steps", "global_batch_size", "log_every")
+        _ = self.step  # the step's fields check themselves
+        positive("train", self, "steer_eval_items", "early_stop_patience", allow_zero=True)
+        positive("train", self, "steer_max_new_tokens")
         if self.eval_every < -1:
             raise fail("train.eval_every", f"must be -1 (never), 0 (at the end) or a step interval, "
                                            f"got {self.eval_every}")
 
-
-    def trainer_options(self) -> dict[str, Any]:
-        """The keyword arguments of :class:`~bsft_jax.train.step.Trainer` / ``LoraTrainer`` taken from here."""
-        return dict(microbatches=self.microbatches, z_loss=self.z_loss, loss_impl=self.loss_impl,
-                    loss_chunk=self.loss_chunk, loss_budget=self.loss_budget,
-                    first_token_weight=self.first_token_loss_weight)
+    @property
+    def step(self) -> StepSettings:
+        """The train step's piece (what :class:`~bsft_jax.train.step.Trainer` takes)."""
+        return StepSettings(microbatches=self.microbatches, z_loss=self.z_loss, loss_impl=self.loss_impl,
+                            loss_chunk=self.loss_chunk, loss_budget=self.loss_budget,
+                            first_token_loss_weight=self.first_token_loss_weight)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,12 +300,20 @@ class OptimizerSettings:
     decay_embeddings: bool
 
     def __post_init__(self) -> None:
-        _positive("optimizer", self, "learning_rate", "eps")
-        _positive("optimizer", self, "warmup_steps", "weight_decay", allow_zero=True)
+        positive("optimizer", self, "learning_rate", "eps")
+        positive("optimizer", self, "warmup_steps", "weight_decay", allow_zero=True)
         for name in ("min_lr_ratio", "b1", "b2"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0 or (name != "min_lr_ratio" and v == 1.0):
                 raise fail(f"optimizer.{name}", f"must be in [0, 1{']' if name == 'min_lr_ratio' else ')'}, got {v}")
+
+
+# What ``checkpoint.keep_best_metric`` may name: metric -> True when higher is better. Steering metrics
+# (bsft_jax.train.steer, logged as steer/<name>) need train.steer_eval_items > 0; held-out ones do not.
+STEER_METRICS = {"overall_f1": True, "behavior_accuracy": True, "decision_accuracy": True, "over_intervention": False,
+                 "missed_intervention": False, "unparsed": False,
+                 **{f"{g}_f1": True for g in taxonomy.GROUPS}}
+HELD_OUT_METRICS = {"loss": False, "first_token_accuracy": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +327,7 @@ class CheckpointSettings:
     restore_data: bool = True  # on resume, restore the data-iterator position too
 
     def __post_init__(self) -> None:
-        _positive("checkpoint", self, "every_steps", "keep")
+        positive("checkpoint", self, "every_steps", "keep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,8 +369,8 @@ class DistributedSettings:
         return cls(**_plain(block))
 
     def __post_init__(self) -> None:
-        _one_of("distributed", "initialize", self.initialize, DIST_INIT)
-        _positive("distributed", self, "peer_timeout_seconds")
+        one_of("distributed", "initialize", self.initialize, DIST_INIT)
+        positive("distributed", self, "peer_timeout_seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,7 +392,7 @@ class LeaseSettings:
     force_takeover: bool = False
 
     def __post_init__(self) -> None:
-        _positive("lease", self, "expiry_seconds")
+        positive("lease", self, "expiry_seconds")
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -375,11 +415,17 @@ class Settings:
     distributed: DistributedSettings
     logging: LoggingSettings
     lease: LeaseSettings = LeaseSettings()
+    run_dir: str = ""  # checkpoints, metrics, the tokenizer and the config go here
+    # Set by bsft_jax.run.config.resolve (None / empty from from_config alone):
+    mesh_shape: Mapping[str, int] | None = None  # config.mesh with the -1 resolved for the run's devices
+    config_json: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # saved beside every checkpoint
 
     @classmethod
     def from_config(cls, cfg: Any) -> Settings:
-        """Resolves (and so validates) every piece of an ml_collections config."""
+        """Every piece of an ml_collections config, each validated on its own (no cross-field rules, no
+        file checks, no mesh: :func:`bsft_jax.run.config.resolve` adds those)."""
         return cls(
+            run_dir=str(cfg.run_dir),
             seed=int(cfg.seed),
             model=ModelSettings.from_config(cfg),
             behavior=BehaviorSettings.from_block(cfg.behavior),

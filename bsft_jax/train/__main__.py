@@ -7,10 +7,8 @@ import sys
 
 from bsft_jax.errors import cli_boundary
 from bsft_jax.run.cli import parse_flags, setup_logging
-from bsft_jax.run.settings import DistributedSettings
-from bsft_jax.train import distributed
 from bsft_jax.train.distributed import is_primary
-from bsft_jax.train.loop import NonFiniteLossError, run
+from bsft_jax.train.loop import NonFiniteLossError, resolve_for_training, run
 
 log = logging.getLogger("bsft_jax.train")
 
@@ -38,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def train() -> int:
-        distributed.maybe_initialize(DistributedSettings.from_block(flags_def.config.distributed))
+        settings = resolve_for_training(flags_def.config)  # the config read once (jax.distributed started first)
         if not is_primary():  # one progress log per job: the other processes report only problems
             logging.getLogger().setLevel(logging.WARNING)
-        result = run(flags_def.config)
+        result = run(settings)
         log.info("finished at step %d%s", result.final_step, " (preempted)" if result.preempted else "")
         return 0
 

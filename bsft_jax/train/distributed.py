@@ -63,7 +63,7 @@ def _multi_process_environment() -> str | None:
 def maybe_initialize(settings: DistributedSettings) -> bool:
     """Initialises ``jax.distributed`` if the settings or environment ask for it; returns whether it did.
 
-    ``settings``: the resolved ``config.distributed`` (``DistributedSettings.from_block(cfg.distributed)``).
+    ``settings``: the resolved ``config.distributed`` (:func:`bsft_jax.run.config.distributed_settings`).
     Safe to call twice (a second call is a no-op).
     """
     if jax.distributed.is_initialized():

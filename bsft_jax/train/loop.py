@@ -5,7 +5,8 @@ from the environment, see :mod:`bsft_jax.train.distributed`). A run directory th
 checkpoints is resumed from its latest step. SIGTERM (preemption) saves and exits with status 0;
 a NaN/inf loss stops with status 1 naming the step, the last good checkpoint untouched.
 
-Library entry point: :func:`run` (takes a resolved ml_collections config; no flag parsing).
+Library entry point: :func:`run` (takes the :class:`~bsft_jax.run.settings.Settings` of
+:func:`bsft_jax.run.config.resolve`, or a config it resolves; no flag parsing).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from bsft_jax.files import check_writable, write_json
 from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, make_meta
-from bsft_jax.run.config import config_to_dict, validate_config
+from bsft_jax.run.config import distributed_settings, resolve
 from bsft_jax.run.lease import take_run_lease
 from bsft_jax.run.lora import base_reference, lora_meta, rebuild_base
 from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, check_same_model, write_run_files
 from bsft_jax.run.recovery import newest_meta, restore_newest
-from bsft_jax.run.settings import BehaviorSettings, DistributedSettings, Settings
+from bsft_jax.run.settings import BehaviorSettings, Settings
 from bsft_jax.train import distributed
 from bsft_jax.train.data import load_splits, make_eval_batches, train_iterator
 from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_primary
@@ -43,7 +44,7 @@ from bsft_jax.train.lora import make_trainer
 from bsft_jax.train.loss import LossSums, first_target_mask
 from bsft_jax.train.optim import make_optimizer
 from bsft_jax.train.shared_storage import check_shared_run_dir
-from bsft_jax.train.steer import BestKeeper, SteerEval, check_best_metric
+from bsft_jax.train.steer import BestKeeper, SteerEval
 from bsft_jax.train.step import Trainer, TrainState
 from bsft_jax.units import human_bytes
 
@@ -186,53 +187,64 @@ class _Outcome:
     eval_metrics: dict[str, float]
 
 
-def run(cfg: Any, *, devices: list[jax.Device] | None = None,
+def run(config: Settings | Any, *, devices: list[jax.Device] | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
-    """Trains with a resolved config; resumes from ``run_dir`` if it holds checkpoints.
+    """Trains with the resolved settings; resumes from ``run_dir`` if it holds checkpoints.
 
+    config:   :class:`Settings` from :func:`bsft_jax.run.config.resolve` (what the CLI passes), or an
+              ml_collections config, resolved here for these devices and this job's processes.
     devices:  restrict the mesh to these devices (default: all).
     on_step:  called on every process after each finished step with ``(step, metrics)``.
     Raises ConfigError for a bad config and NonFiniteLossError for a NaN/inf step.
     """
     t_start = time.perf_counter()
-    # before validation: it needs the process count
-    distributed.maybe_initialize(DistributedSettings.from_block(cfg.distributed))
+    if isinstance(config, Settings):
+        settings = config
+        distributed.maybe_initialize(settings.distributed)  # before any device query (a no-op if the CLI did it)
+    else:
+        settings = resolve_for_training(config, None if devices is None else len(devices))
     devices = list(devices if devices is not None else jax.devices())
-    mesh_shape = validate_config(cfg, num_devices=len(devices), num_processes=jax.process_count())
-    mesh = make_mesh(mesh_shape, devices)
-    settings = Settings.from_config(cfg)  # the typed pieces (validate_config has checked them)
+    mesh = make_mesh(settings.mesh_shape, devices)
     t = settings.train
-    check_best_metric(settings.checkpoint.keep_best_metric, t.steer_eval_items, t.eval_every, t.early_stop_patience)
+    run_dir = storage.abspath(settings.run_dir)
     # Every check a user can fail, before anything is written: data (bad lines, empty files), then the run folder.
     splits = load_splits(settings.data, settings.behavior.spec, with_eval=t.eval_every >= 0,
                          num_processes=jax.process_count())
-    check_writable(cfg.run_dir, "config.run_dir")
-    check_writable(storage.join(cfg.run_dir, "checkpoints"), "config.run_dir")
+    check_writable(settings.run_dir, "config.run_dir")
+    check_writable(storage.join(settings.run_dir, "checkpoints"), "config.run_dir")
     # One trainer per run directory: process 0 holds a lease from before its first write until the end.
-    with take_run_lease(cfg.run_dir, settings.lease, primary=is_primary(), all_agree=_all_processes_agree), \
+    with take_run_lease(settings.run_dir, settings.lease, primary=is_primary(), all_agree=_all_processes_agree), \
             jax.set_mesh(mesh), contextlib.ExitStack() as stack:
-        check_shared_run_dir(storage.abspath(cfg.run_dir))  # multi-host: every process must see one run directory
-        session = _start(cfg, settings, splits, mesh, stack)
+        check_shared_run_dir(run_dir)  # multi-host: every process must see one run directory
+        session = _start(run_dir, settings, splits, mesh, stack)
         out = _loop(session, stack.enter_context(_StopSignal()), on_step)
         session.metrics_log.flush()
     seconds = time.perf_counter() - t_start
     log.info("done: step %d in %s%s", out.final_step, format_duration(seconds), " (preempted)" if out.preempted else "")
-    return TrainResult(run_dir=storage.abspath(cfg.run_dir), start_step=out.start_step, final_step=out.final_step,
+    return TrainResult(run_dir=run_dir, start_step=out.start_step, final_step=out.final_step,
                        preempted=out.preempted, last_metrics=out.last_metrics, eval_metrics=out.eval_metrics,
                        startup=session.startup, seconds=seconds)
 
 
-def _start(cfg: Any, settings: Settings, splits: dict[str, Any], mesh: Any, stack: contextlib.ExitStack
+def resolve_for_training(cfg: Any, num_devices: int | None = None) -> Settings:
+    """A training config resolved for this job: ``jax.distributed`` started first (when the config or the
+    environment asks for it: the process count is part of the checks), then :func:`resolve`."""
+    distributed.maybe_initialize(distributed_settings(cfg))
+    return resolve(cfg, num_devices=jax.device_count() if num_devices is None else num_devices,
+                   num_processes=jax.process_count())
+
+
+def _start(run_dir: str, settings: Settings, splits: dict[str, Any], mesh: Any, stack: contextlib.ExitStack
            ) -> _Session:
     """Set-up: the checkpointer, the model (fresh or for resume), the trainer, data, state, compile."""
-    run_dir, primary = storage.abspath(cfg.run_dir), is_primary()
+    primary = is_primary()
     t = settings.train
     c = settings.checkpoint
     ckpt = Checkpointer(run_dir, keep=c.keep, async_save=c.async_save)  # before writing
     stack.callback(ckpt.close)  # waits for pending saves even when a step fails
     newest = newest_meta(ckpt)  # the model config of the run (the same in every step)
     resume_step = None if newest is None else newest[0]
-    config_dict = config_to_dict(cfg)
+    config_dict = dict(settings.config_json)
     if newest is not None:
         check_same_model(run_dir, config_dict)  # a changed model shape is an error, not silently the old model
     bundle = _bundle(settings, None if newest is None else newest[1], run_dir, resume_step, mesh)

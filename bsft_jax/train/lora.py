@@ -39,8 +39,8 @@ from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.lora import LoraConfig, LoraParam
 from bsft_jax.models.sharding import batch_sharding, logical_to_spec, state_shardings
-from bsft_jax.run.settings import Settings
-from bsft_jax.train.chunked_loss import LOSS_IMPLS, model_loss_sums
+from bsft_jax.run.settings import Settings, StepSettings
+from bsft_jax.train.chunked_loss import model_loss_sums
 from bsft_jax.train.step import Trainer, TrainState
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,9 @@ class LoraTrainer(Trainer):
 
     def __init__(self, config: DecoderConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
                  *, lora: LoraConfig, behavior_ids: list[int] | tuple[int, ...], base_dtype: str | None = None,
-                 microbatches: int = 1, z_loss: float = 0.0, loss_impl: str = "full", loss_chunk: int = 1024,
-                 loss_budget: float = 1.0, first_token_weight: float = 1.0):
-        if loss_impl not in LOSS_IMPLS:
-            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
-        self.loss_options = dict(impl=loss_impl, chunk=int(loss_chunk), budget=float(loss_budget))
+                 step: StepSettings | None = None, **overrides: Any):
+        self._take_step_settings(step, overrides)
         self.mesh, self.tx, self.schedule = mesh, tx, schedule
-        self.microbatches, self.z_loss = int(microbatches), float(z_loss)
-        self.first_token_weight = float(first_token_weight)
         self.config = config.replace(lora=lora)
         self.lora = lora
         self.row_ids = np.asarray(sorted(int(i) for i in behavior_ids), np.int32)
@@ -234,12 +229,11 @@ def make_trainer(s: Settings, bundle: Any, tx: optax.GradientTransformation, sch
                  mesh: Mesh) -> Trainer:
     """A :class:`LoraTrainer` when ``model.lora`` is on, else the full-model :class:`Trainer`; ``bundle``: the
     run's ``ModelBundle`` (config, behavior token ids)."""
-    t, lora = s.train, s.model.lora
-    options = t.trainer_options()
+    step, lora = s.train.step, s.model.lora
     if lora.config is None:
-        return Trainer(bundle.config, tx, schedule, mesh, **options)
+        return Trainer(bundle.config, tx, schedule, mesh, step)
     return LoraTrainer(bundle.config, tx, schedule, mesh, lora=lora.config,
-                       behavior_ids=list(bundle.behavior_ids.values()), base_dtype=lora.base_dtype or None, **options)
+                       behavior_ids=list(bundle.behavior_ids.values()), base_dtype=lora.base_dtype or None, step=step)
 
 
 def _init_factors(abstract: dict[str, Any], shardings: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -71,30 +71,30 @@ def weight_decay_mask(params: Any, *, decay_embeddings: bool = False) -> Any:
     )
 
 
-def make_optimizer(opt_cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(opt: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The training optimizer from :class:`bsft_jax.run.settings.OptimizerSettings`; returns ``(tx, schedule)``.
 
-    ``opt_cfg`` (the settings, or any object with their fields): learning_rate, warmup_steps,
+    ``opt`` (the settings, or any object with their fields): learning_rate, warmup_steps,
     min_lr_ratio, b1, b2, eps, weight_decay, grad_clip_norm (<= 0 disables clipping), decay_embeddings.
     Optimizer state is kept in the parameters' dtype (fp32 master weights).
     """
     schedule = learning_rate_schedule(
-        float(opt_cfg.learning_rate),
+        float(opt.learning_rate),
         total_steps=total_steps,
-        warmup_steps=int(opt_cfg.warmup_steps),
-        min_lr_ratio=float(opt_cfg.min_lr_ratio),
+        warmup_steps=int(opt.warmup_steps),
+        min_lr_ratio=float(opt.min_lr_ratio),
     )
-    decay_embeddings = bool(opt_cfg.decay_embeddings)
+    decay_embeddings = bool(opt.decay_embeddings)
     adamw = optax.adamw(
         schedule,
-        b1=float(opt_cfg.b1),
-        b2=float(opt_cfg.b2),
-        eps=float(opt_cfg.eps),
-        weight_decay=float(opt_cfg.weight_decay),
+        b1=float(opt.b1),
+        b2=float(opt.b2),
+        eps=float(opt.eps),
+        weight_decay=float(opt.weight_decay),
         mask=lambda p: weight_decay_mask(p, decay_embeddings=decay_embeddings),
     )
     parts = []
-    if float(opt_cfg.grad_clip_norm) > 0:
-        parts.append(optax.clip_by_global_norm(float(opt_cfg.grad_clip_norm)))
+    if float(opt.grad_clip_norm) > 0:
+        parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
     parts.append(adamw)
     return optax.chain(*parts), schedule

@@ -132,16 +132,15 @@ def compile_step(settings: Settings, config: Any, devices: list[Any],
     tx, schedule = make_optimizer(settings.optimizer, t.steps)
     lora = settings.model.lora
     with jax.set_mesh(mesh):
-        options = t.trainer_options()
         if lora.config is not None:  # the LoRA step: frozen base (optionally in the compute dtype), no AdamW for it
             from bsft_jax.train.lora import LoraTrainer
 
             n = len(settings.behavior.spec.names) if settings.behavior.enabled else 0
             rows = range(config.num_valid_tokens - n, config.num_valid_tokens)
             trainer = LoraTrainer(config, tx, schedule, mesh, lora=lora.config, behavior_ids=list(rows),
-                                  base_dtype=lora.base_dtype or None, **options)
+                                  base_dtype=lora.base_dtype or None, step=t.step)
         else:
-            trainer = Trainer(config, tx, schedule, mesh, **options)
+            trainer = Trainer(config, tx, schedule, mesh, t.step)
         t0 = time.perf_counter()
         try:
             compiled = trainer.compile(t.global_batch_size, settings.data.seq_len)
@@ -190,7 +189,7 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
                 model_preset: str | None = None) -> dict[str, Any]:
     """Per-device memory of ``cfg``'s train step on a target; returns a JSON-ready dict.
 
-    mesh:         sizes (one may be -1); default: ``cfg.mesh``.
+    mesh:         sizes (one may be -1); default: ``config.mesh``.
     num_devices:  devices of the target (default: the target's, else this process's device count).
     target:       a :data:`TARGETS` name or Target (memory per device, TPU topology).
     compiler:     "tpu" (deviceless TPU AOT, needs libtpu and a TPU target), "cpu" (N fake CPU

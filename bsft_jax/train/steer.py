@@ -25,21 +25,16 @@ from typing import Any
 from flax import nnx
 
 from bsft_jax import storage
-from bsft_jax.behavior import taxonomy
 from bsft_jax.evaluate.core import as_records, evaluate_model, stratified_subset
 from bsft_jax.files import write_json
 from bsft_jax.run.checkpoint import Checkpointer
-from bsft_jax.run.settings import Settings, fail
+from bsft_jax.run.config import check_best_metric  # noqa: F401  (re-exported: the rule lives with resolve)
+from bsft_jax.run.settings import HELD_OUT_METRICS, STEER_METRICS, Settings
 from bsft_jax.run.sources import load_split
 
 log = logging.getLogger("bsft_jax.train")
 
 PREFIX = "steer/"
-# Metric name -> True when higher is better.
-STEER_METRICS = {"overall_f1": True, "behavior_accuracy": True, "decision_accuracy": True, "over_intervention": False,
-                 "missed_intervention": False, "unparsed": False,
-                 **{f"{g}_f1": True for g in taxonomy.GROUPS}}
-HELD_OUT_METRICS = {"loss": False, "first_token_accuracy": True}
 BEST_SUBDIR = "best"
 BEST_STATE = "best.json"
 
@@ -82,21 +77,6 @@ class SteerEval:
                                 mesh=self.mesh, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
         return {PREFIX + k: v for k, v in steer_summary(result.metrics).items()} | {
             PREFIX + "seconds": float(result.info["decode seconds"])} | per_category_summary(result.metrics)
-
-
-def check_best_metric(metric: str, steer_items: int, eval_every: int, patience: int) -> None:
-    """Raises ConfigError when ``checkpoint.keep_best_metric`` / ``train.early_stop_patience`` cannot work."""
-    if patience and not metric:
-        raise fail("train.early_stop_patience", "needs checkpoint.keep_best_metric (the metric to watch)")
-    if not metric:
-        return
-    if metric not in STEER_METRICS and metric not in HELD_OUT_METRICS:
-        raise fail("checkpoint.keep_best_metric", f"unknown metric {metric!r}; expected one of "
-                                                  f"{sorted(STEER_METRICS) + sorted(HELD_OUT_METRICS)}")
-    if metric in STEER_METRICS and steer_items <= 0:
-        raise fail("checkpoint.keep_best_metric", f"{metric!r} is a steering metric: set train.steer_eval_items > 0")
-    if eval_every < 0:
-        raise fail("checkpoint.keep_best_metric", "needs evaluations: set train.eval_every >= 0")
 
 
 class BestKeeper:

@@ -34,7 +34,8 @@ from bsft_jax.data.pipeline import BATCH_KEYS
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.sharding import batch_sharding, state_shardings
-from bsft_jax.train.chunked_loss import LOSS_IMPLS, model_loss_sums
+from bsft_jax.run.settings import StepSettings
+from bsft_jax.train.chunked_loss import model_loss_sums
 from bsft_jax.train.loss import LossSums, objective
 
 log = logging.getLogger(__name__)
@@ -55,24 +56,19 @@ class TrainState:
 class Trainer:
     """Builds the train state and the compiled step for a model, optimizer and mesh.
 
-    ``Trainer(model.config, tx, schedule, mesh, microbatches=M, z_loss=w)``; then
+    ``Trainer(model.config, tx, schedule, mesh, settings.train.step)`` (a :class:`StepSettings`: microbatches,
+    z-loss, loss path, first-token weight; its defaults are the config's, and keyword overrides of its
+    fields such as ``microbatches=M`` are applied on top); then
     ``state = trainer.init_state(model, seed)``, ``compiled = trainer.compile(global_batch, seq_len)``,
     ``state, metrics = trainer.step(state, batch)``.
     """
 
     def __init__(self, config: DecoderConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, mesh: Mesh,
-                 *, microbatches: int = 1, z_loss: float = 0.0, loss_impl: str = "full", loss_chunk: int = 1024,
-                 loss_budget: float = 1.0, first_token_weight: float = 1.0):
-        if loss_impl not in LOSS_IMPLS:
-            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
+                 step: StepSettings | None = None, **overrides: Any):
         self.mesh = mesh
-        self.first_token_weight = float(first_token_weight)
-        # How the loss is computed (bsft_jax.train.chunked_loss): same sums, different memory and FLOPs.
-        self.loss_options = dict(impl=loss_impl, chunk=int(loss_chunk), budget=float(loss_budget))
+        self._take_step_settings(step, overrides)
         self.tx = tx
         self.schedule = schedule
-        self.microbatches = int(microbatches)
-        self.z_loss = float(z_loss)
         self.config = config
         # Only shapes are needed here: the parameters arrive in init_state / restore.
         abstract_model = abstract_decoder(config)
@@ -99,6 +95,15 @@ class Trainer:
         self.compile_seconds = 0.0
 
     # ------------------------------------------------------------------ state
+    def _take_step_settings(self, step: StepSettings | None, overrides: dict[str, Any]) -> None:
+        """``step`` (default: the config's defaults) with ``overrides`` of its fields; checked by the piece."""
+        self.step_settings = dataclasses.replace(step or StepSettings(), **overrides)
+        self.microbatches = int(self.step_settings.microbatches)
+        self.z_loss = float(self.step_settings.z_loss)
+        self.first_token_weight = float(self.step_settings.first_token_loss_weight)
+        # How the loss is computed (bsft_jax.train.chunked_loss): same sums, different memory and FLOPs.
+        self.loss_options = self.step_settings.loss_options
+
     def init_state(self, model: Decoder, seed: int) -> TrainState:
         """Fresh state from ``model``'s parameters, the optimizer created inside jit (sharded)."""
         graphdef, tx = self.model_graphdef, self.tx

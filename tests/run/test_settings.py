@@ -76,3 +76,41 @@ def test_lora_is_a_typed_piece_of_the_model_settings():
         bad.model.lora[field] = value
         with pytest.raises(ConfigError, match=message):
             Settings.from_config(bad)
+
+
+def test_resolve_holds_what_the_run_needs_and_every_cross_field_rule(tmp_path):
+    from bsft_jax.run.config import config_to_dict, resolve
+
+    cfg = default_config()
+    cfg.run_dir = str(tmp_path / "run")
+    cfg.model.source, cfg.tokenizer.path = "scratch", "demo"
+    s = resolve(cfg, num_devices=4, num_processes=2)
+    assert s.run_dir == cfg.run_dir and s.mesh_shape == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert s.config_json == config_to_dict(cfg)  # what is saved beside every checkpoint
+    cfg.checkpoint.keep_best_metric = "overall_f1"  # a steering metric without steering evaluations
+    with pytest.raises(ConfigError, match="config.checkpoint.keep_best_metric: 'overall_f1' is a steering metric"):
+        resolve(cfg, num_devices=1)  # the keep-best rule is one of resolve's, not the training loop's
+    cfg.checkpoint.keep_best_metric = ""
+    cfg.train.global_batch_size = 6
+    with pytest.raises(ConfigError, match="config.train.global_batch_size: 6 is not divisible"):
+        resolve(cfg, num_devices=4)
+    assert resolve(cfg, num_devices=4, training=False).mesh_shape["fsdp"] == 4  # evaluation forms no train batch
+
+
+def test_evaluation_validates_its_config():
+    from bsft_jax.evaluate.compare import run_comparison
+
+    cfg = default_config()
+    cfg.train.loss_impl = "fused"
+    with pytest.raises(ConfigError, match="config.train.loss_impl: 'fused' is not one of"):
+        run_comparison(cfg, baselines=("few_shot",))
+
+
+def test_step_defaults_live_on_the_trainers_piece():
+    from bsft_jax.run.settings import StepSettings
+
+    t = Settings.from_config(default_config()).train
+    assert t.step == StepSettings()  # default_config reads its train-step defaults from the piece
+    assert StepSettings(loss_impl="full").loss_options == {"impl": "full", "chunk": 256, "budget": 0.5}
+    with pytest.raises(ConfigError, match="config.train.loss_impl: 'fused' is not one of"):
+        StepSettings(loss_impl="fused")  # what Trainer(..., loss_impl="fused") raises too

@@ -105,7 +105,8 @@ def test_chunked_loss_on_a_mesh_with_accumulation_matches_the_full_loss():
     """The gathered + chunked loss (bsft_jax.train.chunked_loss) under sharding and microbatches."""
     config = _config(tie_word_embeddings=True)
     batches = _batches(2)
-    ref, p_ref, _ = _train({"data": 1, "fsdp": 1, "tensor": 1}, config, batches, devices=jax.devices()[:1])
+    ref, p_ref, _ = _train({"data": 1, "fsdp": 1, "tensor": 1}, config, batches, devices=jax.devices()[:1],
+                           loss_impl="full")  # explicit: the trainers' default is the config's (chunked)
     got, p_got, _ = _train({"data": 2, "fsdp": 2, "tensor": 2}, config, batches, microbatches=2,
                            loss_impl="chunked", loss_chunk=48, loss_budget=0.5)
     for a, b in zip(ref, got):
