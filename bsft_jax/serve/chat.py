@@ -77,12 +77,11 @@ def load_served(*, checkpoint: str = "", hf_path: str = "", step: int | None = N
         raise ServeError("give exactly one of --checkpoint RUN_DIR or --hf_path DIR|builtin:NAME")
     if checkpoint:
         from bsft_jax.evaluate.compare import load_run  # the evaluator's loader
-        from bsft_jax.run.settings import Settings
 
         if not storage.isdir(checkpoint):
             raise ServeError(f"--checkpoint={checkpoint!r} is not a folder; point it at a training run directory")
-        model, tokenizer, run_cfg, style, step_read = load_run(checkpoint, step, dtype, None)
-        spec = Settings.from_config(run_cfg).behavior.spec if style == "behavior_sft" else None
+        model, tokenizer, run_settings, style, step_read = load_run(checkpoint, step, dtype, None)
+        spec = run_settings.behavior.spec if style == "behavior_sft" else None
         source = f"{checkpoint}@{step_read}"
         default_name = storage.basename(checkpoint.rstrip("/"))
     else:

@@ -178,12 +178,10 @@ def reference(serve_run_dir, serve_cache):
     from bsft_jax.data.format import Formatter
     from bsft_jax.evaluate.compare import load_run
     from bsft_jax.evaluate.core import as_records
-    from bsft_jax.run.settings import Settings
     from bsft_jax.run.sources import load_split
 
-    model, tokenizer, run_cfg, style, _ = load_run(serve_run_dir, None, "float32", None)
+    model, tokenizer, settings, style, _ = load_run(serve_run_dir, None, "float32", None)
     assert style == "behavior_sft"
-    settings = Settings.from_config(run_cfg)
     spec = settings.behavior.spec
     formatter = Formatter(tokenizer, style=style, spec=spec)
     with cache_dir(serve_cache):
