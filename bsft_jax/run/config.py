@@ -59,6 +59,8 @@ train.steer_max_new_tokens  reply budget of the steering evaluation
 train.early_stop_patience  stop after this many steering evaluations without a new best
                          checkpoint.keep_best_metric (0: never)
 optimizer.*              AdamW, warmup + cosine (see bsft_jax.train.optim)
+optimizer.decay_start    0: the cosine starts after warmup; N: the rate holds its peak until update N and
+                         decays over the rest (warmup-stable-decay: a decay branch off a constant-rate run)
 mesh.data/fsdp/tensor    device mesh sizes; exactly one may be -1 ("the remaining devices")
 checkpoint.every_steps   save interval (a save also happens at the end and on SIGTERM)
 checkpoint.keep          keep the last K checkpoints
@@ -195,6 +197,7 @@ def _add_training(c: ml_collections.ConfigDict) -> None:
     c.optimizer.learning_rate = 1e-5
     c.optimizer.warmup_steps = 100
     c.optimizer.min_lr_ratio = 0.1
+    c.optimizer.decay_start = 0
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.95
     c.optimizer.eps = 1e-8
@@ -332,6 +335,8 @@ def resolve(cfg: ml_collections.ConfigDict, *, num_devices: int, num_processes: 
         raise fail("data.style", f"{settings.data.style!r} does not match behavior.enabled={settings.behavior.enabled} "
                                  "(behavior tokens are trained only with the 'behavior_sft' style)")
     t = settings.train
+    if settings.optimizer.decay_start >= t.steps > 0 and settings.optimizer.min_lr_ratio < 1.0:
+        raise fail("optimizer.decay_start", f"{settings.optimizer.decay_start} leaves no decay before train.steps={t.steps}")
     if settings.optimizer.warmup_steps > t.steps:
         raise fail("optimizer.warmup_steps", f"{settings.optimizer.warmup_steps} exceeds train.steps={t.steps}")
     mesh = resolve_mesh_shape(settings.mesh.sizes(), num_devices)

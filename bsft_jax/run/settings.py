@@ -298,10 +298,11 @@ class OptimizerSettings:
     weight_decay: float
     grad_clip_norm: float
     decay_embeddings: bool
+    decay_start: int = 0  # > warmup_steps: hold the peak until this update, then decay (warmup-stable-decay)
 
     def __post_init__(self) -> None:
         positive("optimizer", self, "learning_rate", "eps")
-        positive("optimizer", self, "warmup_steps", "weight_decay", allow_zero=True)
+        positive("optimizer", self, "warmup_steps", "weight_decay", "decay_start", allow_zero=True)
         for name in ("min_lr_ratio", "b1", "b2"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0 or (name != "min_lr_ratio" and v == 1.0):

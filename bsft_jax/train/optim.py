@@ -24,22 +24,27 @@ import optax
 
 
 def learning_rate_schedule(
-    peak: float, *, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1
+    peak: float, *, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1, decay_start: int = 0
 ) -> optax.Schedule:
     """Linear warmup to ``peak`` over ``warmup_steps``, then cosine decay to ``peak * min_lr_ratio``.
 
     ``count`` is the optimizer's update count (0 for the first update). Warmup gives update ``s``
     the rate ``peak * (s + 1) / warmup_steps`` (a first update at lr 0 would be wasted); the cosine
     runs over the remaining ``total_steps - warmup_steps`` updates and then stays at the floor.
+
+    ``decay_start > warmup_steps`` holds the peak until update ``decay_start`` and runs the cosine over
+    ``[decay_start, total_steps)`` only (warmup-stable-decay): the constant phase is a prefix of every
+    longer run, so a decay branch can start from any of its checkpoints (docs/training.md).
     """
     warmup = max(int(warmup_steps), 0)
-    decay_steps = max(int(total_steps) - warmup, 1)
+    start = max(warmup, int(decay_start))
+    decay_steps = max(int(total_steps) - start, 1)
     floor = peak * float(min_lr_ratio)
 
     def schedule(count: jax.Array) -> jax.Array:
         s = jnp.asarray(count, jnp.float32)
         warm = peak * (s + 1.0) / max(warmup, 1)
-        progress = jnp.clip((s - warmup) / decay_steps, 0.0, 1.0)
+        progress = jnp.clip((s - start) / decay_steps, 0.0, 1.0)
         cosine = floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
         return jnp.where(s < warmup, warm, cosine)
 
@@ -75,7 +80,7 @@ def make_optimizer(opt: Any, total_steps: int) -> tuple[optax.GradientTransforma
     """The training optimizer from :class:`bsft_jax.run.settings.OptimizerSettings`; returns ``(tx, schedule)``.
 
     ``opt`` (the settings, or any object with their fields): learning_rate, warmup_steps,
-    min_lr_ratio, b1, b2, eps, weight_decay, grad_clip_norm (<= 0 disables clipping), decay_embeddings.
+    min_lr_ratio, decay_start, b1, b2, eps, weight_decay, grad_clip_norm (<= 0 disables clipping), decay_embeddings.
     Optimizer state is kept in the parameters' dtype (fp32 master weights).
     """
     schedule = learning_rate_schedule(
@@ -83,6 +88,7 @@ def make_optimizer(opt: Any, total_steps: int) -> tuple[optax.GradientTransforma
         total_steps=total_steps,
         warmup_steps=int(opt.warmup_steps),
         min_lr_ratio=float(opt.min_lr_ratio),
+        decay_start=int(getattr(opt, "decay_start", 0)),
     )
     decay_embeddings = bool(opt.decay_embeddings)
     adamw = optax.adamw(

@@ -103,6 +103,37 @@ def test_schedule_warmup_then_cosine_to_floor():
     assert lrs[110] == pytest.approx(0.1) and lrs[129] == pytest.approx(0.1)
 
 
+def test_schedule_decay_start_holds_peak_then_decays_like_a_branch():
+    """Warmup-stable-decay: the constant phase is exactly the constant-rate schedule (a branch can resume
+    from any of its checkpoints), and the cosine runs over [decay_start, total_steps) only."""
+    wsd = learning_rate_schedule(1.0, total_steps=200, warmup_steps=10, min_lr_ratio=0.0, decay_start=100)
+    const = learning_rate_schedule(1.0, total_steps=100, warmup_steps=10, min_lr_ratio=1.0)
+    lrs = [float(wsd(i)) for i in range(220)]
+    np.testing.assert_allclose(lrs[:101], [float(const(i)) for i in range(101)], rtol=1e-6)
+    assert lrs[150] == pytest.approx(0.5, rel=1e-5) and lrs[200] == pytest.approx(0.0, abs=1e-7)
+    assert all(a >= b - 1e-7 for a, b in itertools.pairwise(lrs[100:]))
+    # decay_start at or before warmup is the plain schedule
+    plain = learning_rate_schedule(1.0, total_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    early = learning_rate_schedule(1.0, total_steps=110, warmup_steps=10, min_lr_ratio=0.1, decay_start=5)
+    assert [float(plain(i)) for i in range(120)] == [float(early(i)) for i in range(120)]
+
+
+def test_decay_start_is_validated():
+    from bsft_jax.run.config import validate_config
+    from bsft_jax.run.settings import ConfigError
+
+    c = default_config()
+    c.run_dir, c.model.source, c.tokenizer.path = "runs/unused", "scratch", "demo"
+    c.train.steps, c.optimizer.warmup_steps, c.optimizer.decay_start = 50, 5, 50
+    with pytest.raises(ConfigError, match="optimizer.decay_start"):
+        validate_config(c, num_devices=1)
+    c.optimizer.decay_start = -1
+    with pytest.raises(ConfigError, match="optimizer.decay_start"):
+        validate_config(c, num_devices=1)
+    c.optimizer.decay_start = 40
+    validate_config(c, num_devices=1)
+
+
 def test_weight_decay_mask_by_name_not_rank():
     config = DecoderConfig(model_type="qwen2", vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=2,
                            num_heads=2, num_kv_heads=1, head_dim=8, qkv_bias=True)
