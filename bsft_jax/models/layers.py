@@ -129,7 +129,7 @@ def _patched(x: Array, base: Array, cols: Array, ids: tuple[int, ...], n_in: int
 def _patched_fwd(x: Array, base: Array, cols: Array, ids: tuple[int, ...], n_in: int, out_dtype: Any
                  ) -> tuple[Array, tuple[Array, Array, Array]]:
     y = _project_fwd(x, base, n_in, out_dtype)[0]
-    y_cols = _project_fwd(x, cols, n_in, out_dtype)[0]  # [..., R]
+    y_cols = _project_fwd(*_narrow_operands(x, cols, out_dtype), n_in, out_dtype)[0]  # [..., R]
     return y.at[..., np.asarray(ids)].set(y_cols, indices_are_sorted=True, unique_indices=True), (x, base, cols)
 
 
@@ -145,6 +145,19 @@ def _patched_bwd(ids: tuple[int, ...], n_in: int, out_dtype: Any, res: tuple[Arr
 
 
 _patched.defvjp(_patched_fwd, _patched_bwd)
+
+
+def _narrow_operands(x: Array, cols: Array, out_dtype: Any) -> tuple[Array, Array]:
+    """The operands of the narrow ``x . cols`` product ([..., R], R a few columns), upcast to ``out_dtype``
+    on XLA:CPU when both are narrower: XLA:CPU runs a dot this thin through its runtime dot (not the
+    fused emitter the [D, V] head takes), which has no bf16 x bf16 -> f32 kernel ("Unsupported element
+    type for DotThunk"). The upcast is exact (bf16 -> f32), the product is the same f32 accumulation.
+    GPUs and TPUs keep the bf16 operands (their native mixed-precision dot)."""
+    out = jnp.dtype(out_dtype) if out_dtype is not None else None
+    if (out is None or jax.default_backend() != "cpu" or x.dtype == out
+            or jnp.promote_types(x.dtype, cols.dtype) == out):
+        return x, cols
+    return x.astype(out), cols.astype(out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -35,6 +35,27 @@ def test_patched_columns_project_as_the_scattered_weight():
     assert not np.asarray(jax.grad(patched, 1)(x, base, cols)).any()  # the base is frozen
 
 
+def test_patched_columns_bf16_operands_fp32_logits_in_a_scan():
+    """bf16 hidden states and head, fp32 logits, inside a scan (the chunked loss's shape): XLA:CPU has no
+    bf16 x bf16 -> f32 kernel for the thin column dot and failed here; the patched product must equal
+    the scattered weight's, forward and backward."""
+    rng = np.random.RandomState(1)
+    x, base, cols = (jnp.asarray(rng.normal(size=s), jnp.bfloat16) for s in ((4, 6, 8), (8, 64), (8, 3)))
+
+    def total(w_of, x, cols):
+        def body(carry, x_td):
+            return carry + jnp.sum(jnp.tanh(project(x_td, w_of(cols), 1, jnp.float32))), None
+        return jax.lax.scan(body, jnp.float32(0), x)[0]
+
+    patched = lambda x, cols: total(lambda c: PatchedColumns(base=base, cols=c, ids=IDS), x, cols)
+    scattered = lambda x, cols: total(lambda c: base.at[:, np.asarray(IDS)].set(c), x, cols)
+    np.testing.assert_allclose(jax.jit(patched)(x, cols), jax.jit(scattered)(x, cols), rtol=1e-5)
+    got, ref = jax.grad(patched, (0, 1))(x, cols), jax.grad(scattered, (0, 1))(x, cols)
+    for a, b in zip(got, ref):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_decoder_with_trainable_rows_is_the_decoder_with_rows_scattered_in(tie):
     config, ids = _config(tie_word_embeddings=tie), np.asarray(IDS)
