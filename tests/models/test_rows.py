@@ -47,8 +47,12 @@ def test_patched_columns_bf16_operands_fp32_logits_in_a_scan():
             return carry + jnp.sum(jnp.tanh(project(x_td, w_of(cols), 1, jnp.float32))), None
         return jax.lax.scan(body, jnp.float32(0), x)[0]
 
-    patched = lambda x, cols: total(lambda c: PatchedColumns(base=base, cols=c, ids=IDS), x, cols)
-    scattered = lambda x, cols: total(lambda c: base.at[:, np.asarray(IDS)].set(c), x, cols)
+    def patched(x, cols):
+        return total(lambda c: PatchedColumns(base=base, cols=c, ids=IDS), x, cols)
+
+    def scattered(x, cols):
+        return total(lambda c: base.at[:, np.asarray(IDS)].set(c), x, cols)
+
     np.testing.assert_allclose(jax.jit(patched)(x, cols), jax.jit(scattered)(x, cols), rtol=1e-5)
     got, ref = jax.grad(patched, (0, 1))(x, cols), jax.grad(scattered, (0, 1))(x, cols)
     for a, b in zip(got, ref):
