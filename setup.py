@@ -68,6 +68,7 @@ setup(
             "bsft-train=bsft_jax.train.__main__:main",
             "bsft-evaluate=bsft_jax.evaluate.__main__:main",
             "bsft-export=bsft_jax.export.__main__:main",
+            "bsft-serve=bsft_jax.serve.__main__:main",  # needs the "serve" extra (fastapi, uvicorn)
         ]
     },
 )

@@ -20,11 +20,14 @@ def console_scripts() -> list[importlib.metadata.EntryPoint]:
     return [ep for ep in dist.entry_points if ep.group == "console_scripts"]
 
 
-def test_the_distribution_declares_the_three_commands():
-    assert {ep.name for ep in console_scripts()} == {"bsft-train", "bsft-evaluate", "bsft-export"}
+COMMANDS = ["bsft-train", "bsft-evaluate", "bsft-export", "bsft-serve"]
 
 
-@pytest.mark.parametrize("name", ["bsft-train", "bsft-evaluate", "bsft-export"])
+def test_the_distribution_declares_the_four_commands():
+    assert {ep.name for ep in console_scripts()} == set(COMMANDS)
+
+
+@pytest.mark.parametrize("name", COMMANDS)
 def test_console_script_help_runs_from_the_installed_environment(name):
     ep = next(ep for ep in console_scripts() if ep.name == name)
     ep.load()  # the target exists (an entry point naming a missing function fails here)
