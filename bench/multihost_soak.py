@@ -138,7 +138,18 @@ def kill_round(launcher: Any, run_dir: str, args: argparse.Namespace, log_dir: s
         _stop(job)
     return {"victim": victim, "step_logged": step, "survivor_exit": survivor.returncode if exited else None,
             "seconds_to_exit": round(seconds, 2), "within_bound": exited and survivor.returncode != 0
-            and seconds <= bound}
+            and seconds <= bound, "survivor_last_line": _last_line(os.path.join(log_dir, f"process_{1 - victim}.log"))}
+
+
+def _last_line(path: str) -> str:
+    """The last non-blank line of a process log (the survivor's reason for exiting), launcher prefix dropped."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    last = lines[-1] if lines else ""
+    return last.split("] ", 1)[1] if last.startswith("[") and "] " in last else last
 
 
 def compare(run_dir: str, ref_dir: str) -> dict[str, Any]:

@@ -23,6 +23,17 @@ is process 0 (the coordinator), the others' heartbeats fail and they abort the s
 CPU (gloo): within about twice the timeout (docs/clusters.md). The restart resumes from the newest
 complete checkpoint.
 
+JAX's own way out is a fatal log and SIGABRT (its client's missed-heartbeat callback cannot be replaced
+from Python: the status does not convert). So every process also runs a :class:`PeerWatchdog`: a
+counter of its own in the coordination service's key-value store, bumped every ``timeout / 20`` s,
+and a look at the others'. A peer whose counter stood still for ``0.4 x timeout`` (JAX's heartbeat
+verdict came after 0.64 x in our tests), or a store that no longer answers (the coordinator is
+gone), ends the process with one ``error:`` line and exit status :data:`EXIT_PEER_LOST` (75,
+``EX_TEMPFAIL``: retry), which a scheduler's requeue rule can match. A collective that fails first
+(gloo: "connection closed by peer") waits for that verdict (:func:`after_collective_error`). A
+process that finishes marks itself done, so its peers do not take its exit for a death. When process
+0 dies, JAX's client may still abort first (it sees the service gone within a second).
+
 Each process feeds only the rows of the global batch that live on its own devices:
 :func:`data_shard` derives them from the batch sharding, so it stays right for any mesh
 (including meshes whose ``tensor`` axis spans processes, where processes share rows).
@@ -30,9 +41,13 @@ Each process feeds only the rows of the global batch that live on its own device
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
+import sys
+import threading
+import time
 from typing import Any
 
 import jax
@@ -41,6 +56,105 @@ import numpy as np
 from bsft_jax.run.settings import DistributedSettings
 
 log = logging.getLogger(__name__)
+
+EXIT_PEER_LOST = 75  # sysexits.h EX_TEMPFAIL: the job failed for a reason a restart can fix
+_KEY = "bsft_jax/peer_watchdog"
+
+
+def peer_lost(reason: str) -> None:
+    """One ``error:`` line on stderr, then exit :data:`EXIT_PEER_LOST` at once: no cleanup, because the
+    peers' collectives would hang and the newest complete checkpoint on storage is the state."""
+    sys.stderr.write(f"error: process {jax.process_index()} of {jax.process_count()}: {reason}; the job stops "
+                     f"(exit {EXIT_PEER_LOST}) and a restart resumes from the newest complete checkpoint\n")
+    sys.stderr.flush()
+    os._exit(EXIT_PEER_LOST)
+
+
+class PeerWatchdog:
+    """Tells a dead peer from a slow one through the coordination service (see the module docstring).
+
+    ``client``: the ``jax.distributed`` client (key-value store); ``timeout``: the peer timeout in
+    seconds. :meth:`start` runs a daemon thread; :meth:`finish` marks this process done and stops it.
+    """
+
+    def __init__(self, client: Any, process_id: int, num_processes: int, timeout: float):
+        self.client, self.me = client, process_id
+        self.peers = [p for p in range(num_processes) if p != process_id]
+        self.period = max(timeout / 20.0, 0.2)
+        self.limit = 0.4 * timeout  # JAX's own verdict came after 0.64 x its timeout in tests
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="bsft-peer-watchdog", daemon=True)
+
+    def start(self) -> PeerWatchdog:
+        self._thread.start()
+        return self
+
+    def finish(self) -> None:
+        """This process is done (a normal exit): peers stop watching it; safe to call twice."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        try:
+            self.client.key_value_set(f"{_KEY}/done/{self.me}", "1", allow_overwrite=True)
+        except Exception:  # (the store is gone at exit: nothing left to tell)
+            pass
+
+    def wait_for_verdict(self) -> None:
+        """Blocks until the watchdog has had the time to see a dead peer (it then ends the process)."""
+        self._lost.wait(self.limit + 2 * self.period)
+
+    def _get(self, key: str) -> str | None:
+        try:
+            return self.client.key_value_try_get(key)
+        except Exception as e:  # (the binding raises one error type for all statuses)
+            if "not_found" in str(e).lower().replace(" ", "_"):
+                return None
+            raise
+
+    def _watch(self) -> None:
+        beat, last = 0, {p: (None, time.monotonic()) for p in self.peers}
+        while not self._stop.wait(self.period):
+            try:
+                beat += 1
+                self.client.key_value_set(f"{_KEY}/alive/{self.me}", str(beat), allow_overwrite=True)
+                now = time.monotonic()
+                for p in self.peers:
+                    if self._get(f"{_KEY}/done/{p}") is not None:
+                        continue
+                    value = self._get(f"{_KEY}/alive/{p}")
+                    if value != last[p][0]:
+                        last[p] = (value, now)
+                    elif now - last[p][1] > self.limit and not self._stop.is_set():
+                        self._lost.set()
+                        peer_lost(f"process {p} has not been heard from for {now - last[p][1]:.0f} s "
+                                  f"(distributed.peer_timeout_seconds={self.limit / 0.4:g})")
+            except Exception as e:  # (any failure of the store: the coordinator is gone)
+                if self._stop.is_set():
+                    return
+                self._lost.set()
+                peer_lost(f"the job's coordination service does not answer ({' '.join(str(e).split())[:200]})")
+
+
+_WATCHDOG: PeerWatchdog | None = None
+
+
+def after_collective_error() -> None:
+    """Called when a step's collective failed in a multi-process job: if a peer died, the watchdog ends
+    the process with its one line within its limit; otherwise this returns and the error propagates."""
+    if _WATCHDOG is not None:
+        _WATCHDOG.wait_for_verdict()
+
+
+def _start_watchdog(timeout: float) -> None:
+    global _WATCHDOG
+    from jax._src import distributed as jax_distributed  # the client initialize() made (no public accessor)
+
+    client = jax_distributed.global_state.client
+    if client is None or jax.process_count() < 2:
+        return
+    _WATCHDOG = PeerWatchdog(client, jax.process_index(), jax.process_count(), timeout).start()
+    atexit.register(_WATCHDOG.finish)  # runs before jax's own shutdown (registered earlier, so later)
 
 
 def _multi_process_environment() -> str | None:
@@ -98,6 +212,7 @@ def maybe_initialize(settings: DistributedSettings) -> bool:
     jax.distributed.initialize(**kwargs)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
+    _start_watchdog(float(settings.peer_timeout_seconds))
     return True
 
 

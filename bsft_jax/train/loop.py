@@ -217,7 +217,11 @@ def run(config: Settings | Any, *, devices: list[jax.Device] | None = None,
             jax.set_mesh(mesh), contextlib.ExitStack() as stack:
         check_shared_run_dir(run_dir)  # multi-host: every process must see one run directory
         session = _start(run_dir, settings, splits, mesh, stack)
-        out = _loop(session, stack.enter_context(_StopSignal()), on_step)
+        try:
+            out = _loop(session, stack.enter_context(_StopSignal()), on_step)
+        except jax.errors.JaxRuntimeError:
+            distributed.after_collective_error()  # a dead peer: one line and exit 75 from the watchdog
+            raise
         session.metrics_log.flush()
     seconds = time.perf_counter() - t_start
     log.info("done: step %d in %s%s", out.final_step, format_duration(seconds), " (preempted)" if out.preempted else "")
