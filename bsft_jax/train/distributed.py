@@ -129,11 +129,13 @@ class PeerWatchdog:
                         self._lost.set()
                         peer_lost(f"process {p} has not been heard from for {now - last[p][1]:.0f} s "
                                   f"(distributed.peer_timeout_seconds={self.limit / 0.4:g})")
+                        return  # (peer_lost does not return; a test's stand-in does)
             except Exception as e:  # (any failure of the store: the coordinator is gone)
                 if self._stop.is_set():
                     return
                 self._lost.set()
                 peer_lost(f"the job's coordination service does not answer ({' '.join(str(e).split())[:200]})")
+                return
 
 
 _WATCHDOG: PeerWatchdog | None = None
