@@ -110,13 +110,17 @@ def crossings(points: Sequence[dict[str, Any]], thresholds: Sequence[float] = TH
     return out
 
 
-def arm_result(run_dir: str) -> dict[str, Any]:
-    """One arm's points, crossings and the split its steering evaluations read, from a run directory."""
+def arm_result(run_dir: str, after_step: int = 0) -> dict[str, Any]:
+    """One arm's points, crossings and the split its steering evaluations read, from a run directory.
+
+    ``after_step``: only the evaluations after this step (a branch whose folder was copied from its trunk
+    at that step, e.g. a decay branch: its metrics.jsonl starts with the trunk's rows)."""
     from bsft_jax import storage
 
     cfg = json.loads(storage.read_text(storage.join(run_dir, "config.json")))
     points = curve_points(read_metrics(storage.join(run_dir, "metrics.jsonl")),
                           int(cfg["train"]["global_batch_size"]) * int(cfg["data"]["seq_len"]))
+    points = [p for p in points if p["step"] > after_step]
     return {"points": points, "crossings": crossings(points), "run_dir": run_dir,
             "split": cfg["train"]["steer_eval_split"], "eval_items": cfg["train"]["steer_eval_items"],
             "recipe": cfg}
@@ -206,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=OUT)
     p.add_argument("--png", default=PNG)
     p.add_argument("--plot_only", action="store_true", help="re-draw the PNG and print the tables from --out")
-    p.add_argument("--from_runs", default="", metavar="ARM=RUN_DIR,...",
-                   help="no training: the curve of finished runs' steering evaluations")
+    p.add_argument("--from_runs", default="", metavar="ARM=RUN_DIR[@AFTER_STEP],...",
+                   help="no training: the curve of finished runs' steering evaluations (@N: a branch copied "
+                        "from its trunk at step N keeps only its own later points)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a field of both recipes, e.g. --set train.first_token_loss_weight=10 (repeatable)")
     args = p.parse_args(argv)
@@ -272,14 +277,18 @@ def _from_runs(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     pairs = [item.partition("=") for item in args.from_runs.split(",") if item]
     if any(not sep or not arm or not path for arm, sep, path in pairs):
-        print(f"error: --from_runs {args.from_runs!r}: expected ARM=RUN_DIR[,ARM=RUN_DIR]", file=sys.stderr)
+        print(f"error: --from_runs {args.from_runs!r}: expected ARM=RUN_DIR[@AFTER_STEP][,...]", file=sys.stderr)
         return 2
     arms = {}
-    for arm, _, path in pairs:
+    for arm, _, spec in pairs:
+        path, at, after = spec.partition("@")
+        if at and not after.isdigit():
+            print(f"error: --from_runs: {spec!r}: the step after '@' must be a number", file=sys.stderr)
+            return 2
         if not os.path.isfile(os.path.join(path, "metrics.jsonl")):
             print(f"error: --from_runs: {path!r} has no metrics.jsonl (not a finished run directory)", file=sys.stderr)
             return 2
-        arms[arm] = arm_result(path)
+        arms[arm] = arm_result(path, int(after) if at else 0)
     recipes = {arm: res.pop("recipe") for arm, res in arms.items()}
     first = next(iter(recipes.values()))
     record = {"bench": "learning_curve", "machine": machine_info(),

@@ -50,6 +50,12 @@ def test_rendered_table_and_from_runs(tmp_path):
     assert "| BehaviorSFT | 4 | 1,000 | 75.0 |" in md and "validation split (130 scenes" in md
     assert "70% at step 4" in md
     assert main(["--from_runs", f"BehaviorSFT={tmp_path / 'nope'}", "--out", str(out)]) == 2
+    # a branch copied from its trunk at step 2: only its own evaluations
+    assert main(["--from_runs", f"BehaviorSFT={run},decay={run}@2", "--out", str(out), "--png", str(png)]) == 0
+    arms = json.loads(out.read_text())["results"]["arms"]
+    assert [p["step"] for p in arms["BehaviorSFT"]["points"]] == [2, 4, 6]
+    assert [p["step"] for p in arms["decay"]["points"]] == [4, 6]
+    assert main(["--from_runs", f"decay={run}@two", "--out", str(out)]) == 2
 
 
 def test_curve_config_measures_on_test_and_keeps_no_best():

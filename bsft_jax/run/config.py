@@ -39,6 +39,8 @@ data.style               "behavior_sft" | "general_sft" | "explicit_instruction"
 data.seq_len             tokens per row (examples are packed when data.packing)
 data.balance             "" (plain shuffled records) | "decision" (training batches hold as many intervene
                          as hold scenes: pairs packed as one element, bsft_jax.data.balance)
+data.categories          () (all) or a tuple of category names: every split keeps only their records (a
+                         focused run, docs/evaluation.md); a name with no record in a split is an error
 data.train_split / eval_split / eval_batches / shuffle_seed / field_map / demo.*   see bsft_jax.train.data
 train.steps              optimizer updates in the whole run
 train.global_batch_size  rows per update, summed over all processes
@@ -171,6 +173,7 @@ def _add_model_and_data(c: ml_collections.ConfigDict) -> None:
     c.data.demo = ml_collections.ConfigDict(dict(num_train=5200, num_validation=520, num_test=1040, seed=0,
                                                  tokenizer_vocab=3072))
     c.data.balance = ""  # "decision": every training batch holds as many intervene as hold scenes
+    c.data.categories = ()  # e.g. ("Medication Safety Check",): train and evaluate on these categories only
     c.data.synthetic_vocab = 64  # source == "synthetic": token ids drawn from [0, synthetic_vocab)
 
 

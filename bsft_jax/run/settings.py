@@ -205,9 +205,13 @@ class DataSettings:
     demo: Mapping[str, int]
     synthetic_vocab: int
     balance: str = ""  # "decision": as many intervene as hold scenes in every training batch
+    categories: tuple[str, ...] = ()  # only these categories' records, in every split (): all)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "categories", tuple(self.categories))
         one_of("data", "source", self.source, DATA_SOURCES)
+        if self.categories and self.source not in ("demo", "jsonl"):
+            raise fail("data.categories", f"selects records of demo or jsonl data, not of data.source={self.source!r}")
         one_of("data", "balance", self.balance, BALANCE_MODES)
         if self.balance and not self.packing:
             raise fail("data.balance", f"{self.balance!r} needs data.packing=true (a pair is packed as one element)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from bsft_jax import storage
@@ -25,8 +26,26 @@ def demo_tokenizer_path(data: DataSettings, spec: BehaviorSpec) -> str:
     return demo_tokenizer_dir(config=demo_config(data), vocab_size=data.demo["tokenizer_vocab"], spec=spec)
 
 
+def _of_categories(records: Any, data: DataSettings, split: str) -> list[Any]:
+    """The records of ``data.categories``; each named category must have some in this split."""
+    from bsft_jax.data import DataError
+
+    wanted = set(data.categories)
+    kept = [r for r in records if r.category in wanted]
+    missing = sorted(wanted - {r.category for r in kept})
+    if missing:
+        present = sorted({r.category for r in records})
+        raise DataError(f"config.data.categories: split {split!r} has no record of {missing}; its categories are "
+                        f"{present}")
+    return kept
+
+
 def load_split(data: DataSettings, spec: BehaviorSpec, split: str) -> Any:
-    """Records (or a random-access TFDS source) of one split of the configured BehaviorBench data."""
+    """Records (or a random-access TFDS source) of one split of the configured BehaviorBench data.
+
+    ``data.categories`` (non-empty) keeps only those categories' records."""
+    if data.categories:
+        return _of_categories(load_split(dataclasses.replace(data, categories=()), spec, split), data, split)
     from bsft_jax.data import load_demo, read_jsonl
 
     if data.source == "demo":

@@ -96,3 +96,30 @@ def test_shipped_configs_validate(tmp_path, path):
     assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] == n
     assert cfg.behavior.enabled == (cfg.data.style == "behavior_sft")
     assert ("generalsft" in path) == (not cfg.behavior.enabled)
+
+
+def test_data_categories_keep_only_those_records_in_every_split(tmp_path):
+    from bsft_jax.data import DataError, generate_demo
+    from bsft_jax.data.schema import write_jsonl
+    from bsft_jax.run.settings import Settings
+    from bsft_jax.run.sources import load_split
+
+    cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"), **{
+        "data.source": "jsonl", "data.path": str(tmp_path),
+        "data.categories": ("Medication Safety Check", "Critical Value Flagging")})
+    settings = Settings.from_config(cfg)
+    data, spec = settings.data, settings.behavior.spec
+    splits = generate_demo(spec=spec)
+    for name, records in splits.items():
+        write_jsonl(records, str(tmp_path / f"{name}.jsonl"))
+    for name in ("train", "test"):
+        got = load_split(data, spec, name)
+        assert {r.category for r in got} == {"Medication Safety Check", "Critical Value Flagging"}
+        assert len(got) == sum(r.category in data.categories for r in splits[name])
+    import dataclasses
+
+    with pytest.raises(DataError, match=r"config.data.categories: split 'train' has no record of \['Nope'\]"):
+        load_split(dataclasses.replace(data, categories=("Nope",)), spec, "train")
+    cfg.data.source, cfg.data.path = "tfds", str(tmp_path)
+    with pytest.raises(ConfigError, match="config.data.categories"):
+        validate_config(cfg, num_devices=1)
