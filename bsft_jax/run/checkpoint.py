@@ -244,7 +244,7 @@ def _bound_tensorstore_retries() -> None:
     bound = storage.tensorstore_retry_context()
     if bound is None:
         return
-    try:
+    try:  # a private Orbax module: another Orbax version may not have it
         from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 
         for context in (ts_utils._BASE_TS_CONTEXT, ts_utils._DEFAULT_OCDBT_TS_CONTEXT):

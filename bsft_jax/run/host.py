@@ -3,8 +3,8 @@
 * :func:`restore_tree_on_host`: every array of an Orbax item as host numpy, one array at a time
   (whatever mesh wrote it; Orbax gathers the shards).
 * :func:`load_lora_step`: a LoRA step (its meta has ``lora``): the trainable arrays (adapters +
-  behavior rows, shaped by :func:`bsft_jax.run.lora.trainable_shapes`) and the frozen base rebuilt
-  from the checkpoint's base reference (hash checked) on the host CPU.
+  behavior rows, shaped by :func:`bsft_jax.run.lora.trainable_shapes`) and the frozen base, rebuilt
+  on the host CPU as the checkpoint's base reference says (hash checked).
 * :func:`merged_model`: ``W + (alpha / r) A B`` for each targeted projection, behavior rows scattered
   into the embedding (and untied head). The merge is lazy per layer (:class:`MergedLayers`): the HF
   writer asks for one layer's tensor at a time, so peak host memory is the base plus one layer's merged

@@ -26,6 +26,7 @@ activation gradient of every frozen matmul but no weight gradient (``tests/train
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import jax
@@ -177,8 +178,6 @@ class LoraTrainer(Trainer):
 
     def compile(self, global_batch: int, seq_len: int) -> Any:
         """Lowers and compiles the step ``(state, batch, frozen)`` once; ``state`` is donated, the base is not."""
-        import time
-
         if global_batch % self.microbatches:
             raise ValueError(f"global batch {global_batch} is not divisible by microbatches={self.microbatches}")
         jitted = jax.jit(self._train_step,
