@@ -29,13 +29,23 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from absl import flags
+from ml_collections import config_flags
+
+from bsft_jax import storage
+from bsft_jax.data import DataError
+from bsft_jax.evaluate.compare import BASELINES, run_comparison
 from bsft_jax.files import write_json
+from bsft_jax.run.checkpoint import CheckpointError
+from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.run.config import ConfigError
+from bsft_jax.run.settings import Settings
 from bsft_jax.train.log import format_duration
-
-if TYPE_CHECKING:
-    from bsft_jax.run.settings import Settings
+from bsft_jax.train.loop import resolve_for_training
+from bsft_jax.train.loop import run as train_run
+from bsft_jax.train.steer import BEST_SUBDIR
 
 log = logging.getLogger("bsft_jax.mainjob")
 
@@ -122,9 +132,6 @@ def selected_run(settings: Settings) -> str:
     """The run folder the evaluate stage reads: ``<run_dir>/best`` when the recipe keeps a best step
     (``checkpoint.keep_best_metric``, chosen on the validation split) and training wrote one, else ``run_dir``
     (its newest step)."""
-    from bsft_jax import storage
-    from bsft_jax.train.steer import BEST_SUBDIR
-
     best = storage.join(settings.run_dir, BEST_SUBDIR)
     if settings.checkpoint.keep_best_metric and storage.isfile(storage.join(best, "config.json")):
         return best
@@ -135,11 +142,6 @@ def main_job(behavior_cfg: Any, general_cfg: Any, out_dir: str, opts: EvalOption
     """The three stages (see the module doc) for two training configs (ml_collections, or their resolved
     :class:`Settings`). Both are resolved before any stage runs: a bad GeneralSFT recipe is reported at
     once, not after the BehaviorSFT run has trained."""
-    from bsft_jax.evaluate.compare import BASELINES, run_comparison
-    from bsft_jax.run.settings import Settings
-    from bsft_jax.train.loop import resolve_for_training
-    from bsft_jax.train.loop import run as train
-
     behavior, general = (c if isinstance(c, Settings) else resolve_for_training(c) for c in (behavior_cfg, general_cfg))
 
     def evaluate() -> None:
@@ -151,21 +153,13 @@ def main_job(behavior_cfg: Any, general_cfg: Any, out_dir: str, opts: EvalOption
                        steering_probe=opts.steering_probe, baseline_limit=opts.baseline_limit,
                        probe_limit=opts.probe_limit)
 
-    return run_stages([("train BehaviorSFT", lambda: train(behavior)),
-                       ("train GeneralSFT", lambda: train(general)),
+    return run_stages([("train BehaviorSFT", lambda: train_run(behavior)),
+                       ("train GeneralSFT", lambda: train_run(general)),
                        ("evaluate", evaluate)], out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit 2 with one line for a bad flag, config, checkpoint or data file."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    from bsft_jax.data import DataError
-    from bsft_jax.run.checkpoint import CheckpointError
-    from bsft_jax.run.cli import parse_flags, setup_logging
-    from bsft_jax.run.config import ConfigError
-
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", "configs/demo.py", "BehaviorSFT recipe", flag_values=fv)
     config_flags.DEFINE_config_file("general_config", "configs/demo_generalsft.py", "GeneralSFT recipe",

@@ -156,7 +156,7 @@ def is_url(path: str | os.PathLike) -> bool:
 
 def _epath(path: str | os.PathLike) -> Any:
     _configure_fsspec()
-    from etils import epath
+    from etils import epath  # import-time cost: only for gs:// (and other URL) paths; import bsft_jax stays light
 
     return epath.Path(os.fspath(path))
 
@@ -169,7 +169,7 @@ def _configure_fsspec() -> None:
     global _CONFIGURED
     if _CONFIGURED:
         return
-    import fsspec
+    import fsspec  # as etils above: only URLs need it
 
     fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
     fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
@@ -322,7 +322,7 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         shutil.copyfile(src, dst)
         return
     if is_url(src) and is_url(dst) and src.split("://")[0] == dst.split("://")[0]:
-        import fsspec
+        import fsspec  # as in _configure_fsspec
 
         _configure_fsspec()
         fs, _ = fsspec.core.url_to_fs(src)

@@ -39,6 +39,7 @@ def trailing_placeholder_ids(tokenizer: Any, pattern: str | None = None) -> list
     ``len(tokenizer)`` equal the row count, so the spare rows look used. Only a contiguous run at the
     end counts: a placeholder in the middle is a real id that text can map to.
     """
+    # not at module level: this module imports no JAX, and bsft_jax.models' __init__ loads it
     from bsft_jax.models.gguf_convert import PLACEHOLDER_PATTERN
 
     regex = re.compile(pattern or PLACEHOLDER_PATTERN)

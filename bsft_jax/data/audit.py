@@ -25,12 +25,18 @@ Needs scikit-learn (a test dependency).
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
 from bsft_jax.behavior import taxonomy
+from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.data.demo import DEMO_VERSION, DemoConfig, generate_demo, label_counts
 from bsft_jax.data.format import scene_text
 from bsft_jax.data.schema import Record
 
@@ -69,6 +75,7 @@ PROBES: dict[str, dict] = {
 
 
 def _probe(train_x: list[str], train_y: list[str], test_x: list[str], probe: str = "word") -> list[str]:
+    # scikit-learn is the optional extra 'audit': only this probe needs it
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -199,8 +206,6 @@ def _r1(x: float) -> float:
 
 def audit_numbers(splits: Mapping[str, Sequence[Record]]) -> dict:
     """Every number the audit reports, rounded as printed (percent to 0.1, bits to 0.01), JSON-ready."""
-    from bsft_jax.data.demo import DEMO_VERSION, label_counts
-
     train, test = splits["train"], splits["test"]
     n_seen = len(train) * 4 // 5
     rates = copy_rates(train, test)
@@ -251,14 +256,6 @@ def _print(numbers: Mapping) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the audit of the default demo set (item scheme); ``--json PATH`` also writes it."""
-    import argparse
-    import json
-    import os
-    import sys
-
-    from bsft_jax.behavior import BehaviorSpec
-    from bsft_jax.data.demo import DemoConfig, generate_demo
-
     parser = argparse.ArgumentParser(prog="python -m bsft_jax.data.audit", description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="PATH", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)

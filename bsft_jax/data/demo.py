@@ -30,6 +30,8 @@ from typing import Any
 from bsft_jax.behavior import taxonomy
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.demo_scenes import FLAG_LABELS, GENERATORS, Infeasible, random_patient
+from bsft_jax.data.format import explicit_instruction_prompt, scene_text
+from bsft_jax.data.reply import target_reply
 from bsft_jax.data.schema import NO_INTERVENTION, Record, read_jsonl, write_jsonl
 from bsft_jax.files import cache_dir as default_cache_dir  # the public name of the one cache folder
 from bsft_jax.files import replace_dir
@@ -203,9 +205,6 @@ def load_demo(
 # ----------------------------------------------------------------------------- tokenizer
 def tokenizer_corpus(records: Iterable[Record], spec: BehaviorSpec | None = None) -> Iterable[str]:
     """Texts the demo tokenizer is trained on: rendered scenes, replies and the instruction prompt."""
-    from bsft_jax.data.format import explicit_instruction_prompt, scene_text  # format imports nothing of ours
-    from bsft_jax.data.reply import target_reply
-
     yield explicit_instruction_prompt(spec or BehaviorSpec())
     yield "system user assistant"
     for r in records:
@@ -221,6 +220,7 @@ def build_demo_tokenizer(texts: Iterable[str], out_dir: str, *, vocab_size: int 
     the same code path as for a real checkpoint's tokenizer. Returns the loaded
     ``PreTrainedTokenizerFast``; the folder loads with ``transformers.AutoTokenizer``.
     """
+    # import-time cost (seconds for transformers): only when the demo tokenizer is built or loaded
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -267,7 +267,7 @@ def demo_tokenizer_dir(
 
 def load_demo_tokenizer(**kwargs: Any) -> Any:
     """``AutoTokenizer`` of :func:`demo_tokenizer_dir` (same keyword arguments)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # import-time cost: see build_demo_tokenizer
 
     return AutoTokenizer.from_pretrained(demo_tokenizer_dir(**kwargs))
 

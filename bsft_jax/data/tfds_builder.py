@@ -19,6 +19,7 @@ half-written dataset; a bad input line fails before anything is written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -29,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
-from bsft_jax import storage
+from bsft_jax import files, storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.schema import DataError, Record, read_dir, read_jsonl
 
@@ -177,10 +178,6 @@ def local_mirror(url: str, cache_dir: str | None = None) -> str:
     list and sizes match the bucket's is reused, anything else is copied again into a fresh folder
     that replaces the old one only when complete.
     """
-    import hashlib
-
-    from bsft_jax import files
-
     src = storage.join(url, NAME)
     if not storage.isdir(src):
         raise DataError(f"{src}: no built {NAME} dataset here (build it with bsft_jax.data.tfds_builder.build)")

@@ -109,7 +109,7 @@ def markdown_report(runs: Mapping[str, Mapping[str, Any]], info: Mapping[str, Ma
 
 def radar_plot(runs: Mapping[str, Mapping[str, Any]], path: str, *, title: str = "Macro-F1 per category") -> None:
     """Writes a PNG radar chart: one spoke per category, one closed polygon per run (F1 in %)."""
-    import matplotlib
+    import matplotlib  # import-time cost (~0.5 s): only when a chart is drawn
 
     matplotlib.use("Agg")  # headless; the Figure API below never touches pyplot's global state
     from matplotlib.figure import Figure

@@ -1,8 +1,9 @@
 """Export: a training run's checkpoint as a Hugging Face folder or an HF PEFT adapter.
 
-``read`` (one checkpoint step, full or LoRA, read and checked: :func:`read_step`), ``merge`` (a LoRA
-step merged on the host), ``hf`` (:func:`export_checkpoint`, the HF folder), ``peft`` (the PEFT
-adapter). ``python -m bsft_jax.export`` is ``__main__`` (flags only).
+``read`` (one checkpoint step, full or LoRA, read and checked: :func:`read_step`; the LoRA reader and
+the host-side merge it uses live in :mod:`bsft_jax.run.host`, ``merge`` keeps their old names), ``hf``
+(:func:`export_checkpoint`, the HF folder), ``peft`` (the PEFT adapter). ``python -m bsft_jax.export``
+is ``__main__`` (flags only).
 
 Names load on first use, so ``import bsft_jax.export`` stays light.
 """

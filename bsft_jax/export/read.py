@@ -9,7 +9,7 @@ run's tokenizer (its behavior-token ids must match the checkpoint's), and ``chec
   narrower than the training dtype (:func:`restore_params_on_host`). The optimizer state is never loaded.
 * a LoRA step (its meta has ``lora``): the trainable arrays (adapters + behavior rows) on the host, and
   the frozen base rebuilt from the checkpoint's base reference (hash checked) on the host CPU
-  (:func:`load_lora_step`).
+  (:func:`bsft_jax.run.host.load_lora_step`, shared with evaluation).
 
 A damaged meta or params item raises :class:`DamagedStep` (the caller may try an older step); a wrong
 tokenizer or format raises :class:`ExportError` / :class:`CheckpointError`.
@@ -18,21 +18,16 @@ tokenizer or format raises :class:`ExportError` / :class:`CheckpointError`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
-import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
 from bsft_jax import storage
 from bsft_jax.errors import UserError
 from bsft_jax.models.config import DecoderConfig, canonical_dtype
 from bsft_jax.models.decoder import Decoder, abstract_decoder
-from bsft_jax.models.lora import LoraConfig, lora_config_from
-from bsft_jax.models.sharding import make_mesh
 from bsft_jax.run.checkpoint import (
     FORMAT,
     TOKENIZER_SUBDIR,
@@ -43,23 +38,17 @@ from bsft_jax.run.checkpoint import (
     read_saved_config,
 )
 from bsft_jax.run.config import settings_from_saved
-from bsft_jax.run.lora import rebuild_base
+
+# the LoRA step reader and the host restore live in the checkpoint layer (evaluation reads LoRA steps
+# too); LoraStep, load_lora_step and restore_tree_on_host stay importable from here
+from bsft_jax.run.host import LoraStep, load_lora_step, params_dir, restore_tree_on_host
 from bsft_jax.run.model_setup import load_tokenizer
 from bsft_jax.run.recovery import DamagedStep, failure_reason
 from bsft_jax.run.settings import Settings
-from bsft_jax.train.lora import LoraTrainer
 
 
 class ExportError(UserError, RuntimeError):
     """The export cannot proceed (bad arguments, mismatching tokenizer, existing output folder)."""
-
-
-class LoraStep(NamedTuple):
-    """A LoRA step on the host: the rebuilt base (``ModelBundle``), its LoraConfig, the trainable arrays."""
-
-    bundle: Any
-    lora: LoraConfig
-    trainable: dict[tuple[str, ...], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,54 +147,13 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
     way, 1.31x here (the parameters plus about one stacked [L, ...] array being read).
     """
     graphdef, abstract = nnx.split(abstract_decoder(config.replace(param_dtype=dtype)))
-    values = restore_tree_on_host(_params_dir(run_dir, step), nnx.to_pure_dict(abstract))
+    values = restore_tree_on_host(params_dir(run_dir, step), nnx.to_pure_dict(abstract))
     state = jax.tree.map(lambda x: x, abstract)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
     return nnx.merge(graphdef, state)
-
-
-def restore_tree_on_host(item_dir: str, abstract: Any) -> dict[tuple[str, ...], np.ndarray]:
-    """Every array of an Orbax item as host numpy (``{key path: array}``), one array at a time.
-
-    ``abstract``: nested dict of ShapeDtypeStructs (the expected shapes; ``dtype`` casts while reading).
-    """
-    checkpointer = ocp.PyTreeCheckpointer()
-    values: dict[tuple[str, ...], np.ndarray] = {}
-    for path, target in traverse_util.flatten_dict(abstract).items():
-        keys = tuple(map(str, path))
-        restore_as = ocp.RestoreArgs(restore_type=np.ndarray, dtype=target.dtype)
-        args = ocp.args.PyTreeRestore(item=traverse_util.unflatten_dict({keys: target}), partial_restore=True,
-                                      restore_args=traverse_util.unflatten_dict({keys: restore_as}))
-        restored = checkpointer.restore(item_dir, args=args)
-        for k in keys:
-            restored = restored[k]
-        if tuple(restored.shape) != tuple(target.shape):
-            raise CheckpointError(f"{item_dir}: parameter {'/'.join(keys)} has shape {tuple(restored.shape)} but "
-                                  f"meta/model_config implies {tuple(target.shape)}")
-        values[keys] = restored
-    return values
-
-
-def _params_dir(run_dir: str, step: int) -> str:
-    return storage.join(checkpoint_dir(run_dir), str(step), "params")
 
 
 # ----------------------------------------------------------------------------- LoRA steps
 def run_settings(run_dir: str, step: int) -> Settings:
     """The typed settings of the config saved with a step (how the run built its base)."""
     return settings_from_saved(read_saved_config(run_dir, step))
-
-
-def load_lora_step(run_dir: str, step: int, meta: dict[str, Any], settings: Settings) -> LoraStep:
-    """The base rebuilt on the host CPU (hash checked), the LoraConfig and the trainable arrays of a LoRA step.
-
-    ``settings``: the run's settings (:func:`run_settings`).
-    """
-    lora = lora_config_from(meta["lora"]["config"])
-    mesh = make_mesh((1, 1, 1), devices=jax.devices("cpu")[:1])
-    with jax.set_mesh(mesh):
-        bundle = rebuild_base(settings, meta["lora"], mesh, f"{checkpoint_dir(run_dir)}/{step}")
-        # only the trainer's abstract state is used (the trainable tree's shapes): no update is ever applied
-        trainer = LoraTrainer(bundle.config, optax.identity(), lambda s: 0.0, mesh, lora=lora,
-                              behavior_ids=meta["lora"]["row_ids"])
-    return LoraStep(bundle, lora, restore_tree_on_host(_params_dir(run_dir, step), trainer.abstract_state.params))

@@ -4,7 +4,8 @@ The two families differ only by configuration (biases, tied head, RoPE scaling, 
 ``head_dim``), so a single config and a single module cover both; Gemma 3 and Qwen3 too, by
 their fields in :mod:`bsft_jax.models.families`. ``from_hf`` reads the ``config.json`` layouts
 written by transformers 4.x and 5.x and ``to_hf`` writes a file both read (the conversion lives in
-:mod:`bsft_jax.models.hf_config`). Anything we do not implement raises
+:mod:`bsft_jax.models.hf_config`, the field names and checks both use in
+:mod:`bsft_jax.models.config_fields`). Anything we do not implement raises
 :class:`UnsupportedConfigError` instead of silently producing wrong numbers.
 """
 
@@ -14,54 +15,22 @@ import dataclasses
 import os
 from typing import Any
 
-from bsft_jax.errors import UserError
+from bsft_jax.models.config_fields import (
+    ACTIVATIONS,
+    ATTENTION_IMPLS,
+    LAYER_TYPES,
+    REMAT_MODES,
+    SUPPORTED_MODEL_TYPES,
+    Llama3RopeScaling,
+    UnsupportedConfigError,
+    canonical_dtype,
+    cudnn_attention_fits,
+)
 from bsft_jax.models.families import FAMILY_PRESETS, LinearRopeScaling
+from bsft_jax.models.hf_config import config_from_hf, config_to_hf
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "qwen3", "gemma3_text")
-ACTIVATIONS = ("silu", "gelu_tanh")  # SwiGLU / GeGLU with tanh-approximated GELU
-LAYER_TYPES = ("full_attention", "sliding_attention")
-_DTYPE_NAMES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-}
-
-
-ATTENTION_IMPLS = ("einsum", "cudnn", "auto")
-CUDNN_ATTENTION_DTYPES = ("bfloat16", "float16")  # what cuDNN flash attention computes in
-REMAT_MODES = ("none", "full", "dots")  # per-block rematerialisation (the decoder keys its policies by these)
-
-
-class UnsupportedConfigError(UserError, ValueError):
-    """A Hugging Face config asks for something this port does not implement."""
-
-
-def canonical_dtype(name: str, *, field: str = "dtype") -> str:
-    """Normalises a dtype name ("bf16", "bfloat16", "torch.bfloat16") or raises naming the field."""
-    key = str(name).removeprefix("torch.").lower()
-    if key not in _DTYPE_NAMES:
-        raise ValueError(f"{field}: unsupported dtype {name!r}; expected one of float32, bfloat16, float16")
-    return _DTYPE_NAMES[key]
-
-
-@dataclasses.dataclass(frozen=True)
-class Llama3RopeScaling:
-    """Llama 3.1-style frequency-dependent RoPE scaling (``rope_type == "llama3"``)."""
-
-    factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
-
-
-def cudnn_attention_fits(dtype: str, head_dim: int | None = None) -> bool:
-    """Whether cuDNN flash attention computes in ``dtype`` (bf16/fp16) and, when known, ``head_dim`` (<= 128,
-    a multiple of 8). The one rule behind ``attention_impl='cudnn'``: the run config checks the dtype
-    (the head size may come from an HF folder later), DecoderConfig both."""
-    return dtype in CUDNN_ATTENTION_DTYPES and (head_dim is None or (head_dim <= 128 and head_dim % 8 == 0))
+# The fields' names and checks live in config_fields (below hf_config, which reads them too); they stay
+# importable from here.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,14 +216,10 @@ class DecoderConfig:
         ``runtime`` sets the non-HF fields (``dtype``, ``param_dtype``, ``remat``, ...). The reader
         is :mod:`bsft_jax.models.hf_config`.
         """
-        from bsft_jax.models.hf_config import config_from_hf
-
         return config_from_hf(cls, source, runtime)
 
     def to_hf(self, *, dtype: str | None = None) -> dict[str, Any]:
         """The ``config.json`` dict transformers needs to rebuild this architecture."""
-        from bsft_jax.models.hf_config import config_to_hf
-
         return config_to_hf(self, dtype)
 
 

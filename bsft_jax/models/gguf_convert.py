@@ -122,6 +122,8 @@ def _optional_int(v: Any) -> int | None:
 
 def dequantized(tensor: Any, config: DecoderConfig) -> np.ndarray:
     """One GGUF tensor as a float32 array in HF layout (Q/K un-permuted for llama)."""
+    # gguf and transformers are imported where used: this module loads with models.builtin (every CLI's
+    # config check), and only a conversion needs them (import-time cost: 0.3 s and seconds)
     from gguf import GGMLQuantizationType, quants
 
     shape = tuple(int(s) for s in reversed(tensor.shape))  # ggml lists dims fastest-first

@@ -7,7 +7,8 @@ does not implement raises :class:`~bsft_jax.models.config.UnsupportedConfigError
 and field, instead of silently producing wrong numbers.
 
 The public entry points are ``DecoderConfig.from_hf`` and ``DecoderConfig.to_hf``, which call
-:func:`config_from_hf` and :func:`config_to_hf`.
+:func:`config_from_hf` and :func:`config_to_hf`. This module sits below :mod:`bsft_jax.models.config`:
+it reads the field names from :mod:`bsft_jax.models.config_fields` and builds the class it is given.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bsft_jax import storage
-from bsft_jax.models.config import (
+from bsft_jax.models.config_fields import (
     SUPPORTED_MODEL_TYPES,
-    DecoderConfig,
     Llama3RopeScaling,
     UnsupportedConfigError,
     canonical_dtype,
@@ -32,6 +32,9 @@ from bsft_jax.models.families import (
     family_fields_from_hf,
     family_to_hf,
 )
+
+if TYPE_CHECKING:  # config.py imports this module; the class to build is passed in (``cls``)
+    from bsft_jax.models.config import DecoderConfig
 
 
 def config_from_hf(cls: type[DecoderConfig], source: str | os.PathLike | dict, runtime: dict[str, Any]

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from huggingface_hub import split_state_dict_into_shards_factory
+from jax.experimental import multihost_utils
 
 from bsft_jax import storage
 from bsft_jax.files import staged_dir, write_json
@@ -33,8 +35,6 @@ def _to_host(x: jax.Array) -> np.ndarray:
     """Fetches a (possibly multi-host sharded) array to host memory on every process."""
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -63,8 +63,6 @@ def _shard_plan(tensors: list[safetensors_io.PendingTensor], max_shard_bytes: in
                 ) -> list[list[safetensors_io.PendingTensor]]:
     """Groups tensors into shards of at most ``max_shard_bytes`` (a bigger tensor gets its own), by
     ``huggingface_hub``'s splitter: the same grouping ``save_pretrained`` makes."""
-    from huggingface_hub import split_state_dict_into_shards_factory
-
     by_name = {t.name: t for t in tensors}
     split = split_state_dict_into_shards_factory(by_name, get_storage_size=lambda t: t.nbytes,
                                                  filename_pattern="model{suffix}.safetensors",

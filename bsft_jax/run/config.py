@@ -337,12 +337,11 @@ def resolve(cfg: ml_collections.ConfigDict, *, num_devices: int, num_processes: 
     if settings.behavior.enabled != (settings.data.style == "behavior_sft"):
         raise fail("data.style", f"{settings.data.style!r} does not match behavior.enabled={settings.behavior.enabled} "
                                  "(behavior tokens are trained only with the 'behavior_sft' style)")
-    t = settings.train
-    if settings.optimizer.decay_start >= t.steps > 0 and settings.optimizer.min_lr_ratio < 1.0:
-        raise fail("optimizer.decay_start",
-                   f"{settings.optimizer.decay_start} leaves no decay before train.steps={t.steps}")
-    if settings.optimizer.warmup_steps > t.steps:
-        raise fail("optimizer.warmup_steps", f"{settings.optimizer.warmup_steps} exceeds train.steps={t.steps}")
+    t, opt = settings.train, settings.optimizer
+    if opt.decay_start >= t.steps > 0 and opt.min_lr_ratio < 1.0:
+        raise fail("optimizer.decay_start", f"{opt.decay_start} leaves no decay before train.steps={t.steps}")
+    if opt.warmup_steps > t.steps:
+        raise fail("optimizer.warmup_steps", f"{opt.warmup_steps} exceeds train.steps={t.steps}")
     mesh = resolve_mesh_shape(settings.mesh.sizes(), num_devices)
     if training:
         _check_batch(settings, mesh, num_processes)

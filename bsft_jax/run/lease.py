@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 from bsft_jax import storage
@@ -241,14 +242,20 @@ class _LocalStore:
                 os.remove(self.mutex)
 
 
-def _gcs_client() -> Any:
-    """A client of its own per lease (the heartbeat thread uses it; clients are not shared across threads)."""
+def _google_cloud() -> SimpleNamespace:
+    """``gcs`` (google.cloud.storage), ``exceptions`` (google.api_core's) and ``DEFAULT_RETRY``.
+
+    Imported here, not at module level: google-cloud-storage is the optional extra 'gcs', needed only
+    for a gs:// run directory's lease.
+    """
     try:
+        from google.api_core import exceptions
         from google.cloud import storage as gcs
+        from google.cloud.storage.retry import DEFAULT_RETRY
     except ImportError as e:
         raise UserError("a gs:// run directory needs google-cloud-storage for its lease: "
                         "pip install 'bsft_jax[gcs]'") from e
-    return gcs.Client()
+    return SimpleNamespace(gcs=gcs, exceptions=exceptions, DEFAULT_RETRY=DEFAULT_RETRY)
 
 
 class _GcsStore:
@@ -261,22 +268,20 @@ class _GcsStore:
     def __init__(self, url: str):
         self.url = url
         bucket, _, self.name = url.split("://", 1)[1].partition("/")
-        self.bucket = _gcs_client().bucket(bucket)
+        self.google = _google_cloud()
+        # a client of its own per lease (the heartbeat thread uses it; clients are not shared across threads)
+        self.bucket = self.google.gcs.Client().bucket(bucket)
         self.seconds = storage.retry_seconds()
 
     def _retry(self) -> Any:
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
-        return DEFAULT_RETRY.with_timeout(self.seconds)
+        return self.google.DEFAULT_RETRY.with_timeout(self.seconds)
 
     def read(self) -> tuple[Holder | None, Any]:
         """``(holder, generation)``; ``(None, None)`` when absent."""
-        from google.api_core import exceptions as gexc
-
         blob = self.bucket.blob(self.name)
         try:
             data = blob.download_as_bytes(retry=self._retry())
-        except gexc.NotFound:
+        except self.google.exceptions.NotFound:
             return None, None
         if blob.generation is None:
             blob.reload()
@@ -289,19 +294,16 @@ class _GcsStore:
 
     def replace(self, data: bytes, version: Any) -> Any:
         """Writes if the object's generation is still ``version`` (0: absent); the new generation, or None."""
-        from google.api_core import exceptions as gexc
-
         blob = self.bucket.blob(self.name)
         try:
             blob.upload_from_string(data, content_type="application/json", if_generation_match=int(version or 0),
                                     retry=self._retry())
-        except gexc.PreconditionFailed:
+        except self.google.exceptions.PreconditionFailed:
             return None
         return int(blob.generation)
 
     def delete(self, version: Any) -> None:
-        from google.api_core import exceptions as gexc
-
+        gexc = self.google.exceptions
         with contextlib.suppress(gexc.PreconditionFailed, gexc.NotFound):
             self.bucket.blob(self.name).delete(if_generation_match=int(version), retry=self._retry())
 

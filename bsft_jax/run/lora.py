@@ -1,4 +1,4 @@
-"""LoRA runs: the config block, the base reference a checkpoint carries, and rebuilding that base.
+"""LoRA runs: the base reference a checkpoint carries, rebuilding that base, and the shapes of what it stores.
 
 A LoRA checkpoint (``python -m bsft_jax.train`` with ``model.lora.rank > 0``) holds only the
 trainable state (:mod:`bsft_jax.train.lora`): ``params/`` = adapters + behavior rows, ``opt_state/``
@@ -22,12 +22,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
 from bsft_jax.models.builtin import resolve_model_path
+from bsft_jax.models.config import DecoderConfig
+from bsft_jax.models.decoder import abstract_decoder
+from bsft_jax.models.lora import LoraParam
 from bsft_jax.models.lora_config import LoraConfig
-from bsft_jax.run.checkpoint import CheckpointError, decoder_config_to_dict
-from bsft_jax.run.model_setup import build_fresh
+from bsft_jax.run.layout import CheckpointError, decoder_config_to_dict
+from bsft_jax.run.model_setup import ModelBundle, build_fresh
 from bsft_jax.run.settings import Settings
 
 
@@ -79,7 +87,7 @@ def lora_meta(lora: LoraConfig, row_ids: Any, ref: dict[str, Any], dtype: str) -
             "base": ref}
 
 
-def rebuild_base(s: Settings, meta_lora: dict[str, Any], mesh: Any, where: str) -> Any:
+def rebuild_base(s: Settings, meta_lora: dict[str, Any], mesh: Any, where: str) -> ModelBundle:
     """The run's base (``ModelBundle``: model, config, tokenizer, ids) rebuilt from ``s`` and checked."""
     bundle = build_fresh(s, mesh)
     check_base(meta_lora["base"], s, bundle, where)
@@ -87,3 +95,22 @@ def rebuild_base(s: Settings, meta_lora: dict[str, Any], mesh: Any, where: str) 
     if ids != [int(i) for i in meta_lora["row_ids"]]:
         raise CheckpointError(f"{where}: behavior token ids {ids} differ from the checkpoint's {meta_lora['row_ids']}")
     return bundle
+
+
+def trainable_shapes(config: DecoderConfig, lora: LoraConfig, row_ids: Sequence[int]) -> dict[str, Any]:
+    """The tree a LoRA checkpoint's ``params`` item holds, as ShapeDtypeStructs (no arrays, no mesh)::
+
+        {"lora": {"layers": {"attn": {"q_lora_a": [L, D, r], ...}, "mlp": {...}}},
+         "rows": {"embed": [R, D], "lm_head": [D, R] (untied head only)}}
+
+    R: the behavior-token rows (``row_ids``); the dtype is ``config.param_dtype``. The trainer's state
+    (:class:`bsft_jax.train.lora.LoraTrainer`) and the host reader (:mod:`bsft_jax.run.host`) both take
+    their shapes from here.
+    """
+    config = config.replace(lora=lora)
+    dtype, rows = jnp.dtype(config.param_dtype), len(row_ids)
+    adapters = nnx.to_pure_dict(nnx.state(abstract_decoder(config), LoraParam))
+    trained_rows = {"embed": jax.ShapeDtypeStruct((rows, config.hidden_size), dtype)}
+    if not config.tie_word_embeddings:
+        trained_rows["lm_head"] = jax.ShapeDtypeStruct((config.hidden_size, rows), dtype)
+    return {"lora": adapters, "rows": trained_rows}

@@ -30,7 +30,7 @@ from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.hf import load_hf, save_tokenizer
 from bsft_jax.models.sharding import state_shardings
-from bsft_jax.run.checkpoint import TOKENIZER_SUBDIR, decoder_config_from_dict, decoder_config_to_dict
+from bsft_jax.run.layout import TOKENIZER_SUBDIR, decoder_config_from_dict, decoder_config_to_dict
 from bsft_jax.run.settings import BehaviorSettings, ConfigError, DataSettings, ModelSettings, Settings
 from bsft_jax.run.sources import demo_tokenizer_path
 

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 from bsft_jax import storage
 from bsft_jax.errors import UserError
-from bsft_jax.run.checkpoint import CheckpointError, checkpoint_dir, resolve_step, steps_on_disk
+from bsft_jax.run.checkpoint import resolve_step, steps_on_disk
+from bsft_jax.run.layout import CheckpointError, checkpoint_dir
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ from typing import Any
 
 from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
+from bsft_jax.data.demo import DemoConfig, demo_tokenizer_dir, load_demo
+from bsft_jax.data.schema import DataError, read_jsonl
 from bsft_jax.run.settings import ConfigError, DataSettings
 
 
-def demo_config(data: DataSettings) -> Any:
+def demo_config(data: DataSettings) -> DemoConfig:
     """The :class:`bsft_jax.data.DemoConfig` of ``data.demo``."""
-    from bsft_jax.data import DemoConfig
-
     d = data.demo
     return DemoConfig(num_train=d["num_train"], num_validation=d["num_validation"], num_test=d["num_test"],
                       seed=d["seed"])
@@ -21,15 +21,11 @@ def demo_config(data: DataSettings) -> Any:
 
 def demo_tokenizer_path(data: DataSettings, spec: BehaviorSpec) -> str:
     """Folder of the demo set's BPE tokenizer (built and cached on first use)."""
-    from bsft_jax.data import demo_tokenizer_dir
-
     return demo_tokenizer_dir(config=demo_config(data), vocab_size=data.demo["tokenizer_vocab"], spec=spec)
 
 
 def _of_categories(records: Any, data: DataSettings, split: str) -> list[Any]:
     """The records of ``data.categories``; each named category must have some in this split."""
-    from bsft_jax.data import DataError
-
     wanted = set(data.categories)
     kept = [r for r in records if r.category in wanted]
     missing = sorted(wanted - {r.category for r in kept})
@@ -46,25 +42,19 @@ def load_split(data: DataSettings, spec: BehaviorSpec, split: str) -> Any:
     ``data.categories`` (non-empty) keeps only those categories' records."""
     if data.categories:
         return _of_categories(load_split(dataclasses.replace(data, categories=()), spec, split), data, split)
-    from bsft_jax.data import load_demo, read_jsonl
-
     if data.source == "demo":
         return load_demo([split], config=demo_config(data), spec=spec)[split]
     if data.source == "jsonl":
         path = storage.join(data.path, f"{split}.jsonl")
         if not storage.isfile(path):
-            from bsft_jax.data import DataError
-
             raise DataError(f"{path}: no such file (config.data.path={data.path!r} needs one <split>.jsonl per split)")
         records = read_jsonl(path, field_map=dict(data.field_map) or None, spec=spec)
         if not records:
-            from bsft_jax.data import DataError
-
             raise DataError(f"{path}: no records (the file is empty or holds only blank lines); put one JSON "
                             "record per line, or point config.data.path at another folder")
         return records
     if data.source == "tfds":
-        from bsft_jax.data.tfds_builder import data_source
+        from bsft_jax.data.tfds_builder import data_source  # import-time cost: tensorflow_datasets (seconds)
 
         return data_source(split, data_dir=data.path)
     raise ConfigError(f"config.data.source={data.source!r} has no {split!r} split (synthetic data is for smoke "

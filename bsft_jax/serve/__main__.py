@@ -14,16 +14,20 @@ import os
 import signal
 import sys
 
+from absl import flags
+
 from bsft_jax.errors import cli_boundary
 from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.serve.batcher import Batcher
+from bsft_jax.serve.chat import load_served
+from bsft_jax.serve.engine import Engine
+from bsft_jax.serve.protocol import Limits
 
 log = logging.getLogger("bsft_jax.serve")
 API_KEY_ENV = "BSFT_SERVE_API_KEY"
 
 
 def define_flags():
-    from absl import flags
-
     fv = flags.FlagValues()
     flags.DEFINE_string("checkpoint", "", "training run directory to serve (its newest checkpoint, or --step)",
                         flag_values=fv)
@@ -76,13 +80,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(fv) -> int:
     """Loads the model and runs uvicorn until SIGTERM / SIGINT (in-flight requests finish first)."""
+    # fastapi and uvicorn are the optional extra 'serve': only a running server needs them
     import uvicorn
 
     from bsft_jax.serve.app import create_app
-    from bsft_jax.serve.batcher import Batcher
-    from bsft_jax.serve.chat import load_served
-    from bsft_jax.serve.engine import Engine
-    from bsft_jax.serve.protocol import Limits
 
     served = load_served(checkpoint=fv.checkpoint, hf_path=fv.hf_path, step=None if fv.step < 0 else fv.step,
                          dtype=fv.dtype, name=fv.model_name, max_context=fv.max_context)

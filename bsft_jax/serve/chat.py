@@ -26,9 +26,12 @@ from bsft_jax import storage
 from bsft_jax.behavior.spec import DEFAULT_TOKEN_FORMAT, BehaviorSpec
 from bsft_jax.data.format import Formatter
 from bsft_jax.errors import UserError
+from bsft_jax.evaluate.compare import load_run  # the evaluator's loader
 from bsft_jax.evaluate.core import split_reply
 from bsft_jax.evaluate.metrics import UNPARSED
 from bsft_jax.models.decoder import Decoder
+from bsft_jax.models.hf import load_hf
+from bsft_jax.run.model_setup import load_tokenizer
 
 log = logging.getLogger("bsft_jax.serve")
 
@@ -76,8 +79,6 @@ def load_served(*, checkpoint: str = "", hf_path: str = "", step: int | None = N
     if bool(checkpoint) == bool(hf_path):
         raise ServeError("give exactly one of --checkpoint RUN_DIR or --hf_path DIR|builtin:NAME")
     if checkpoint:
-        from bsft_jax.evaluate.compare import load_run  # the evaluator's loader
-
         if not storage.isdir(checkpoint):
             raise ServeError(f"--checkpoint={checkpoint!r} is not a folder; point it at a training run directory")
         model, tokenizer, run_settings, style, step_read = load_run(checkpoint, step, dtype, None)
@@ -85,9 +86,6 @@ def load_served(*, checkpoint: str = "", hf_path: str = "", step: int | None = N
         source = f"{checkpoint}@{step_read}"
         default_name = storage.basename(checkpoint.rstrip("/"))
     else:
-        from bsft_jax.models.hf import load_hf
-        from bsft_jax.run.model_setup import load_tokenizer
-
         model, _ = load_hf(hf_path, dtype=dtype)
         tokenizer = load_tokenizer(hf_path)
         spec = behavior_spec_of(tokenizer)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 
+from absl import flags
+from ml_collections import config_flags
+
 from bsft_jax.errors import cli_boundary
 from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.train import plan
 from bsft_jax.train.distributed import is_primary
 from bsft_jax.train.loop import NonFiniteLossError, resolve_for_training, run
 
@@ -22,12 +26,7 @@ per-device memory of the train step on a target mesh instead. Every config field
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: parses absl flags (``--config``), runs, maps errors to exit codes."""
     if "--plan" in (sys.argv if argv is None else argv)[1:]:  # memory planner: compiles the step, trains nothing
-        from bsft_jax.train import plan
-
         return plan.main(argv)
-    from absl import flags
-    from ml_collections import config_flags
-
     flags_def = flags.FlagValues()
     config_flags.DEFINE_config_file("config", "configs/demo.py", "ml_collections config file", flag_values=flags_def)
     code = parse_flags(flags_def, sys.argv if argv is None else argv, _USAGE)

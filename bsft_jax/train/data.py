@@ -28,6 +28,8 @@ import numpy as np
 from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.pipeline import BATCH_KEYS
+from bsft_jax.data.pipeline import make_train_iterator as data_iterator
+from bsft_jax.data.schema import DataError
 from bsft_jax.run.settings import DataSettings
 from bsft_jax.run.sources import load_split
 from bsft_jax.train.distributed import DataShard, reduce_over_processes
@@ -100,8 +102,6 @@ def load_splits(data: DataSettings, spec: BehaviorSpec, *, with_eval: bool, num_
     splits = {name: load_split(data, spec, name) for name in dict.fromkeys(names)}
     for name, records in splits.items():
         if len(records) < num_processes:  # every process reads its own shard of each split
-            from bsft_jax.data import DataError
-
             raise DataError(f"{storage.join(data.path, name + '.jsonl') if data.source == 'jsonl' else name}: "
                             f"{len(records)} record(s) cannot be shared by {num_processes} processes; add records "
                             "or run fewer processes")
@@ -116,8 +116,6 @@ def train_iterator(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, shard
     """
     if data.source == "synthetic":
         return iter(synthetic_dataset(data.shuffle_seed, shard, data.seq_len, data.synthetic_vocab))
-    from bsft_jax.data.pipeline import make_train_iterator as data_iterator
-
     # Epochs repeat forever and the run stops by step count: with several processes the shards
     # can differ by one example, and every process must produce a batch at every step.
     records = load_split(data, spec, data.train_split) if records is None else records
@@ -140,8 +138,6 @@ def make_eval_batches(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, sh
         ds = synthetic_dataset(d.shuffle_seed + 1_000_003, shard, d.seq_len, d.synthetic_vocab,
                                num_batches=4 if limit is None else limit)
         return list(ds)
-    from bsft_jax.data.pipeline import make_train_iterator as data_iterator
-
     records = load_split(d, spec, d.eval_split) if records is None else records
     it = data_iterator(records, tokenizer, num_epochs=1, shuffle=False, **_pipeline_kwargs(d, spec, shard))
     batches = list(itertools.islice(it, limit))

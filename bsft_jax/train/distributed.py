@@ -52,6 +52,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bsft_jax.run.settings import DistributedSettings
 
@@ -275,6 +276,4 @@ def reduce_over_processes(x: np.ndarray, reduce: Any) -> np.ndarray:
     """
     if jax.process_count() == 1:
         return x
-    from jax.experimental import multihost_utils
-
     return np.asarray(reduce(np.asarray(multihost_utils.process_allgather(x)), axis=0))

@@ -44,7 +44,7 @@ class MetricsLogger:
         storage.makedirs(run_dir)
         self._jsonl = storage.AppendLog(storage.join(run_dir, "metrics.jsonl"))
         if tensorboard:  # tensorboardX writes gs:// itself (needs google-cloud-storage: the gcs extra)
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # import-time cost (seconds): only for runs that log to it
 
             self._tb = SummaryWriter(storage.join(run_dir, "tensorboard"))
 

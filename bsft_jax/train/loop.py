@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bsft_jax import storage
 from bsft_jax.files import check_writable, write_json
@@ -91,8 +92,6 @@ class _StopSignal:
 
     def should_stop(self, step: int) -> bool:
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             return multihost_utils.reached_preemption_sync_point(step)
         return self.event.is_set()
 

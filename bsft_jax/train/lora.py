@@ -26,6 +26,7 @@ activation gradient of every frozen matmul but no weight gradient (``tests/train
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import jax
@@ -39,6 +40,7 @@ from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.lora import LoraConfig, LoraParam
 from bsft_jax.models.sharding import batch_sharding, logical_to_spec, state_shardings
+from bsft_jax.run.lora import trainable_shapes
 from bsft_jax.run.settings import Settings, StepSettings
 from bsft_jax.train.chunked_loss import model_loss_sums
 from bsft_jax.train.step import Trainer, TrainState
@@ -103,18 +105,11 @@ class LoraTrainer(Trainer):
 
     def _abstract_trainable(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Shapes and shardings of the trainable dict (adapters + behavior rows)."""
-        c, r = self.config, len(self.row_ids)
-        pd = jnp.dtype(c.param_dtype)
+        params = trainable_shapes(self.config, self.lora, self.row_ids)  # what a checkpoint's params item holds
         lora_sh = nnx.to_pure_dict(state_shardings(self.abstract_lora, self.mesh))
-        rows = {"embed": jax.ShapeDtypeStruct((r, c.hidden_size), pd)}
-        def sh(axes: tuple[str | None, ...], shape: tuple[int, ...]) -> NamedSharding:
-            return NamedSharding(self.mesh, logical_to_spec(axes, mesh=self.mesh, shape=shape))
-
-        rows_sh = {"embed": sh((None, "embed"), (r, c.hidden_size))}
-        if not c.tie_word_embeddings:
-            rows["lm_head"] = jax.ShapeDtypeStruct((c.hidden_size, r), pd)
-            rows_sh["lm_head"] = sh(("embed", None), (c.hidden_size, r))
-        params = {"lora": nnx.to_pure_dict(self.abstract_lora), "rows": rows}
+        row_axes = {"embed": (None, "embed"), "lm_head": ("embed", None)}
+        rows_sh = {name: NamedSharding(self.mesh, logical_to_spec(row_axes[name], mesh=self.mesh, shape=a.shape))
+                   for name, a in params["rows"].items()}
         return params, {"lora": lora_sh, "rows": rows_sh}
 
     # ------------------------------------------------------------------ state
@@ -183,8 +178,6 @@ class LoraTrainer(Trainer):
 
     def compile(self, global_batch: int, seq_len: int) -> Any:
         """Lowers and compiles the step ``(state, batch, frozen)`` once; ``state`` is donated, the base is not."""
-        import time
-
         if global_batch % self.microbatches:
             raise ValueError(f"global batch {global_batch} is not divisible by microbatches={self.microbatches}")
         jitted = jax.jit(self._train_step,

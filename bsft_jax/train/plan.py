@@ -38,8 +38,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import jax
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from bsft_jax.errors import cli_boundary
+from bsft_jax.files import check_writable
+from bsft_jax.models.decoder import abstract_decoder, count_params
+from bsft_jax.models.sharding import make_mesh, resolve_mesh_shape
+from bsft_jax.run.cli import parse_flags
+from bsft_jax.run.config import config_from_dict, config_to_dict
+from bsft_jax.run.settings import Settings, TrainSettings
+from bsft_jax.train.lora import LoraTrainer
+from bsft_jax.train.optim import make_optimizer
 from bsft_jax.train.plan_model import PRESET_TOKENIZER_SIZES as PRESET_TOKENIZER_SIZES
 from bsft_jax.train.plan_model import guess_preset as guess_preset
 from bsft_jax.train.plan_model import model_config_for_plan
@@ -56,9 +70,7 @@ from bsft_jax.train.plan_targets import (
     tpu_compiler_available,
     tpu_devices,
 )
-
-if TYPE_CHECKING:
-    from bsft_jax.run.settings import Settings, TrainSettings
+from bsft_jax.train.step import Trainer, memory_per_device
 
 log = logging.getLogger("bsft_jax.train.plan")
 
@@ -66,8 +78,6 @@ log = logging.getLogger("bsft_jax.train.plan")
 # ----------------------------------------------------------------------------- checks
 def resolve_plan_mesh(train: TrainSettings, mesh: dict[str, int], num_devices: int) -> dict[str, int]:
     """The mesh sizes with ``-1`` resolved, and the batch divisibility the trainer requires."""
-    from bsft_jax.models.sharding import resolve_mesh_shape
-
     try:
         sizes = resolve_mesh_shape(mesh, num_devices)
     except ValueError as e:
@@ -82,9 +92,6 @@ def resolve_plan_mesh(train: TrainSettings, mesh: dict[str, int], num_devices: i
 
 # ----------------------------------------------------------------------------- figures
 def _shard_bytes(abstract: Any, shardings: Any) -> int:
-    import jax
-    import numpy as np
-
     total = 0
     for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings), strict=True):
         total += math.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
@@ -121,20 +128,12 @@ def analytic_bytes(trainer: Any, global_batch: int, seq_len: int) -> dict[str, i
 def compile_step(settings: Settings, config: Any, devices: list[Any],
                  mesh_sizes: dict[str, int]) -> tuple[Any, Any, float]:
     """The trainer's step compiled for abstract inputs on ``devices``: ``(trainer, compiled, seconds)``."""
-    import jax
-
-    from bsft_jax.models.sharding import make_mesh
-    from bsft_jax.train.optim import make_optimizer
-    from bsft_jax.train.step import Trainer
-
     mesh = make_mesh(mesh_sizes, devices)
     t = settings.train
     tx, schedule = make_optimizer(settings.optimizer, t.steps)
     lora = settings.model.lora
     with jax.set_mesh(mesh):
         if lora.config is not None:  # the LoRA step: frozen base (optionally in the compute dtype), no AdamW for it
-            from bsft_jax.train.lora import LoraTrainer
-
             n = len(settings.behavior.spec.names) if settings.behavior.enabled else 0
             rows = range(config.num_valid_tokens - n, config.num_valid_tokens)
             trainer = LoraTrainer(config, tx, schedule, mesh, lora=lora.config, behavior_ids=list(rows),
@@ -175,8 +174,6 @@ def compile_out_of_memory(error: BaseException) -> tuple[int, int] | None:
 
 def xla_bytes(compiled: Any) -> dict[str, int]:
     """``memory_analysis()`` of a compiled step, with the peak estimate the trainer also logs."""
-    from bsft_jax.train.step import memory_per_device
-
     mem = memory_per_device(compiled.memory_analysis())
     out = {f.removesuffix("_size_in_bytes"): v for f, v in mem.items() if f.endswith("_size_in_bytes")}
     out["peak"] = mem["total_bytes_per_device"]
@@ -197,10 +194,6 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
     hbm_bytes:    memory per device to check the peak against (default: the target's).
     model_preset: architecture preset when the HF folder is not here (default: guessed from its name).
     """
-    import jax
-
-    from bsft_jax.run.settings import Settings
-
     settings = Settings.from_config(cfg)  # the typed pieces, resolved (and validated) once
     tgt = target_by_name(target) if isinstance(target, str) else target
     if num_devices is None:
@@ -218,8 +211,6 @@ def plan_memory(cfg: Any, *, mesh: dict[str, int] | None = None, num_devices: in
     config, how = model_config_for_plan(settings.model, settings.data, settings.behavior, model_preset)
     hbm = hbm_bytes if hbm_bytes is not None else (tgt.hbm_bytes if tgt is not None else None)
     trainer, xla, seconds = _compiled_bytes(settings, config, devices, sizes)
-    from bsft_jax.models.decoder import abstract_decoder, count_params
-
     t, seq_len = settings.train, settings.data.seq_len
     return {
         "target": tgt.name if tgt is not None else None,
@@ -281,8 +272,6 @@ def _plan_devices(compiler: str, tgt: Target | None, num_devices: int) -> list[A
 
 
 def _tpu_backend_known() -> bool:
-    import jax
-
     with contextlib.suppress(Exception):
         jax.devices("tpu")
         return True
@@ -292,8 +281,6 @@ def _tpu_backend_known() -> bool:
 def _plan_in_subprocess(cfg: Any, mesh: dict[str, int], num_devices: int, tgt: Target | None, compiler: str,
                         hbm_bytes: int | None, model_preset: str | None) -> dict[str, Any]:
     """Runs :func:`plan_memory` in a fresh process that can create ``num_devices`` devices."""
-    from bsft_jax.run.config import config_to_dict
-
     request = {"config": config_to_dict(cfg), "mesh": mesh, "num_devices": num_devices,
                "target": tgt.name if tgt is not None else None, "compiler": compiler, "hbm_bytes": hbm_bytes,
                "model_preset": model_preset}
@@ -314,8 +301,6 @@ def _plan_in_subprocess(cfg: Any, mesh: dict[str, int], num_devices: int, tgt: T
 
 
 def _worker(request_path: str, result_path: str) -> int:
-    from bsft_jax.run.config import config_from_dict
-
     with open(request_path) as f:
         req = json.load(f)
     plan = plan_memory(config_from_dict(req["config"]), mesh=req["mesh"], num_devices=req["num_devices"],
@@ -332,12 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) >= 2 and argv[1] == "--worker":
         return _worker(argv[2], argv[3])
-    from absl import flags
-    from ml_collections import config_flags
-
-    from bsft_jax.errors import cli_boundary
-    from bsft_jax.run.cli import parse_flags
-
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", "configs/demo.py", "ml_collections config file", flag_values=fv)
     flags.DEFINE_bool("plan", True, "report per-device memory of the train step; train nothing", flag_values=fv)
@@ -356,8 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s] %(message)s", force=True)
 
     def plan_and_print() -> None:
-        from bsft_jax.files import check_writable
-
         if fv.plan_devices < 0:
             raise PlanError(f"--plan_devices={fv.plan_devices}: must be a positive number of devices (0: the target's)")
         try:

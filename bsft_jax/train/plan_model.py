@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bsft_jax import storage
+from bsft_jax.behavior.surgery import grown_vocab_size
+from bsft_jax.models.config import PRESETS, DecoderConfig, preset
+from bsft_jax.run.model_setup import load_tokenizer, scratch_config, tokenizer_path
+from bsft_jax.run.settings import BehaviorSettings, DataSettings, ModelSettings
 from bsft_jax.train.plan_targets import PlanError
-
-if TYPE_CHECKING:
-    from bsft_jax.run.settings import BehaviorSettings, DataSettings, ModelSettings
-
 
 # Tokenizer sizes of the presets' families (len(tokenizer)): the behavior tokens grow the
 # embedding table from here when the HF folder is not on this machine.
@@ -30,8 +31,6 @@ def _normalise(name: str) -> str:
 
 def guess_preset(hf_path: str) -> str | None:
     """The preset whose name matches an HF folder name (``Qwen2.5-7B-Instruct`` -> ``qwen2_5_7b``)."""
-    from bsft_jax.models.config import PRESETS
-
     key = _normalise(hf_path)
     for name in PRESETS:
         if _normalise(name) == key:
@@ -55,11 +54,6 @@ def model_config_for_plan(model: ModelSettings, data: DataSettings, behavior: Be
     preset named by ``model_preset`` or guessed from ``model.hf_path``'s folder name. Returns
     ``(config, how)`` where ``how`` says where the architecture came from.
     """
-    from bsft_jax import storage
-    from bsft_jax.behavior.surgery import grown_vocab_size
-    from bsft_jax.models.config import DecoderConfig, preset
-    from bsft_jax.run.model_setup import load_tokenizer, scratch_config, tokenizer_path
-
     rt, spec = model.runtime.fields(), behavior.spec
     tokenizer, preset_name = None, None
     tok_path = tokenizer_path(model, data, spec) if (model.source == "scratch" or not model_preset) else ""

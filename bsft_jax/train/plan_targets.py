@@ -8,6 +8,10 @@ import os
 import re
 from typing import Any
 
+import jax
+from jax._src import xla_bridge  # backends_are_initialized has no public name
+from jax.experimental import topologies
+
 from bsft_jax.errors import UserError
 from bsft_jax.units import parse_size
 
@@ -89,8 +93,6 @@ def parse_bytes(text: str | int | float) -> int:
 # ----------------------------------------------------------------------------- devices
 def backends_initialized() -> bool:
     """Whether JAX has started its backends (device flags can no longer change then)."""
-    from jax._src import xla_bridge
-
     return xla_bridge.backends_are_initialized()
 
 
@@ -101,8 +103,6 @@ def tpu_compiler_available() -> bool:
 
 def tpu_devices(target: Target) -> list[Any]:
     """Compile-only devices of a TPU slice (needs libtpu; no TPU hardware)."""
-    from jax.experimental import topologies
-
     for key, value in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
                        ("TPU_ACCELERATOR_TYPE", target.name)):
         os.environ.setdefault(key, value)  # no metadata server off-TPU: do not wait for one
@@ -119,8 +119,6 @@ def tpu_devices(target: Target) -> list[Any]:
 
 def cpu_devices(n: int) -> list[Any] | None:
     """``n`` CPU devices of this process, configuring them if JAX has not started; None if impossible."""
-    import jax
-
     if not backends_initialized():
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", max(n, 1))

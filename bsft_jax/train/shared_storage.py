@@ -15,6 +15,7 @@ import secrets
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from bsft_jax import storage
 from bsft_jax.files import atomic_write
@@ -32,8 +33,6 @@ class SharedStorageError(ConfigError):
 
 def _broadcast_token(token: bytes) -> bytes:
     """Process 0's ``token`` on every process."""
-    from jax.experimental import multihost_utils
-
     arr = np.frombuffer(token, np.uint8).astype(np.int32)
     return bytes(np.asarray(multihost_utils.broadcast_one_to_all(arr)).astype(np.uint8).tolist())
 
@@ -52,8 +51,6 @@ def check_shared_run_dir(run_dir: str) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-
     token = _broadcast_token(secrets.token_bytes(TOKEN_BYTES)).hex()
     path = storage.join(run_dir, CHECK_FILE)
     if jax.process_index() == 0:
