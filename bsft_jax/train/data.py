@@ -144,3 +144,24 @@ def make_eval_batches(data: DataSettings, spec: BehaviorSpec, tokenizer: Any, sh
     count = int(reduce_over_processes(np.asarray(len(batches), np.int32), np.max))
     empty = {k: np.zeros((shard.rows, d.seq_len), np.int32) for k in BATCH_KEYS}
     return batches + [empty] * (count - len(batches))
+
+
+def truncation_warning(stats: Any, data: DataSettings, warned: int) -> str | None:
+    """A warning when the training stream has cut scenes: the first time, then whenever the count has doubled since
+    the ``warned`` count last reported (a log line, not one per step); else None.
+
+    The formatter keeps a scene's reply and cuts its prompt from the left when it does not fit
+    (``stats``: :class:`bsft_jax.data.format.FormatStats` of the train iterator). For a decision that
+    is fatal: the cut part is the chart, the evidence the reply must read, and with ``balance="decision"``
+    each scene of a pair gets only half a row. Measured: Critical Value scenes (~190 tokens) at
+    ``seq_len=256`` lost their lab values; the model fitted a length artefact of the cut prompts (train
+    first-token loss 0.000) and scored 50% on untruncated test scenes (docs/evaluation.md).
+    """
+    cut = int(getattr(stats, "truncated", 0) or 0)
+    if cut == 0 or (warned and cut < 2 * warned):
+        return None
+    per_scene = data.seq_len // 2 if data.balance == "decision" else data.seq_len
+    return (f"training data: {cut} of {int(stats.examples)} scenes formatted so far were cut from the left to fit "
+            f"{per_scene} tokens (data.seq_len={data.seq_len}"
+            f"{', half a row per scene of a balanced pair' if data.balance == 'decision' else ''}); "
+            f"{int(stats.dropped)} dropped. A cut scene may have lost what its reply depends on: raise data.seq_len")

@@ -38,7 +38,7 @@ from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh,
 from bsft_jax.run.recovery import newest_meta, restore_newest
 from bsft_jax.run.settings import BehaviorSettings, Settings
 from bsft_jax.train import distributed
-from bsft_jax.train.data import load_splits, make_eval_batches, train_iterator
+from bsft_jax.train.data import load_splits, make_eval_batches, train_iterator, truncation_warning
 from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_primary
 from bsft_jax.train.log import MetricsLogger, Progress, format_duration
 from bsft_jax.train.lora import make_trainer
@@ -119,8 +119,7 @@ def held_out_metrics(trainer: Trainer, params: Any, batches: list[dict[str, np.n
     s = jax.device_get(total)
     tokens = max(float(s.tokens), 1.0)
     out = {
-        "loss": float(s.ce) / tokens,
-        "accuracy": float(s.correct) / tokens,
+        "loss": float(s.ce) / tokens, "accuracy": float(s.correct) / tokens,
         "first_token_accuracy": float(s.first_correct) / max(float(s.first_tokens), 1.0),
         "first_tokens": float(s.first_tokens),
         "loss_tokens": float(s.tokens),
@@ -175,6 +174,7 @@ class _Session:
     resume_step: int | None
     steer: SteerEval | None = None
     best: BestKeeper | None = None
+    truncated_warned: int = 0  # scenes cut to fit a row, as last warned about (train.data.truncation_warning)
 
 
 @dataclasses.dataclass
@@ -354,6 +354,9 @@ def _one_step(s: _Session, step: int, last_saved: int | None, progress: Progress
     if step % t.log_every == 0 or step == t.steps:
         log.info(progress.line(step, out))
         out["tokens_per_second"] = progress.tokens_per_second
+        if warning := truncation_warning(getattr(s.data_iter, "stats", None), s.settings.data, s.truncated_warned):
+            log.warning(warning)
+            s.truncated_warned = int(s.data_iter.stats.truncated)
     s.metrics_log.write(step, out)
     return out
 

@@ -102,6 +102,15 @@ def test_truncation_is_counted_and_never_crashes(demo_tok, demo_records):
     assert all(s[2][-1] == 1 for s in segs)  # every kept example still ends with its (uncut) target
 
 
+
+def test_balanced_pairs_too_long_for_a_row_are_cut_to_half_a_row_each_and_counted(demo_tok, demo_records):
+    """A pair longer than the row is re-rendered with half a row per scene, and the cut is counted (the trainer
+    warns from these counts: bsft_jax.train.data.truncation_warning, tests/train/test_train_data.py)."""
+    records = [r for r in demo_records["train"] if not r.is_multiple_choice][:24]
+    it = make_train_iterator(records, demo_tok, seq_len=96, batch_size=2, seed=0, num_epochs=1, balance="decision")
+    segs = _segments(list(it))
+    assert it.stats.truncated > 0 and segs and all(len(s[0]) <= 48 for s in segs)
+
 def test_orbax_save_restore_gives_the_identical_next_batch(tmp_path, demo_tok, demo_records):
     import orbax.checkpoint as ocp
 
