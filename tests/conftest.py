@@ -1,4 +1,5 @@
-"""Test set-up: 8 fake CPU devices (sharding tests), no Hub access, GPU tests opt-in, the two tiers.
+"""Test set-up: 8 fake CPU devices (sharding tests), no Hub access, GPU tests opt-in, the two tiers, one
+JAX compilation cache for the session (tests/compilation_cache.py).
 
 The tiers (tests/tiers.py): a test under tests/integration, tests/multihost or tests/realweights is
 marked ``slow`` by its path, so ``pytest -m "not slow"`` (``make test-fast``) runs the in-process rest.
@@ -17,24 +18,24 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 import pytest  # noqa: E402
 
-from tests import processes, tiers  # noqa: E402
+from tests import compilation_cache, tiers  # noqa: E402
 
 # pytester: tests/test_tiers.py runs a planted suite through these hooks.
 pytest_plugins = ["pytester"]
 
 _GPU_SKIPPED: list[str] = []
-_CACHE: list[str | None] = []
+_CACHE: list[tuple[str | None, bool]] = []
 
 
 def pytest_configure(config):
-    # One JAX compilation cache for every subprocess of this session (this process's JAX config is
-    # already read, so only children use it): a program one child compiled, the next one reads back.
-    _CACHE.append(processes.start_compilation_cache())
+    # One JAX compilation cache for this process and every subprocess of the session, set before the
+    # first compile: a program one test (or child) compiled, the next one reads back.
+    _CACHE.append(compilation_cache.start())
 
 
 def pytest_unconfigure(config):
-    for folder in _CACHE:
-        processes.stop_compilation_cache(folder)
+    for folder, made in _CACHE:
+        compilation_cache.stop(folder, made)
     _CACHE.clear()
 
 
