@@ -11,6 +11,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The tests compile far more than they run: XLA's LLVM back end at -O0 compiles a tiny train step in about
+# half the CPU time, to bitwise the same losses (issue 27). Set before any backend starts, and inherited by
+# the children. BSFT_TEST_XLA_OPT=1 keeps XLA's default level; GPU runs (BSFT_GPU_TESTS=1) keep it too.
+if (os.environ.get("BSFT_TEST_XLA_OPT") != "1" and os.environ.get("BSFT_GPU_TESTS") != "1"
+        and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+
 import jax
 
 # Must happen before any backend starts; every test sees 8 CPU devices, default device 0.
@@ -23,6 +30,7 @@ from tests import compilation_cache, tiers  # noqa: E402
 # pytester: tests/test_tiers.py runs a planted suite through these hooks.
 pytest_plugins = ["pytester"]
 
+_GPU_REASON = "GPU test: set BSFT_GPU_TESTS=1 on a GPU machine"
 _GPU_SKIPPED: list[str] = []
 _CACHE: list[tuple[str | None, bool]] = []
 
@@ -31,6 +39,10 @@ def pytest_configure(config):
     # One JAX compilation cache for this process and every subprocess of the session, set before the
     # first compile: a program one test (or child) compiled, the next one reads back.
     _CACHE.append(compilation_cache.start())
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        # The pytest-xdist controller: it collects nothing, so it never loads tests/realweights/conftest.py, but
+        # it prints the summary, so it takes the real-weights reports (skips, measured numbers) here.
+        config.pluginmanager.import_plugin("tests.realweights.policy")
 
 
 def pytest_unconfigure(config):
@@ -44,11 +56,44 @@ def pytest_collection_modifyitems(config, items):
     tiers.mark_slow(items, os.path.dirname(os.path.abspath(__file__)))
     if os.environ.get("BSFT_GPU_TESTS") == "1":
         return
-    skip = pytest.mark.skip(reason="GPU test: set BSFT_GPU_TESTS=1 on a GPU machine")
+    skip = pytest.mark.skip(reason=_GPU_REASON)
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
-            _GPU_SKIPPED.append(item.nodeid)
+
+
+def pytest_runtest_logreport(report):
+    """Names the GPU tests skipped: from their reports, which reach the process that prints the summary
+    (under pytest-xdist only the workers collect)."""
+    if report.skipped and report.when == "setup" and _GPU_REASON in str(report.longrepr):
+        _GPU_SKIPPED.append(report.nodeid)
+
+
+# pytest-xdist (`make test` runs `-n 2`): the tests of one file run on one worker, so a module fixture is
+# built once; so do those of a folder whose files share an expensive session fixture.
+ONE_WORKER_FOLDERS = {
+    "serve": "the trained toy run and its server (tests/serve/conftest.py)",
+    "realweights": "the converted real models, GBs of memory each",
+    "multihost": "each test starts several JAX processes on two cores",
+}
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit pytest-xdist hands to one worker: the test's file, or its folder in :data:`ONE_WORKER_FOLDERS`."""
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    return f"tests/{parts[1]}/" if parts[0] == "tests" and len(parts) > 2 and parts[1] in ONE_WORKER_FOLDERS else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return Scheduling(config, log)
 
 
 def _guard(item):
