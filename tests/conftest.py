@@ -11,13 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# The tests compile far more than they run: XLA's LLVM back end at -O0 compiles a tiny train step in about
-# half the CPU time, to bitwise the same losses (issue 27). Set before any backend starts, and inherited by
-# the children. BSFT_TEST_XLA_OPT=1 keeps XLA's default level; GPU runs (BSFT_GPU_TESTS=1) keep it too.
-if (os.environ.get("BSFT_TEST_XLA_OPT") != "1" and os.environ.get("BSFT_GPU_TESTS") != "1"
-        and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
-
 import jax
 
 # Must happen before any backend starts; every test sees 8 CPU devices, default device 0.

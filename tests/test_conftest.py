@@ -1,5 +1,5 @@
 """The session set-up of tests/conftest.py: one JAX persistent compilation cache for this process and its
-children (tests/compilation_cache.py), XLA's back end at -O0, and the units pytest-xdist hands to a worker."""
+children (tests/compilation_cache.py), and the units pytest-xdist hands to a worker."""
 
 from __future__ import annotations
 
@@ -24,14 +24,6 @@ def test_this_process_and_its_children_share_the_sessions_cache():
     scale = random.random()  # a program no earlier test (or session, in a lasting folder) compiled
     jax.jit(lambda x: x * scale + 1.0).lower(jnp.ones(3)).compile()
     assert set(os.listdir(folder)) - before, "the compile was not written to the session's cache"
-
-
-def test_xla_compiles_at_o0_unless_asked_not_to():
-    flags = os.environ.get("XLA_FLAGS", "")
-    if os.environ.get("BSFT_TEST_XLA_OPT") == "1" or os.environ.get("BSFT_GPU_TESTS") == "1":
-        assert "--xla_backend_optimization_level=0" not in flags
-    else:
-        assert "xla_backend_optimization_level" in flags
 
 
 def test_a_file_or_a_folder_sharing_a_session_fixture_stays_on_one_xdist_worker():
