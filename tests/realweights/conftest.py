@@ -10,6 +10,7 @@ import pytest
 
 from tests.realweights.policy import (  # noqa: F401  (fixtures and hooks of this folder)
     pytest_runtest_logreport,
+    pytest_runtest_makereport,
     pytest_terminal_summary,
     qwen_dir,
     smollm2_dir,

@@ -24,11 +24,20 @@ SKIP_PREFIX = "REAL-WEIGHTS TEST SKIPPED"
 DEFAULT_INDEX = "https://pypi.org/simple"
 _SKIPPED: dict[str, str] = {}  # nodeid -> skip message, one entry per skipped test
 _MEASURED: list[str] = []  # numbers the real-weights tests measured, shown in every run's summary
+_PENDING: list[str] = []  # measured by the running test, not yet on its report
+_MEASURED_KEY = "real-weights measurement"
 
 
 def report(line: str) -> None:
-    """Records a measured number for the terminal summary (visible without ``-s``)."""
-    _MEASURED.append(line)
+    """Records a measured number for the terminal summary (visible without ``-s``). It travels on the test's
+    report, so it reaches the summary from a pytest-xdist worker too."""
+    _PENDING.append(line)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    item.user_properties.extend((_MEASURED_KEY, line) for line in _PENDING)
+    _PENDING.clear()
 
 
 def index_urls() -> list[str]:
@@ -79,7 +88,10 @@ def converted(name: str, dtype: str = "float32") -> str:
 
 
 def pytest_runtest_logreport(report):
-    """Counts every test the policy skipped (a session fixture's skip is replayed for each test using it)."""
+    """Counts every test the policy skipped (a session fixture's skip is replayed for each test using it), and
+    takes a test's measured numbers from its last report (every phase's report carries the test's list)."""
+    if report.when == "teardown":
+        _MEASURED.extend(line for key, line in report.user_properties if key == _MEASURED_KEY)
     if report.skipped and isinstance(report.longrepr, tuple) and SKIP_PREFIX in str(report.longrepr[-1]):
         _SKIPPED[report.nodeid] = str(report.longrepr[-1]).removeprefix("Skipped: ")
 

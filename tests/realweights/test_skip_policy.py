@@ -80,3 +80,42 @@ def test_reachable_local_and_remote(tmp_path):
     assert policy.reachable(tmp_path.as_uri()) and policy.reachable(str(tmp_path))
     assert not policy.reachable((tmp_path / "missing").as_uri())
     assert not policy.reachable("http://127.0.0.1:9/simple", timeout=1.0)
+
+
+# The layout of this suite: the root conftest's hooks (tests/conftest.py) and a folder whose conftest loads the
+# policy's hooks, as tests/realweights/conftest.py does.
+_ROOT_HOOKS = "from tests.conftest import (pytest_collection_modifyitems, pytest_configure,  # noqa: F401\n" \
+              "    pytest_runtest_logreport, pytest_terminal_summary, pytest_unconfigure)\n"
+_FOLDER_HOOKS = CONFTEST.replace('pytest_plugins = ["tests.realweights.policy"]\n',
+                                 "from tests.realweights.policy import (pytest_runtest_logreport,  # noqa: F401\n"
+                                 "    pytest_runtest_makereport, pytest_terminal_summary)\n")
+_MEASURING = """
+import pytest
+from tests.realweights.policy import report
+
+def test_measures():
+    report("measured: 42")
+
+@pytest.mark.gpu
+def test_on_gpu(): pass
+"""
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_skips_measurements_and_gpu_tests_reach_the_summary_from_xdist_workers(tmp_path, workers):
+    """Under pytest-xdist only the workers collect (and load a folder's conftest), but the controller prints the
+    summary: the real-weights skips, the measured numbers and the GPU tests not run reach it all the same."""
+    (tmp_path / "conftest.py").write_text(_ROOT_HOOKS)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "conftest.py").write_text(_FOLDER_HOOKS.format(url="http://127.0.0.1:9/simple"))
+    (tmp_path / "weights" / "test_fake.py").write_text(textwrap.dedent(TESTS))
+    (tmp_path / "weights" / "test_measures.py").write_text(_MEASURING)
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    env.pop("BSFT_GPU_TESTS", None)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", workers,
+                          str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 real-weights tests SKIPPED (no package source reachable)" in out.stdout, out.stdout
+    assert "real-weights measurements" in out.stdout and "measured: 42" in out.stdout, out.stdout
+    assert "1 GPU TEST(S) NOT RUN" in out.stdout and "NOT RUN: weights/test_measures.py::test_on_gpu" in out.stdout
+    assert "2 passed, 4 skipped" in out.stdout, out.stdout
