@@ -1,11 +1,11 @@
-"""Config validation in-process (run/config.py): each bad field is named (the CLI's version of these
+"""Config validation in-process (setup/config.py): each bad field is named (the CLI's version of these
 messages is tested through a real process in tests/integration/test_train_cli.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bsft_jax.run.config import ConfigError, default_config, validate_config
+from bsft_jax.setup.config import ConfigError, default_config, validate_config
 
 
 def test_validation_messages_in_process(tmp_path):
@@ -32,3 +32,4 @@ def test_validation_messages_in_process(tmp_path):
         validate_config(c, num_devices=1)
     c.behavior.enabled = False
     assert validate_config(c, num_devices=8) == {"data": 1, "fsdp": 8, "tensor": 1}
+

@@ -3,7 +3,7 @@
 Config files in ``configs/`` start from :func:`default_config` and change what their recipe
 needs; command-line overrides (``--config.optimizer.learning_rate=1e-5``) are applied by
 ml_collections. :func:`resolve` runs once per command on the *resolved* config: it builds the typed
-:class:`~bsft_jax.run.settings.Settings` that everything below the command takes, runs every rule
+:class:`~bsft_jax.setup.settings.Settings` that everything below the command takes, runs every rule
 that spans blocks, and raises :class:`ConfigError` naming the field (``config.mesh.fsdp: ...``) and
 what to do. The resolved
 config is saved as JSON beside every checkpoint (:func:`config_to_dict`).
@@ -27,7 +27,7 @@ model.attention_impl     "einsum" (XLA einsums, fp32 softmax) | "cudnn" (fused f
 model.vocab_pad_multiple embedding rows are padded to a multiple of this when the vocab grows
 model.lora.*             LoRA (rank 0 = off, full fine-tuning): rank, alpha (scale alpha/rank), dropout,
                          targets ("q,k,v,o,gate,up,down" or a subset), base_dtype ("" = param_dtype; e.g.
-                         "bfloat16" holds the frozen base in the compute dtype). See bsft_jax.run.lora
+                         "bfloat16" holds the frozen base in the compute dtype). See bsft_jax.checkpoint.lora_base
 tokenizer.path           base tokenizer folder ("" = model.hf_path; "demo" = the demo set's small BPE)
 behavior.enabled         BehaviorSFT (True) or GeneralSFT (False: no behavior tokens)
 behavior.names / token_format / category_map / init   see bsft_jax.behavior.BehaviorSpec
@@ -76,7 +76,7 @@ logging.tensorboard      also write TensorBoard event files under run_dir/tensor
 lease.expiry_seconds     the trainer holds an exclusive lease on run_dir (RUN_DIR/lease.json, renewed every
                          expiry/6 s): a second trainer on the same run_dir is refused until the holder exits,
                          its process is gone (same host) or it has not renewed the lease for this long
-                         (see bsft_jax.run.lease)
+                         (see bsft_jax.checkpoint.lease)
 lease.force_takeover     take the lease even from a holder that still looks alive (the holder stops at its next
                          renewal); for a job you know is dead, e.g. on a host that is down. Logged
 """
@@ -96,7 +96,7 @@ from bsft_jax import storage
 from bsft_jax.models import sharding
 from bsft_jax.models.builtin import BuiltinModelError, check_available, is_builtin
 from bsft_jax.models.config import SUPPORTED_MODEL_TYPES
-from bsft_jax.run.settings import (
+from bsft_jax.setup.settings import (
     HELD_OUT_METRICS,
     STEER_METRICS,
     ConfigError,
@@ -319,7 +319,7 @@ def distributed_settings(cfg: ml_collections.ConfigDict) -> DistributedSettings:
 
 def resolve(cfg: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1,
             training: bool = True) -> Settings:
-    """The config read once: typed :class:`~bsft_jax.run.settings.Settings`, checked. Raises :class:`ConfigError`.
+    """The config read once: typed :class:`~bsft_jax.setup.settings.Settings`, checked. Raises :class:`ConfigError`.
 
     Unknown fields and wrong types first; then every typed piece validates itself; then the rules that
     span blocks (here): the model, tokenizer and data files exist, style and behavior agree, warmup fits,
