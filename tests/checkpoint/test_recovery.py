@@ -1,4 +1,5 @@
-"""The fallback rules of checkpoint/recovery.py, with stand-in loaders (no training): what is tried, what is set aside."""
+"""The fallback rules of checkpoint/recovery.py, with stand-in loaders (no training): what is tried, what is set
+aside."""
 
 from __future__ import annotations
 
