@@ -166,8 +166,8 @@ def merge_record(previous: dict[str, Any] | None, record: dict[str, Any]) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: runs the ablation and writes the results file (exit 2 with one line on a bad argument)."""
-    from bsft_jax.run.cli import setup_logging
-    from bsft_jax.run.config import ConfigError, load_config_file
+    from bsft_jax.setup.cli import setup_logging
+    from bsft_jax.setup.config import ConfigError, load_config_file
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/demo.py")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def apply_overrides(cfg: Any, overrides: Sequence[str]) -> None:
     """``FIELD=VALUE`` strings onto a ConfigDict (VALUE parsed as JSON when it parses, else a string)."""
-    from bsft_jax.run.config import ConfigError
+    from bsft_jax.setup.config import ConfigError
 
     for item in overrides:
         field, sep, raw = item.partition("=")

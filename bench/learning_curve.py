@@ -195,8 +195,8 @@ def category_table(record: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI (exit 2 with one line on a bad argument)."""
     from bench.ablation import apply_overrides
-    from bsft_jax.run.cli import setup_logging
-    from bsft_jax.run.config import ConfigError, load_config_file
+    from bsft_jax.setup.cli import setup_logging
+    from bsft_jax.setup.config import ConfigError, load_config_file
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/demo.py")

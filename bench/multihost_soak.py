@@ -158,7 +158,7 @@ def compare(run_dir: str, ref_dir: str) -> dict[str, Any]:
     import numpy as np
     from flax import nnx
 
-    from bsft_jax.run.checkpoint import load_params
+    from bsft_jax.checkpoint.read import load_params
 
     ref = {r["step"]: r for r in _logged_steps(ref_dir)}
     mismatched, repeated = [], 0

@@ -35,13 +35,13 @@ from absl import flags
 from ml_collections import config_flags
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.layout import CheckpointError
 from bsft_jax.data import DataError
 from bsft_jax.evaluate.compare import BASELINES, run_comparison
 from bsft_jax.files import write_json
-from bsft_jax.run.checkpoint import CheckpointError
-from bsft_jax.run.cli import parse_flags, setup_logging
-from bsft_jax.run.config import ConfigError
-from bsft_jax.run.settings import Settings
+from bsft_jax.setup.cli import parse_flags, setup_logging
+from bsft_jax.setup.config import ConfigError
+from bsft_jax.setup.settings import Settings
 from bsft_jax.train.log import format_duration
 from bsft_jax.train.loop import resolve_for_training
 from bsft_jax.train.loop import run as train_run

@@ -12,7 +12,7 @@ measured step time and the learning curve: docs/evaluation.md). The from-scratch
 configs/demo_scratch.py.
 """
 
-from bsft_jax.run.config import default_config
+from bsft_jax.setup.config import default_config
 
 
 def get_config():

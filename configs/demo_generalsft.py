@@ -1,6 +1,6 @@
 """GeneralSFT counterpart of the demo (no behavior tokens), for the demo's BehaviorSFT-vs-GeneralSFT comparison."""
 
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 
 
 def get_config():

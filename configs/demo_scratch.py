@@ -7,7 +7,7 @@ BPE tokenizer, extended with the behavior tokens by the same code as a real chec
 Everything runs in fp32 (bf16 matmuls are slow on CPUs); the recipes for real models use bf16.
 """
 
-from bsft_jax.run.config import default_config
+from bsft_jax.setup.config import default_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """GeneralSFT counterpart of the from-scratch demo (no behavior tokens): the scratch BehaviorSFT-vs-GeneralSFT pair."""
 
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 
 
 def get_config():

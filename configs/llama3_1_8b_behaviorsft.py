@@ -10,7 +10,7 @@ rows are masked in the loss and in sampling). Chat template: Llama 3 headers, en
 
 import os
 
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """GeneralSFT baseline for Llama-3.1-8B-Instruct: the BehaviorSFT recipe with behavior tokens off."""
 
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 
 
 def get_config():

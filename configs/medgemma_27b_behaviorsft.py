@@ -15,7 +15,7 @@ behavior tokens grow it to 262,272 rows (a multiple of 128).
 
 import os
 
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 
 
 def get_config():

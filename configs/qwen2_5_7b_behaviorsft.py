@@ -15,7 +15,7 @@ Sharding: FSDP over all devices by default (mesh.fsdp=-1); add tensor parallelis
 
 import os
 
-from bsft_jax.run.config import default_config
+from bsft_jax.setup.config import default_config
 
 
 def get_config():

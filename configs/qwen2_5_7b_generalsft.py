@@ -4,7 +4,7 @@ Same data, steps and optimizer; the assistant turn is the reply alone (data.styl
 so the comparison isolates the behavior token.
 """
 
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 
 
 def get_config():

@@ -9,7 +9,7 @@ multiple of 128, so the behavior tokens grow it to 49,280 rows (padding rows are
 Full fine-tuning in fp32 (bf16 matmuls are slow on CPUs), short sequences so a step fits a laptop.
 """
 
-from bsft_jax.run.config import default_config
+from bsft_jax.setup.config import default_config
 
 
 def get_config():

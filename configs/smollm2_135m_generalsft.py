@@ -1,6 +1,6 @@
 """GeneralSFT counterpart of smollm2_135m_behaviorsft.py (same model and data, no behavior tokens)."""
 
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 
 
 def get_config():

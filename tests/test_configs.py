@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from bsft_jax.run.config import default_config, load_config_file
+from bsft_jax.setup.config import default_config, load_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -56,7 +56,7 @@ def test_recipe_sets_only_what_differs(path):
 
 def test_the_check_catches_a_restated_default(tmp_path):
     path = tmp_path / "restates.py"
-    path.write_text("from bsft_jax.run.config import default_config\n\n"
+    path.write_text("from bsft_jax.setup.config import default_config\n\n"
                     "def get_config():\n    c = default_config()\n    c.optimizer.b1 = 0.9\n"
                     "    c.model.arch.update(num_heads=4)\n    return c\n")
     fields, _ = assigned_fields(str(path))

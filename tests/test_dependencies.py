@@ -19,7 +19,7 @@ RUNTIME_ONLY = {
 # Imported by an optional tool only, and declared as a setup.py extra instead (say which).
 EXTRA_ONLY = {
     "scikit-learn": "bsft_jax.data.audit's surface probe: extra 'audit'",
-    "google-cloud-storage": "the gs:// run-directory lease (bsft_jax.run.lease): extra 'gcs'",
+    "google-cloud-storage": "the gs:// run-directory lease (bsft_jax.checkpoint.lease): extra 'gcs'",
     "google-api-core": "the lease's precondition errors (google.api_core.exceptions): extra 'gcs'",
     **dict.fromkeys(("fastapi", "starlette", "uvicorn"), "bsft_jax.serve, the chat server: extra 'serve'"),
 }

@@ -27,12 +27,14 @@ import pytest
 import torch
 from flax import nnx
 
+from bsft_jax.checkpoint.layout import CheckpointError, decoder_config_from_dict
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.checkpoint.read import load_params, read_meta
 from bsft_jax.decode.sampler import generate
 from bsft_jax.export import ExportError, export_checkpoint
 from bsft_jax.models.safetensors_io import iter_tensors
 from bsft_jax.models.sharding import make_mesh
-from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, decoder_config_from_dict, load_params, read_meta
-from bsft_jax.run.config import config_to_dict, default_config, load_config_file
+from bsft_jax.setup.config import config_to_dict, default_config, load_config_file
 from bsft_jax.train.loop import run
 from bsft_jax.train.optim import make_optimizer
 from bsft_jax.train.step import Trainer
@@ -114,7 +116,7 @@ def _hf_tokenizer(hf_dir: str):
 
 def _demo_prompts(tokenizer, n: int = 3) -> list[list[int]]:
     from bsft_jax.data import load_demo, render_prompt
-    from bsft_jax.run.settings import Settings
+    from bsft_jax.setup.settings import Settings
 
     # the demo config's behavior tokens (not BehaviorSpec's defaults): the ones the export's tokenizer has
     demo_cfg = load_config_file(os.path.join(ROOT, "configs", "demo_scratch.py"), "demo_scratch.py")
@@ -435,9 +437,9 @@ def test_export_peak_host_memory_is_the_parameters_plus_about_one_array(tmp_path
     # the trainer saves them; the optimizer state is a stand-in: export never reads it).
     import types
 
+    from bsft_jax.checkpoint.layout import make_meta
     from bsft_jax.models import DecoderConfig
     from bsft_jax.models.decoder import count_params, init_decoder
-    from bsft_jax.run.checkpoint import make_meta
 
     from .train.common import tiny_tokenizer
 

@@ -26,16 +26,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the layers before it. An entry names a module or a package (then every module under it); the
 # longest entry that matches a module decides its layer. A package's __init__ is ``<package>.__init__``.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    # errors, units, lazy re-exports, storage, atomic writes; run/cli.py (absl flag parsing and logging for
-    # every CLI, models/builtin.py's included) imports nothing of bsft_jax, so it sits here though it lives in run/
+    # errors, units, lazy re-exports, storage, atomic writes; setup/cli.py (absl flag parsing and logging for
+    # every CLI, models/builtin.py's included) imports nothing of bsft_jax, so it sits here though it lives in setup/
     ("base", ("bsft_jax.errors", "bsft_jax.units", "bsft_jax._lazy", "bsft_jax.storage", "bsft_jax.files",
-              "bsft_jax.run.cli")),
+              "bsft_jax.setup.cli")),
     ("models", ("bsft_jax.models",)),
     ("behavior", ("bsft_jax.behavior",)),
     ("data", ("bsft_jax.data",)),
     ("decode", ("bsft_jax.decode",)),
-    ("config", ("bsft_jax.run.settings", "bsft_jax.run.config", "bsft_jax.run.sources")),
-    ("checkpoint", ("bsft_jax.run",)),  # format, Orbax manager, reading a step (LoRA merge too), recovery, set-up
+    # the checkpoint format (folder names, meta, no JAX) sits below set-up, which writes the tokenizer and the
+    # model's config where a checkpoint keeps them; the rest of checkpoint/ rebuilds a LoRA base with set-up
+    ("format", ("bsft_jax.checkpoint.layout",)),
+    # config schema, resolve -> Settings, data splits, tokenizer + model for a run; bsft_jax.run is the old
+    # name kept for users' config files (run/config.py re-exports setup/config.py with a DeprecationWarning)
+    ("setup", ("bsft_jax.setup", "bsft_jax.run")),
+    ("checkpoint", ("bsft_jax.checkpoint",)),  # Orbax manager, reading a step (LoRA merge too), lease, recovery
     # evaluate sits below train: train/steer.py scores held-out items with evaluate.core during training,
     # and nothing in evaluate imports train
     ("evaluate", ("bsft_jax.evaluate",)),
@@ -46,7 +51,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 # Imports that break the rules today, each with the issue that removes it. An entry is an exact
 # (importer, imported) edge; it is exempt from the layer rule and left out of the circle search.
-# Empty since issue 26 moved the LoRA step reader and merge into run/host.py and DecoderConfig's field
+# Empty since issue 26 moved the LoRA step reader and merge into checkpoint/host.py and DecoderConfig's field
 # names into models/config_fields.py; keep it empty (move the shared piece down instead).
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
@@ -59,7 +64,7 @@ LAZY_IMPORTS: dict[tuple[str, str], str] = {
         "behavior/tokenizer.py imports no JAX; the models package's __init__ does",
     ("bsft_jax.models.hf", "bsft_jax.models.builtin"):
         "python -m bsft_jax.models.builtin: runpy warns when models/__init__ has imported builtin first",
-    ("bsft_jax.run.sources", "bsft_jax.data.tfds_builder"): "tensorflow_datasets takes seconds to import",
+    ("bsft_jax.setup.sources", "bsft_jax.data.tfds_builder"): "tensorflow_datasets takes seconds to import",
     ("bsft_jax.serve.__main__", "bsft_jax.serve.app"): "fastapi, the optional extra 'serve'",
 }
 

@@ -59,7 +59,7 @@ def test_rendered_table_and_from_runs(tmp_path):
 
 
 def test_curve_config_measures_on_test_and_keeps_no_best():
-    from bsft_jax.run.config import default_config
+    from bsft_jax.setup.config import default_config
 
     c = default_config()
     c.checkpoint.keep_best_metric = "decision_accuracy"

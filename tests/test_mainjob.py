@@ -58,8 +58,8 @@ def test_stage_eta_scales_with_measured_speed(tmp_path):
 
 def test_smoke_config_cuts_the_recipe_and_keeps_it_valid(tmp_path):
     from bsft_jax.mainjob import SMOKE_OPTIONS, smoke_config
-    from bsft_jax.run.config import load_config_file
-    from bsft_jax.run.settings import Settings
+    from bsft_jax.setup.config import load_config_file
+    from bsft_jax.setup.settings import Settings
 
     from .toy import ROOT
 
@@ -75,7 +75,7 @@ def test_smoke_config_cuts_the_recipe_and_keeps_it_valid(tmp_path):
 
 def test_demo_recipe_v3_passes_validation():
     """The make-demo recipe: the decision knobs on, 512-token rows, selection on >= 90 open validation scenes."""
-    from bsft_jax.run.config import load_config_file, validate_config
+    from bsft_jax.setup.config import load_config_file, validate_config
 
     from .toy import ROOT
 

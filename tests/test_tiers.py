@@ -62,7 +62,8 @@ PLANTED = {
     "serve/conftest.py": "import os\n\ndef server():\n    os.posix_spawnp('uvicorn', ['uvicorn'], {})\n",
     "data/test_execs.py": "from os import execvpe\n",
     "evaluate/test_pty.py": "import pty\n\ndef test_p():\n    pty.spawn('x')\n",
-    "run/test_old_path.py": "from tests.run.test_checkpoint import tiny\nfrom tests.train.test_sources import x\n",
+    "checkpoint/test_old_path.py": ("from tests.checkpoint.test_checkpoint import tiny\n"
+                                    "from tests.train.test_sources import x\nfrom tests.run.test_lease import FAST\n"),
     "integration/test_old_emulator.py": "from tests.gcs_emulator import gcs_bucket\n",
 }
 
@@ -73,12 +74,14 @@ def test_a_planted_breach_is_caught(tmp_path):
     by_file = {line.split(":", 1)[0] for line in found}
     assert by_file == {"data/test_spawns.py", "models/test_pool.py", "decode/test_forks.py", "train/test_helper.py",
                        "train/test_relative_helper.py", "serve/conftest.py", "data/test_execs.py",
-                       "evaluate/test_pty.py", "run/test_old_path.py", "integration/test_old_emulator.py"}, found
+                       "evaluate/test_pty.py", "checkpoint/test_old_path.py", "integration/test_old_emulator.py"}, found
     assert any("serve/conftest.py: line 4: os.posix_spawnp" in line for line in found)  # a new folder's conftest too
     # a test module imported by its path before the split is named with its new one, in either tier
-    assert ("run/test_old_path.py: line 2: imports tests.train.test_sources, which moved: tests.run.test_sources"
-            in found), found
-    assert not any("tests.run.test_checkpoint" in line for line in found)  # its path now: fine
+    assert ("checkpoint/test_old_path.py: line 2: imports tests.train.test_sources, which moved: "
+            "tests.setup.test_sources" in found), found
+    assert ("checkpoint/test_old_path.py: line 3: imports tests.run.test_lease, which moved: "
+            "tests.checkpoint.test_lease" in found), found  # tests/run/ split in two (issue 26)
+    assert not any("imports tests.checkpoint.test_checkpoint" in line for line in found)  # its path now: fine
     assert any(line.startswith("integration/test_old_emulator.py: line 1: imports tests.gcs_emulator, which moved: "
                                "tests.integration.gcs_emulator") for line in found), found
     assert any("data/test_spawns.py: line 2: import subprocess" in line for line in found)

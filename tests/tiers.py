@@ -8,7 +8,7 @@
 A fast test starts no Python process: :func:`violations` reads every file outside the slow folders for
 process starts, and tests/conftest.py fails a fast test that launches an interpreter or a
 ``multiprocessing`` process anyway (through library code, say). :data:`MOVED` names the new path of a
-test module a branch from before the split still imports.
+test module a branch from before a split still imports.
 """
 
 from __future__ import annotations
@@ -57,15 +57,24 @@ MOVED = {
     "tests.train.test_cli": "tests.processes (cli, write_config, wait_for_steps), tests.train.cli_cases "
                             "(config_file) or tests.integration.test_train_cli",
     "tests.models.gemma3_270m_asset": "tests.realweights.gemma3_270m_asset",
-    "tests.train.test_checkpoint": "tests.run.test_checkpoint",
-    "tests.train.test_checkpoint_reshard": "tests.run.test_checkpoint_reshard",
-    "tests.train.test_sources": "tests.run.test_sources",
+    "tests.train.test_checkpoint": "tests.checkpoint.test_checkpoint",
+    "tests.train.test_checkpoint_reshard": "tests.checkpoint.test_checkpoint_reshard",
+    "tests.train.test_sources": "tests.setup.test_sources",
     "tests.train.test_recovery_cli": "tests.integration.test_recovery_cli",
     "tests.train.test_multiprocess": "tests.multihost.test_multiprocess",
     "tests.train.test_shared_storage": "tests.multihost.test_shared_storage",
     "tests.test_bench": "tests.bench.test_bench",
     "tests.test_render": "tests.bench.test_render",
     "tests.test_ablation": "tests.bench.test_ablation",
+    # bsft_jax/run/ split into bsft_jax/setup/ and bsft_jax/checkpoint/ (issue 26); tests/run/ followed
+    "tests.run.test_config": "tests.setup.test_config",
+    "tests.run.test_settings": "tests.setup.test_settings",
+    "tests.run.test_sources": "tests.setup.test_sources",
+    "tests.run.test_checkpoint": "tests.checkpoint.test_checkpoint",
+    "tests.run.test_checkpoint_reshard": "tests.checkpoint.test_checkpoint_reshard",
+    "tests.run.test_lease": "tests.checkpoint.test_lease",
+    "tests.run.test_recovery": "tests.checkpoint.test_recovery",
+    "tests.run.test_recovery_run": "tests.checkpoint.test_recovery_run",
 }
 
 

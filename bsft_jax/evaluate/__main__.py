@@ -31,7 +31,7 @@ from bsft_jax.errors import cli_boundary
 from bsft_jax.evaluate.compare import BASELINES, resolve_for_evaluation, run_comparison
 from bsft_jax.evaluate.core import MODES
 from bsft_jax.evaluate.judge import JudgeSettings
-from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.setup.cli import parse_flags, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

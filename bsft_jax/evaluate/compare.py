@@ -16,6 +16,9 @@ from typing import Any
 import jax
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.layout import CheckpointError
+from bsft_jax.checkpoint.read import load_params
+from bsft_jax.checkpoint.recovery import newest_readable
 from bsft_jax.data import FewShotPool, Record, label_space
 from bsft_jax.evaluate.core import (
     MODES,
@@ -32,12 +35,10 @@ from bsft_jax.evaluate.report import markdown_table
 from bsft_jax.files import check_writable
 from bsft_jax.models.hf import load_hf
 from bsft_jax.models.sharding import make_mesh
-from bsft_jax.run.checkpoint import CheckpointError, load_params
-from bsft_jax.run.config import ConfigError, resolve, settings_from_saved
-from bsft_jax.run.model_setup import init_sharded, load_tokenizer, scratch_config, tokenizer_path
-from bsft_jax.run.recovery import newest_readable
-from bsft_jax.run.settings import Settings
-from bsft_jax.run.sources import load_split
+from bsft_jax.setup.config import ConfigError, resolve, settings_from_saved
+from bsft_jax.setup.model_setup import init_sharded, load_tokenizer, scratch_config, tokenizer_path
+from bsft_jax.setup.settings import Settings
+from bsft_jax.setup.sources import load_split
 
 log = logging.getLogger("bsft_jax.evaluate")
 
@@ -99,7 +100,7 @@ def run_comparison(
 ) -> dict[str, dict[str, str]]:
     """Evaluates every run on every split and writes the reports; returns split -> written paths.
 
-    config:         :class:`Settings` from :func:`bsft_jax.run.config.resolve` (``training=False``; what the
+    config:         :class:`Settings` from :func:`bsft_jax.setup.config.resolve` (``training=False``; what the
                     CLI passes), or an ml_collections config, resolved here for this process's devices.
 
     limit:          items per split for the fine-tuned runs, categories in turn (0: all).
@@ -147,7 +148,7 @@ def run_comparison(
 
 
 def resolve_for_evaluation(cfg: Any) -> Settings:
-    """An evaluation config read once (:func:`bsft_jax.run.config.resolve` without the training-batch rules:
+    """An evaluation config read once (:func:`bsft_jax.setup.config.resolve` without the training-batch rules:
     the comparison decodes in its own batches) for this process's devices."""
     return resolve(cfg, num_devices=jax.device_count(), num_processes=jax.process_count(), training=False)
 

@@ -33,7 +33,7 @@ from bsft_jax.data.format import scene_text
 from bsft_jax.evaluate.core import _slug
 from bsft_jax.evaluate.report import add_section
 from bsft_jax.files import atomic_write
-from bsft_jax.run.settings import ConfigError
+from bsft_jax.setup.settings import ConfigError
 
 log = logging.getLogger("bsft_jax.evaluate.judge")
 

@@ -1,7 +1,7 @@
 """Export: a training run's checkpoint as a Hugging Face folder or an HF PEFT adapter.
 
 ``read`` (one checkpoint step, full or LoRA, read and checked: :func:`read_step`; the LoRA reader and
-the host-side merge it uses live in :mod:`bsft_jax.run.host`, ``merge`` keeps their old names), ``hf``
+the host-side merge it uses live in :mod:`bsft_jax.checkpoint.host`, ``merge`` keeps their old names), ``hf``
 (:func:`export_checkpoint`, the HF folder), ``peft`` (the PEFT adapter). ``python -m bsft_jax.export``
 is ``__main__`` (flags only).
 

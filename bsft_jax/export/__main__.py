@@ -13,7 +13,7 @@ from absl import flags
 
 from bsft_jax.errors import cli_boundary
 from bsft_jax.export.hf import export_checkpoint
-from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.setup.cli import parse_flags, setup_logging
 
 _USAGE = """python -m bsft_jax.export --checkpoint RUN_DIR --out HF_DIR [--step N] [--dtype bfloat16]
        [--max_shard_size 5GB] [--tokenizer DIR] [--overwrite] [--adapter]

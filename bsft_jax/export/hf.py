@@ -24,14 +24,15 @@ import logging
 import time
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.host import merged_model
+from bsft_jax.checkpoint.layout import checkpoint_dir
+from bsft_jax.checkpoint.read import resolve_step
+from bsft_jax.checkpoint.recovery import newest_readable, steps_on_disk
 from bsft_jax.export.peft import write_adapter
 from bsft_jax.export.read import ExportError, ExportStep, load_meta, read_step
 from bsft_jax.files import check_writable
 from bsft_jax.models.config import canonical_dtype
 from bsft_jax.models.hf import save_hf
-from bsft_jax.run.checkpoint import checkpoint_dir, resolve_step
-from bsft_jax.run.host import merged_model
-from bsft_jax.run.recovery import newest_readable, steps_on_disk
 from bsft_jax.units import parse_size
 
 log = logging.getLogger("bsft_jax.export")

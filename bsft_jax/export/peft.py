@@ -19,12 +19,12 @@ import jax
 import numpy as np
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.host import LoraStep
 from bsft_jax.files import staged_dir, write_json
 from bsft_jax.models import safetensors_io
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.hf import save_tokenizer
 from bsft_jax.models.lora import LoraConfig, projection_owner
-from bsft_jax.run.host import LoraStep
 
 _HF_MODULE = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
               "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}

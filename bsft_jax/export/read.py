@@ -9,7 +9,7 @@ run's tokenizer (its behavior-token ids must match the checkpoint's), and ``chec
   narrower than the training dtype (:func:`restore_params_on_host`). The optimizer state is never loaded.
 * a LoRA step (its meta has ``lora``): the trainable arrays (adapters + behavior rows) on the host, and
   the frozen base rebuilt from the checkpoint's base reference (hash checked) on the host CPU
-  (:func:`bsft_jax.run.host.load_lora_step`, shared with evaluation).
+  (:func:`bsft_jax.checkpoint.host.load_lora_step`, shared with evaluation).
 
 A damaged meta or params item raises :class:`DamagedStep` (the caller may try an older step); a wrong
 tokenizer or format raises :class:`ExportError` / :class:`CheckpointError`.
@@ -25,26 +25,25 @@ import jax.numpy as jnp
 from flax import nnx, traverse_util
 
 from bsft_jax import storage
-from bsft_jax.errors import UserError
-from bsft_jax.models.config import DecoderConfig, canonical_dtype
-from bsft_jax.models.decoder import Decoder, abstract_decoder
-from bsft_jax.run.checkpoint import (
+
+# the LoRA step reader and the host restore live in the checkpoint layer (evaluation reads LoRA steps
+# too); LoraStep, load_lora_step and restore_tree_on_host stay importable from here
+from bsft_jax.checkpoint.host import LoraStep, load_lora_step, params_dir, restore_tree_on_host
+from bsft_jax.checkpoint.layout import (
     FORMAT,
     TOKENIZER_SUBDIR,
     CheckpointError,
     checkpoint_dir,
     decoder_config_from_dict,
-    read_meta,
-    read_saved_config,
 )
-from bsft_jax.run.config import settings_from_saved
-
-# the LoRA step reader and the host restore live in the checkpoint layer (evaluation reads LoRA steps
-# too); LoraStep, load_lora_step and restore_tree_on_host stay importable from here
-from bsft_jax.run.host import LoraStep, load_lora_step, params_dir, restore_tree_on_host
-from bsft_jax.run.model_setup import load_tokenizer
-from bsft_jax.run.recovery import DamagedStep, failure_reason
-from bsft_jax.run.settings import Settings
+from bsft_jax.checkpoint.read import read_meta, read_saved_config
+from bsft_jax.checkpoint.recovery import DamagedStep, failure_reason
+from bsft_jax.errors import UserError
+from bsft_jax.models.config import DecoderConfig, canonical_dtype
+from bsft_jax.models.decoder import Decoder, abstract_decoder
+from bsft_jax.setup.config import settings_from_saved
+from bsft_jax.setup.model_setup import load_tokenizer
+from bsft_jax.setup.settings import Settings
 
 
 class ExportError(UserError, RuntimeError):
@@ -141,7 +140,7 @@ def restore_params_on_host(run_dir: str, step: int, config: DecoderConfig, dtype
     """The parameters of a step as a Decoder holding host numpy arrays in ``dtype``, one array at a time.
 
     Whatever mesh wrote the checkpoint, Orbax gathers each array; ``dtype`` casts while reading.
-    Not :func:`bsft_jax.run.checkpoint.load_params`: that restores every array at once into device
+    Not :func:`bsft_jax.checkpoint.read.load_params`: that restores every array at once into device
     buffers, and on CPU the read buffers and the device copies coexist. Measured on a 243M-parameter
     checkpoint (``python -m bench.export_memory``): peak host memory 2.07x the fp32 parameters that
     way, 1.31x here (the parameters plus about one stacked [L, ...] array being read).

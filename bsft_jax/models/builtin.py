@@ -46,7 +46,7 @@ from bsft_jax.models import gguf_convert, safetensors_io
 from bsft_jax.models.config import canonical_dtype
 from bsft_jax.models.hf_save import generation_config_dict, save_tokenizer
 from bsft_jax.models.hf_table import SAFETENSORS_SINGLE
-from bsft_jax.run.cli import parse_flags  # the CLIs' one flag parser (absl)
+from bsft_jax.setup.cli import parse_flags  # the CLIs' one flag parser (absl)
 
 log = logging.getLogger(__name__)
 

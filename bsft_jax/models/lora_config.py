@@ -1,7 +1,7 @@
 """LoRA's settings as the decoder sees them (pure: no JAX), and the projection names adapters target.
 
 :class:`LoraConfig` rides on :class:`~bsft_jax.models.config.DecoderConfig` (``config.lora``); the
-run config's ``model.lora`` block becomes one through :class:`bsft_jax.run.settings.LoraSettings`.
+run config's ``model.lora`` block becomes one through :class:`bsft_jax.setup.settings.LoraSettings`.
 The adapter parameters and their math live in :mod:`bsft_jax.models.lora`.
 """
 

@@ -17,11 +17,11 @@ import sys
 from absl import flags
 
 from bsft_jax.errors import cli_boundary
-from bsft_jax.run.cli import parse_flags, setup_logging
 from bsft_jax.serve.batcher import Batcher
 from bsft_jax.serve.chat import load_served
 from bsft_jax.serve.engine import Engine
 from bsft_jax.serve.protocol import Limits
+from bsft_jax.setup.cli import parse_flags, setup_logging
 
 log = logging.getLogger("bsft_jax.serve")
 API_KEY_ENV = "BSFT_SERVE_API_KEY"

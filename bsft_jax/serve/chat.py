@@ -31,7 +31,7 @@ from bsft_jax.evaluate.core import split_reply
 from bsft_jax.evaluate.metrics import UNPARSED
 from bsft_jax.models.decoder import Decoder
 from bsft_jax.models.hf import load_hf
-from bsft_jax.run.model_setup import load_tokenizer
+from bsft_jax.setup.model_setup import load_tokenizer
 
 log = logging.getLogger("bsft_jax.serve")
 

@@ -9,7 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from bsft_jax.errors import cli_boundary
-from bsft_jax.run.cli import parse_flags, setup_logging
+from bsft_jax.setup.cli import parse_flags, setup_logging
 from bsft_jax.train import plan
 from bsft_jax.train.distributed import is_primary
 from bsft_jax.train.loop import NonFiniteLossError, resolve_for_training, run

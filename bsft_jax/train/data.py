@@ -30,8 +30,8 @@ from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.pipeline import BATCH_KEYS
 from bsft_jax.data.pipeline import make_train_iterator as data_iterator
 from bsft_jax.data.schema import DataError
-from bsft_jax.run.settings import DataSettings
-from bsft_jax.run.sources import load_split
+from bsft_jax.setup.settings import DataSettings
+from bsft_jax.setup.sources import load_split
 from bsft_jax.train.distributed import DataShard, reduce_over_processes
 
 # Synthetic token ids: 0 pad, 1 BOS, 2 SEP, 3 EOS, content from 4.

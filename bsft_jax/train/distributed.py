@@ -54,7 +54,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from bsft_jax.run.settings import DistributedSettings
+from bsft_jax.setup.settings import DistributedSettings
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _multi_process_environment() -> str | None:
 def maybe_initialize(settings: DistributedSettings) -> bool:
     """Initialises ``jax.distributed`` if the settings or environment ask for it; returns whether it did.
 
-    ``settings``: the resolved ``config.distributed`` (:func:`bsft_jax.run.config.distributed_settings`).
+    ``settings``: the resolved ``config.distributed`` (:func:`bsft_jax.setup.config.distributed_settings`).
     Safe to call twice (a second call is a no-op).
     """
     if jax.distributed.is_initialized():

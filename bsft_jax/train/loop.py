@@ -5,8 +5,8 @@ from the environment, see :mod:`bsft_jax.train.distributed`). A run directory th
 checkpoints is resumed from its latest step. SIGTERM (preemption) saves and exits with status 0;
 a NaN/inf loss stops with status 1 naming the step, the last good checkpoint untouched.
 
-Library entry point: :func:`run` (takes the :class:`~bsft_jax.run.settings.Settings` of
-:func:`bsft_jax.run.config.resolve`, or a config it resolves; no flag parsing).
+Library entry point: :func:`run` (takes the :class:`~bsft_jax.setup.settings.Settings` of
+:func:`bsft_jax.setup.config.resolve`, or a config it resolves; no flag parsing).
 """
 
 from __future__ import annotations
@@ -27,16 +27,17 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.layout import CheckpointError, make_meta
+from bsft_jax.checkpoint.lease import take_run_lease
+from bsft_jax.checkpoint.lora_base import base_reference, lora_meta, rebuild_base
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.checkpoint.recovery import newest_meta, restore_newest
 from bsft_jax.files import check_writable, write_json
 from bsft_jax.models.decoder import count_params
 from bsft_jax.models.sharding import make_mesh
-from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, make_meta
-from bsft_jax.run.config import distributed_settings, resolve
-from bsft_jax.run.lease import take_run_lease
-from bsft_jax.run.lora import base_reference, lora_meta, rebuild_base
-from bsft_jax.run.model_setup import ModelBundle, build_for_resume, build_fresh, check_same_model, write_run_files
-from bsft_jax.run.recovery import newest_meta, restore_newest
-from bsft_jax.run.settings import BehaviorSettings, Settings
+from bsft_jax.setup.config import distributed_settings, resolve
+from bsft_jax.setup.model_setup import ModelBundle, build_for_resume, build_fresh, check_same_model, write_run_files
+from bsft_jax.setup.settings import BehaviorSettings, Settings
 from bsft_jax.train import distributed
 from bsft_jax.train.data import load_splits, make_eval_batches, train_iterator, truncation_warning
 from bsft_jax.train.distributed import data_shard, global_batch_from_local, is_primary
@@ -190,7 +191,7 @@ def run(config: Settings | Any, *, devices: list[jax.Device] | None = None,
         on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
     """Trains with the resolved settings; resumes from ``run_dir`` if it holds checkpoints.
 
-    config:   :class:`Settings` from :func:`bsft_jax.run.config.resolve` (what the CLI passes), or an
+    config:   :class:`Settings` from :func:`bsft_jax.setup.config.resolve` (what the CLI passes), or an
               ml_collections config, resolved here for these devices and this job's processes.
     devices:  restrict the mesh to these devices (default: all).
     on_step:  called on every process after each finished step with ``(step, metrics)``.

@@ -5,7 +5,7 @@ The split (all arrays sharded by the one rules table):
 * **frozen**: every base parameter (``nnx.Param`` that is not a :class:`~bsft_jax.models.lora.LoraParam`),
   optionally cast once to a narrower ``base_dtype`` (the compute dtype). It is an argument of the
   jitted step (never closed over, never donated, never differentiated) and is not checkpointed:
-  checkpoints carry a reference to the base instead (:mod:`bsft_jax.run.lora`).
+  checkpoints carry a reference to the base instead (:mod:`bsft_jax.checkpoint.lora_base`).
 * **trainable** (``TrainState.params``, a plain dict)::
 
       {"lora": {"layers": {"attn": {"q_lora_a": [L, D, r], "q_lora_b": [L, r, N, H], ...},
@@ -36,12 +36,12 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from bsft_jax.checkpoint.lora_base import trainable_shapes
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.lora import LoraConfig, LoraParam
 from bsft_jax.models.sharding import batch_sharding, logical_to_spec, state_shardings
-from bsft_jax.run.lora import trainable_shapes
-from bsft_jax.run.settings import Settings, StepSettings
+from bsft_jax.setup.settings import Settings, StepSettings
 from bsft_jax.train.chunked_loss import model_loss_sums
 from bsft_jax.train.step import Trainer, TrainState
 

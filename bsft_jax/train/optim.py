@@ -77,7 +77,7 @@ def weight_decay_mask(params: Any, *, decay_embeddings: bool = False) -> Any:
 
 
 def make_optimizer(opt: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The training optimizer from :class:`bsft_jax.run.settings.OptimizerSettings`; returns ``(tx, schedule)``.
+    """The training optimizer from :class:`bsft_jax.setup.settings.OptimizerSettings`; returns ``(tx, schedule)``.
 
     ``opt`` (the settings, or any object with their fields): learning_rate, warmup_steps,
     min_lr_ratio, decay_start, b1, b2, eps, weight_decay, grad_clip_norm (<= 0 disables clipping), decay_embeddings.

@@ -49,9 +49,9 @@ from bsft_jax.errors import cli_boundary
 from bsft_jax.files import check_writable
 from bsft_jax.models.decoder import abstract_decoder, count_params
 from bsft_jax.models.sharding import make_mesh, resolve_mesh_shape
-from bsft_jax.run.cli import parse_flags
-from bsft_jax.run.config import config_from_dict, config_to_dict
-from bsft_jax.run.settings import Settings, TrainSettings
+from bsft_jax.setup.cli import parse_flags
+from bsft_jax.setup.config import config_from_dict, config_to_dict
+from bsft_jax.setup.settings import Settings, TrainSettings
 from bsft_jax.train.lora import LoraTrainer
 from bsft_jax.train.optim import make_optimizer
 from bsft_jax.train.plan_model import PRESET_TOKENIZER_SIZES as PRESET_TOKENIZER_SIZES

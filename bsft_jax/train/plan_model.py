@@ -13,8 +13,8 @@ from typing import Any
 from bsft_jax import storage
 from bsft_jax.behavior.surgery import grown_vocab_size
 from bsft_jax.models.config import PRESETS, DecoderConfig, preset
-from bsft_jax.run.model_setup import load_tokenizer, scratch_config, tokenizer_path
-from bsft_jax.run.settings import BehaviorSettings, DataSettings, ModelSettings
+from bsft_jax.setup.model_setup import load_tokenizer, scratch_config, tokenizer_path
+from bsft_jax.setup.settings import BehaviorSettings, DataSettings, ModelSettings
 from bsft_jax.train.plan_targets import PlanError
 
 # Tokenizer sizes of the presets' families (len(tokenizer)): the behavior tokens grow the

@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from bsft_jax import storage
 from bsft_jax.files import atomic_write
-from bsft_jax.run.settings import ConfigError
+from bsft_jax.setup.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

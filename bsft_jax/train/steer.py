@@ -25,12 +25,12 @@ from typing import Any
 from flax import nnx
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.manager import Checkpointer
 from bsft_jax.evaluate.core import as_records, evaluate_model, stratified_subset
 from bsft_jax.files import write_json
-from bsft_jax.run.checkpoint import Checkpointer
-from bsft_jax.run.config import check_best_metric  # noqa: F401  (re-exported: the rule lives with resolve)
-from bsft_jax.run.settings import HELD_OUT_METRICS, STEER_METRICS, Settings
-from bsft_jax.run.sources import load_split
+from bsft_jax.setup.config import check_best_metric  # noqa: F401  (re-exported: the rule lives with resolve)
+from bsft_jax.setup.settings import HELD_OUT_METRICS, STEER_METRICS, Settings
+from bsft_jax.setup.sources import load_split
 
 log = logging.getLogger("bsft_jax.train")
 

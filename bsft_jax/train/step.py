@@ -34,7 +34,7 @@ from bsft_jax.data.pipeline import BATCH_KEYS
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.sharding import batch_sharding, state_shardings
-from bsft_jax.run.settings import StepSettings
+from bsft_jax.setup.settings import StepSettings
 from bsft_jax.train.chunked_loss import model_loss_sums
 from bsft_jax.train.loss import LossSums, objective
 

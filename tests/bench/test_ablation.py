@@ -6,9 +6,9 @@ import pytest
 
 from bench.ablation import ARMS, ablation, apply_overrides, merge_record, paired_bootstrap
 from bench.tables import render_ablation
+from bsft_jax.checkpoint.read import read_meta
 from bsft_jax.evaluate.metrics import ScoredItem
-from bsft_jax.run.checkpoint import read_meta
-from bsft_jax.run.config import ConfigError
+from bsft_jax.setup.config import ConfigError
 
 from ..toy import toy_demo_config
 

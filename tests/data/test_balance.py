@@ -136,6 +136,6 @@ def test_balance_needs_packing_and_a_known_mode(item_tok, item_records):
 
 def test_settings_modes_match_the_pipeline():
     from bsft_jax.data.balance import BALANCE_MODES
-    from bsft_jax.run.settings import BALANCE_MODES as SETTINGS_MODES
+    from bsft_jax.setup.settings import BALANCE_MODES as SETTINGS_MODES
 
     assert SETTINGS_MODES == BALANCE_MODES

@@ -11,8 +11,8 @@ import pytest
 from bsft_jax.behavior import BehaviorSpec, taxonomy
 from bsft_jax.data import audit, demo
 from bsft_jax.data.schema import NO_INTERVENTION
-from bsft_jax.run.config import ConfigError, default_config, validate_config
-from bsft_jax.run.settings import BehaviorSettings
+from bsft_jax.setup.config import ConfigError, default_config, validate_config
+from bsft_jax.setup.settings import BehaviorSettings
 
 from .demo_oracle import ORACLE
 

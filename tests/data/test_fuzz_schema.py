@@ -100,13 +100,13 @@ def test_fuzzed_records_and_files_load_or_fail_with_file_and_line(tmp_path):
 
 
 def test_fuzzed_split_files_through_the_configured_source(tmp_path):
-    """The same files as a ``data.source=jsonl`` split (bsft_jax.run.sources.load_split): a file with no
+    """The same files as a ``data.source=jsonl`` split (bsft_jax.setup.sources.load_split): a file with no
     record at all is the one error without a line to name."""
     import dataclasses
 
-    from bsft_jax.run.config import default_config
-    from bsft_jax.run.settings import Settings
-    from bsft_jax.run.sources import load_split
+    from bsft_jax.setup.config import default_config
+    from bsft_jax.setup.settings import Settings
+    from bsft_jax.setup.sources import load_split
 
     settings = Settings.from_config(default_config())
     data = dataclasses.replace(settings.data, source="jsonl", path=str(tmp_path))

@@ -56,7 +56,7 @@ objects.download = download
 
 # Real GCS checks the generation preconditions of a write or delete (?ifGenerationMatch=N: 0 means
 # "only if absent") and answers 412 when they fail; the emulator ignores them. The run-directory
-# lease (bsft_jax.run.lease) relies on them, so they are checked here: requests are served one at a
+# lease (bsft_jax.checkpoint.lease) relies on them, so they are checked here: requests are served one at a
 # time (a plain HTTPServer), so the check and the write cannot interleave with another request.
 def _precondition_failed(request, response, storage, name):
     want = request.query.get("ifGenerationMatch")

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.checkpoint.read import load_params
 from bsft_jax.evaluate.compare import run_comparison
 from bsft_jax.export import export_checkpoint
-from bsft_jax.run.checkpoint import Checkpointer, load_params
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 from bsft_jax.train.loop import run
 from tests.processes import ROOT, subprocess_env
 
@@ -37,7 +38,7 @@ OVERRIDES = {"data.demo.num_train": 390, "data.demo.num_validation": 26, "data.d
 # The killed run: the same config in a fresh process that SIGKILLs itself once step 5 is computed.
 _KILLED = """
 import os, signal, sys, json
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 from bsft_jax.train.loop import run
 cfg = load_config_file(sys.argv[1], "demo_scratch.py")
 cfg.run_dir = sys.argv[2]

@@ -85,8 +85,8 @@ def test_load_hf_streams_a_model_from_a_bucket_prefix(gcs_bucket, tmp_path, monk
 
 
 def test_set_aside_moves_a_damaged_step_on_a_bucket(gcs_bucket):  # noqa: F811
-    from bsft_jax.run.checkpoint import steps_on_disk
-    from bsft_jax.run.recovery import set_aside
+    from bsft_jax.checkpoint.read import steps_on_disk
+    from bsft_jax.checkpoint.recovery import set_aside
 
     ckpt = storage.join(gcs_bucket, "run", "checkpoints")
     for step in (1, 2):

@@ -1,5 +1,5 @@
 """The run-directory lease across processes and on a bucket (the GCS emulator); the in-process cases are in
-tests/run/test_lease.py.
+tests/checkpoint/test_lease.py.
 
 A holder killed with -9 is taken over at once on its own host and after its expiry elsewhere; racing
 processes end with exactly one winner; a displaced holder exits with one line; on gs:// a second holder
@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from bsft_jax.run import lease as lease_mod
-from bsft_jax.run.lease import LEASE_FILE, Holder, RunDirBusyError, RunLease, gone_reason
-from bsft_jax.run.settings import LeaseSettings
-from tests.run.test_lease import FAST, _holder_of, _race
+from bsft_jax.checkpoint import lease as lease_mod
+from bsft_jax.checkpoint.lease import LEASE_FILE, Holder, RunDirBusyError, RunLease, gone_reason
+from bsft_jax.setup.settings import LeaseSettings
+from tests.checkpoint.test_lease import FAST, _holder_of, _race
 
 from .gcs_emulator import gcs_bucket, gcs_server  # noqa: F401  (pytest fixtures)
 
@@ -29,8 +29,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # A holder in another process: takes the lease, says so, then waits to be killed. argv: run_dir, expiry, host
 _HOLDER = """
 import sys, time
-from bsft_jax.run import lease
-from bsft_jax.run.settings import LeaseSettings
+from bsft_jax.checkpoint import lease
+from bsft_jax.setup.settings import LeaseSettings
 if sys.argv[3]:
     lease._this_host = lambda: sys.argv[3]  # a holder on another machine: its pid cannot be checked from here
 lease.RunLease(sys.argv[1], LeaseSettings(expiry_seconds=float(sys.argv[2]))).acquire()
@@ -42,8 +42,8 @@ time.sleep(600)
 # won / busy. argv: run_dir
 _RACER = """
 import sys, time
-from bsft_jax.run.lease import RunLease, RunDirBusyError
-from bsft_jax.run.settings import LeaseSettings
+from bsft_jax.checkpoint.lease import RunLease, RunDirBusyError
+from bsft_jax.setup.settings import LeaseSettings
 print("ready", flush=True)
 start = float(sys.stdin.readline())
 while time.time() < start:
@@ -81,7 +81,7 @@ def test_a_killed_holder_on_this_host_is_taken_over_at_once(tmp_path, caplog):
         RunLease(run_dir, FAST).acquire()
     _kill(proc)
     t0 = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="bsft_jax.run.lease"), RunLease(run_dir, FAST):
+    with caplog.at_level(logging.WARNING, logger="bsft_jax.checkpoint.lease"), RunLease(run_dir, FAST):
         assert time.monotonic() - t0 < 2  # not the 600 s expiry
         assert _holder_of(run_dir)["pid"] == os.getpid()
     assert f"its process {proc.pid} on this host no longer exists" in caplog.text
@@ -119,8 +119,8 @@ def test_a_holder_on_another_host_is_taken_over_only_after_its_expiry(tmp_path):
 def test_exit_on_lost_ends_the_process_with_one_line(tmp_path):
     """The trainer's policy: a displaced holder exits at once (status 3) instead of writing on."""
     code = ("import sys, time\n"
-            "from bsft_jax.run.lease import RunLease, exit_on_lost\n"
-            "from bsft_jax.run.settings import LeaseSettings\n"
+            "from bsft_jax.checkpoint.lease import RunLease, exit_on_lost\n"
+            "from bsft_jax.setup.settings import LeaseSettings\n"
             "RunLease(sys.argv[1], LeaseSettings(expiry_seconds=0.6), on_lost=exit_on_lost).acquire()\n"
             "print('held', flush=True)\n"
             "time.sleep(60)\n")

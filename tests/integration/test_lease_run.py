@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 
-from bsft_jax.run.lease import LEASE_FILE
+from bsft_jax.checkpoint.lease import LEASE_FILE
 from bsft_jax.train.loop import run
 from tests.processes import ROOT
 from tests.train.common import tiny_config
@@ -35,7 +35,7 @@ def test_a_trainer_killed_with_sigkill_is_taken_over_at_once(tmp_path, caplog):
     assert os.path.isfile(os.path.join(run_dir, LEASE_FILE))  # left behind by the dead trainer
     import jax
 
-    with caplog.at_level(logging.WARNING, logger="bsft_jax.run.lease"):
+    with caplog.at_level(logging.WARNING, logger="bsft_jax.checkpoint.lease"):
         resumed = run(tiny_config(run_dir, tok), devices=jax.devices()[:1])
     assert resumed.start_step == 2 and resumed.final_step == 6
     assert "on this host no longer exists" in caplog.text

@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, load_params
-from bsft_jax.run.recovery import newest_readable
+from bsft_jax.checkpoint.layout import CheckpointError
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.checkpoint.read import load_params
+from bsft_jax.checkpoint.recovery import newest_readable
 from bsft_jax.train.loop import run
 from tests.processes import ROOT, subprocess_env
 from tests.train.common import tiny_config
@@ -228,7 +230,7 @@ def test_evaluate_skips_a_damaged_newest_step_and_names_it_with_step(runs):
         code, out, err = done[name]
         lines = [line for line in err.splitlines() if line.strip()]
         if name == "force":  # the run is read first (with the fallback's warnings), then refused before decoding
-            assert all(" WARNING bsft_jax.run.recovery] " in line for line in lines[:-1]), err[-3000:]
+            assert all(" WARNING bsft_jax.checkpoint.recovery] " in line for line in lines[:-1]), err[-3000:]
             lines = lines[-1:]
         assert code == 2 and len(lines) == 1 and lines[0].startswith(expected), err[-3000:]
         assert "Traceback" not in err and not os.path.exists(runs["base"] / f"eval_{name}")

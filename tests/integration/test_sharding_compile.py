@@ -13,7 +13,7 @@ import sys
 import jax
 jax.config.update("jax_num_cpu_devices", 8)
 from flax import nnx
-from bsft_jax.run.config import default_config
+from bsft_jax.setup.config import default_config
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder
 from bsft_jax.train.optim import make_optimizer

@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 
 from bsft_jax import storage
-from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, load_params
+from bsft_jax.checkpoint.layout import CheckpointError
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.checkpoint.read import load_params
 from bsft_jax.train.loop import run
 from tests.train.common import tiny_config
 

@@ -246,8 +246,8 @@ def test_the_gs_lease_rides_out_faults_but_a_lost_precondition_is_an_answer(faul
     from google.api_core import exceptions as gexc
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    from bsft_jax.run.lease import LEASE_FILE, RunDirBusyError, RunLease
-    from bsft_jax.run.settings import LeaseSettings
+    from bsft_jax.checkpoint.lease import LEASE_FILE, RunDirBusyError, RunLease
+    from bsft_jax.setup.settings import LeaseSettings
 
     lost_race = gexc.PreconditionFailed("conditionNotMet")
     assert not is_transient(lost_race) and not DEFAULT_RETRY._predicate(lost_race)  # neither retry layer

@@ -31,7 +31,7 @@ import jax
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.demo import DemoConfig, generate_split
 from bsft_jax.data.schema import write_jsonl
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 from tests.toy import ROOT
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from bsft_jax.run.checkpoint import Checkpointer, read_meta
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.checkpoint.read import read_meta
 from tests.processes import ROOT, cli, subprocess_env, wait_for_steps, write_config
 
 

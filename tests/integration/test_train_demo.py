@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+from bsft_jax.checkpoint.layout import decoder_config_from_dict
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.checkpoint.read import read_meta
 from bsft_jax.models.decoder import abstract_decoder, count_params
-from bsft_jax.run.checkpoint import Checkpointer, decoder_config_from_dict, read_meta
 from tests.processes import cli
 
 SHORT = ["--config", "configs/demo_scratch.py", "--config.train.global_batch_size=8", "--config.data.seq_len=128",

@@ -13,7 +13,7 @@ from flax import nnx
 from bsft_jax import load_hf
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, dot_product_attention, fused_attention, resolve_attention_impl
-from bsft_jax.run.config import ConfigError, default_config, validate_config
+from bsft_jax.setup.config import ConfigError, default_config, validate_config
 from tests.helpers import padded_batch, save_tiny
 
 ARCH = dict(model_type="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,

@@ -100,7 +100,7 @@ def test_cli_flags_are_absl_and_a_missing_name_or_bad_flag_exits_2(capsys):
 
 
 def test_config_validation_checks_builtin_names(tmp_path):
-    from bsft_jax.run.config import ConfigError, default_config, validate_config
+    from bsft_jax.setup.config import ConfigError, default_config, validate_config
 
     c = default_config()
     c.run_dir = str(tmp_path)

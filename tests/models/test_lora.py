@@ -96,7 +96,7 @@ def test_gemma3_lora_dropout_only_with_a_key():
 
 
 def test_config_validation_names_the_lora_field(tmp_path):
-    from bsft_jax.run.config import ConfigError, validate_config
+    from bsft_jax.setup.config import ConfigError, validate_config
     from tests.train.common import tiny_config
 
     for field, value, match in (("targets", "q,qq", "model.lora.targets"), ("dropout", 1.5, "model.lora.dropout"),

@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 
+from bsft_jax.checkpoint.read import load_params, read_meta
 from bsft_jax.export import export_checkpoint
 from bsft_jax.models.hf import iter_hf_tensors
 from bsft_jax.models.safetensors_io import iter_tensors
-from bsft_jax.run.checkpoint import load_params, read_meta
 from tests.processes import ROOT, subprocess_env, write_config
 
 

@@ -16,9 +16,9 @@ import numpy as np
 
 from bsft_jax.export import export_checkpoint
 from bsft_jax.models.sharding import make_mesh
-from bsft_jax.run.config import load_config_file
-from bsft_jax.run.model_setup import build_fresh
-from bsft_jax.run.settings import Settings
+from bsft_jax.setup.config import load_config_file
+from bsft_jax.setup.model_setup import build_fresh
+from bsft_jax.setup.settings import Settings
 from bsft_jax.train.data import train_iterator
 from bsft_jax.train.distributed import DataShard
 from bsft_jax.train.lora import make_trainer

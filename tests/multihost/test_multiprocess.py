@@ -16,11 +16,11 @@ import sys
 import jax
 import numpy as np
 
+from bsft_jax.checkpoint.manager import Checkpointer
 from bsft_jax.models.sharding import make_mesh
-from bsft_jax.run.checkpoint import Checkpointer
-from bsft_jax.run.config import load_config_file
-from bsft_jax.run.model_setup import build_fresh
-from bsft_jax.run.settings import Settings
+from bsft_jax.setup.config import load_config_file
+from bsft_jax.setup.model_setup import build_fresh
+from bsft_jax.setup.settings import Settings
 from bsft_jax.train.data import train_iterator
 from bsft_jax.train.distributed import DataShard
 from bsft_jax.train.optim import make_optimizer

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from bsft_jax.run.checkpoint import Checkpointer
+from bsft_jax.checkpoint.manager import Checkpointer
 from tests.processes import ROOT, subprocess_env, wait_for_steps, write_config
 
 

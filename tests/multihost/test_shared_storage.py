@@ -20,7 +20,7 @@ MESSAGE = "the run directory must be storage that all hosts share, such as gs://
 
 _CHECK_ONLY = """
 import sys
-from bsft_jax.run.settings import DistributedSettings
+from bsft_jax.setup.settings import DistributedSettings
 from bsft_jax.train import distributed
 from bsft_jax.train.shared_storage import check_shared_run_dir
 port, pid, run_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from bsft_jax import generate
+from bsft_jax.checkpoint.read import load_params
 from bsft_jax.export import export_checkpoint
-from bsft_jax.run.checkpoint import load_params
-from bsft_jax.run.config import load_config_file
+from bsft_jax.setup.config import load_config_file
 from bsft_jax.train import run
 
 from .common import CLINICAL_PROMPTS, chat_ids, hf_logits, hf_model, left_padded, tokenizer

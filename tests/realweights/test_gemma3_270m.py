@@ -142,7 +142,7 @@ def test_behavior_tokens_on_the_262k_vocabulary(gemma):
 
 def test_a_few_behaviorsft_steps(gemma, tmp_path):
     """python -m bsft_jax.train's run() on the demo data from the real checkpoint: finite, falling loss."""
-    from bsft_jax.run.config import default_config
+    from bsft_jax.setup.config import default_config
     from bsft_jax.train import run
 
     folder = gemma[0]

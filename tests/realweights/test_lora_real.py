@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import torch
 
+from bsft_jax.checkpoint.read import read_meta
 from bsft_jax.export import export_checkpoint
-from bsft_jax.run.checkpoint import read_meta
 from bsft_jax.train.loop import run
 from tests.train.common import tiny_config
 from tests.train.test_lora_run import TOL, _our_logits

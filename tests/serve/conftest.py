@@ -178,7 +178,7 @@ def reference(serve_run_dir, serve_cache):
     from bsft_jax.data.format import Formatter
     from bsft_jax.evaluate.compare import load_run
     from bsft_jax.evaluate.core import as_records
-    from bsft_jax.run.sources import load_split
+    from bsft_jax.setup.sources import load_split
 
     model, tokenizer, settings, style, _ = load_run(serve_run_dir, None, "float32", None)
     assert style == "behavior_sft"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from bsft_jax.run.config import default_config
+from bsft_jax.setup.config import default_config
 
 CHATML = (
     "{% for message in messages %}"

@@ -141,7 +141,7 @@ def test_compiled_temp_memory_is_smaller_for_a_large_vocab():
 
 
 def test_settings_know_the_same_loss_impls():
-    from bsft_jax.run.settings import LOSS_IMPLS as SETTINGS_IMPLS
+    from bsft_jax.setup.settings import LOSS_IMPLS as SETTINGS_IMPLS
     from bsft_jax.train.chunked_loss import LOSS_IMPLS
 
     assert SETTINGS_IMPLS == LOSS_IMPLS

@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from bsft_jax.run.settings import DistributedSettings
+from bsft_jax.setup.settings import DistributedSettings
 from bsft_jax.train import distributed
 
 
@@ -49,7 +49,7 @@ def test_peer_timeout_is_jax_heartbeat_timeout(calls, monkeypatch):
 
 
 def test_peer_timeout_must_be_positive():
-    from bsft_jax.run.settings import ConfigError
+    from bsft_jax.setup.settings import ConfigError
 
     with pytest.raises(ConfigError, match="config.distributed.peer_timeout_seconds: must be > 0"):
         cfg(peer_timeout_seconds=0)

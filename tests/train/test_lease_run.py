@@ -14,9 +14,9 @@ import threading
 
 import pytest
 
+from bsft_jax.checkpoint.lease import LEASE_FILE, RunDirBusyError, RunLease
+from bsft_jax.checkpoint.manager import Checkpointer
 from bsft_jax.export import export_checkpoint
-from bsft_jax.run.checkpoint import Checkpointer
-from bsft_jax.run.lease import LEASE_FILE, RunDirBusyError, RunLease
 from bsft_jax.train.loop import run
 from tests.train.cli_cases import config_file
 from tests.train.cli_main import run_in_process

@@ -15,9 +15,9 @@ import pytest
 import torch
 from flax import traverse_util
 
+from bsft_jax.checkpoint.read import load_params, read_meta
 from bsft_jax.export import export_checkpoint
 from bsft_jax.export.read import load_lora_step, run_settings
-from bsft_jax.run.checkpoint import load_params, read_meta
 from bsft_jax.train.loop import run
 from bsft_jax.train.lora import LoraTrainer
 from bsft_jax.train.step import TrainState
@@ -64,7 +64,7 @@ def test_lora_resume_mid_way_equals_uninterrupted_run(tmp_path):
 
 
 def test_lora_resume_refuses_another_base(tmp_path):
-    from bsft_jax.run.checkpoint import CheckpointError
+    from bsft_jax.checkpoint.layout import CheckpointError
 
     tok = str(tmp_path / "tok")
     cfg = tiny_config(str(tmp_path / "run"), tok, **{"train.steps": 2, "model.lora.rank": 2})
@@ -151,7 +151,7 @@ def test_lora_export_skips_a_damaged_newest_step(tmp_path, caplog):
     one CheckpointError offering the others; nothing is written for it."""
     import glob
 
-    from bsft_jax.run.checkpoint import CheckpointError
+    from bsft_jax.checkpoint.layout import CheckpointError
 
     folder, _ = save_tiny(tmp_path, "qwen2", tie=False)
     cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"), **{

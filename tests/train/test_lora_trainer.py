@@ -15,7 +15,7 @@ from bsft_jax.models import DecoderConfig
 from bsft_jax.models.decoder import init_decoder
 from bsft_jax.models.lora import LoraConfig
 from bsft_jax.models.sharding import make_mesh
-from bsft_jax.run.config import default_config
+from bsft_jax.setup.config import default_config
 from bsft_jax.train.data import synthetic_dataset
 from bsft_jax.train.distributed import DataShard
 from bsft_jax.train.lora import LoraTrainer

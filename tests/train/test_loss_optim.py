@@ -11,7 +11,7 @@ import pytest
 
 from bsft_jax.models import DecoderConfig
 from bsft_jax.models.decoder import abstract_decoder
-from bsft_jax.run.config import default_config
+from bsft_jax.setup.config import default_config
 from bsft_jax.train.loss import first_target_mask, loss_sums, objective
 from bsft_jax.train.optim import decays, learning_rate_schedule, make_optimizer, weight_decay_mask
 
@@ -119,8 +119,8 @@ def test_schedule_decay_start_holds_peak_then_decays_like_a_branch():
 
 
 def test_decay_start_is_validated():
-    from bsft_jax.run.config import validate_config
-    from bsft_jax.run.settings import ConfigError
+    from bsft_jax.setup.config import validate_config
+    from bsft_jax.setup.settings import ConfigError
 
     c = default_config()
     c.run_dir, c.model.source, c.tokenizer.path = "runs/unused", "scratch", "demo"

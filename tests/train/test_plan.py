@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from bsft_jax.models.sharding import make_mesh
-from bsft_jax.run.model_setup import build_fresh
-from bsft_jax.run.settings import Settings
+from bsft_jax.setup.model_setup import build_fresh
+from bsft_jax.setup.settings import Settings
 from bsft_jax.train.loop import run
 from bsft_jax.train.optim import make_optimizer
 from bsft_jax.train.plan import (
@@ -91,7 +91,7 @@ def test_plan_errors_name_the_problem(tmp_path):
 
 
 def test_architecture_from_presets_and_behavior_vocabulary_growth():
-    from bsft_jax.run.config import load_config_file
+    from bsft_jax.setup.config import load_config_file
 
     assert guess_preset("/models/Qwen2.5-7B-Instruct") == "qwen2_5_7b"
     assert guess_preset("Llama-3.1-8B-Instruct/") == "llama3_1_8b"

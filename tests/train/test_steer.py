@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from bsft_jax.run.checkpoint import Checkpointer
-from bsft_jax.run.config import ConfigError
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.setup.config import ConfigError
 from bsft_jax.train.loop import run
 from bsft_jax.train.steer import BestKeeper, check_best_metric
 

@@ -8,7 +8,7 @@ model cannot compare numbers". A cut scene now warns once per new count, naming 
 from __future__ import annotations
 
 from bsft_jax.data.format import FormatStats
-from bsft_jax.run.settings import DataSettings
+from bsft_jax.setup.settings import DataSettings
 from bsft_jax.train.data import truncation_warning
 
 

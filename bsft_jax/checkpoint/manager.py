@@ -1,10 +1,12 @@
-"""Orbax checkpoints of a training run: state, data-iterator position, config and export metadata.
+"""The Orbax manager of a training run's checkpoints: state, data-iterator position, config and export metadata.
 
-The run-directory layout and the ``meta`` item: :mod:`bsft_jax.run.layout`.
+The run-directory layout and the ``meta`` item: :mod:`bsft_jax.checkpoint.layout`; reading a step for
+evaluation and export (which step, its meta, the parameters as a Decoder): :mod:`bsft_jax.checkpoint.read`.
 
 A step directory only appears once complete (Orbax writes to a temporary name and renames), a
 NaN/inf step is never saved, and a checkpoint restores onto any mesh: restore targets are
-abstract arrays carrying the new mesh's shardings (:func:`load_params`, :meth:`Checkpointer.restore`).
+abstract arrays carrying the new mesh's shardings (:meth:`Checkpointer.restore`,
+:meth:`Checkpointer.restore_params`).
 
 A save that fails for good (a full disk, a bucket still failing after the retries of
 :mod:`bsft_jax.storage`) raises :class:`CheckpointError`: one line naming the folder, the step and the
@@ -24,30 +26,10 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import Mesh
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.layout import CHECKPOINT_SUBDIR, CheckpointError, checkpoint_dir
 from bsft_jax.errors import one_line
-from bsft_jax.models.config import DecoderConfig
-from bsft_jax.models.decoder import Decoder, abstract_decoder
-from bsft_jax.models.sharding import state_shardings
-from bsft_jax.run.config import settings_from_saved
-from bsft_jax.run.host import load_merged
-
-# The format's names live in run/layout.py (below this module, model set-up and the LoRA reader); the
-# ones written "X as X" are re-exported for the callers that import them from here.
-from bsft_jax.run.layout import (
-    CHECKPOINT_SUBDIR,
-    FORMAT,
-    ORBAX_COMMIT_MARKER,
-    REQUIRED_ITEMS,
-    CheckpointError,
-    checkpoint_dir,
-    decoder_config_from_dict,
-)
-from bsft_jax.run.layout import TOKENIZER_SUBDIR as TOKENIZER_SUBDIR
-from bsft_jax.run.layout import decoder_config_to_dict as decoder_config_to_dict
-from bsft_jax.run.layout import make_meta as make_meta
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +174,12 @@ class Checkpointer:
                 "--config.checkpoint.restore_data=false to keep the weights and optimizer state and restart "
                 "the data order")
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the parameters of ``step``, onto the shardings carried by ``abstract_params`` (abstract arrays)."""
+        restored = self.manager.restore(int(step), args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_to_pure(abstract_params))))
+        return _fill(abstract_params, restored["params"])
+
     def read_json(self, step: int, item: str) -> dict[str, Any]:
         """The ``config`` or ``meta`` item of a step."""
         return self.manager.restore(int(step), args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
@@ -199,7 +187,7 @@ class Checkpointer:
     def close(self) -> None:
         """Waits for pending saves and releases the manager; a failed save raises :class:`CheckpointError`."""
         try:
-            if hasattr(self, "_async"):  # a writer (readers are built by _open_read_only)
+            if hasattr(self, "_async"):  # a writer (readers are built by open_read_only)
                 self._finish_pending()
             else:
                 self.manager.wait_until_finished()
@@ -254,22 +242,8 @@ def _bound_tensorstore_retries() -> None:
 
 
 # ----------------------------------------------------------------------------- readers (export / eval)
-def read_meta(run_dir: str, step: int | None = None) -> dict[str, Any]:
-    """The ``meta`` item of ``step`` (default: the latest); raises :class:`CheckpointError` if absent."""
-    ckpt = _open_read_only(run_dir)
-    step = resolve_step(run_dir, step)
-    meta = ckpt.read_json(step, "meta")
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{run_dir}: step {step} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    return meta
-
-
-def read_saved_config(run_dir: str, step: int) -> dict[str, Any]:
-    """The ``config`` item of ``step``: the resolved config the run saved beside that step, as a dict."""
-    return _open_read_only(run_dir).read_json(step, "config")
-
-
-def _open_read_only(run_dir: str) -> Checkpointer:
+def open_read_only(run_dir: str) -> Checkpointer:
+    """A Checkpointer that only reads ``run_dir``'s steps (it creates nothing and waits for no save)."""
     directory = checkpoint_dir(run_dir)
     if not storage.isdir(directory):
         raise CheckpointError(f"{run_dir}: no {CHECKPOINT_SUBDIR}/ folder (is this a bsft_jax run directory?)")
@@ -278,76 +252,3 @@ def _open_read_only(run_dir: str) -> Checkpointer:
     ckpt.manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True,
                                                                                           create=False))
     return ckpt
-
-
-def steps_on_disk(ckpt_dir: str) -> list[int]:
-    """The committed step folders of ``RUN_DIR/checkpoints`` (``<step>/``), oldest first; local or gs://."""
-    names = storage.listdir(ckpt_dir)
-    return sorted(int(n) for n in names if n.isdigit() and _step_complete(storage.join(ckpt_dir, n)))
-
-
-def resolve_step(run_dir: str, step: int | None = None) -> int:
-    """The step to read (default: the latest complete one) after checking the folder holds it.
-
-    The one listing of a run's steps for readers (export, evaluation, :func:`load_params`).
-
-    Raises :class:`CheckpointError` naming the folder and what is missing: no run directory, no
-    ``checkpoints/``, no complete step, the step absent, or a step without ``params/`` / ``meta/``.
-    """
-    run_dir = storage.abspath(run_dir)
-    if not storage.isdir(run_dir):
-        raise CheckpointError(f"{run_dir}: no such run directory")
-    ckpt_dir = checkpoint_dir(run_dir)
-    if not storage.isdir(ckpt_dir):
-        raise CheckpointError(f"{run_dir}: no checkpoints/ folder (is this a bsft_jax run directory? "
-                              "python -m bsft_jax.train writes RUN_DIR/checkpoints/<step>/)")
-    steps = steps_on_disk(ckpt_dir)
-    if not steps:
-        partial = sorted(n for n in storage.listdir(ckpt_dir) if "tmp" in n)
-        hint = f" (only unfinished saves: {partial})" if partial else ""
-        raise CheckpointError(f"{ckpt_dir}: no complete checkpoint step{hint}")
-    if step is None:
-        step = steps[-1]
-    elif int(step) not in steps:
-        raise CheckpointError(f"{ckpt_dir}: no complete checkpoint for step {step} (available: {steps})")
-    step_dir = storage.join(ckpt_dir, str(int(step)))
-    missing = [item + "/" for item in REQUIRED_ITEMS if not storage.isdir(storage.join(step_dir, item))]
-    if missing:
-        raise CheckpointError(f"{step_dir}: partial checkpoint, missing {', '.join(missing)} "
-                              f"(readers need {', '.join(i + '/' for i in REQUIRED_ITEMS)}); "
-                              f"choose another step with --step (available: {steps})")
-    return int(step)
-
-
-def _step_complete(step_dir: str) -> bool:
-    """Locally a step folder exists only once complete (renamed into place); on gs:// it needs Orbax's marker."""
-    if storage.is_url(step_dir):
-        return storage.isfile(storage.join(step_dir, ORBAX_COMMIT_MARKER))
-    return storage.isdir(step_dir)
-
-
-def load_params(run_dir: str, step: int | None = None, *, mesh: Mesh | None = None,
-                **runtime: Any) -> tuple[Decoder, DecoderConfig, dict[str, Any]]:
-    """Loads only the parameters of a run's checkpoint into a Decoder: ``(model, config, meta)``.
-
-    mesh:     place parameters by the rules table on this mesh (default: the first device).
-    runtime:  DecoderConfig overrides such as ``dtype="float32"``. Parameters keep the dtype they
-              were trained in (``param_dtype`` of the run).
-    """
-    meta = read_meta(run_dir, step)
-    if "lora" in meta:  # adapters + rows only: rebuild the base and merge on the host (bsft_jax.run.host)
-        settings = settings_from_saved(read_saved_config(run_dir, int(meta["step"])))
-        return load_merged(run_dir, meta, settings, mesh=mesh, **runtime)
-    config = decoder_config_from_dict(meta["model_config"], **runtime)
-    graphdef, abstract = nnx.split(abstract_decoder(config))
-    if mesh is not None:
-        shardings = state_shardings(abstract, mesh)
-    else:
-        single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: single, abstract)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    ckpt = _open_read_only(run_dir)
-    restored = ckpt.manager.restore(meta["step"], args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_to_pure(target))))
-    model = nnx.merge(graphdef, _fill(target, restored["params"]))
-    return model, config, meta

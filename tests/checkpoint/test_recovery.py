@@ -1,4 +1,5 @@
-"""The fallback rules of run/recovery.py, with stand-in loaders (no training): what is tried, what is set aside."""
+"""The fallback rules of checkpoint/recovery.py, with stand-in loaders (no training): what is tried, what is set
+aside."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import types
 
 import pytest
 
-from bsft_jax.run.checkpoint import CheckpointError
-from bsft_jax.run.config import ConfigError
-from bsft_jax.run.recovery import failure_reason, newest_that_loads, restore_newest, set_aside
+from bsft_jax.checkpoint.layout import CheckpointError
+from bsft_jax.checkpoint.recovery import failure_reason, newest_that_loads, restore_newest, set_aside
+from bsft_jax.setup.config import ConfigError
 
 
 def _loader(bad: dict[int, BaseException]):
@@ -174,7 +175,7 @@ def test_reports_of_abandoned_reads_are_dropped_and_nothing_else(monkeypatch, ca
     Orbax read coroutines collected late (both unraisable) go to the debug log; anything else still shows."""
     import asyncio
 
-    from bsft_jax.run import recovery
+    from bsft_jax.checkpoint import recovery
 
     monkeypatch.setattr(logging.getLogger("asyncio"), "filters", [])
     shown = []
@@ -215,7 +216,7 @@ def test_reports_of_abandoned_reads_are_dropped_and_nothing_else(monkeypatch, ca
 
 
 def test_every_meta_unreadable_says_what_to_do():
-    from bsft_jax.run.recovery import newest_meta
+    from bsft_jax.checkpoint.recovery import newest_meta
 
     class Ckpt:
         directory = "RUN/checkpoints"

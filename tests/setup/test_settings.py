@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bsft_jax.behavior.spec import BehaviorSpec
-from bsft_jax.run.config import default_config
-from bsft_jax.run.settings import ConfigError, ModelRuntime, OptimizerSettings, Settings, TrainSettings
+from bsft_jax.setup.config import default_config
+from bsft_jax.setup.settings import ConfigError, ModelRuntime, OptimizerSettings, Settings, TrainSettings
 
 
 def test_defaults_resolve_into_typed_pieces():
@@ -60,7 +60,7 @@ def test_pieces_validate_when_built_directly():
 
 def test_lora_is_a_typed_piece_of_the_model_settings():
     from bsft_jax.models.lora_config import LoraConfig
-    from bsft_jax.run.settings import LoraSettings
+    from bsft_jax.setup.settings import LoraSettings
 
     assert Settings.from_config(default_config()).model.lora.config is None  # rank 0: full fine-tuning
     cfg = default_config()
@@ -79,7 +79,7 @@ def test_lora_is_a_typed_piece_of_the_model_settings():
 
 
 def test_resolve_holds_what_the_run_needs_and_every_cross_field_rule(tmp_path):
-    from bsft_jax.run.config import config_to_dict, resolve
+    from bsft_jax.setup.config import config_to_dict, resolve
 
     cfg = default_config()
     cfg.run_dir = str(tmp_path / "run")
@@ -107,7 +107,7 @@ def test_evaluation_validates_its_config():
 
 
 def test_step_defaults_live_on_the_trainers_piece():
-    from bsft_jax.run.settings import StepSettings
+    from bsft_jax.setup.settings import StepSettings
 
     t = Settings.from_config(default_config()).train
     assert t.step == StepSettings()  # default_config reads its train-step defaults from the piece

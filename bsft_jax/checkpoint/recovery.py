@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.layout import CheckpointError, checkpoint_dir
+from bsft_jax.checkpoint.read import resolve_step, steps_on_disk
 from bsft_jax.errors import UserError
-from bsft_jax.run.checkpoint import resolve_step, steps_on_disk
-from bsft_jax.run.layout import CheckpointError, checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def restore_newest(ckpt: Any, abstract_state: Any, *, data_iterator: Any = None,
                    all_agree: Callable[[bool], bool] = lambda ok: ok, primary: bool = True) -> tuple[Any, int]:
     """The trainer's resume: ``(state, step)`` of the newest step whose state and ``meta`` restore.
 
-    ``ckpt``: a :class:`bsft_jax.run.checkpoint.Checkpointer`. Newer steps that fail are set aside
+    ``ckpt``: a :class:`bsft_jax.checkpoint.manager.Checkpointer`. Newer steps that fail are set aside
     as ``<step>.corrupt`` (by the primary process) with a warning naming the step and the reason.
     """
     def load(step: int) -> Any:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bsft_jax.run.checkpoint import Checkpointer, load_params
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.checkpoint.read import load_params
 from bsft_jax.train.loop import NonFiniteLossError, run
 from tests.train.common import tiny_config
 

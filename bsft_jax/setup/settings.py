@@ -4,7 +4,7 @@ Each piece is a frozen dataclass for one block of the config; its ``__post_init_
 fields and raises :class:`ConfigError` naming the field (``config.optimizer.b1: ...``). Functions take
 the piece they use (the optimizer its :class:`OptimizerSettings`, the data pipeline a
 :class:`DataSettings` and the :class:`~bsft_jax.behavior.spec.BehaviorSpec`), never the whole config.
-:func:`bsft_jax.run.config.resolve` builds them once per command and adds what spans blocks: the
+:func:`bsft_jax.setup.config.resolve` builds them once per command and adds what spans blocks: the
 cross-field rules, the file checks, the run directory and the mesh resolved for the run's devices.
 """
 
@@ -228,7 +228,7 @@ class DataSettings:
 class StepSettings:
     """How the train step computes one update (``config.train``'s step fields): the piece
     :class:`~bsft_jax.train.step.Trainer` and ``LoraTrainer`` take. Its defaults are the config's
-    (:func:`bsft_jax.run.config.default_config` reads them from here)."""
+    (:func:`bsft_jax.setup.config.default_config` reads them from here)."""
 
     microbatches: int = 1  # gradient-accumulation microbatches per update (divides the batch)
     z_loss: float = 0.0  # weight of the z-loss term (0 disables it)
@@ -387,7 +387,7 @@ class LoggingSettings:
 
 @dataclasses.dataclass(frozen=True)
 class LeaseSettings:
-    """``config.lease``: the trainer's exclusive lease on its run directory (:mod:`bsft_jax.run.lease`).
+    """``config.lease``: the trainer's exclusive lease on its run directory (:mod:`bsft_jax.checkpoint.lease`).
 
     ``expiry_seconds``: a holder that has not renewed its lease for this long counts as gone (it renews every
     ``expiry_seconds / 6``); ``force_takeover``: take the lease even from a holder that looks alive (logged).
@@ -421,14 +421,14 @@ class Settings:
     logging: LoggingSettings
     lease: LeaseSettings = LeaseSettings()
     run_dir: str = ""  # checkpoints, metrics, the tokenizer and the config go here
-    # Set by bsft_jax.run.config.resolve (None / empty from from_config alone):
+    # Set by bsft_jax.setup.config.resolve (None / empty from from_config alone):
     mesh_shape: Mapping[str, int] | None = None  # config.mesh with the -1 resolved for the run's devices
     config_json: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # saved beside every checkpoint
 
     @classmethod
     def from_config(cls, cfg: Any) -> Settings:
         """Every piece of an ml_collections config, each validated on its own (no cross-field rules, no
-        file checks, no mesh: :func:`bsft_jax.run.config.resolve` adds those)."""
+        file checks, no mesh: :func:`bsft_jax.setup.config.resolve` adds those)."""
         return cls(
             run_dir=str(cfg.run_dir),
             seed=int(cfg.seed),

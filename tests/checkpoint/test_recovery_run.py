@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bsft_jax.run.checkpoint import load_params
+from bsft_jax.checkpoint.read import load_params
 from bsft_jax.train.loop import run
 from tests.train.common import tiny_config
 

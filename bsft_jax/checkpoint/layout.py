@@ -19,7 +19,7 @@ Run-directory layout (what ``python -m bsft_jax.export`` and the evaluator read)
           opt_state/         StandardSave of nnx.to_pure_dict(nnx.Optimizer state) (AdamW moments)
           train/             StandardSave of {"step": int32[], "rng": uint32[2]}
           data/              Grain iterator position, one process_{i}-of-{n}.json per process
-          config/            JsonSave: the resolved config (bsft_jax.run.config.config_to_dict)
+          config/            JsonSave: the resolved config (bsft_jax.setup.config.config_to_dict)
           meta/              JsonSave: {"format": "bsft_jax.train/1", "step": int,
                                "model_config": dataclasses.asdict(DecoderConfig) (vocab_size grown,
                                  valid_vocab_size, eos ids, dtypes),
@@ -30,8 +30,9 @@ Run-directory layout (what ``python -m bsft_jax.export`` and the evaluator read)
                                "num_params": int, "mesh": {axis: size}}
 
 No JAX and no Orbax here: the names every reader and writer of a run folder agree on, below
-:mod:`bsft_jax.run.checkpoint` (the Orbax manager), :mod:`bsft_jax.run.model_setup`, :mod:`bsft_jax.run.lora`
-and :mod:`bsft_jax.run.host`, so they need not import each other in a circle.
+:mod:`bsft_jax.checkpoint.manager` (the Orbax manager), :mod:`bsft_jax.checkpoint.read`,
+:mod:`bsft_jax.setup.model_setup`, :mod:`bsft_jax.checkpoint.lora_base` and :mod:`bsft_jax.checkpoint.host`,
+so they need not import each other in a circle.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def decoder_config_from_dict(d: dict[str, Any], **runtime: Any) -> DecoderConfig
 
 def make_meta(step: int, config: DecoderConfig, *, behavior: dict[str, Any], num_params: int,
               mesh: dict[str, int], lora: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``meta`` item of a step (see the module docstring; LoRA runs add ``lora``: bsft_jax.run.lora)."""
+    """The ``meta`` item of a step (see the module docstring; LoRA runs add ``lora``: bsft_jax.checkpoint.lora_base)."""
     meta = {
         "format": FORMAT,
         "step": int(step),

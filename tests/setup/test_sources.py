@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bsft_jax.checkpoint.read import load_params, read_meta
 from bsft_jax.models import load_hf
-from bsft_jax.run.checkpoint import load_params, read_meta
-from bsft_jax.run.config import ConfigError, load_config_file, validate_config
+from bsft_jax.setup.config import ConfigError, load_config_file, validate_config
 from bsft_jax.train.loop import run
 from tests.helpers import save_tiny
 from tests.train.common import tiny_config
@@ -101,8 +101,8 @@ def test_shipped_configs_validate(tmp_path, path):
 def test_data_categories_keep_only_those_records_in_every_split(tmp_path):
     from bsft_jax.data import DataError, generate_demo
     from bsft_jax.data.schema import write_jsonl
-    from bsft_jax.run.settings import Settings
-    from bsft_jax.run.sources import load_split
+    from bsft_jax.setup.settings import Settings
+    from bsft_jax.setup.sources import load_split
 
     cfg = tiny_config(str(tmp_path / "run"), str(tmp_path / "tok"), **{
         "data.source": "jsonl", "data.path": str(tmp_path),

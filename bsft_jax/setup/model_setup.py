@@ -24,15 +24,15 @@ from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.behavior.surgery import add_behavior_tokens, round_up
 from bsft_jax.behavior.tokenizer import behavior_token_ids
+from bsft_jax.checkpoint.layout import TOKENIZER_SUBDIR, decoder_config_from_dict, decoder_config_to_dict
 from bsft_jax.files import write_json
 from bsft_jax.models.builtin import resolve_model_path
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.hf import load_hf, save_tokenizer
 from bsft_jax.models.sharding import state_shardings
-from bsft_jax.run.layout import TOKENIZER_SUBDIR, decoder_config_from_dict, decoder_config_to_dict
-from bsft_jax.run.settings import BehaviorSettings, ConfigError, DataSettings, ModelSettings, Settings
-from bsft_jax.run.sources import demo_tokenizer_path
+from bsft_jax.setup.settings import BehaviorSettings, ConfigError, DataSettings, ModelSettings, Settings
+from bsft_jax.setup.sources import demo_tokenizer_path
 
 log = logging.getLogger(__name__)
 

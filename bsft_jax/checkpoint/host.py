@@ -3,17 +3,17 @@
 * :func:`restore_tree_on_host`: every array of an Orbax item as host numpy, one array at a time
   (whatever mesh wrote it; Orbax gathers the shards).
 * :func:`load_lora_step`: a LoRA step (its meta has ``lora``): the trainable arrays (adapters +
-  behavior rows, shaped by :func:`bsft_jax.run.lora.trainable_shapes`) and the frozen base, rebuilt
+  behavior rows, shaped by :func:`bsft_jax.checkpoint.lora_base.trainable_shapes`) and the frozen base, rebuilt
   on the host CPU as the checkpoint's base reference says (hash checked).
 * :func:`merged_model`: ``W + (alpha / r) A B`` for each targeted projection, behavior rows scattered
   into the embedding (and untied head). The merge is lazy per layer (:class:`MergedLayers`): the HF
   writer asks for one layer's tensor at a time, so peak host memory is the base plus one layer's merged
   weight (fp32 product, cast to the export dtype).
 * :func:`load_merged`: the merged model placed on devices instead, for evaluation and decoding
-  (:func:`bsft_jax.run.checkpoint.load_params` of a LoRA run).
+  (:func:`bsft_jax.checkpoint.read.load_params` of a LoRA run).
 
 Export (:mod:`bsft_jax.export`) and evaluation read LoRA steps through here; this module imports
-neither them nor train/ (the trainable tree's shapes come from :mod:`bsft_jax.run.lora`).
+neither them nor train/ (the trainable tree's shapes come from :mod:`bsft_jax.checkpoint.lora_base`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from flax import nnx, traverse_util
 from jax.sharding import Mesh
 
 from bsft_jax import storage
+from bsft_jax.checkpoint.layout import CheckpointError, checkpoint_dir, decoder_config_from_dict
+from bsft_jax.checkpoint.lora_base import rebuild_base, trainable_shapes
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import Decoder, abstract_decoder
 from bsft_jax.models.lora import LoraConfig, lora_config_from, merged_weight, projection_owner
 from bsft_jax.models.sharding import make_mesh, state_shardings
-from bsft_jax.run.layout import CheckpointError, checkpoint_dir, decoder_config_from_dict
-from bsft_jax.run.lora import rebuild_base, trainable_shapes
-from bsft_jax.run.model_setup import ModelBundle
-from bsft_jax.run.settings import Settings
+from bsft_jax.setup.model_setup import ModelBundle
+from bsft_jax.setup.settings import Settings
 
 
 class LoraStep(NamedTuple):
@@ -128,7 +128,7 @@ def load_merged(run_dir: str, meta: dict[str, Any], settings: Settings, *, mesh:
                 **runtime: Any) -> tuple[Decoder, DecoderConfig, dict[str, Any]]:
     """A LoRA checkpoint as a plain (merged) Decoder, for evaluation and decoding: ``(model, config, meta)``.
 
-    What :func:`bsft_jax.run.checkpoint.load_params` returns for LoRA runs: the base is rebuilt from
+    What :func:`bsft_jax.checkpoint.read.load_params` returns for LoRA runs: the base is rebuilt from
     ``settings`` (the run's, saved with the step) and checked, the adapters merged on the host in
     ``model.param_dtype`` (fp32 products), and the parameters placed by the rules table on ``mesh``
     (default: the first device).

@@ -9,7 +9,7 @@ trainable state (:mod:`bsft_jax.train.lora`): ``params/`` = adapters + behavior 
      "base": {"source": "hf" | "scratch", "path": model.hf_path (absolute) or "",
               "sha256": content hash, "hash_of": what was hashed}}
 
-The base is rebuilt the way the run first built it (:func:`bsft_jax.run.model_setup.build_fresh` with
+The base is rebuilt the way the run first built it (:func:`bsft_jax.setup.model_setup.build_fresh` with
 the checkpoint's own config: the HF folder, or the seeded random init, then the deterministic
 vocabulary surgery), and its hash is checked against the reference before anything is trained or
 exported. For an HF base the hash covers ``config.json`` and every ``*.safetensors`` file of the
@@ -29,14 +29,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bsft_jax.checkpoint.layout import CheckpointError, decoder_config_to_dict
 from bsft_jax.models.builtin import resolve_model_path
 from bsft_jax.models.config import DecoderConfig
 from bsft_jax.models.decoder import abstract_decoder
 from bsft_jax.models.lora import LoraParam
 from bsft_jax.models.lora_config import LoraConfig
-from bsft_jax.run.layout import CheckpointError, decoder_config_to_dict
-from bsft_jax.run.model_setup import ModelBundle, build_fresh
-from bsft_jax.run.settings import Settings
+from bsft_jax.setup.model_setup import ModelBundle, build_fresh
+from bsft_jax.setup.settings import Settings
 
 
 def hash_hf_folder(path: str) -> str:
@@ -104,7 +104,7 @@ def trainable_shapes(config: DecoderConfig, lora: LoraConfig, row_ids: Sequence[
          "rows": {"embed": [R, D], "lm_head": [D, R] (untied head only)}}
 
     R: the behavior-token rows (``row_ids``); the dtype is ``config.param_dtype``. The trainer's state
-    (:class:`bsft_jax.train.lora.LoraTrainer`) and the host reader (:mod:`bsft_jax.run.host`) both take
+    (:class:`bsft_jax.train.lora.LoraTrainer`) and the host reader (:mod:`bsft_jax.checkpoint.host`) both take
     their shapes from here.
     """
     config = config.replace(lora=lora)

@@ -45,7 +45,7 @@ from typing import Any
 
 from bsft_jax import storage
 from bsft_jax.errors import UserError, one_line
-from bsft_jax.run.settings import LeaseSettings
+from bsft_jax.setup.settings import LeaseSettings
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from bsft_jax import storage
 from bsft_jax.behavior.spec import BehaviorSpec
 from bsft_jax.data.demo import DemoConfig, demo_tokenizer_dir, load_demo
 from bsft_jax.data.schema import DataError, read_jsonl
-from bsft_jax.run.settings import ConfigError, DataSettings
+from bsft_jax.setup.settings import ConfigError, DataSettings
 
 
 def demo_config(data: DataSettings) -> DemoConfig:

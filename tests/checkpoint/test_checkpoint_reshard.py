@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bsft_jax.run.checkpoint import Checkpointer, CheckpointError, load_params, read_meta
+from bsft_jax.checkpoint.layout import CheckpointError
+from bsft_jax.checkpoint.manager import Checkpointer
+from bsft_jax.checkpoint.read import load_params, read_meta
 from bsft_jax.train.loop import run
 from bsft_jax.train.step import Trainer
 from tests.train.common import tiny_config
@@ -27,9 +29,9 @@ def test_checkpoint_from_8_devices_restores_on_1(tmp_path):
 
     ckpt = Checkpointer(cfg.run_dir)
     # restore onto a 1-device mesh and onto the original 8-device mesh: identical values
+    from bsft_jax.checkpoint.layout import decoder_config_from_dict
     from bsft_jax.models.sharding import make_mesh
-    from bsft_jax.run.checkpoint import decoder_config_from_dict
-    from bsft_jax.run.config import default_config
+    from bsft_jax.setup.config import default_config
     from bsft_jax.train.optim import make_optimizer
 
     config = decoder_config_from_dict(meta["model_config"])

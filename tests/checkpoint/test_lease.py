@@ -16,9 +16,9 @@ import time
 
 import pytest
 
+from bsft_jax.checkpoint.lease import LEASE_FILE, Holder, RunDirBusyError, RunLease, take_run_lease
 from bsft_jax.errors import UserError
-from bsft_jax.run.lease import LEASE_FILE, Holder, RunDirBusyError, RunLease, take_run_lease
-from bsft_jax.run.settings import ConfigError, LeaseSettings
+from bsft_jax.setup.settings import ConfigError, LeaseSettings
 
 FAST = LeaseSettings(expiry_seconds=1.2)  # renewals every 0.2 s
 
@@ -72,7 +72,7 @@ def test_force_takeover_wins_and_the_displaced_holder_stops(tmp_path, caplog):
     run_dir = str(tmp_path / "run")
     lost = []
     first = RunLease(run_dir, FAST, on_lost=lost.append).acquire()
-    with caplog.at_level(logging.WARNING, logger="bsft_jax.run.lease"):
+    with caplog.at_level(logging.WARNING, logger="bsft_jax.checkpoint.lease"):
         second = RunLease(run_dir, LeaseSettings(expiry_seconds=1.2, force_takeover=True)).acquire()
     assert "config.lease.force_takeover: taking over" in caplog.text
     deadline = time.monotonic() + 5
