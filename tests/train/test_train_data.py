@@ -7,9 +7,13 @@ model cannot compare numbers". A cut scene now warns once per new count, naming 
 
 from __future__ import annotations
 
+import jax
+
 from bsft_jax.data.format import FormatStats
 from bsft_jax.setup.settings import DataSettings
 from bsft_jax.train.data import truncation_warning
+from bsft_jax.train.loop import run
+from tests.toy import toy_demo_config
 
 
 def _data(seq_len: int, balance: str) -> DataSettings:
@@ -35,3 +39,15 @@ def test_the_warning_names_the_budget_per_scene_of_a_balanced_pair():
     single = truncation_warning(stats, _data(256, ""), 3)
     assert "fit 256 tokens (data.seq_len=256)" in single and "half a row" not in single
 
+
+
+def test_a_run_whose_rows_cut_its_scenes_says_so(tmp_path, monkeypatch, caplog, toy_cache):
+    """The training loop logs the warning: the toy demo run with rows too short for a balanced pair."""
+    monkeypatch.setenv("BSFT_JAX_CACHE", toy_cache)
+    c = toy_demo_config(str(tmp_path / "run"), steps=2)
+    c.data.update(seq_len=64, balance="decision")
+    c.train.update(eval_every=-1, log_every=1)
+    caplog.set_level("INFO")
+    run(c, devices=jax.devices()[:1])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "training data:" in r.message]
+    assert warnings and "fit 32 tokens (data.seq_len=64, half a row per scene of a balanced pair)" in warnings[0]
